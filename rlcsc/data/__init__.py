@@ -1,0 +1,1 @@
+"""Data stages: download (checksummed raw images)."""

@@ -1,0 +1,205 @@
+"""Download stage: fetch the images listed in the packaged manifest, verified by size and SHA-256.
+
+Every file lands at ``out/<dataset>/<file>``. It is written to a hidden ``.<file>.part`` beside
+it, checked, and only then renamed, so a file under its final name is always a verified one;
+files already present and verified are skipped. The source is either a local mirror laid out
+the same way (``mirror/<dataset>/<file>``) or the pinned URL of each entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from time import sleep
+from typing import BinaryIO, Sequence
+from urllib.error import HTTPError
+from urllib.request import urlopen
+
+from tqdm import tqdm
+
+from rlcsc.errors import RlcscError
+
+MANIFEST = Path(__file__).with_name("manifest.tsv")
+MIRROR_ENV = "RLCSC_DATA_MIRROR"
+TIMEOUT_S = 60.0  # per network request
+BACKOFF_S = 1.0  # first pause between network attempts; doubles after each failure
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest row: a file, its size and SHA-256, and the URL it comes from."""
+
+    dataset: str
+    file: str
+    bytes: int
+    sha256: str
+    url: str
+
+    @property
+    def relpath(self) -> str:
+        """``dataset/file``, the file's place under a data folder or mirror."""
+        return f"{self.dataset}/{self.file}"
+
+
+def load_manifest(path: Path = MANIFEST, datasets: Sequence[str] | None = None) -> list[Entry]:
+    """Read the manifest, keeping only `datasets` (all when None), in file order."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        entries = [
+            Entry(r["dataset"], r["file"], int(r["bytes"]), r["sha256"], r["url"]) for r in rows
+        ]
+    if datasets is None:
+        return entries
+    known = list(dict.fromkeys(e.dataset for e in entries))
+    unknown = [d for d in datasets if d not in known]
+    if unknown:
+        raise RlcscError(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [e for e in entries if e.dataset in datasets]
+
+
+def download_all(
+    out: Path,
+    datasets: Sequence[str] | None = None,
+    mirror: Path | None = None,
+    retries: int = 3,
+    jobs: int = 8,
+) -> int:
+    """Fetch the manifest's files (of `datasets`, all when None) into `out`; return how many came.
+
+    Verified files already in `out` are skipped and not counted. `mirror` defaults to the folder
+    named by $RLCSC_DATA_MIRROR when set and not empty; else files come from their URLs.
+    """
+    if mirror is None and os.environ.get(MIRROR_ENV):
+        mirror = Path(os.environ[MIRROR_ENV])
+    return fetch(load_manifest(datasets=datasets), out, mirror, retries, jobs)
+
+
+def fetch(
+    entries: Sequence[Entry],
+    out: Path,
+    mirror: Path | None = None,
+    retries: int = 3,
+    jobs: int = 8,
+) -> int:
+    """Fetch `entries` into `out` with `jobs` threads, from `mirror` or else their URLs.
+
+    Returns the number of files fetched (verified files already in `out` are skipped). The first
+    error cancels the files not yet started and is raised once the running ones have stopped.
+    """
+    if retries < 1 or jobs < 1:
+        raise RlcscError(f"retries and jobs must be at least 1 (got {retries} and {jobs})")
+    if mirror is not None and not mirror.is_dir():
+        raise RlcscError(f"data mirror not found: {mirror}")
+    fetched = 0
+    try:
+        total = sum(e.bytes for e in entries)
+        with (
+            tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar,
+            ThreadPoolExecutor(max_workers=jobs) as pool,
+        ):
+            futures = [pool.submit(_fetch_one, e, out, mirror, retries, bar) for e in entries]
+            try:
+                for done, future in enumerate(as_completed(futures), 1):
+                    fetched += future.result()
+                    bar.set_postfix_str(f"{done}/{len(entries)} files", refresh=False)
+            finally:
+                pool.shutdown(cancel_futures=True)
+    finally:
+        for e in entries:  # left by a failure or a killed run; only the manifest's own names
+            _part(out / e.dataset / e.file).unlink(missing_ok=True)
+    return fetched
+
+
+def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm) -> bool:
+    """Bring one file into place; False when a verified copy was already there.
+
+    The file is written to its `.part` name and renamed only once verified; `fetch` removes
+    whatever `.part` a failure leaves behind.
+    """
+    dest = out / entry.dataset / entry.file
+    if dest.is_file() and dest.stat().st_size == entry.bytes and _sha256(dest) == entry.sha256:
+        bar.update(entry.bytes)
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part(dest)
+    if mirror is not None:
+        size, digest = _copy(entry, mirror, part, bar)
+    else:
+        size, digest = _download(entry, part, retries, bar)
+    if size != entry.bytes:
+        raise RlcscError(
+            f"size mismatch for {entry.relpath}: expected {entry.bytes} bytes, got {size}"
+        )
+    if digest != entry.sha256:
+        raise RlcscError(
+            f"checksum mismatch for {entry.relpath}: expected sha256 {entry.sha256}, got {digest}"
+        )
+    os.replace(part, dest)
+    return True
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.part")
+
+
+def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm) -> tuple[int, str]:
+    try:
+        src = open(mirror / entry.dataset / entry.file, "rb")
+    except FileNotFoundError:
+        raise RlcscError(f"missing in data mirror {mirror}: {entry.relpath}") from None
+    with src:
+        return _stream(src, part, bar)
+
+
+def _download(entry: Entry, part: Path, retries: int, bar: tqdm) -> tuple[int, str]:
+    for attempt in range(retries):
+        if attempt:
+            sleep(BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            with urlopen(entry.url, timeout=TIMEOUT_S) as response:
+                return _stream(response, part, bar)
+        except HTTPError as err:
+            reason = f"HTTP {err.code} {err.reason}"
+        except (OSError, http.client.HTTPException) as err:  # URLError, timeout, reset, short read
+            reason = getattr(err, "reason", None) or err
+    raise RlcscError(f"download failed after {retries} attempts: {entry.url}: {reason}")
+
+
+def _stream(src: BinaryIO, part: Path, bar: tqdm) -> tuple[int, str]:
+    """Copy `src` into `part`; return its size and SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    with open(part, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return size, digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_listing(path: Path, datasets: Sequence[str] | None = None) -> None:
+    """Write {"dataset/file": sha256} of the manifest's files, atomically (the download stage's output).
+
+    Call it after `download_all` has verified them: downstream stages depend on this small file,
+    which changes exactly when the pinned bytes do.
+    """
+    listing = {e.relpath: e.sha256 for e in load_manifest(datasets=datasets)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,138 @@
+"""The evaluation protocol of the paper's comparison numbers (the DRRN/MemNet MATLAB test scripts).
+
+For each test image and scale s:
+1. Y of the uint8 HR image by MATLAB `rgb2ycbcr` (rounded; a single-channel image is its own Y),
+   as double in [0, 1], `modcrop`ped to s;
+2. the interpolated low-resolution (ILR) input: `imresize(imresize(Y, 1/s), s)` in double;
+3. the method maps the ILR image to its estimate (bicubic: the ILR image itself);
+4. reference and estimate are rounded to uint8 MATLAB-style, shaved by s on every side and
+   compared in float64 on 0..255: PSNR, SSIM (`ssim_index.m`) and IFC (`ifcvec.m`).
+Every method goes through `evaluate`, so a network's numbers and bicubic's are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from rlcsc.color import rgb2y
+from rlcsc.crop import modcrop, shave
+from rlcsc.data.download import load_manifest
+from rlcsc.errors import RlcscError
+from rlcsc.ifc import ifc
+from rlcsc.imresize import imresize
+from rlcsc.metrics import psnr, ssim, to_uint8_scale
+
+TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
+SCALES = (2, 3, 4)
+
+# Maps the ILR image (float64 Y in [0, 1]) and the scale to the super-resolved image.
+Upscaler = Callable[[np.ndarray, int], np.ndarray]
+
+
+def bicubic(ilr: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline: the interpolated input is the estimate."""
+    return ilr
+
+
+def read_y(path: Path) -> np.ndarray:
+    """Y channel of an image file as float64 in [0, 1] (step 1 of the protocol, before `modcrop`)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = np.asarray(im if im.mode == "L" else im.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise RlcscError(f"cannot read image {path}: {err}") from None
+    return rgb2y(img).astype(np.float64) / 255
+
+
+def ilr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HR Y, ILR Y) of one test image at one scale: steps 1-2 of the protocol."""
+    hr = modcrop(read_y(path), scale)
+    return hr, imresize(imresize(hr, 1 / scale), scale)
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """Metrics of one image at one scale; `ifc` is NaN when not computed."""
+
+    dataset: str
+    image: str
+    scale: int
+    psnr: float
+    ssim: float
+    ifc: float
+
+
+def score(hr: np.ndarray, sr: np.ndarray, scale: int, with_ifc: bool) -> tuple[float, float, float]:
+    """Step 4: quantise, shave, compare (reference first)."""
+    ref = shave(to_uint8_scale(hr), scale)
+    out = shave(to_uint8_scale(sr), scale)
+    return psnr(ref, out), ssim(ref, out), ifc(ref, out) if with_ifc else float("nan")
+
+
+def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
+    dataset, path, scale, upscale, with_ifc = task
+    hr, ilr = ilr_pair(path, scale)
+    sr = upscale(ilr, scale)
+    return ImageScore(dataset, path.name, scale, *score(hr, sr, scale, with_ifc))
+
+
+def evaluate(
+    upscale: Upscaler,
+    raw: Path,
+    datasets: Sequence[str] = TEST_SETS,
+    scales: Sequence[int] = SCALES,
+    with_ifc: bool = True,
+    jobs: int | None = None,
+) -> list[ImageScore]:
+    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes."""
+    bad = [s for s in scales if s not in SCALES]
+    if bad:
+        raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
+    tasks = []
+    for entry in load_manifest(datasets=datasets):
+        path = raw / entry.dataset / entry.file
+        if not path.is_file():
+            raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
+        tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1:
+        results = [_score_file(t) for t in tqdm(tasks, desc="evaluate", unit="img")]
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            mapped = pool.map(_score_file, tasks, chunksize=4)
+            results = list(tqdm(mapped, total=len(tasks), desc="evaluate", unit="img"))
+    return results
+
+
+def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, float]]]:
+    """Dataset means shaped {"Set5": {"x2": {"psnr": .., "ssim": .., "ifc": ..}}}; IFC omitted if not computed."""
+    table = pd.DataFrame([asdict(s) for s in scores])
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for (dataset, scale), group in table.groupby(["dataset", "scale"], sort=False):
+        cell = {m: float(group[m].mean()) for m in ("psnr", "ssim", "ifc") if group[m].notna().all()}
+        summary.setdefault(dataset, {})[f"x{scale}"] = cell
+    return summary
+
+
+def write_results(scores: Sequence[ImageScore], out: Path) -> dict:
+    """Write `out/metrics.json` (dataset means) and `out/per_image.csv`, each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(scores)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    tmp = out / ".per_image.csv.tmp"
+    pd.DataFrame([asdict(s) for s in scores]).to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, out / "per_image.csv")
+    return summary

@@ -1,0 +1,233 @@
+"""The download stage: manifest, mirror copies, verification, retries, and a loopback HTTP fetch."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+from urllib.error import URLError
+
+import pytest
+
+from rlcsc.data import download
+from rlcsc.data.download import MIRROR_ENV, Entry, download_all, fetch, load_manifest
+from rlcsc.errors import RlcscError
+
+COUNTS = {"T91": 91, "BSD200": 200, "Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
+
+
+@pytest.fixture
+def set5_copy(mirror: Path, tmp_path: Path) -> Path:
+    """A writable copy of the mirror holding only Set5."""
+    copy = tmp_path / "mirror"
+    shutil.copytree(mirror / "Set5", copy / "Set5", copy_function=shutil.copyfile)
+    return copy
+
+
+@pytest.fixture
+def set5() -> list[Entry]:
+    return load_manifest(datasets=["Set5"])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def flip_byte(path: Path, at: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def parts(out: Path) -> list[Path]:
+    return list(out.rglob("*.part"))
+
+
+def test_manifest_parses() -> None:
+    entries = load_manifest()
+    assert len(entries) == 510
+    assert {d: sum(e.dataset == d for e in entries) for d in COUNTS} == COUNTS
+    assert len({e.relpath for e in entries}) == 510
+    for e in entries:
+        assert re.fullmatch(r"[0-9a-f]{64}", e.sha256), e
+        assert e.url.startswith("https://") and re.search(r"/[0-9a-f]{40}/", e.url), e
+        assert e.bytes > 0 and e.relpath == f"{e.dataset}/{e.file}"
+
+
+def test_manifest_filters_and_rejects_unknown_datasets() -> None:
+    picked = load_manifest(datasets=["Set14", "Set5"])
+    assert [e.dataset for e in picked] == ["Set5"] * 5 + ["Set14"] * 14
+    with pytest.raises(RlcscError, match=r"Set6.*Set5.*Urban100"):
+        load_manifest(datasets=["Set5", "Set6"])
+
+
+def test_mirror_download_verifies_then_skips(
+    mirror: Path, set5: list[Entry], tmp_path: Path
+) -> None:
+    out = tmp_path / "data"
+    assert download_all(out, ["Set5"], mirror=mirror, jobs=3) == 5
+    for e in set5:
+        assert sha256(out / e.relpath) == e.sha256
+    listing = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert listing == ["Set5"] + sorted(e.relpath for e in set5)
+    assert download_all(out, ["Set5"], mirror=mirror) == 0
+
+
+def test_corrupt_mirror_file_is_rejected(
+    set5_copy: Path, set5: list[Entry], tmp_path: Path
+) -> None:
+    bad = set5[2]
+    flip_byte(set5_copy / bad.relpath)
+    out = tmp_path / "data"
+    with pytest.raises(RlcscError) as err:
+        download_all(out, ["Set5"], mirror=set5_copy)
+    message = str(err.value)
+    assert bad.relpath in message
+    assert bad.sha256 in message and sha256(set5_copy / bad.relpath) in message
+    assert not (out / bad.relpath).exists()
+    assert parts(out) == []
+
+
+def test_truncated_mirror_file_is_rejected(
+    set5_copy: Path, set5: list[Entry], tmp_path: Path
+) -> None:
+    bad = set5[0]
+    (set5_copy / bad.relpath).write_bytes((set5_copy / bad.relpath).read_bytes()[:1000])
+    out = tmp_path / "data"
+    expected = rf"size mismatch for {bad.relpath}: expected {bad.bytes} bytes, got 1000"
+    with pytest.raises(RlcscError, match=expected):
+        download_all(out, ["Set5"], mirror=set5_copy, jobs=1)
+    assert not (out / bad.relpath).exists()
+    assert parts(out) == []
+
+
+def test_missing_mirror_file_named_and_mirror_taken_from_env(
+    set5_copy: Path, set5: list[Entry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = set5[4]
+    (set5_copy / gone.relpath).unlink()
+    monkeypatch.setenv(MIRROR_ENV, str(set5_copy))
+    out = tmp_path / "data"
+    expected = rf"^missing in data mirror {re.escape(str(set5_copy))}: {gone.relpath}$"
+    with pytest.raises(RlcscError, match=expected):
+        download_all(out, ["Set5"])
+    assert not (out / gone.relpath).exists()
+    assert parts(out) == []
+
+
+def test_corrupt_existing_file_is_refetched(
+    mirror: Path, set5: list[Entry], tmp_path: Path
+) -> None:
+    out = tmp_path / "data"
+    download_all(out, ["Set5"], mirror=mirror)
+    flip_byte(out / set5[1].relpath)
+    (out / set5[3].relpath).write_bytes(b"")
+    assert download_all(out, ["Set5"], mirror=mirror) == 2
+    assert [sha256(out / e.relpath) for e in set5] == [e.sha256 for e in set5]
+
+
+def test_stray_parts_removed_unrelated_files_kept(
+    mirror: Path, set5: list[Entry], tmp_path: Path
+) -> None:
+    out = tmp_path / "data"
+    download_all(out, ["Set5"], mirror=mirror)
+    stray = out / "Set5" / f".{set5[0].file}.part"
+    stray.write_bytes(b"half a file")
+    keep = [out / "Set5" / "notes.txt", out / "Set5" / ".mine.part", out / "other.txt"]
+    for path in keep:
+        path.write_text("mine")
+    assert download_all(out, ["Set5"], mirror=mirror) == 0
+    assert not stray.exists()
+    assert all(path.read_text() == "mine" for path in keep)
+
+
+@pytest.fixture
+def refused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every network request fails after 20 ms (as a real one takes a while); returns the URLs."""
+    calls: list[str] = []
+
+    def refuse(url: str, timeout: float) -> None:
+        calls.append(url)
+        time.sleep(0.02)
+        raise URLError("connection refused")
+
+    monkeypatch.setattr(download, "urlopen", refuse)
+    return calls
+
+
+def test_network_failure_retries_then_names_url(
+    refused: list[str], set5: list[Entry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(download, "sleep", pauses.append)
+    entry = set5[0]
+    with pytest.raises(RlcscError, match=rf"{re.escape(entry.url)}: connection refused"):
+        fetch([entry], tmp_path, retries=4)
+    assert refused == [entry.url] * 4
+    assert len(pauses) == 3 and all(p > 0 for p in pauses)
+    assert not (tmp_path / entry.relpath).exists()
+    assert parts(tmp_path) == []
+
+
+def test_first_error_cancels_the_rest(
+    refused: list[str], set5: list[Entry], tmp_path: Path
+) -> None:
+    entries = [dataclasses.replace(set5[0], file=f"f{i}.png", url=f"u{i}") for i in range(40)]
+    with pytest.raises(RlcscError, match="connection refused"):
+        fetch(entries, tmp_path, retries=1, jobs=2)
+    assert len(refused) < 10  # not 40: the files not yet started were cancelled
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """Serve a temp folder on 127.0.0.1; yields (folder, base URL)."""
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_network_download_over_loopback(
+    http_root: tuple[Path, str],
+    mirror: Path,
+    set5: list[Entry],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, base = http_root
+    for e in set5[:2]:
+        (root / e.dataset).mkdir(exist_ok=True)
+        shutil.copyfile(mirror / e.relpath, root / e.relpath)
+    entries = [dataclasses.replace(e, url=f"{base}/{e.relpath}") for e in set5[:2]]
+    out = tmp_path / "data"
+    assert fetch(entries, out) == 2
+    assert [sha256(out / e.relpath) for e in entries] == [e.sha256 for e in entries]
+
+    monkeypatch.setattr(download, "sleep", lambda s: None)
+    missing = dataclasses.replace(set5[2], url=f"{base}/{set5[2].relpath}")
+    expected = rf"after 2 attempts: {re.escape(missing.url)}: HTTP 404"
+    with pytest.raises(RlcscError, match=expected):
+        fetch([missing], out, retries=2)
+    assert fetch(entries, out) == 0
+    assert parts(out) == []

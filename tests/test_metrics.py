@@ -1,0 +1,49 @@
+"""PSNR and SSIM as in the MATLAB test scripts (`compute_psnr.m`, `ssim_index.m`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from rlcsc.metrics import gaussian_window, psnr, ssim, to_uint8_scale
+
+
+def test_to_uint8_scale_rounds_half_up_and_clips() -> None:
+    y = np.array([-0.1, 0, 0.5 / 255, 1.49 / 255, 127.5 / 255, 1, 1.2])
+    np.testing.assert_array_equal(to_uint8_scale(y), [0, 0, 1, 1, 128, 255, 255])
+
+
+def test_psnr_known_values() -> None:
+    a = np.zeros((8, 8))
+    assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255))
+    b = a.copy()
+    b[0, 0] = 8  # MSE = 64 / 64 = 1
+    assert psnr(a, b) == pytest.approx(20 * np.log10(255))
+    assert psnr(a, a + 10) == pytest.approx(20 * np.log10(25.5))
+
+
+def test_gaussian_window_is_fspecial() -> None:
+    g = gaussian_window()
+    w = np.outer(g, g)
+    x = np.arange(-5, 6)
+    direct = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 1.5**2))
+    np.testing.assert_allclose(w, direct / direct.sum(), atol=1e-16)
+
+
+def test_ssim_identical_is_one_and_matches_skimage_gaussian_valid() -> None:
+    rng = np.random.default_rng(0)
+    ref = np.floor(rng.random((40, 53)) * 256)
+    noisy = np.clip(ref + rng.normal(0, 12, ref.shape).round(), 0, 255)
+    assert ssim(ref, ref) == pytest.approx(1.0, abs=1e-12)
+    # scikit-image's Gaussian SSIM averages over the same valid region (borders of 5 cropped)
+    want = structural_similarity(
+        ref, noisy, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert ssim(ref, noisy) == pytest.approx(want, abs=1e-10)
+    assert ssim(ref, noisy) < ssim(ref, np.clip(ref + rng.normal(0, 3, ref.shape).round(), 0, 255))
+
+
+def test_ssim_rejects_images_smaller_than_window() -> None:
+    with pytest.raises(ValueError, match="11x11"):
+        ssim(np.zeros((10, 20)), np.zeros((10, 20)))
