@@ -14,9 +14,9 @@ from rlcsc.errors import RlcscError
 def _download(args: argparse.Namespace) -> None:
     from rlcsc.data.download import download_all, write_listing
 
-    fetched = download_all(args.out, mirror=args.mirror, jobs=args.jobs)
+    fetched = download_all(args.out, args.datasets, mirror=args.mirror, jobs=args.jobs)
     if args.listing:
-        write_listing(args.listing)
+        write_listing(args.listing, args.datasets)
     print(f"{fetched} file(s) fetched; all files under {args.out} verified", file=sys.stderr)
 
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="fetch and verify the training and test images")
     p.add_argument("--out", type=Path, default=Path("data/raw"), help="destination folder")
+    p.add_argument("--datasets", nargs="+", help="only these datasets (default: all six)")
     p.add_argument("--listing", type=Path, help="also write this JSON list of verified files (DVC out)")
     p.add_argument("--mirror", type=Path, help="local mirror with dataset/file layout "
                    "(default: $RLCSC_DATA_MIRROR, else the pinned URLs)")

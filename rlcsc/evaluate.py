@@ -15,22 +15,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from tqdm import tqdm
 
 from rlcsc.color import rgb2y
 from rlcsc.crop import modcrop, shave
 from rlcsc.data.download import load_manifest
 from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
+from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.metrics import psnr, ssim, to_uint8_scale
+from rlcsc.parallel import pmap
 
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 SCALES = (2, 3, 4)
@@ -46,13 +45,7 @@ def bicubic(ilr: np.ndarray, scale: int) -> np.ndarray:
 
 def read_y(path: Path) -> np.ndarray:
     """Y channel of an image file as float64 in [0, 1] (step 1 of the protocol, before `modcrop`)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = np.asarray(im if im.mode == "L" else im.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise RlcscError(f"cannot read image {path}: {err}") from None
-    return rgb2y(img).astype(np.float64) / 255
+    return rgb2y(read_image(path)).astype(np.float64) / 255
 
 
 def ilr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,14 +98,7 @@ def evaluate(
         if not path.is_file():
             raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
         tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
-    jobs = jobs or os.cpu_count() or 1
-    if jobs == 1:
-        results = [_score_file(t) for t in tqdm(tasks, desc="evaluate", unit="img")]
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            mapped = pool.map(_score_file, tasks, chunksize=4)
-            results = list(tqdm(mapped, total=len(tasks), desc="evaluate", unit="img"))
-    return results
+    return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, float]]]:

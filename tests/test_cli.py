@@ -1,0 +1,63 @@
+"""The `rlcsc` command: one-line errors for bad input, and the bicubic evaluation's outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlcsc.cli import main
+
+
+def test_corrupt_mirror_file_gives_one_line_checksum_error(mirror: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "mirror"
+    shutil.copytree(mirror / "Set5", copy / "Set5", copy_function=shutil.copyfile)
+    bad = copy / "Set5" / "img_003_SRF_2_HR.png"
+    data = bytearray(bad.read_bytes())
+    data[200] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "raw"
+    cmd = [sys.executable, "-m", "rlcsc.cli", "download", "--out", str(out), "--mirror", str(copy)]
+    cmd += ["--datasets", "Set5"]
+    env = {"PATH": "/usr/bin:/bin", "RLCSC_DATA_MIRROR": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "checksum mismatch for Set5/img_003_SRF_2_HR.png" in lines[0]
+    assert lines[0].count("expected sha256") == 1 and ", got " in lines[0]
+    assert not (out / "Set5" / "img_003_SRF_2_HR.png").exists()
+    assert not list(out.rglob("*.part"))
+
+
+def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bicubic"
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out)]
+    assert main(argv + ["--datasets", "Set5", "--scales", "3", "4", "--jobs", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["Set5"] and list(metrics["Set5"]) == ["x3", "x4"]
+    assert set(metrics["Set5"]["x3"]) == {"psnr", "ssim", "ifc"}
+    assert metrics["Set5"]["x3"]["psnr"] == pytest.approx(30.39, abs=0.02)
+    rows = pd.read_csv(out / "per_image.csv")
+    assert len(rows) == 10 and set(rows.columns) == {"dataset", "image", "scale", "psnr", "ssim", "ifc"}
+    assert rows.query("scale == 4").psnr.mean() == pytest.approx(metrics["Set5"]["x4"]["psnr"], abs=1e-5)
+
+
+def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) -> None:
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv + ["--datasets", "Set5"]) == 1
+    assert "run `rlcsc download` first" in capsys.readouterr().err
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  datasets: [Set5]\n  scale: [2]\n")
+    assert main(argv + ["--params", str(params)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown key(s) ['scale']" in err and "valid keys" in err and "\n" not in err
+    assert main(argv + ["--datasets", "Set6"]) == 1
+    assert "unknown dataset(s) Set6" in capsys.readouterr().err
+    assert main(argv + ["--scales", "5"]) == 1
+    assert "scales must be among" in capsys.readouterr().err
