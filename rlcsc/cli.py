@@ -21,8 +21,8 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from rlcsc.config import EvaluateParams, load_block
-    from rlcsc.evaluate import bicubic, evaluate, write_results
+    from rlcsc.config import load_block
+    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 
     params = load_block(args.params, "evaluate", EvaluateParams) if args.params else EvaluateParams()
     datasets = tuple(args.datasets or params.datasets)
@@ -32,6 +32,41 @@ def _evaluate(args: argparse.Namespace) -> None:
     scores = evaluate(upscalers[args.method], args.raw, datasets, scales, with_ifc, args.jobs)
     summary = write_results(scores, args.out)
     print(json.dumps(summary, indent=2))
+
+
+def _augment(args: argparse.Namespace) -> None:
+    from rlcsc.config import load_block
+    from rlcsc.data.augment import AugmentParams, augment, training_files
+
+    params = load_block(args.params, "augment", AugmentParams)
+    index = augment(training_files(args.raw, params), args.out, params, args.jobs)
+    print(f"{len(index)} augmented images of {index.file.nunique()} training images in {args.out}", file=sys.stderr)
+
+
+def _patch(args: argparse.Namespace) -> None:
+    from rlcsc.config import load_block
+    from rlcsc.data.augment import AugmentParams, training_files
+    from rlcsc.data.patches import PatchParams, count_from_raw, kept, make_patches
+
+    params = load_block(args.params, "patch", PatchParams)
+    if args.count:
+        augment = load_block(args.params, "augment", AugmentParams)
+        total = count_from_raw(training_files(args.raw, augment), augment, params)
+        print(f"pairs: {total}\nkept:  {kept(total, params.chunk)} (a multiple of {params.chunk})")
+        return
+    summary = make_patches(args.augmented, args.out, params, args.jobs)
+    print(f"{summary['pairs']} pairs, {summary['kept']} kept, in {args.out}", file=sys.stderr)
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from rlcsc.benchmark import read_batches
+
+    result = read_batches(args.patches, args.batch, args.steps)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $RLCSC_DATA_MIRROR, else the pinned URLs)")
     p.add_argument("--jobs", type=int, default=8, help="parallel transfers")
     p.set_defaults(func=_download)
+
+    p = sub.add_parser("augment", help="flipped/rotated/downsized Y copies of the training images")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (block `augment`)")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
+    p.add_argument("--out", type=Path, default=Path("data/augmented"))
+    p.add_argument("--jobs", **jobs)
+    p.set_defaults(func=_augment)
+
+    p = sub.add_parser("patch", help="cut the training patch pairs")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (blocks `patch`, `augment`)")
+    p.add_argument("--augmented", type=Path, default=Path("data/augmented"), help="augment stage output")
+    p.add_argument("--out", type=Path, default=Path("data/patches"))
+    p.add_argument("--count", action="store_true", help="only print how many pairs the params give (reads --raw)")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images (for --count)")
+    p.add_argument("--jobs", **jobs)
+    p.set_defaults(func=_patch)
+
+    p = sub.add_parser("benchmark", help="time reading random training batches")
+    p.add_argument("what", choices=["read"], help="read: random batches from the patch set")
+    p.add_argument("--patches", type=Path, default=Path("data/patches"))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--out", type=Path, help="also write the JSON result here")
+    p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/IFC of a method on the test sets")
     p.add_argument("--method", choices=["bicubic"], required=True)

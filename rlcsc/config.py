@@ -1,9 +1,8 @@
-"""Stage parameters from `params.yaml`: one frozen dataclass per block, unknown keys rejected."""
+"""Stage parameters from `params.yaml`: each block becomes its stage's frozen dataclass, unknown keys rejected."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,15 +11,6 @@ import yaml
 from rlcsc.errors import RlcscError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Block `evaluate`: which test sets and scales are scored, and whether IFC is computed."""
-
-    datasets: tuple[str, ...] = ("Set5", "Set14", "BSD100", "Urban100")
-    scales: tuple[int, ...] = (2, 3, 4)
-    ifc: bool = True
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

@@ -34,6 +34,15 @@ from rlcsc.parallel import pmap
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 SCALES = (2, 3, 4)
 
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Block `evaluate` of params.yaml: which test sets and scales are scored, and whether IFC is."""
+
+    datasets: tuple[str, ...] = TEST_SETS
+    scales: tuple[int, ...] = SCALES
+    ifc: bool = True
+
+
 # Maps the ILR image (float64 Y in [0, 1]) and the scale to the super-resolved image.
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 

@@ -61,3 +61,11 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     assert "unknown dataset(s) Set6" in capsys.readouterr().err
     assert main(argv + ["--scales", "5"]) == 1
     assert "scales must be among" in capsys.readouterr().err
+
+
+def test_patch_count_of_the_full_protocol_is_the_papers(mirror: Path, tmp_path: Path, capsys) -> None:
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert main(["patch", "--count", "--raw", str(mirror), "--params", str(params)]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 1929744" in out and "kept:  1929728" in out
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,211 @@
+"""Patch stage: the 33x33 training pairs of Section 5.2, stored for memory-mapped reading.
+
+For each augmented Y image and each scale s: label = `modcrop(Y, s)` in [0, 1]; input =
+`imresize(imresize(label, 1/s), size(label))` in float (not re-quantised); both are cut into
+`size` x `size` patches at `stride` from the top-left corner. The pairs are written in that order;
+a seeded permutation of all pairs, truncated to a multiple of `chunk` (the HDF5 chunk of the
+MATLAB script that produced the paper's 1,929,728), is the training set (`keep.npy`).
+
+Files in the output folder (numpy `.npy`, `np.load(..., mmap_mode="r")`):
+- `labels.npy`  (N, size, size) uint8: exact, since labels are the uint8 Y values;
+- `inputs.npy`  (N, size, size) float16 (or float32): the interpolated inputs;
+- `origin.npy`  (N,) records: augmented image, scale, row, col of each pair;
+- `keep.npy`    (M,) int64: the shuffled, truncated indices that form the training set;
+- `summary.json`: counts per scale and per downsizing factor, shapes, dtypes, seed, bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import open_memmap
+from numpy.lib.stride_tricks import sliding_window_view
+
+from rlcsc.crop import modcrop
+from rlcsc.data.augment import AugmentParams, load_augmented, variant_shape, variants
+from rlcsc.errors import RlcscError
+from rlcsc.imageio import image_size
+from rlcsc.imresize import imresize
+from rlcsc.parallel import pmap
+
+ORIGIN = np.dtype([("image", "<i4"), ("scale", "u1"), ("row", "<u2"), ("col", "<u2")])
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """Block `patch` of params.yaml."""
+
+    scales: tuple[int, ...] = (2, 3, 4)
+    size: int = 33
+    stride: int = 33
+    chunk: int = 64  # keep a multiple of this many pairs; 1 keeps them all
+    seed: int = 0
+    input_dtype: str = "float16"  # float16 | float32
+
+    def __post_init__(self) -> None:
+        if self.input_dtype not in ("float16", "float32"):
+            raise RlcscError(f"patch.input_dtype must be float16 or float32, got {self.input_dtype!r}")
+        if min(self.size, self.stride, self.chunk) < 1 or not self.scales or min(self.scales) < 2:
+            raise RlcscError("patch.size, stride and chunk must be >= 1 and every scale >= 2")
+
+
+def count_pairs(shape: tuple[int, int], scale: int, size: int, stride: int) -> int:
+    """Pairs cut from an image of `shape` at `scale`: modcrop, then a grid from the top-left."""
+    h, w = shape[0] - shape[0] % scale, shape[1] - shape[1] % scale
+    if h < size or w < size:
+        return 0
+    return ((h - size) // stride + 1) * ((w - size) // stride + 1)
+
+
+def make_pairs(y: np.ndarray, scale: int, size: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels uint8, inputs float64, top-left corners) of one uint8 Y image at one scale."""
+    label = modcrop(y, scale)
+    if min(label.shape) < size:
+        return np.empty((0, size, size), np.uint8), np.empty((0, size, size)), np.empty((0, 2), int)
+    hr = label / 255.0
+    ilr = imresize(imresize(hr, 1 / scale), size=label.shape)
+    rows = np.arange(0, label.shape[0] - size + 1, stride)
+    cols = np.arange(0, label.shape[1] - size + 1, stride)
+
+    def cut(img: np.ndarray) -> np.ndarray:
+        return sliding_window_view(img, (size, size))[::stride, ::stride].reshape(-1, size, size)
+
+    corners = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
+    return cut(label), cut(ilr), corners
+
+
+def count_from_raw(files: list[Path], augment: AugmentParams, params: PatchParams) -> int:
+    """Pairs that `augment` + `patch` would produce from `files`, from image headers alone."""
+    vs = variants(augment)
+    total = 0
+    for path in files:
+        size = image_size(path)
+        for v in vs:
+            shape = variant_shape(size, v)
+            total += sum(count_pairs(shape, s, params.size, params.stride) for s in params.scales)
+    return total
+
+
+def kept(total: int, chunk: int) -> int:
+    """Pairs kept after truncating to a multiple of `chunk`."""
+    return total - total % chunk
+
+
+@lru_cache(maxsize=1)
+def _blob(path: str) -> np.memmap:
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _write_pairs(task: tuple[str, str, list[tuple[int, int, int, int, int]], PatchParams]) -> None:
+    """Worker: cut the pairs of a run of augmented images and write them at their rows."""
+    blob_path, tmp, images, params = task
+    blob = _blob(blob_path)
+    dtype = np.dtype(params.input_dtype)
+    files = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r+") for name in ("labels", "inputs", "origin")}
+    for image, offset, h, w, start in images:
+        y = blob[offset : offset + h * w].reshape(h, w)
+        for s in params.scales:
+            labels, inputs, corners = make_pairs(y, s, params.size, params.stride)
+            end = start + len(labels)
+            files["labels"][start:end] = labels
+            files["inputs"][start:end] = inputs.astype(dtype)
+            origin = files["origin"][start:end]
+            origin["image"], origin["scale"] = image, s
+            origin["row"], origin["col"] = corners[:, 0], corners[:, 1]
+            start = end
+    for arr in files.values():
+        arr.flush()
+
+
+def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | None = None) -> dict:
+    """Cut, store and shuffle all pairs of the augmented images into `out`, atomically."""
+    index, _ = load_augmented(augmented)
+    per_image = np.array(
+        [sum(count_pairs((h, w), s, params.size, params.stride) for s in params.scales)
+         for h, w in zip(index.height, index.width)]
+    )
+    starts = np.concatenate([[0], np.cumsum(per_image)[:-1]])
+    total = int(per_image.sum())
+    if kept(total, params.chunk) == 0:
+        raise RlcscError(f"no training pairs: {total} pairs is less than one chunk of {params.chunk}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        pair = (total, params.size, params.size)
+        layout = (("labels", np.uint8, pair), ("inputs", params.input_dtype, pair), ("origin", ORIGIN, (total,)))
+        for name, dtype, shape in layout:  # allocated here (sparse), filled by the workers
+            open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        rows = list(zip(index.index, index.offset, index.height, index.width, starts))
+        step = max(1, len(rows) // (64 * (jobs or os.cpu_count() or 1)))
+        tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params) for i in range(0, len(rows), step)]
+        for _ in pmap(_write_pairs, tasks, jobs, desc="patch", unit="chunk"):
+            pass
+        rng = np.random.default_rng(params.seed)
+        keep = rng.permutation(total)[: kept(total, params.chunk)]
+        np.save(tmp / "keep.npy", keep)
+        summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: PatchParams, folder: Path) -> dict:
+    """Counts per scale and per downsizing factor (all pairs and kept ones), shapes, dtypes, bytes."""
+    factor = index.factor.to_numpy()[origin["image"]]
+    kept_mask = np.zeros(len(origin), bool)
+    kept_mask[keep] = True
+
+    def counts(values: np.ndarray) -> dict:
+        return {
+            str(v): {"all": int((values == v).sum()), "kept": int(((values == v) & kept_mask).sum())}
+            for v in np.unique(values)
+        }
+
+    return {
+        "pairs": len(origin),
+        "kept": len(keep),
+        "per_scale": counts(origin["scale"]),
+        "per_factor": counts(factor),
+        "augmented_images": len(index),
+        "shapes": {"labels": [len(origin), params.size, params.size], "inputs": [len(origin), params.size, params.size]},
+        "dtypes": {"labels": "uint8", "inputs": params.input_dtype},
+        "params": asdict(params),
+        "bytes": {p.name: p.stat().st_size for p in sorted(folder.glob("*.npy"))},
+    }
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    """The stored pairs, memory-mapped; `batch` gathers training pairs by position in `keep`."""
+
+    labels: np.ndarray
+    inputs: np.ndarray
+    keep: np.ndarray
+
+    @classmethod
+    def open(cls, folder: Path) -> PatchSet:
+        try:
+            return cls(*(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("labels", "inputs", "keep")))
+        except FileNotFoundError as err:
+            raise RlcscError(f"no patch set in {folder} ({err.filename} missing): run `rlcsc patch` first") from None
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs float32, labels float32 in [0, 1]) of shape (B, 1, size, size) for kept positions."""
+        rows = np.sort(self.keep[positions])
+        inputs = self.inputs[rows].astype(np.float32)[:, None]
+        labels = self.labels[rows].astype(np.float32)[:, None] / 255
+        return inputs, labels

@@ -1,0 +1,115 @@
+"""Augment and patch stages: counts, the protocol on a stored pair, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlcsc.color import rgb2ycbcr
+from rlcsc.crop import modcrop
+from rlcsc.data.augment import AugmentParams, Variant, augment, transform, variant_shape, variants
+from rlcsc.data.patches import PatchParams, PatchSet, count_from_raw, count_pairs, kept, make_pairs, make_patches
+from rlcsc.errors import RlcscError
+from rlcsc.imresize import imresize
+
+AWKWARD = [(33, 33), (34, 100), (65, 66), (99, 131), (32, 500), (101, 37)]
+
+
+def test_count_formula_on_awkward_sizes() -> None:
+    rng = np.random.default_rng(0)
+    for shape in AWKWARD:
+        y = rng.integers(0, 256, shape, dtype=np.uint8)
+        for s in (2, 3, 4):
+            labels, inputs, corners = make_pairs(y, s, 33, 33)
+            assert len(labels) == len(inputs) == len(corners) == count_pairs(shape, s, 33, 33)
+            hh, ww = shape[0] - shape[0] % s, shape[1] - shape[1] % s
+            assert count_pairs(shape, s, 33, 33) == (max(0, (hh - 33) // 33 + 1) * max(0, (ww - 33) // 33 + 1) if min(hh, ww) >= 33 else 0)
+    assert count_pairs((99, 131), 3, 33, 33) == 3 * 3  # 99x129 after modcrop: 3 rows, 3 cols
+    assert count_pairs((34, 100), 4, 33, 33) == 0  # 32 rows after modcrop by 4
+    assert count_pairs((65, 66), 2, 33, 10) == 4 * 4
+    assert kept(1929744, 64) == 1929728
+
+
+def test_variant_shapes_match_transform() -> None:
+    img = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for v in variants(AugmentParams()):
+        out = transform(img, v)
+        assert out.dtype == np.uint8 and out.shape == variant_shape((37, 53), v)
+
+
+@pytest.fixture
+def tiny_set(tmp_path: Path) -> list[Path]:
+    """Two synthetic training images of awkward sizes, one RGB and one grey, in a raw-like folder."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "raw" / "T91"
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:131, 0:97]
+    smooth = (127 + 100 * np.sin(xx / 9) * np.cos(yy / 13))[..., None] + rng.integers(-20, 20, (131, 97, 3))
+    Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (70, 121), dtype=np.uint8)).save(folder / "b.bmp")
+    return [folder / "a.png", folder / "b.bmp"]
+
+
+def test_stored_pair_equals_protocol_for_flipped_rotated_downsized(tiny_set: list[Path], tmp_path: Path) -> None:
+    aug = AugmentParams(flips=("updown", "none"), rotations=(0, 90), factors=(1.0, 0.7))
+    params = PatchParams(chunk=1)
+    index = augment(tiny_set, tmp_path / "aug", aug, jobs=1)
+    summary = make_patches(tmp_path / "aug", tmp_path / "patches", params, jobs=2)
+    assert summary["pairs"] == count_from_raw(tiny_set, aug, params) == summary["kept"]
+    assert json.loads((tmp_path / "patches" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    # the protocol computed directly for image a.png, flipped upside down, rotated 90, downsized 0.7
+    rgb = np.asarray(Image.open(tiny_set[0]))
+    y = rgb2ycbcr(imresize(np.ascontiguousarray(np.rot90(rgb[::-1], 1)), 0.7))[..., 0]
+    label = modcrop(y, 3)
+    ilr = imresize(imresize(label / 255, 1 / 3), size=label.shape)
+    image = index.query("file == 'a.png' and flip == 'updown' and rotation == 90 and factor == 0.7").index[0]
+    origin = np.load(tmp_path / "patches" / "origin.npy")
+    row = int(np.flatnonzero((origin["image"] == image) & (origin["scale"] == 3) & (origin["row"] == 33) & (origin["col"] == 0))[0])
+    labels = np.load(tmp_path / "patches" / "labels.npy", mmap_mode="r")
+    inputs = np.load(tmp_path / "patches" / "inputs.npy", mmap_mode="r")
+    assert inputs.dtype == np.float16
+    np.testing.assert_array_equal(labels[row], label[33:66, 0:33])
+    np.testing.assert_allclose(inputs[row], ilr[33:66, 0:33], rtol=2**-11, atol=2**-24)
+    assert not np.array_equal(labels[row], modcrop(rgb2ycbcr(rgb)[..., 0], 3)[33:66, 0:33])
+
+
+def test_grey_image_is_its_own_y(tiny_set: list[Path]) -> None:
+    grey = np.asarray(Image.open(tiny_set[1]))
+    np.testing.assert_array_equal(transform(grey, Variant("none", 0, 1.0)), grey)
+    np.testing.assert_array_equal(transform(grey, Variant("leftright", 270, 1.0)), np.rot90(grey[:, ::-1], 3))
+
+
+def test_truncation_keeps_a_seeded_multiple_of_chunk(tiny_set: list[Path], tmp_path: Path) -> None:
+    augment(tiny_set, tmp_path / "aug", AugmentParams(flips=("none",), rotations=(0,), factors=(1.0,)), jobs=1)
+    a = make_patches(tmp_path / "aug", tmp_path / "p1", PatchParams(chunk=4, seed=7), jobs=1)
+    make_patches(tmp_path / "aug", tmp_path / "p2", PatchParams(chunk=4, seed=7), jobs=1)
+    assert a["kept"] == a["pairs"] - a["pairs"] % 4 and a["kept"] % 4 == 0
+    k1, k2 = np.load(tmp_path / "p1" / "keep.npy"), np.load(tmp_path / "p2" / "keep.npy")
+    np.testing.assert_array_equal(k1, k2)
+    assert len(np.unique(k1)) == len(k1) and not np.array_equal(k1, np.sort(k1))
+    patches = PatchSet.open(tmp_path / "p1")
+    x, y = patches.batch(np.arange(3))
+    assert x.shape == y.shape == (3, 1, 33, 33) and x.dtype == y.dtype == np.float32
+
+
+def test_truncated_image_stops_augment_and_leaves_nothing(tiny_set: list[Path], tmp_path: Path) -> None:
+    data = tiny_set[0].read_bytes()
+    tiny_set[0].write_bytes(data[: len(data) // 2])
+    out = tmp_path / "aug"
+    with pytest.raises(RlcscError, match="a.png"):
+        augment(tiny_set, out, AugmentParams(), jobs=2)
+    assert not out.exists() and not list(tmp_path.glob(".aug*"))
+
+
+def test_missing_augmented_folder_and_bad_params_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(RlcscError, match="run `rlcsc augment` first"):
+        make_patches(tmp_path / "none", tmp_path / "p", PatchParams())
+    with pytest.raises(RlcscError, match="float16 or float32"):
+        PatchParams(input_dtype="int8")
+    with pytest.raises(RlcscError, match="choose from"):
+        AugmentParams(flips=("diagonal",))
