@@ -24,12 +24,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     from rlcsc.config import load_block
     from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 
+    from rlcsc.inference import Network
+
     params = load_block(args.params, "evaluate", EvaluateParams) if args.params else EvaluateParams()
     datasets = tuple(args.datasets or params.datasets)
     scales = tuple(args.scales or params.scales)
     with_ifc = params.ifc and not args.no_ifc
-    upscalers = {"bicubic": bicubic}
-    scores = evaluate(upscalers[args.method], args.raw, datasets, scales, with_ifc, args.jobs)
+    if args.model is not None and not args.model.is_file():
+        raise RlcscError(f"model file not found: {args.model}")
+    upscale = bicubic if args.model is None else Network(args.model)
+    scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     summary = write_results(scores, args.out)
     print(json.dumps(summary, indent=2))
 
@@ -56,6 +60,36 @@ def _patch(args: argparse.Namespace) -> None:
         return
     summary = make_patches(args.augmented, args.out, params, args.jobs)
     print(f"{summary['pairs']} pairs, {summary['kept']} kept, in {args.out}", file=sys.stderr)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rlcsc.config import load_block
+    from rlcsc.train import TrainParams, train
+
+    params = load_block(args.params, "train", TrainParams, args.experiment)
+    summary = train(params, args.patches, args.raw, args.out)
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"{summary['status']}: {summary['epochs_completed']} epoch(s); last {last}", file=sys.stderr)
+
+
+def _sr(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from rlcsc.imageio import read_image
+    from rlcsc.inference import load_model, super_resolve
+
+    if not 2 <= args.scale <= 4:
+        raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {args.scale}")
+    model = load_model(args.model)
+    img = read_image(args.input)
+    out = super_resolve(model, img, args.scale)
+    try:
+        Image.fromarray(out).save(args.output)
+    except (OSError, ValueError) as err:
+        raise RlcscError(f"cannot write {args.output}: {err}") from None
+    print(f"{args.input} {img.shape[1]}x{img.shape[0]} -> {args.output} {out.shape[1]}x{out.shape[0]}", file=sys.stderr)
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -100,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_patch)
 
+    p = sub.add_parser("train", help="train a network (Section 5.2); resumes from its checkpoint")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (block `train`)")
+    p.add_argument("--experiment", help="apply this entry of `experiments` (e.g. K25)")
+    p.add_argument("--patches", type=Path, default=Path("data/patches"))
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="test images for the per-epoch score")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt, checkpoint.pt, train.json, live/")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sr", help="super-resolve an image with a trained model")
+    p.add_argument("input", type=Path)
+    p.add_argument("--scale", type=float, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=_sr)
+
     p = sub.add_parser("benchmark", help="time reading random training batches")
     p.add_argument("what", choices=["read"], help="read: random batches from the patch set")
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
@@ -109,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/IFC of a method on the test sets")
-    p.add_argument("--method", choices=["bicubic"], required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--method", choices=["bicubic"], help="a baseline")
+    which.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json and per_image.csv")
     p.add_argument("--params", type=Path, help="params.yaml whose `evaluate` block to use")

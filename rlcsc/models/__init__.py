@@ -1,0 +1,1 @@
+"""Networks: RL-CSC (the paper's model) and DRRN (its Table 4 comparison)."""
