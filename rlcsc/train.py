@@ -194,6 +194,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
 
     live = _live(out, resume=bool(history)) if dist.main else None
     status, done_steps, start = "completed", 0, time.time()
+    syncs: list[tuple[int, float]] = []  # (steps done in this run, seconds) at each host sync
     interrupted = _InterruptFlag()
     bad = torch.zeros((), dtype=torch.bool, device=device)
     try:
@@ -230,6 +231,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
                     status = _diverged(p, epoch, step, ckpt_path)
                     break
                 if sync:
+                    syncs.append((done_steps, time.time()))
                     bar.set_postfix(loss=f"{running.item() / (step - bar.n):.3g}", lr=f"{lr:g}")
                     running.zero_()
                     bar.update(step - bar.n)
@@ -257,13 +259,26 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
         dist.close()
     summary = {"status": status, "epochs_completed": len(history), "history": history,
                "model_parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth,
-               "seconds_this_run": round(time.time() - start, 1), "device": str(device), "config": asdict(p)}
+               "seconds_this_run": round(time.time() - start, 1), "ms_per_step": _ms_per_step(syncs),
+               "device": str(device), "config": asdict(p)}
     if dist.main:
         if status != "completed" and ckpt_path.exists():  # diverged: the last good checkpoint is the model
             model.load_state_dict(torch.load(ckpt_path, weights_only=True)["model"])
         save_atomic(model_state(model), out / "model.pt")
         (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
+    """Training speed between host syncs, leaving out the first tenth of the run (warm-up,
+    compilation) and the pauses for the per-epoch evaluation."""
+    pairs = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(syncs, syncs[1:]) if s1 > s0]
+    if not syncs or not pairs:
+        return None
+    warm = syncs[-1][0] / 10
+    kept = [(n, t) for (n, t), (s0, _) in zip(pairs, syncs) if s0 >= warm] or pairs
+    rates = sorted(1000 * t / n for n, t in kept)
+    return round(rates[len(rates) // 2], 3)
 
 
 def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

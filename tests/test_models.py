@@ -1,0 +1,72 @@
+"""The networks: sizes and depths of Section 5, and the equations they implement."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from rlcsc.models.drrn import DRRN, DRRNConfig
+from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_and_depths_of_section_5() -> None:
+    assert n_params(RLCSC()) == 1_330_305  # the paper's "about 1,329k" (setting i, any K)
+    assert RLCSC().depth == 30
+    assert n_params(RLCSC(RLCSCConfig(recursions=15))) == 1_330_305  # S is shared: K adds nothing
+    assert n_params(RLCSC(RLCSCConfig(recursions=15, codes=128))) == 592_769  # setting ii, "592k"
+    assert [RLCSC(RLCSCConfig(recursions=k)).depth for k in (15, 20, 25, 48)] == [20, 25, 30, 53]
+    assert DRRN(DRRNConfig(units=9)).depth == 20 and DRRN(DRRNConfig(units=25)).depth == 52
+
+
+def test_forward_equals_unrolled_equations_8_to_12() -> None:
+    torch.manual_seed(0)
+    model = RLCSC(RLCSCConfig(recursions=4, features=6, codes=10)).double()
+    for conv in (model.f0, model.f1, model.w1, model.s, model.w2, model.h):
+        torch.nn.init.normal_(conv.bias, 0, 0.1)  # non-zero thresholds, so biases are exercised
+    x = torch.rand(2, 1, 13, 11, dtype=torch.float64)
+
+    def conv(t, layer):
+        return F.conv2d(t, layer.weight, layer.bias, padding=1)
+
+    y = F.relu(conv(F.relu(conv(x, model.f0)), model.f1))  # eq. 8
+    z = F.relu(conv(y, model.w1))  # z_0
+    codes = [z]
+    for _ in range(4):  # eq. 9 with h = ReLU (eq. 10), S shared
+        z = F.relu(conv(y, model.w1) + conv(z, model.s))
+        codes.append(z)
+    r = conv(F.relu(conv(z, model.w2)), model.h)  # eq. 11
+    torch.testing.assert_close(model(x), x + r, rtol=0, atol=1e-12)  # eq. 12
+    got = model.sparse_codes(x, keep_all=True)
+    assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(got, codes))
+    assert all((c >= 0).all() for c in got)
+
+
+def test_zero_initialised_residual_branch_returns_the_input() -> None:
+    model = RLCSC(RLCSCConfig(recursions=3, features=8, codes=16))
+    model.zero_last_layer()
+    x = torch.rand(3, 1, 20, 17)
+    assert torch.equal(model(x), x)
+    plain = RLCSC(RLCSCConfig(recursions=3, features=8, codes=16, residual=False))
+    plain.zero_last_layer()
+    assert torch.equal(plain(x), torch.zeros_like(x))
+    drrn = DRRN(DRRNConfig(units=2, features=8))
+    drrn.zero_last_layer()
+    assert torch.equal(drrn(x), x)
+
+
+def test_he_initialisation_variance_uses_fan_out() -> None:
+    torch.manual_seed(1)
+    model = RLCSC()
+    for layer, fan_out in ((model.s, 9 * 256), (model.w2, 9 * 128), (model.f1, 9 * 128)):
+        assert abs(layer.weight.var().item() / (2 / fan_out) - 1) < 0.02
+        assert torch.all(layer.bias == 0)
+    assert abs(model.s.weight.mean().item()) < 1e-3
+
+
+def test_drrn_shares_its_residual_unit_weights() -> None:
+    convs = lambda m: sum(p.numel() for n, p in m.named_parameters() if "conv" in n or "entry" in n or "exit.1" in n)
+    assert convs(DRRN(DRRNConfig(units=9))) == convs(DRRN(DRRNConfig(units=25)))
