@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV)
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3  # the kernel papermill runs
 	touch $@
 
 reproduce: install

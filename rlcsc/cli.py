@@ -92,6 +92,20 @@ def _sr(args: argparse.Namespace) -> None:
     print(f"{args.input} {img.shape[1]}x{img.shape[0]} -> {args.output} {out.shape[1]}x{out.shape[0]}", file=sys.stderr)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from rlcsc.config import read_params
+    from rlcsc.report import execute_notebook
+
+    main = (read_params(args.params).get("report") or {}).get("main", "K25")
+    parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
+                  "raw": str(args.raw), "main": main}
+    source = args.notebooks / f"{args.name}.ipynb"
+    if not source.is_file():
+        names = sorted(p.stem for p in args.notebooks.glob("*.ipynb"))
+        raise RlcscError(f"no notebook {source}; available: {names}")
+    execute_notebook(source, args.out / f"{args.name}.ipynb", parameters)
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     from rlcsc.benchmark import input_precision, read_batches
 
@@ -151,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_sr)
+
+    p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
+    p.add_argument("name", help="notebook name in notebooks/, e.g. table1")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--notebooks", type=Path, default=Path("notebooks"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--raw", type=Path, default=Path("data/raw"))
+    p.add_argument("--out", type=Path, default=Path("book/generated"))
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
     p.add_argument("what", choices=["read", "input-precision"],

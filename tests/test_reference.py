@@ -32,3 +32,17 @@ def test_table2_shape_and_sample_cells() -> None:
 def test_unknown_table_names_the_available_ones() -> None:
     with pytest.raises(ValueError, match="table1"):
         table("table9")
+
+
+def test_tables_3_4_and_figures_match_the_paper_text() -> None:
+    t3 = table("table3")
+    assert list(t3.query("residual").psnr) == [33.24, 33.61, 33.61, 34.02]
+    assert set(t3.query("not residual").psnr) == {6.54}
+    t4 = table("table4")
+    assert t4.query("model == 'RL-CSC' and batch == 128 and patch == 33").memory_mb.item() == 9421
+    assert t4.query("model == 'DRRN' and layers == 20").memory_mb.item() == 9043
+    f7 = table("figure7")
+    assert dict(zip(f7.recursions, f7.psnr)) == {15: 33.98, 20: 34.06, 25: 34.11, 48: 34.16}
+    f1 = table("figure1").set_index("model")
+    assert len(f1) == 8 and f1.loc["RL-CSC", "psnr"] == 34.11 and f1.loc["MemNet", "psnr"] == 34.09
+    assert f1.psnr_source.notna().all() and f1.parameters_source.notna().all()
