@@ -32,7 +32,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     with_ifc = params.ifc and not args.no_ifc
     if args.model is not None and not args.model.is_file():
         raise RlcscError(f"model file not found: {args.model}")
-    upscale = bicubic if args.model is None else Network(args.model)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    upscale = bicubic if args.model is None else Network(args.model, device)
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     summary = write_results(scores, args.out)
     print(json.dumps(summary, indent=2))
@@ -107,12 +110,20 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from rlcsc.benchmark import input_precision, read_batches
+    from rlcsc import benchmark
+    from rlcsc.config import load_block
+    from rlcsc.train import TrainParams
 
     if args.what == "read":
-        result = read_batches(args.patches, args.batch, args.steps)
+        result = benchmark.read_batches(args.patches, args.batch, args.steps)
+    elif args.what == "input-precision":
+        result = benchmark.input_precision(args.model, args.raw)
     else:
-        result = input_precision(args.model, args.raw)
+        p = load_block(args.params, "train", TrainParams, args.experiment)
+        if args.what == "train":
+            result = benchmark.train_step(p, args.steps, args.warmup)
+        else:
+            result = benchmark.inference(p)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,14 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
-    p.add_argument("what", choices=["read", "input-precision"],
-                   help="read: time random batches from the patch set; "
+    p.add_argument("what", choices=["train", "inference", "read", "input-precision"],
+                   help="train: ms per training step, TFLOP/s, projected run time, peak memory of "
+                   "--experiment under the current budget; inference: ms for a 288x288 image; "
+                   "read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model on float32 vs float16 inputs")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--experiment", default="K25")
+    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--model", type=Path, default=Path("models/K25/model.pt"))
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=128, help="batch of `read`")
+    p.add_argument("--steps", type=int, default=100, help="timed steps (`train`, `read`)")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)
 

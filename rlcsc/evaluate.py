@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from rlcsc.color import rgb2y
 from rlcsc.crop import modcrop, shave
@@ -75,11 +76,20 @@ class ImageScore:
     ifc: float
 
 
+def quantize(img: np.ndarray, scale: int) -> np.ndarray:
+    """Step 4's first half: round to uint8 MATLAB-style and shave `scale` pixels per side."""
+    return shave(to_uint8_scale(img), scale).astype(np.uint8)
+
+
+def compare(ref: np.ndarray, out: np.ndarray, with_ifc: bool) -> tuple[float, float, float]:
+    """Step 4's second half: PSNR, SSIM, IFC of quantised images in float64 (reference first)."""
+    ref, out = ref.astype(np.float64), out.astype(np.float64)
+    return psnr(ref, out), ssim(ref, out), ifc(ref, out) if with_ifc else float("nan")
+
+
 def score(hr: np.ndarray, sr: np.ndarray, scale: int, with_ifc: bool) -> tuple[float, float, float]:
     """Step 4: quantise, shave, compare (reference first)."""
-    ref = shave(to_uint8_scale(hr), scale)
-    out = shave(to_uint8_scale(sr), scale)
-    return psnr(ref, out), ssim(ref, out), ifc(ref, out) if with_ifc else float("nan")
+    return compare(quantize(hr, scale), quantize(sr, scale), with_ifc)
 
 
 def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
@@ -87,6 +97,11 @@ def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
     hr, ilr = ilr_pair(path, scale)
     sr = upscale(ilr, scale)
     return ImageScore(dataset, path.name, scale, *score(hr, sr, scale, with_ifc))
+
+
+def _compare_task(task: tuple[str, str, int, np.ndarray, np.ndarray, bool]) -> ImageScore:
+    dataset, name, scale, ref, out, with_ifc = task
+    return ImageScore(dataset, name, scale, *compare(ref, out, with_ifc))
 
 
 def evaluate(
@@ -107,7 +122,14 @@ def evaluate(
         if not path.is_file():
             raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
         tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
-    return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
+    if not getattr(upscale, "in_process", False):
+        return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
+    # A network on a GPU: its forward passes run here, the metrics on `jobs` processes.
+    quantized = []
+    for dataset, path, s, _, _ in tqdm(tasks, desc="super-resolve", unit="img"):
+        hr, ilr = ilr_pair(path, s)
+        quantized.append((dataset, path.name, s, quantize(hr, s), quantize(upscale(ilr, s), s), with_ifc))
+    return list(pmap(_compare_task, quantized, jobs, desc="evaluate"))
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, float]]]:

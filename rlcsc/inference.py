@@ -72,11 +72,19 @@ def apply(model: torch.nn.Module, ilr: np.ndarray, tile: int = 512) -> np.ndarra
 
 
 class Network:
-    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded once per process)."""
+    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded once per process).
+
+    On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the
+    forward passes run in the calling process and only the metrics are spread over processes.
+    """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
         self.path, self.device = Path(path), device
         self._model: torch.nn.Module | None = None
+
+    @property
+    def in_process(self) -> bool:
+        return self.device != "cpu"
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "device": self.device, "_model": None}

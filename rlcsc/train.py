@@ -136,6 +136,42 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
+class Batches:
+    """The training pairs the loop draws from: the first `n` of the shuffled set, in file order.
+
+    On a CUDA device with room for them they are copied there once (inputs float16, labels uint8)
+    and each batch is gathered on the device; otherwise batches are gathered from the memory map on
+    the host. Both paths give the same batches for the same positions.
+    """
+
+    def __init__(self, data: PatchSet, n: int, device: torch.device) -> None:
+        self.rows = np.sort(data.keep[:n])
+        self.data, self.device = data, device
+        need = n * data.inputs[0].nbytes + n * data.labels[0].nbytes
+        self.on_device = device.type == "cuda" and 2 * need < torch.cuda.mem_get_info(device)[0]
+        if self.on_device:
+            self.inputs = torch.empty((n, *data.inputs.shape[1:]), dtype=torch.float16, device=device)
+            self.labels = torch.empty((n, *data.labels.shape[1:]), dtype=torch.uint8, device=device)
+            for start in tqdm(range(0, n, 1 << 16), desc="patches to GPU", unit="chunk"):
+                rows = self.rows[start : start + (1 << 16)]
+                self.inputs[start : start + len(rows)] = torch.from_numpy(data.inputs[rows].astype(np.float16))
+                self.labels[start : start + len(rows)] = torch.from_numpy(data.labels[rows])
+
+    def order(self, seed: int, epoch: int) -> np.ndarray | torch.Tensor:
+        """Positions in the order epoch `epoch` visits them (on the device when the pairs are)."""
+        order = epoch_order(seed, epoch, len(self.rows))
+        return torch.from_numpy(order).to(self.device) if self.on_device else order
+
+    def __call__(self, positions: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels in [0, 1]) as float32 (B, 1, size, size) on the device."""
+        if self.on_device:
+            return self.inputs[positions].float()[:, None], self.labels[positions].float()[:, None] / 255
+        rows = self.rows[positions]
+        x = torch.from_numpy(self.data.inputs[rows].astype(np.float32)[:, None])
+        y = torch.from_numpy(self.data.labels[rows].astype(np.float32)[:, None] / 255)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 class Monitor:
     """Set5 x3 (by default) scored by the evaluation protocol after every epoch."""
 
@@ -177,7 +213,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = p.precision != "fp32"
-    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                                **({"fused": True} if cuda else {"foreach": True}))
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     state = _resume(ckpt_path, p, model, optimizer)
@@ -186,6 +223,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
     forward = torch.compile(net) if (p.compile and cuda) else net
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and p.precision == "bf16")
     monitor = Monitor(raw, p.eval_dataset, p.eval_scale) if dist.main else None
+    batches = Batches(data, n, device)
 
     def checkpoint() -> None:
         if dist.main:
@@ -202,13 +240,13 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int |
             lr = learning_rate(p, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            order = epoch_order(p.seed, epoch, n)
+            order = batches.order(p.seed, epoch)
             bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
                        disable=not dist.main, unit="step")
             running = torch.zeros((), device=device)
             while step < steps_per_epoch:
                 batch = order[step * p.batch : (step + 1) * p.batch][dist.rank :: dist.world]
-                x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in data.batch(batch))
+                x, y = batches(batch)
                 if cuda:
                     x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
                 with autocast:
