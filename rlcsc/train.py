@@ -139,7 +139,7 @@ class Distributed:
 class Batches:
     """The training pairs the loop draws from: the first `n` of the shuffled set, in file order.
 
-    On a CUDA device with room for them they are copied there once (inputs float16, labels uint8)
+    On a CUDA device with room for them they are copied there once (as stored: labels uint8)
     and each batch is gathered on the device; otherwise batches are gathered from the memory map on
     the host. Both paths give the same batches for the same positions.
     """
@@ -150,11 +150,12 @@ class Batches:
         need = n * data.inputs[0].nbytes + n * data.labels[0].nbytes
         self.on_device = device.type == "cuda" and 2 * need < torch.cuda.mem_get_info(device)[0]
         if self.on_device:
-            self.inputs = torch.empty((n, *data.inputs.shape[1:]), dtype=torch.float16, device=device)
+            dtype = torch.from_numpy(np.asarray(data.inputs[:1])).dtype  # as stored: float16 or float32
+            self.inputs = torch.empty((n, *data.inputs.shape[1:]), dtype=dtype, device=device)
             self.labels = torch.empty((n, *data.labels.shape[1:]), dtype=torch.uint8, device=device)
             for start in tqdm(range(0, n, 1 << 16), desc="patches to GPU", unit="chunk"):
                 rows = self.rows[start : start + (1 << 16)]
-                self.inputs[start : start + len(rows)] = torch.from_numpy(data.inputs[rows].astype(np.float16))
+                self.inputs[start : start + len(rows)] = torch.from_numpy(data.inputs[rows])
                 self.labels[start : start + len(rows)] = torch.from_numpy(data.labels[rows])
 
     def order(self, seed: int, epoch: int) -> np.ndarray | torch.Tensor:
