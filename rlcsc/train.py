@@ -6,7 +6,7 @@ epochs; 35 epochs. Gradients are clipped with theta = 0.4 (Section 5.2) by their
 (`clip_grad_norm_`), as the PyTorch VDSR training code that RL-CSC's PyTorch implementation and its
 DRRN comparison (Caffe's `clip_gradients`) build on. VDSR's paper describes an element-wise clip to
 [-theta/lr, theta/lr] instead; with the loss of eq. 14 and lr = 0.1 that variant lets every weight
-move by up to 0.4 per step, and the network diverges within its first 20 steps (see the
+move by up to 0.4 per step, and the network diverged at once when trained that way (see the
 deviations page), so the norm clip is the one implemented.
 
 After every epoch the model is scored on Set5 x3 (PSNR/SSIM, the evaluation protocol) and logged
