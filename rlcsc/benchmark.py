@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import resource
 import statistics
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ import torch
 
 from rlcsc.data.download import load_manifest
 from rlcsc.data.patches import PatchSet
-from rlcsc.evaluate import ilr_pair, score
-from rlcsc.inference import apply, build, load_model
-from rlcsc.train import TrainParams, pick_device
+from rlcsc.errors import RlcscError
+from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, score, summarize
+from rlcsc.inference import Network, apply, build, load_model, model_state
+from rlcsc.train import TrainParams, pick_device, train
 
 PAPER_PAIRS = 1_929_728
 
@@ -144,7 +147,8 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 
 @torch.no_grad()
 def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
-    """Median time to super-resolve one `size` x `size` image (the paper: 0.15 s for 288 x 288)."""
+    """Median time to super-resolve one `size` x `size` image (the paper: 0.15 s for 288 x 288), in
+    fp32 and on a GPU also with TF32 convolutions and under bf16 autocast."""
     device = pick_device(p.device)
     cuda = device.type == "cuda"
     model = build(p.arch, p.model_config()).to(device).eval()
@@ -152,11 +156,126 @@ def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
     timer = _timer(device)
     result = {"what": "inference", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
               "model": p.model_config(), "size": size}
-    for precision in (("fp32", "bf16") if cuda else ("fp32",)):
+    for precision in (("fp32", "tf32", "bf16") if cuda else ("fp32",)):
         def step() -> None:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with (torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "fp32"),
+                  torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")):
                 model(x)
         for _ in range(3):
             timer(step)
         result[f"ms_{precision}"] = statistics.median(timer(step) for _ in range(repeats))
     return result
+
+
+def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None, jobs: int | None = None) -> dict:
+    """Wall time of `rlcsc evaluate` on the test sets, scales and metrics of `e`, for the model file
+    `model` or, without one, an untrained network of `p` (the time does not depend on the weights).
+
+    With TF32 on a GPU it also scores Set5 and Set14 (when in `e`) in fp32 without IFC and reports
+    the PSNR differences, so the speed's cost in accuracy is printed beside it.
+    """
+    device = "cuda" if torch.cuda.is_available() and p.device != "cpu" else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            model = Path(tmp) / "untrained.pt"
+            torch.save(model_state(build(p.arch, p.model_config())), model)
+        elif not model.is_file():
+            raise RlcscError(f"model file not found: {model}")
+        start = time.perf_counter()
+        scores = evaluate(Network(model, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+        seconds = time.perf_counter() - start
+        result = {"what": "evaluation", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                  "model": str(model) if model.parent != Path(tmp) else f"untrained {p.model_config()}",
+                  "datasets": list(e.datasets), "scales": list(e.scales), "ifc": e.ifc,
+                  "precision": e.precision if device == "cuda" else "fp32", "images": len(scores),
+                  "seconds": seconds, "images_per_s": len(scores) / seconds}
+        small = [d for d in ("Set5", "Set14") if d in e.datasets]
+        if device == "cuda" and e.precision == "tf32" and small:
+            fast = summarize([s for s in scores if s.dataset in small])
+            exact = summarize(evaluate(Network(model, device, "fp32"), raw, small, e.scales, False, jobs))
+            result["psnr_tf32_minus_fp32"] = {d: {x: fast[d][x]["psnr"] - exact[d][x]["psnr"] for x in exact[d]}
+                                              for d in exact}
+    return result
+
+
+def training_precision(p: TrainParams, patches: Path, raw: Path, steps: int) -> dict:
+    """The bf16 check: `steps` steps of `rlcsc train` from the same seed (same initial weights, same
+    batches) in fp32 and in bf16, each scored on the monitor set (Set5 x3) by the protocol."""
+    if pick_device(p.device).type != "cuda":
+        raise RlcscError("the precision check needs a CUDA GPU: on the CPU training always computes in fp32")
+    available = len(PatchSet.open(patches))
+    if steps * p.batch > available:
+        raise RlcscError(f"{steps} steps of {p.batch} need {steps * p.batch} training pairs; {patches} has {available}")
+    result: dict = {"what": "training precision", "device": torch.cuda.get_device_name(), "steps": steps,
+                    "model": p.model_config(), "batch": p.batch, "lr": p.lr, "seed": p.seed}
+    for precision in ("fp32", "bf16"):
+        run = replace(p, precision=precision, pairs=steps * p.batch, epochs=1, checkpoint_every=steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train(run, patches, raw, Path(tmp))
+        last = summary["history"][-1] if summary["history"] else {}
+        result[precision] = {"status": summary["status"], "psnr": last.get("psnr"),
+                             "ms_per_step": summary["ms_per_step"]}
+    if result["fp32"]["psnr"] is not None and result["bf16"]["psnr"] is not None:
+        result["difference_db"] = result["bf16"]["psnr"] - result["fp32"]["psnr"]
+    return result
+
+
+TABLE4 = {("RL-CSC", 30): ("rlcsc", {}), ("DRRN", 20): ("drrn", {"units": 9}), ("DRRN", 52): ("drrn", {"units": 25})}
+TABLE4_SIZES = ((64, 31), (128, 31), (128, 33))  # (batch, patch)
+
+
+def count_training_memory(model: torch.nn.Module, batch: int, patch: int) -> dict[str, float]:
+    """Training memory of one SGD step in MiB, counted in one framework on any machine.
+
+    Activations: the bytes autograd saves for backward other than the weights (counted with
+    saved_tensors_hooks while the forward pass runs on the meta device, so nothing is computed);
+    plus parameters, gradients and the momentum buffer (3x the parameter bytes).
+    """
+    model = model.to("meta")
+    params = {id(w) for w in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in params:
+            saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    x = torch.zeros(batch, 1, patch, patch, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x).sum()  # kept alive so that no saved tensor's id is reused
+    weights = sum(w.numel() * w.element_size() for w in model.parameters())
+    del out
+    return {"activations": sum(saved.values()) / 2**20, "weights+grads+momentum": 3 * weights / 2**20,
+            "total": (sum(saved.values()) + 3 * weights) / 2**20}
+
+
+def cuda_peak_training_memory(model: torch.nn.Module, batch: int, patch: int) -> float | None:
+    """Peak CUDA memory (MiB) of an fp32 SGD training step, or None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = model.cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(batch, 1, patch, patch, device="cuda")
+    for _ in range(2):  # the second step holds the momentum buffers too
+        optimizer.zero_grad()
+        (model(x) - x).square().sum().backward()
+        optimizer.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    del model, optimizer, x
+    torch.cuda.empty_cache()
+    return peak
+
+
+def training_memory() -> list[dict]:
+    """Table 4's settings: counted memory on any machine, and the CUDA peak when there is a GPU."""
+    rows = []
+    for (name, layers), (arch, config) in TABLE4.items():
+        for batch, patch in TABLE4_SIZES:
+            counted = count_training_memory(build(arch, config), batch, patch)
+            rows.append({"model": name, "layers": layers, "batch": batch, "patch": patch,
+                         "counted_activations_mib": counted["activations"], "counted_total_mib": counted["total"],
+                         "cuda_peak_mib": cuda_peak_training_memory(build(arch, config), batch, patch)})
+    return rows

@@ -35,7 +35,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    upscale = bicubic if args.model is None else Network(args.model, device)
+    upscale = bicubic if args.model is None else Network(args.model, device, params.precision)
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     summary = write_results(scores, args.out)
     print(json.dumps(summary, indent=2))
@@ -109,21 +109,33 @@ def _report(args: argparse.Namespace) -> None:
     execute_notebook(source, args.out / f"{args.name}.ipynb", parameters)
 
 
+BENCHMARK_STEPS = {"train": 100, "read": 500, "precision": 1000}
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     from rlcsc import benchmark
     from rlcsc.config import load_block
+    from rlcsc.evaluate import EvaluateParams
     from rlcsc.train import TrainParams
 
+    steps = args.steps or BENCHMARK_STEPS.get(args.what)
     if args.what == "read":
-        result = benchmark.read_batches(args.patches, args.batch, args.steps)
+        result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "input-precision":
-        result = benchmark.input_precision(args.model, args.raw)
+        result = benchmark.input_precision(args.model or Path("models/K25/model.pt"), args.raw)
+    elif args.what == "memory":
+        result = benchmark.training_memory()
     else:
         p = load_block(args.params, "train", TrainParams, args.experiment)
         if args.what == "train":
-            result = benchmark.train_step(p, args.steps, args.warmup)
-        else:
+            result = benchmark.train_step(p, steps, args.warmup)
+        elif args.what == "inference":
             result = benchmark.inference(p)
+        elif args.what == "precision":
+            result = benchmark.training_precision(p, args.patches, args.raw, steps)
+        else:
+            e = load_block(args.params, "evaluate", EvaluateParams)
+            result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,19 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
-    p.add_argument("what", choices=["train", "inference", "read", "input-precision"],
+    p.add_argument("what", choices=["train", "inference", "evaluate", "memory", "precision", "read", "input-precision"],
                    help="train: ms per training step, TFLOP/s, projected run time, peak memory of "
                    "--experiment under the current budget; inference: ms for a 288x288 image; "
+                   "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
+                   "untrained --experiment network); memory: Table 4's training memory; "
+                   "precision: Set5 x3 PSNR after --steps training steps in fp32 and in bf16 (GPU); "
                    "read: time random batches from the patch set; "
-                   "input-precision: Set5 x3 PSNR of --model on float32 vs float16 inputs")
+                   "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
+                   "vs float16 inputs")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--experiment", default="K25")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--model", type=Path, default=Path("models/K25/model.pt"))
+    p.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
     p.add_argument("--batch", type=int, default=128, help="batch of `read`")
-    p.add_argument("--steps", type=int, default=100, help="timed steps (`train`, `read`)")
+    p.add_argument("--steps", type=int, help=f"steps (default: {BENCHMARK_STEPS})")
+    p.add_argument("--jobs", **jobs)
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,18 +31,24 @@ from rlcsc.ifc import ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.metrics import psnr, ssim, to_uint8_scale
-from rlcsc.parallel import pmap
+from rlcsc.parallel import pmap, pool
 
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 SCALES = (2, 3, 4)
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Block `evaluate` of params.yaml: which test sets and scales are scored, and whether IFC is."""
+    """Block `evaluate` of params.yaml: which test sets and scales are scored, whether IFC is, and
+    the precision of a network's convolutions on a GPU (tf32 | fp32; the CPU computes in fp32)."""
 
     datasets: tuple[str, ...] = TEST_SETS
     scales: tuple[int, ...] = SCALES
     ifc: bool = True
+    precision: str = "tf32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("tf32", "fp32"):
+            raise RlcscError(f"evaluate.precision must be tf32 or fp32, got {self.precision!r}")
 
 
 # Maps the ILR image (float64 Y in [0, 1]) and the scale to the super-resolved image.
@@ -99,6 +106,13 @@ def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
     return ImageScore(dataset, path.name, scale, *score(hr, sr, scale, with_ifc))
 
 
+def _prepare(task: tuple[Path, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(quantised reference, ILR input) of one image and scale: the work before a GPU's forward pass."""
+    path, scale = task
+    hr, ilr = ilr_pair(path, scale)
+    return quantize(hr, scale), ilr
+
+
 def _compare_task(task: tuple[str, str, int, np.ndarray, np.ndarray, bool]) -> ImageScore:
     dataset, name, scale, ref, out, with_ifc = task
     return ImageScore(dataset, name, scale, *compare(ref, out, with_ifc))
@@ -112,7 +126,11 @@ def evaluate(
     with_ifc: bool = True,
     jobs: int | None = None,
 ) -> list[ImageScore]:
-    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes."""
+    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes.
+
+    An upscaler marked `in_process` (a network on a GPU) runs in this process while the workers
+    read and interpolate the next images and score the finished ones.
+    """
     bad = [s for s in scales if s not in SCALES]
     if bad:
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
@@ -124,12 +142,17 @@ def evaluate(
         tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
-    # A network on a GPU: its forward passes run here, the metrics on `jobs` processes.
-    quantized = []
-    for dataset, path, s, _, _ in tqdm(tasks, desc="super-resolve", unit="img"):
-        hr, ilr = ilr_pair(path, s)
-        quantized.append((dataset, path.name, s, quantize(hr, s), quantize(upscale(ilr, s), s), with_ifc))
-    return list(pmap(_compare_task, quantized, jobs, desc="evaluate"))
+    jobs = jobs or os.cpu_count() or 1
+    with pool(jobs) as workers:  # 2 * jobs inputs in preparation ahead of the network, not all in memory
+        ahead = deque(workers.submit(_prepare, task[1:3]) for task in tasks[: 2 * jobs])
+        scored = []
+        for i, (dataset, path, s, _, _) in enumerate(tqdm(tasks, desc="super-resolve", unit="img")):
+            ref, ilr = ahead.popleft().result()
+            if i + 2 * jobs < len(tasks):
+                ahead.append(workers.submit(_prepare, tasks[i + 2 * jobs][1:3]))
+            out = quantize(upscale(ilr, s), s)
+            scored.append(workers.submit(_compare_task, (dataset, path.name, s, ref, out, with_ifc)))
+        return [f.result() for f in tqdm(scored, desc="evaluate", unit="img")]
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, float]]]:

@@ -50,11 +50,13 @@ def receptive_radius(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def apply(model: torch.nn.Module, ilr: np.ndarray, tile: int = 512) -> np.ndarray:
+def apply(model: torch.nn.Module, ilr: np.ndarray, tile: int | None = None) -> np.ndarray:
     """The network's output for one 2-D float image, computed in overlapping tiles of `tile`
-    pixels; each tile carries `receptive_radius` pixels of context, so the result equals the
-    untiled computation while memory stays bounded."""
+    pixels (default: 1024 on a GPU, so a test image is one tile; 512 on the CPU); each tile carries
+    `receptive_radius` pixels of context, so the result equals the untiled computation while
+    memory stays bounded."""
     device = next(model.parameters()).device
+    tile = tile or (1024 if device.type == "cuda" else 512)
     x = torch.from_numpy(np.ascontiguousarray(ilr, dtype=np.float32))[None, None].to(device)
     h, w = ilr.shape
     if h <= tile and w <= tile:
@@ -74,12 +76,13 @@ def apply(model: torch.nn.Module, ilr: np.ndarray, tile: int = 512) -> np.ndarra
 class Network:
     """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded once per process).
 
-    On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the
-    forward passes run in the calling process and only the metrics are spread over processes.
+    On the CPU it runs inside the evaluation's worker processes, in fp32; on a GPU (`in_process`)
+    the forward passes run in the calling process, with TF32 convolutions unless `precision` is
+    "fp32", and only the metrics are spread over processes.
     """
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
-        self.path, self.device = Path(path), device
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "tf32") -> None:
+        self.path, self.device, self.precision = Path(path), device, precision
         self._model: torch.nn.Module | None = None
 
     @property
@@ -87,12 +90,13 @@ class Network:
         return self.device != "cpu"
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "device": self.device, "_model": None}
+        return {**self.__dict__, "_model": None}
 
     def __call__(self, ilr: np.ndarray, scale: int) -> np.ndarray:
         if self._model is None:
             self._model = load_model(self.path, self.device)
-        return apply(self._model, ilr)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=self.precision == "tf32"):
+            return apply(self._model, ilr)
 
 
 def super_resolve(model: torch.nn.Module, img: np.ndarray, scale: int) -> np.ndarray:

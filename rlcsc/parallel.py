@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -11,6 +12,20 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def share_cores(jobs: int) -> None:
+    """Limit a worker's thread pools (torch, OpenMP) to its share of the cores, so that `jobs`
+    workers together use every core once instead of each using all of them."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when it is first imported
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def pool(jobs: int) -> ProcessPoolExecutor:
+    """A pool of `jobs` worker processes that share the cores (see `share_cores`)."""
+    return ProcessPoolExecutor(jobs, initializer=share_cores, initargs=(jobs,))
 
 
 def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, unit: str = "img") -> Iterator[R]:
@@ -22,7 +37,7 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 yield fn(task)
                 bar.update()
             return
-        with ProcessPoolExecutor(jobs) as pool:
-            for result in pool.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (8 * jobs)))):
+        with pool(jobs) as workers:
+            for result in workers.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (8 * jobs)))):
                 yield result
                 bar.update()

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
 from rlcsc.config import read_params
 from rlcsc.reference import table
 
@@ -71,47 +69,6 @@ def mark_best(frame: pd.DataFrame, digits: int) -> "pd.io.formats.style.Styler":
 
     small = [{"selector": "", "props": "font-size: 0.85em"}]
     return frame.style.apply(colours, axis=1).format(f"{{:.{digits}f}}", na_rep="not run").set_table_styles(small)
-
-
-def count_training_memory(model: torch.nn.Module, batch: int, patch: int) -> dict[str, float]:
-    """Training memory of one SGD step in MiB, counted in one framework on any machine.
-
-    Activations: the bytes autograd saves for backward (counted with saved_tensors_hooks while the
-    forward pass runs on the meta device, so nothing is computed); plus parameters, gradients and
-    the momentum buffer (3x the parameter bytes). Buffers shared between saved tensors count once.
-    """
-    model = model.to("meta")
-    seen: dict[tuple, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = (id(t.untyped_storage()) if t.device.type != "meta" else id(t), t.shape, t.dtype)
-        seen[key] = t.numel() * t.element_size()
-        return t
-
-    x = torch.zeros(batch, 1, patch, patch, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum()
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    mib = 2**20
-    return {"activations": sum(seen.values()) / mib, "weights+grads+momentum": 3 * params / mib,
-            "total": (sum(seen.values()) + 3 * params) / mib}
-
-
-def cuda_peak_training_memory(model: torch.nn.Module, batch: int, patch: int) -> float | None:
-    """Peak CUDA memory (MiB) of one fp32 SGD training step, or None without a GPU."""
-    if not torch.cuda.is_available():
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    model = model.cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 1, patch, patch, device="cuda")
-    for _ in range(2):
-        opt.zero_grad()
-        (model(x) - x).square().sum().backward()
-        opt.step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def execute_notebook(source: Path, target: Path, parameters: dict) -> None:

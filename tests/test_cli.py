@@ -71,21 +71,3 @@ def test_patch_count_of_the_full_protocol_is_the_papers(mirror: Path, tmp_path: 
     out = capsys.readouterr().out
     assert "pairs: 1929744" in out and "kept:  1929728" in out
     assert not (tmp_path / "data").exists()
-
-
-def test_benchmark_train_and_inference_run_on_cpu(tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text("train: {recursions: 2, features: 4, codes: 8, batch: 4, pairs: 40, epochs: 3, device: cpu}\n"
-                      "experiments: {tiny: {}}\n")
-    out = tmp_path / "train.json"
-    argv = ["benchmark", "train", "--params", str(params), "--experiment", "tiny", "--steps", "3", "--warmup", "1"]
-    assert main(argv + ["--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["ms_per_step"] > 0 and result["tflops"] > 0 and result["peak_memory_mib"] > 0
-    assert result["steps_per_epoch"] == 10
-    assert result["projected_run_h"] == pytest.approx(3 * 10 * result["ms_per_step"] / 3.6e6)
-    # 9 (1*4 + 4*4 + 4*8 + 2*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, x3 for backward
-    assert result["tflop_per_step"] == pytest.approx(3 * 2 * 9 * 216 * 4 * 33 * 33 / 1e12)
-    infer = tmp_path / "inference.json"
-    assert main(["benchmark", "inference", "--params", str(params), "--experiment", "tiny", "--out", str(infer)]) == 0
-    assert json.loads(infer.read_text())["ms_fp32"] > 0

@@ -1,0 +1,105 @@
+"""`rlcsc benchmark` on the CPU, the evaluation's GPU pipeline (run here with bicubic) and core sharing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rlcsc.benchmark import count_training_memory, training_memory
+from rlcsc.cli import main
+from rlcsc.evaluate import bicubic, evaluate
+from rlcsc.parallel import pool
+
+TINY = ("train: {recursions: 2, features: 4, codes: 8, batch: 4, pairs: 40, epochs: 3, device: cpu}\n"
+        "experiments: {tiny: {}}\n")
+
+
+def test_benchmark_train_and_inference_run_on_cpu(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY)
+    out = tmp_path / "train.json"
+    argv = ["benchmark", "train", "--params", str(params), "--experiment", "tiny", "--steps", "3", "--warmup", "1"]
+    assert main(argv + ["--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ms_per_step"] > 0 and result["tflops"] > 0 and result["peak_memory_mib"] > 0
+    assert result["steps_per_epoch"] == 10
+    assert result["projected_run_h"] == pytest.approx(3 * 10 * result["ms_per_step"] / 3.6e6)
+    # 9 (1*4 + 4*4 + 4*8 + 2*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, x3 for backward
+    assert result["tflop_per_step"] == pytest.approx(3 * 2 * 9 * 216 * 4 * 33 * 33 / 1e12)
+    infer = tmp_path / "inference.json"
+    assert main(["benchmark", "inference", "--params", str(params), "--experiment", "tiny", "--out", str(infer)]) == 0
+    assert json.loads(infer.read_text())["ms_fp32"] > 0
+
+
+def test_benchmark_evaluate_times_the_evaluate_block(mirror: Path, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY + "evaluate: {datasets: [Set5], scales: [3, 4], ifc: false}\n")
+    out = tmp_path / "evaluate.json"
+    argv = ["benchmark", "evaluate", "--params", str(params), "--experiment", "tiny", "--raw", str(mirror)]
+    assert main(argv + ["--jobs", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 10 and result["seconds"] > 0 and result["precision"] == "fp32"
+    assert result["images_per_s"] == pytest.approx(10 / result["seconds"])
+    assert result["model"].startswith("untrained") and "psnr_tf32_minus_fp32" not in result
+
+
+def test_benchmark_precision_needs_a_gpu(tmp_path: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY)
+    assert main(["benchmark", "precision", "--params", str(params), "--experiment", "tiny"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs a CUDA GPU" in err and "\n" not in err
+
+
+class InProcessBicubic:
+    """Bicubic through the path a GPU network takes: called in this process, in order."""
+
+    in_process = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, ilr, scale):
+        self.calls += 1
+        return bicubic(ilr, scale)
+
+
+def test_in_process_path_scores_like_the_worker_path(mirror: Path) -> None:
+    upscale = InProcessBicubic()
+    gpu_path = evaluate(upscale, mirror, ["Set5", "Set14"], [2, 4], with_ifc=True, jobs=2)
+    worker_path = evaluate(bicubic, mirror, ["Set5", "Set14"], [2, 4], with_ifc=True, jobs=2)
+    assert upscale.calls == 38
+    assert gpu_path == worker_path
+
+
+def test_workers_share_the_cores() -> None:
+    with pool(2) as workers:
+        threads = workers.submit(torch.get_num_threads).result()
+        omp = workers.submit(os.getenv, "OMP_NUM_THREADS").result()
+    assert threads == max(1, os.cpu_count() // 2) and omp == str(threads)
+
+
+def test_counted_memory_is_saved_activations_plus_three_copies_of_the_weights() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+    counted = count_training_memory(net, batch=2, patch=5)
+    # the conv saves its input (2x1x5x5) and the ReLU its output (2x4x5x5); the weights are not activations
+    assert counted["activations"] * 2**20 == (2 * 1 * 25 + 2 * 4 * 25) * 4
+    assert counted["weights+grads+momentum"] * 2**20 == 3 * (4 * 9 + 4) * 4
+
+
+def test_table4_settings_scale_with_the_batch() -> None:
+    rows = {(r["model"], r["layers"], r["batch"], r["patch"]): r for r in training_memory()}
+    assert len(rows) == 9
+    for model, layers in (("RL-CSC", 30), ("DRRN", 20), ("DRRN", 52)):
+        small, large = rows[model, layers, 64, 31], rows[model, layers, 128, 31]
+        # BatchNorm's per-channel statistics are the only saved tensors that do not grow with the batch
+        assert large["counted_activations_mib"] == pytest.approx(2 * small["counted_activations_mib"], rel=1e-4)
+    # more recursive units save more: B1U25 above B1U9
+    assert rows["DRRN", 52, 128, 33]["counted_total_mib"] > rows["DRRN", 20, 128, 33]["counted_total_mib"]
