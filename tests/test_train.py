@@ -100,3 +100,16 @@ def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, t
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert single["status"] == "completed"
+
+
+def test_precision_check_trains_both_runs_from_one_seed(patches: Path, mirror: Path, monkeypatch) -> None:
+    """The bf16 check's plumbing, run where both precisions compute in fp32: the scores must agree."""
+    from rlcsc import benchmark
+
+    monkeypatch.setattr(benchmark, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "stand-in")
+    result = benchmark.training_precision(TINY, patches, mirror, steps=5)
+    assert result["fp32"]["status"] == result["bf16"]["status"] == "completed"
+    assert result["fp32"]["psnr"] > 10 and result["difference_db"] == 0.0
+    with pytest.raises(RlcscError, match="need"):
+        benchmark.training_precision(TINY, patches, mirror, steps=10**6)
