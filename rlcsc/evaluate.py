@@ -51,7 +51,8 @@ class EvaluateParams:
             raise RlcscError(f"evaluate.precision must be tf32 or fp32, got {self.precision!r}")
 
 
-# Maps the ILR image (float64 Y in [0, 1]) and the scale to the super-resolved image.
+# Maps the ILR image (float64 Y in [0, 1]; a tensor on its device for an `in_process` upscaler)
+# and the scale to the super-resolved image (numpy).
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -106,11 +107,10 @@ def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
     return ImageScore(dataset, path.name, scale, *score(hr, sr, scale, with_ifc))
 
 
-def _prepare(task: tuple[Path, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(quantised reference, ILR input) of one image and scale: the work before a GPU's forward pass."""
+def _read_hr(task: tuple[Path, int]) -> np.ndarray:
+    """Step 1 for a network on a GPU: the uint8 Y of one test image, `modcrop`ped to the scale."""
     path, scale = task
-    hr, ilr = ilr_pair(path, scale)
-    return quantize(hr, scale), ilr
+    return modcrop(rgb2y(read_image(path)), scale)
 
 
 def _compare_task(task: tuple[str, str, int, np.ndarray, np.ndarray, bool]) -> ImageScore:
@@ -128,8 +128,8 @@ def evaluate(
 ) -> list[ImageScore]:
     """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes.
 
-    An upscaler marked `in_process` (a network on a GPU) runs in this process while the workers
-    read and interpolate the next images and score the finished ones.
+    An upscaler marked `in_process` (a network on a GPU) is called in this process with the ILR
+    image as a float64 tensor on its `device`; every other upscaler runs in the workers on numpy.
     """
     bad = [s for s in scales if s not in SCALES]
     if bad:
@@ -142,15 +142,27 @@ def evaluate(
         tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
-    jobs = jobs or os.cpu_count() or 1
-    with pool(jobs) as workers:  # 2 * jobs inputs in preparation ahead of the network, not all in memory
-        ahead = deque(workers.submit(_prepare, task[1:3]) for task in tasks[: 2 * jobs])
+    return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)
+
+
+def _evaluate_in_process(upscale: Upscaler, tasks: list, jobs: int) -> list[ImageScore]:
+    """Steps 2-3 on the upscaler's device (the ILR image by the torch `imresize` in float64, then the
+    network), while `jobs` workers read the next images and score the finished ones."""
+    import torch
+
+    from rlcsc.imresize import imresize_torch
+
+    device = getattr(upscale, "device", "cpu")
+    with pool(jobs) as workers:  # 2 * jobs images read ahead of the network, not all in memory
+        ahead = deque(workers.submit(_read_hr, task[1:3]) for task in tasks[: 2 * jobs])
         scored = []
-        for i, (dataset, path, s, _, _) in enumerate(tqdm(tasks, desc="super-resolve", unit="img")):
-            ref, ilr = ahead.popleft().result()
+        for i, (dataset, path, s, _, with_ifc) in enumerate(tqdm(tasks, desc="super-resolve", unit="img")):
+            y = ahead.popleft().result()
             if i + 2 * jobs < len(tasks):
-                ahead.append(workers.submit(_prepare, tasks[i + 2 * jobs][1:3]))
-            out = quantize(upscale(ilr, s), s)
+                ahead.append(workers.submit(_read_hr, tasks[i + 2 * jobs][1:3]))
+            hr = torch.from_numpy(y).to(device, torch.float64) / 255
+            ilr = imresize_torch(imresize_torch(hr, 1 / s), s)
+            ref, out = quantize(y / 255, s), quantize(upscale(ilr, s), s)
             scored.append(workers.submit(_compare_task, (dataset, path.name, s, ref, out, with_ifc)))
         return [f.result() for f in tqdm(scored, desc="evaluate", unit="img")]
 

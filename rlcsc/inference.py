@@ -50,14 +50,16 @@ def receptive_radius(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def apply(model: torch.nn.Module, ilr: np.ndarray, tile: int | None = None) -> np.ndarray:
-    """The network's output for one 2-D float image, computed in overlapping tiles of `tile`
+def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | None = None) -> np.ndarray:
+    """The network's output (float64) for one 2-D float image, computed in overlapping tiles of `tile`
     pixels (default: 1024 on a GPU, so a test image is one tile; 512 on the CPU); each tile carries
     `receptive_radius` pixels of context, so the result equals the untiled computation while
     memory stays bounded."""
     device = next(model.parameters()).device
     tile = tile or (1024 if device.type == "cuda" else 512)
-    x = torch.from_numpy(np.ascontiguousarray(ilr, dtype=np.float32))[None, None].to(device)
+    if isinstance(ilr, np.ndarray):
+        ilr = torch.from_numpy(np.ascontiguousarray(ilr))
+    x = ilr.to(device, torch.float32)[None, None]
     h, w = ilr.shape
     if h <= tile and w <= tile:
         return model(x)[0, 0].double().cpu().numpy()

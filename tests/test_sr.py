@@ -34,6 +34,7 @@ def test_tiled_inference_equals_whole_image() -> None:
     whole = apply(model, img, tile=1000)
     np.testing.assert_allclose(apply(model, img, tile=16), whole, atol=1e-5)
     np.testing.assert_allclose(apply(model, img, tile=25), whole, atol=1e-5)
+    np.testing.assert_array_equal(apply(model, torch.from_numpy(img), tile=25), apply(model, img, tile=25))
 
 
 @pytest.fixture(scope="module")
