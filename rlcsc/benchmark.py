@@ -175,17 +175,18 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
     the PSNR differences, so the speed's cost in accuracy is printed beside it.
     """
     device = "cuda" if torch.cuda.is_available() and p.device != "cpu" else "cpu"
+    if model is not None and not model.is_file():
+        raise RlcscError(f"model file not found: {model}")
+    label = str(model) if model is not None else f"untrained {p.model_config()}"
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
             model = Path(tmp) / "untrained.pt"
             torch.save(model_state(build(p.arch, p.model_config())), model)
-        elif not model.is_file():
-            raise RlcscError(f"model file not found: {model}")
         start = time.perf_counter()
         scores = evaluate(Network(model, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
         seconds = time.perf_counter() - start
         result = {"what": "evaluation", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                  "model": str(model) if model.parent != Path(tmp) else f"untrained {p.model_config()}",
+                  "model": label,
                   "datasets": list(e.datasets), "scales": list(e.scales), "ifc": e.ifc,
                   "precision": e.precision if device == "cuda" else "fp32", "images": len(scores),
                   "seconds": seconds, "images_per_s": len(scores) / seconds}

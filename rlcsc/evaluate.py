@@ -61,14 +61,14 @@ def bicubic(ilr: np.ndarray, scale: int) -> np.ndarray:
     return ilr
 
 
-def read_y(path: Path) -> np.ndarray:
-    """Y channel of an image file as float64 in [0, 1] (step 1 of the protocol, before `modcrop`)."""
-    return rgb2y(read_image(path)).astype(np.float64) / 255
+def read_y(path: Path, scale: int) -> np.ndarray:
+    """Step 1 of the protocol: the uint8 Y channel of an image file, `modcrop`ped to `scale`."""
+    return modcrop(rgb2y(read_image(path)), scale)
 
 
 def ilr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(HR Y, ILR Y) of one test image at one scale: steps 1-2 of the protocol."""
-    hr = modcrop(read_y(path), scale)
+    """(HR Y, ILR Y) of one test image at one scale, float64 in [0, 1]: steps 1-2 of the protocol."""
+    hr = read_y(path, scale) / 255
     return hr, imresize(imresize(hr, 1 / scale), scale)
 
 
@@ -105,12 +105,6 @@ def _score_file(task: tuple[str, Path, int, Upscaler, bool]) -> ImageScore:
     hr, ilr = ilr_pair(path, scale)
     sr = upscale(ilr, scale)
     return ImageScore(dataset, path.name, scale, *score(hr, sr, scale, with_ifc))
-
-
-def _read_hr(task: tuple[Path, int]) -> np.ndarray:
-    """Step 1 for a network on a GPU: the uint8 Y of one test image, `modcrop`ped to the scale."""
-    path, scale = task
-    return modcrop(rgb2y(read_image(path)), scale)
 
 
 def _compare_task(task: tuple[str, str, int, np.ndarray, np.ndarray, bool]) -> ImageScore:
@@ -154,12 +148,12 @@ def _evaluate_in_process(upscale: Upscaler, tasks: list, jobs: int) -> list[Imag
 
     device = getattr(upscale, "device", "cpu")
     with pool(jobs) as workers:  # 2 * jobs images read ahead of the network, not all in memory
-        ahead = deque(workers.submit(_read_hr, task[1:3]) for task in tasks[: 2 * jobs])
+        ahead = deque(workers.submit(read_y, *task[1:3]) for task in tasks[: 2 * jobs])
         scored = []
         for i, (dataset, path, s, _, with_ifc) in enumerate(tqdm(tasks, desc="super-resolve", unit="img")):
             y = ahead.popleft().result()
             if i + 2 * jobs < len(tasks):
-                ahead.append(workers.submit(_read_hr, tasks[i + 2 * jobs][1:3]))
+                ahead.append(workers.submit(read_y, *tasks[i + 2 * jobs][1:3]))
             hr = torch.from_numpy(y).to(device, torch.float64) / 255
             ilr = imresize_torch(imresize_torch(hr, 1 / s), s)
             ref, out = quantize(y / 255, s), quantize(upscale(ilr, s), s)

@@ -76,7 +76,7 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
 
 
 class Network:
-    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded once per process).
+    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use).
 
     On the CPU it runs inside the evaluation's worker processes, in fp32; on a GPU (`in_process`)
     the forward passes run in the calling process, with TF32 convolutions unless `precision` is
