@@ -6,18 +6,18 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlcsc.data.download import load_manifest
 from rlcsc.data.patches import PatchSet
+from rlcsc.device import autocast, device_name, effective, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, score, summarize
 from rlcsc.inference import Network, apply, build, load_model, model_state
-from rlcsc.train import TrainParams, pick_device, train
+from rlcsc.manifest import paths
+from rlcsc.train import TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
 
@@ -51,7 +51,7 @@ def input_precision(model_path: Path, raw: Path, dataset: str = "Set5", scale: i
     """PSNR cost of storing training inputs as float16: the model's output on float32 inputs vs
     on the same inputs rounded to float16, scored by the evaluation protocol."""
     model = load_model(model_path)
-    pairs = [ilr_pair(raw / e.dataset / e.file, scale) for e in load_manifest(datasets=[dataset])]
+    pairs = [ilr_pair(path, scale) for path in paths(raw, [dataset])]
     psnr = {}
     for name, dtype in (("float32", np.float32), ("float16", np.float16)):
         scores = [score(hr, apply(model, ilr.astype(dtype).astype(np.float64)), scale, False) for hr, ilr in pairs]
@@ -100,44 +100,28 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33) -> dict:
-    """Median time of one training step (forward, eq. 14 loss, backward, clipping, SGD) of the
-    network `p` describes, on random patches already on the device, set up as `rlcsc train` sets it
-    up (channels-last, autocast, compile); with the analytic TFLOP/s and projected run times."""
+    """Median time of the training step that `rlcsc train` runs (`rlcsc.train.prepare`: forward,
+    loss, backward, clipping, update) for the network and recipe `p` describes, on random patches
+    already on the device; with the analytic TFLOP/s and projected run times."""
     device = pick_device(p.device)
     cuda = device.type == "cuda"
-    model = build(p.arch, p.model_config()).to(device)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = p.precision != "fp32"
         torch.cuda.reset_peak_memory_stats(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                                **({"fused": True} if cuda else {"foreach": True}))
-    forward = torch.compile(model) if (p.compile and cuda) else model
+    _, _, step = prepare(p, device)
     x = torch.rand(p.batch, 1, size, size, device=device)
     y = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
-    if cuda:
-        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and p.precision == "bf16"):
-            out = forward(x)
-        loss = (out.float() - y).square().sum(dim=(1, 2, 3)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p.clip, foreach=True)
-        optimizer.step()
-
     timer = _timer(device)
-    for _ in range(warmup):
-        timer(step)
-    times = [timer(step) for _ in range(steps)]
+    with using_precision(device, p.precision):
+        for _ in range(warmup):
+            timer(lambda: step(x, y))
+        times = [timer(lambda: step(x, y)) for _ in range(steps)]
     ms = statistics.median(times)
     flops = 3 * forward_flops_per_pixel(p) * p.batch * size * size  # backward costs about 2 forwards
     steps_per_epoch = (p.pairs or PAPER_PAIRS) // p.batch
     return {
-        "what": "train step", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "what": "train step", "device": device_name(device),
         "arch": p.arch, "model": p.model_config(), "batch": p.batch, "patch": size,
-        "precision": p.precision if cuda else "fp32", "compile": bool(p.compile and cuda),
+        "precision": effective(device, p.precision), "compile": bool(p.compile and cuda),
         "ms_per_step": ms, "ms_min": min(times), "steps_timed": steps,
         "tflop_per_step": flops / 1e12, "tflops": flops / (ms / 1000) / 1e12,
         "steps_per_epoch": steps_per_epoch, "projected_epoch_min": steps_per_epoch * ms / 60000,
@@ -154,16 +138,15 @@ def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
     model = build(p.arch, p.model_config()).to(device).eval()
     x = torch.rand(1, 1, size, size, device=device)
     timer = _timer(device)
-    result = {"what": "inference", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+    result = {"what": "inference", "device": device_name(device),
               "model": p.model_config(), "size": size}
-    for precision in (("fp32", "tf32", "bf16") if cuda else ("fp32",)):
+    for mode in (("fp32", "tf32", "bf16") if cuda else ("fp32",)):
         def step() -> None:
-            with (torch.backends.cudnn.flags(enabled=True, allow_tf32=precision != "fp32"),
-                  torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")):
+            with using_precision(device, mode), autocast(device, mode):
                 model(x)
         for _ in range(3):
             timer(step)
-        result[f"ms_{precision}"] = statistics.median(timer(step) for _ in range(repeats))
+        result[f"ms_{mode}"] = statistics.median(timer(step) for _ in range(repeats))
     return result
 
 
@@ -185,10 +168,10 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
         start = time.perf_counter()
         scores = evaluate(Network(model, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
         seconds = time.perf_counter() - start
-        result = {"what": "evaluation", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        result = {"what": "evaluation", "device": device_name(device),
                   "model": label,
                   "datasets": list(e.datasets), "scales": list(e.scales), "ifc": e.ifc,
-                  "precision": e.precision if device == "cuda" else "fp32", "images": len(scores),
+                  "precision": effective(device, e.precision), "images": len(scores),
                   "seconds": seconds, "images_per_s": len(scores) / seconds}
         small = [d for d in ("Set5", "Set14") if d in e.datasets]
         if device == "cuda" and e.precision == "tf32" and small:
@@ -197,86 +180,3 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
             result["psnr_tf32_minus_fp32"] = {d: {x: fast[d][x]["psnr"] - exact[d][x]["psnr"] for x in exact[d]}
                                               for d in exact}
     return result
-
-
-def training_precision(p: TrainParams, patches: Path, raw: Path, steps: int) -> dict:
-    """The bf16 check: `steps` steps of `rlcsc train` from the same seed (same initial weights, same
-    batches) in fp32 and in bf16, each scored on the monitor set (Set5 x3) by the protocol."""
-    if pick_device(p.device).type != "cuda":
-        raise RlcscError("the precision check needs a CUDA GPU: on the CPU training always computes in fp32")
-    available = len(PatchSet.open(patches))
-    if steps * p.batch > available:
-        raise RlcscError(f"{steps} steps of {p.batch} need {steps * p.batch} training pairs; {patches} has {available}")
-    result: dict = {"what": "training precision", "device": torch.cuda.get_device_name(), "steps": steps,
-                    "model": p.model_config(), "batch": p.batch, "lr": p.lr, "seed": p.seed}
-    for precision in ("fp32", "bf16"):
-        run = replace(p, precision=precision, pairs=steps * p.batch, epochs=1, checkpoint_every=steps)
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = train(run, patches, raw, Path(tmp))
-        last = summary["history"][-1] if summary["history"] else {}
-        result[precision] = {"status": summary["status"], "psnr": last.get("psnr"),
-                             "ms_per_step": summary["ms_per_step"]}
-    if result["fp32"]["psnr"] is not None and result["bf16"]["psnr"] is not None:
-        result["difference_db"] = result["bf16"]["psnr"] - result["fp32"]["psnr"]
-    return result
-
-
-TABLE4 = {("RL-CSC", 30): ("rlcsc", {}), ("DRRN", 20): ("drrn", {"units": 9}), ("DRRN", 52): ("drrn", {"units": 25})}
-TABLE4_SIZES = ((64, 31), (128, 31), (128, 33))  # (batch, patch)
-
-
-def count_training_memory(model: torch.nn.Module, batch: int, patch: int) -> dict[str, float]:
-    """Training memory of one SGD step in MiB, counted in one framework on any machine.
-
-    Activations: the bytes autograd saves for backward other than the weights (counted with
-    saved_tensors_hooks while the forward pass runs on the meta device, so nothing is computed);
-    plus parameters, gradients and the momentum buffer (3x the parameter bytes).
-    """
-    model = model.to("meta")
-    params = {id(w) for w in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in params:
-            saved[id(t)] = t.numel() * t.element_size()
-        return t
-
-    x = torch.zeros(batch, 1, patch, patch, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x).sum()  # kept alive so that no saved tensor's id is reused
-    weights = sum(w.numel() * w.element_size() for w in model.parameters())
-    del out
-    return {"activations": sum(saved.values()) / 2**20, "weights+grads+momentum": 3 * weights / 2**20,
-            "total": (sum(saved.values()) + 3 * weights) / 2**20}
-
-
-def cuda_peak_training_memory(model: torch.nn.Module, batch: int, patch: int) -> float | None:
-    """Peak CUDA memory (MiB) of an fp32 SGD training step, or None without a GPU."""
-    if not torch.cuda.is_available():
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    model = model.cuda()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 1, patch, patch, device="cuda")
-    for _ in range(2):  # the second step holds the momentum buffers too
-        optimizer.zero_grad()
-        (model(x) - x).square().sum().backward()
-        optimizer.step()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    del model, optimizer, x
-    torch.cuda.empty_cache()
-    return peak
-
-
-def training_memory() -> list[dict]:
-    """Table 4's settings: counted memory on any machine, and the CUDA peak when there is a GPU."""
-    rows = []
-    for (name, layers), (arch, config) in TABLE4.items():
-        for batch, patch in TABLE4_SIZES:
-            counted = count_training_memory(build(arch, config), batch, patch)
-            rows.append({"model": name, "layers": layers, "batch": batch, "patch": patch,
-                         "counted_activations_mib": counted["activations"], "counted_total_mib": counted["total"],
-                         "cuda_peak_mib": cuda_peak_training_memory(build(arch, config), batch, patch)})
-    return rows

@@ -10,6 +10,24 @@ from pathlib import Path
 
 from rlcsc.errors import RlcscError
 
+# The params a stage command reads: its block (with the experiment's and the budget's layers) and
+# single keys of other blocks. `rlcsc params` prints them; the tests check dvc.yaml against them.
+READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
+         "evaluate": ("evaluate",), "report": ("report", "experiments")}
+
+
+def _load(args: argparse.Namespace, block: str, cls: type, experiment: str | None = None):
+    """Block `block` of `--params`, resolved; a one-line note on stderr names the values the budget replaced."""
+    from rlcsc.config import build, overrides, read_params, resolve
+
+    params = read_params(args.params)
+    settings = resolve(params, args.params, block, cls, experiment)
+    replaced = overrides(settings)
+    if replaced:
+        print(f"rlcsc {args.command}: budget {params.get('budget')} replaces {block} values {', '.join(replaced)} "
+              "(`rlcsc params` lists every value and where it comes from)", file=sys.stderr)
+    return build(cls, settings, f"{args.params}, {block}" + (f" of experiment {experiment}" if experiment else ""))
+
 
 def _download(args: argparse.Namespace) -> None:
     from rlcsc.data.download import download_all, write_listing
@@ -20,44 +38,21 @@ def _download(args: argparse.Namespace) -> None:
     print(f"{fetched} file(s) fetched; all files under {args.out} verified", file=sys.stderr)
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from rlcsc.config import load_block
-    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
-
-    from rlcsc.inference import Network
-
-    params = load_block(args.params, "evaluate", EvaluateParams) if args.params else EvaluateParams()
-    datasets = tuple(args.datasets or params.datasets)
-    scales = tuple(args.scales or params.scales)
-    with_ifc = params.ifc and not args.no_ifc
-    if args.model is not None and not args.model.is_file():
-        raise RlcscError(f"model file not found: {args.model}")
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    upscale = bicubic if args.model is None else Network(args.model, device, params.precision)
-    scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
-    summary = write_results(scores, args.out)
-    print(json.dumps(summary, indent=2))
-
-
 def _augment(args: argparse.Namespace) -> None:
-    from rlcsc.config import load_block
     from rlcsc.data.augment import AugmentParams, augment, training_files
 
-    params = load_block(args.params, "augment", AugmentParams)
+    params = _load(args, "augment", AugmentParams)
     index = augment(training_files(args.raw, params), args.out, params, args.jobs)
     print(f"{len(index)} augmented images of {index.file.nunique()} training images in {args.out}", file=sys.stderr)
 
 
 def _patch(args: argparse.Namespace) -> None:
-    from rlcsc.config import load_block
     from rlcsc.data.augment import AugmentParams, training_files
     from rlcsc.data.patches import PatchParams, count_from_raw, kept, make_patches
 
-    params = load_block(args.params, "patch", PatchParams)
+    params = _load(args, "patch", PatchParams)
     if args.count:
-        augment = load_block(args.params, "augment", AugmentParams)
+        augment = _load(args, "augment", AugmentParams)
         total = count_from_raw(training_files(args.raw, augment), augment, params)
         print(f"pairs: {total}\nkept:  {kept(total, params.chunk)} (a multiple of {params.chunk})")
         return
@@ -66,42 +61,60 @@ def _patch(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from rlcsc.config import load_block
+    from rlcsc.config import load_block, read_params
+    from rlcsc.evaluate import EvaluateParams
     from rlcsc.train import TrainParams, train
 
-    params = load_block(args.params, "train", TrainParams, args.experiment)
-    summary = train(params, args.patches, args.raw, args.out)
+    params = _load(args, "train", TrainParams, args.experiment)
+    eval_precision = load_block(args.params, "evaluate", EvaluateParams).precision
+    label = {"experiment": args.experiment, "budget": read_params(args.params).get("budget")}
+    summary = train(params, args.patches, args.raw, args.out, eval_precision, label)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
-    last = summary["history"][-1] if summary["history"] else {}
-    print(f"{summary['status']}: {summary['epochs_completed']} epoch(s); last {last}", file=sys.stderr)
+    last = summary["curve"][-1] if summary["curve"] else {}
+    print(f"{summary['status']}: {summary['epochs_done']} epoch(s); Set5 x3 {last.get('psnr')}", file=sys.stderr)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from rlcsc.config import read_params
+    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
+
+    params = _load(args, "evaluate", EvaluateParams) if args.params else EvaluateParams()
+    datasets = tuple(args.datasets or params.datasets)
+    scales = tuple(args.scales or params.scales)
+    with_ifc = params.ifc and not args.no_ifc
+    if args.model is None:
+        upscale, model = bicubic, None
+    else:
+        from rlcsc.inference import Network, describe_model
+
+        model = describe_model(args.model)
+        upscale = Network(args.model, "cuda" if _cuda() else "cpu", params.precision)
+    scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
+    budget = read_params(args.params).get("budget") if args.params else None
+    record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
+              "budget": budget, "model": model}
+    print(json.dumps(write_results(scores, args.out, record), indent=2))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _sr(args: argparse.Namespace) -> None:
-    from PIL import Image
+    from rlcsc.sr import super_resolve_file
 
-    from rlcsc.imageio import read_image
-    from rlcsc.inference import load_model, super_resolve
-
-    if not 2 <= args.scale <= 4:
-        raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {args.scale}")
-    model = load_model(args.model)
-    img = read_image(args.input)
-    out = super_resolve(model, img, args.scale)
-    try:
-        Image.fromarray(out).save(args.output)
-    except (OSError, ValueError) as err:
-        raise RlcscError(f"cannot write {args.output}: {err}") from None
-    print(f"{args.input} {img.shape[1]}x{img.shape[0]} -> {args.output} {out.shape[1]}x{out.shape[0]}", file=sys.stderr)
+    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite), file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
-    from rlcsc.config import read_params
-    from rlcsc.report import execute_notebook
+    from rlcsc.report import ReportParams, execute_notebook
 
-    main = (read_params(args.params).get("report") or {}).get("main", "K25")
+    params = _load(args, "report", ReportParams)
     parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
-                  "raw": str(args.raw), "main": main}
+                  "runs": str(args.runs), "raw": str(args.raw), "main": params.main}
     source = args.notebooks / f"{args.name}.ipynb"
     if not source.is_file():
         names = sorted(p.stem for p in args.notebooks.glob("*.ipynb"))
@@ -109,7 +122,54 @@ def _report(args: argparse.Namespace) -> None:
     execute_notebook(source, args.out / f"{args.name}.ipynb", parameters)
 
 
-BENCHMARK_STEPS = {"train": 100, "read": 500, "precision": 1000}
+def _memory(args: argparse.Namespace) -> None:
+    from rlcsc.atomic import write_json
+    from rlcsc.memory import training_memory
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(training_memory(), args.out)
+    print(f"Table 4 memory written to {args.out}", file=sys.stderr)
+
+
+def _params(args: argparse.Namespace) -> None:
+    from rlcsc.config import read_params, resolve
+    from rlcsc.data.augment import AugmentParams
+    from rlcsc.data.patches import PatchParams
+    from rlcsc.evaluate import EvaluateParams
+    from rlcsc.report import ReportParams
+    from rlcsc.train import TrainParams
+
+    params = read_params(args.params)
+    stages = [("augment", "augment", AugmentParams, None), ("patch", "patch", PatchParams, None),
+              ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
+    stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
+    print(f"budget: {params.get('budget')}")
+    for stage, block, cls, experiment in stages:
+        print(f"\n{stage}")
+        for key, s in resolve(params, args.params, block, cls, experiment).items():
+            was = f"  (replaces {s.replaced[0]}: {json.dumps(s.replaced[1])})" if s.replaced else ""
+            print(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
+
+
+def _record(args: argparse.Namespace) -> None:
+    from rlcsc.record import record
+
+    record(args.params, args.budget, args.experiment, args.raw, args.out, args.work, args.epochs, args.steps,
+           args.evaluate, args.jobs)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from rlcsc.record import compare
+
+    result = compare(args.params, args.budget, args.experiment, args.raw, args.work, args.variant, args.steps,
+                     args.minutes, args.out, args.jobs)
+    for v in result["variants"]:
+        last = v["curve"][-1] if v["curve"] else {}
+        print(f"{v['name']:<12} {v['status']:<28} {v['steps_done']:>7} steps {v['seconds_training']:>8.1f} s  "
+              f"Set5 x3 {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
+
+
+BENCHMARK_STEPS = {"train": 100, "read": 500}
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -123,16 +183,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "input-precision":
         result = benchmark.input_precision(args.model or Path("models/K25/model.pt"), args.raw)
-    elif args.what == "memory":
-        result = benchmark.training_memory()
     else:
         p = load_block(args.params, "train", TrainParams, args.experiment)
         if args.what == "train":
             result = benchmark.train_step(p, steps, args.warmup)
         elif args.what == "inference":
             result = benchmark.inference(p)
-        elif args.what == "precision":
-            result = benchmark.training_precision(p, args.patches, args.raw, steps)
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
@@ -148,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlcsc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     jobs = {"type": int, "default": os.cpu_count(), "help": "worker processes (default: all cores)"}
+    params = {"type": Path, "default": Path("params.yaml"), "help": "the params file"}
 
     p = sub.add_parser("download", help="fetch and verify the training and test images")
     p.add_argument("--out", type=Path, default=Path("data/raw"), help="destination folder")
@@ -159,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_download)
 
     p = sub.add_parser("augment", help="flipped/rotated/downsized Y copies of the training images")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (block `augment`)")
+    p.add_argument("--params", **params)
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
     p.add_argument("--out", type=Path, default=Path("data/augmented"))
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_augment)
 
     p = sub.add_parser("patch", help="cut the training patch pairs")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (blocks `patch`, `augment`)")
+    p.add_argument("--params", **params)
     p.add_argument("--augmented", type=Path, default=Path("data/augmented"), help="augment stage output")
     p.add_argument("--out", type=Path, default=Path("data/patches"))
     p.add_argument("--count", action="store_true", help="only print how many pairs the params give (reads --raw)")
@@ -175,41 +232,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_patch)
 
     p = sub.add_parser("train", help="train a network (Section 5.2); resumes from its checkpoint")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (block `train`)")
-    p.add_argument("--experiment", help="apply this entry of `experiments` (e.g. K25)")
+    p.add_argument("--params", **params)
+    p.add_argument("--experiment", required=True, help="the entry of `experiments` to train (e.g. K25)")
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
-    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="test images for the per-epoch score")
-    p.add_argument("--out", type=Path, required=True, help="folder for model.pt, checkpoint.pt, train.json, live/")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="test images for the monitor's scores")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt, checkpoint.pt, train.json")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("sr", help="super-resolve an image with a trained model")
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/IFC of a method on the test sets")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--method", choices=["bicubic"], help="a baseline")
+    which.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, per_image.csv, evaluation.json")
+    p.add_argument("--params", type=Path, help="params.yaml whose `evaluate` block to use")
+    p.add_argument("--datasets", nargs="+", help="override the test sets")
+    p.add_argument("--scales", nargs="+", type=int, help="override the scales")
+    p.add_argument("--no-ifc", action="store_true", help="skip IFC (the slowest metric)")
+    p.add_argument("--jobs", **jobs)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("sr", help="super-resolve an image file with a trained model")
     p.add_argument("input", type=Path)
-    p.add_argument("--scale", type=float, required=True)
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--scale", type=float, required=True, help="upscaling factor, 2 to 4")
+    p.add_argument("--model", type=Path, help="a model file (default: the recorded K25 model)")
     p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
     p.add_argument("name", help="notebook name in notebooks/, e.g. table1")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--params", **params)
     p.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="recorded runs")
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--out", type=Path, default=Path("book/generated"))
     p.set_defaults(func=_report)
 
+    p = sub.add_parser("memory", help="Table 4: training memory of RL-CSC and DRRN (counted; CUDA peak on a GPU)")
+    p.add_argument("--out", type=Path, default=Path("results/table4.json"))
+    p.set_defaults(func=_memory)
+
+    p = sub.add_parser("params", help="every value each stage resolves from the params file, and its source")
+    p.add_argument("--params", **params)
+    p.set_defaults(func=_params)
+
+    p = sub.add_parser("record", help="a recorded run: data, training and evaluation of one experiment under "
+                       "one budget, with its environment (for a GPU machine)")
+    p.add_argument("--params", **params)
+    p.add_argument("--budget", default="paper", help="the budget to run under (default: paper)")
+    p.add_argument("--experiment", default="K25")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="the images (training, and test sets)")
+    p.add_argument("--out", type=Path, required=True, help="the run's folder, e.g. runs/K25-paper")
+    p.add_argument("--work", type=Path, default=Path(".record"), help="folder for the augmented images and patches")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="train until this many epochs are done (default: all)")
+    length.add_argument("--steps", type=int, help="train until this many steps are done")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the model on the budget's test sets afterwards (default: yes)")
+    p.add_argument("--jobs", **jobs)
+    p.set_defaults(func=_record)
+
+    p = sub.add_parser("compare", help="controlled runs: the same seed and length, one change per variant")
+    p.add_argument("--params", **params)
+    p.add_argument("--budget", default="paper")
+    p.add_argument("--experiment", default="K25")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"))
+    p.add_argument("--work", type=Path, default=Path(".record"))
+    p.add_argument("--variant", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
+                   help="a variant: a name and the train keys it changes (e.g. fp32:precision=fp32); repeatable")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="steps per variant")
+    length.add_argument("--minutes", type=float, help="training minutes per variant")
+    p.add_argument("--out", type=Path, required=True, help="the comparison's JSON file")
+    p.add_argument("--jobs", **jobs)
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
-    p.add_argument("what", choices=["train", "inference", "evaluate", "memory", "precision", "read", "input-precision"],
-                   help="train: ms per training step, TFLOP/s, projected run time, peak memory of "
-                   "--experiment under the current budget; inference: ms for a 288x288 image; "
+    p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision"],
+                   help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
+                   "peak memory of --experiment under the current budget; inference: ms for a 288x288 image; "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
-                   "untrained --experiment network); memory: Table 4's training memory; "
-                   "precision: Set5 x3 PSNR after --steps training steps in fp32 and in bf16 (GPU); "
-                   "read: time random batches from the patch set; "
+                   "untrained --experiment network); read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
                    "vs float16 inputs")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--params", **params)
     p.add_argument("--experiment", default="K25")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
@@ -220,19 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", **jobs)
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)
-
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/IFC of a method on the test sets")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--method", choices=["bicubic"], help="a baseline")
-    which.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
-    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
-    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json and per_image.csv")
-    p.add_argument("--params", type=Path, help="params.yaml whose `evaluate` block to use")
-    p.add_argument("--datasets", nargs="+", help="override the test sets")
-    p.add_argument("--scales", nargs="+", type=int, help="override the scales")
-    p.add_argument("--no-ifc", action="store_true", help="skip IFC (the slowest metric)")
-    p.add_argument("--jobs", **jobs)
-    p.set_defaults(func=_evaluate)
     return parser
 
 

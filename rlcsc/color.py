@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlcsc.rounding import to_uint8
+
 # MATLAB's matrix for R, G, B in 0..255 (divided by 255 below) and its offset.
 _T = np.array(
     [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]
 )
 _OFFSET = np.array([16.0, 128.0, 128.0])
-
-
-def _round_uint8(x: np.ndarray) -> np.ndarray:
-    """MATLAB's conversion of doubles to uint8: round half away from zero, saturate."""
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
 def _lincomb(img: np.ndarray, t: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -30,7 +27,7 @@ def rgb2ycbcr(img: np.ndarray) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"rgb2ycbcr needs an (H, W, 3) image, got shape {img.shape}")
     if img.dtype == np.uint8:
-        return _round_uint8(_lincomb(img, _T / 255, _OFFSET))
+        return to_uint8(_lincomb(img, _T / 255, _OFFSET))
     return _lincomb(img, _T / 255, _OFFSET / 255)
 
 
@@ -40,7 +37,7 @@ def ycbcr2rgb(img: np.ndarray) -> np.ndarray:
         raise ValueError(f"ycbcr2rgb needs an (H, W, 3) image, got shape {img.shape}")
     tinv = np.linalg.inv(_T)
     if img.dtype == np.uint8:
-        return _round_uint8(_lincomb(img, 255 * tinv, -(255 * tinv @ _OFFSET)))
+        return to_uint8(_lincomb(img, 255 * tinv, -(255 * tinv @ _OFFSET)))
     return _lincomb(img, 255 * tinv, -(tinv @ _OFFSET))
 
 

@@ -12,7 +12,6 @@ Every method goes through `evaluate`, so a network's numbers and bicubic's are c
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,32 +22,31 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from rlcsc.atomic import write_json, write_text
 from rlcsc.color import rgb2y
+from rlcsc.config import Checked, one_of, param
 from rlcsc.crop import modcrop, shave
-from rlcsc.data.download import load_manifest
 from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
-from rlcsc.metrics import psnr, ssim, to_uint8_scale
+from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.metrics import psnr, ssim
 from rlcsc.parallel import pmap, pool
+from rlcsc.rounding import im2uint
 
-TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 SCALES = (2, 3, 4)
 
+
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Checked):
     """Block `evaluate` of params.yaml: which test sets and scales are scored, whether IFC is, and
     the precision of a network's convolutions on a GPU (tf32 | fp32; the CPU computes in fp32)."""
 
-    datasets: tuple[str, ...] = TEST_SETS
-    scales: tuple[int, ...] = SCALES
-    ifc: bool = True
-    precision: str = "tf32"
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("tf32", "fp32"):
-            raise RlcscError(f"evaluate.precision must be tf32 or fp32, got {self.precision!r}")
+    datasets: tuple[str, ...] = param(TEST_SETS, one_of(*TEST_SETS))
+    scales: tuple[int, ...] = param(SCALES, one_of(*SCALES))
+    ifc: bool = param(True)
+    precision: str = param("tf32", one_of("tf32", "fp32"))
 
 
 # Maps the ILR image (float64 Y in [0, 1]; a tensor on its device for an `in_process` upscaler)
@@ -86,7 +84,7 @@ class ImageScore:
 
 def quantize(img: np.ndarray, scale: int) -> np.ndarray:
     """Step 4's first half: round to uint8 MATLAB-style and shave `scale` pixels per side."""
-    return shave(to_uint8_scale(img), scale).astype(np.uint8)
+    return shave(im2uint(img), scale).astype(np.uint8)
 
 
 def compare(ref: np.ndarray, out: np.ndarray, with_ifc: bool) -> tuple[float, float, float]:
@@ -129,11 +127,11 @@ def evaluate(
     if bad:
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
     tasks = []
-    for entry in load_manifest(datasets=datasets):
-        path = raw / entry.dataset / entry.file
-        if not path.is_file():
-            raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
-        tasks += [(entry.dataset, path, s, upscale, with_ifc) for s in scales]
+    for dataset in datasets:
+        for path in paths(raw, [dataset]):
+            if not path.is_file():
+                raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
+            tasks += [(dataset, path, s, upscale, with_ifc) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
     return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)
@@ -171,14 +169,12 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, flo
     return summary
 
 
-def write_results(scores: Sequence[ImageScore], out: Path) -> dict:
-    """Write `out/metrics.json` (dataset means) and `out/per_image.csv`, each atomically."""
+def write_results(scores: Sequence[ImageScore], out: Path, record: dict) -> dict:
+    """Write `out/metrics.json` (dataset means), `out/per_image.csv` and `out/evaluation.json` (`record`:
+    the resolved evaluation params and the model evaluated), each atomically; return the means."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(scores)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    tmp = out / ".per_image.csv.tmp"
-    pd.DataFrame([asdict(s) for s in scores]).to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, out / "per_image.csv")
+    write_json(summary, out / "metrics.json")
+    write_json(record, out / "evaluation.json")
+    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"), out / "per_image.csv")
     return summary

@@ -1,13 +1,29 @@
-"""Reading image files: uint8 arrays, or one clear error naming the file."""
+"""Reading and writing image files: uint8 arrays for the data stages, full-precision pictures for `rlcsc sr`.
+
+Pillow reads and writes 8-bit files, but reads a 16-bit colour PNG as 8-bit; so 16-bit PNG goes through
+pypng, and 16-bit TIFF through tifffile.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import png
+import tifffile
+from PIL import Image, ImageOps
 
 from rlcsc.errors import RlcscError
+from rlcsc.rounding import im2uint
+
+MODES = {2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> mode; (H, W) pixels are "L"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+SAVE_OPTIONS = {"JPEG": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+EXIF_ORIENTATION = 0x0112
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -27,3 +43,112 @@ def image_size(path: Path) -> tuple[int, int]:
             return im.height, im.width
     except (OSError, ValueError, SyntaxError) as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Picture:
+    """Float64 pixels, nominally in [0, 1] ((H, W) grey, else (H, W, C) grey+alpha, RGB or RGBA), the
+    bits per sample (8 or 16), and `note`: how reading changed the file's pixels, if it did."""
+
+    pixels: np.ndarray
+    bits: int
+    note: str = ""
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.pixels.ndim == 2 else MODES[self.pixels.shape[2]]
+
+    def __str__(self) -> str:
+        h, w = self.pixels.shape[:2]
+        return f"{w}x{h} {self.mode} {self.bits}-bit" + (f" ({self.note})" if self.note else "")
+
+
+def read_picture(path: Path) -> Picture:
+    """An image file at its full precision (8 or 16 bits): PNG, JPEG, BMP, TIFF, or another format Pillow reads."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if head[:4] in TIFF_MAGIC:
+            with tifffile.TiffFile(path) as tif:
+                if tif.pages.first.bitspersample == 16:
+                    return _read_tiff16(tif.pages.first)
+        if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":  # IHDR's bit depth
+            return _read_png16(path)
+        return _read_pillow(path)
+    except (OSError, ValueError, SyntaxError, png.Error) as err:
+        raise RlcscError(f"cannot read image {path}: {err}") from None
+
+
+def _read_pillow(path: Path) -> Picture:
+    notes = []
+    with Image.open(path) as im:
+        if im.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):  # 1 is upright
+            im = ImageOps.exif_transpose(im)
+            notes.append("turned upright by its EXIF orientation")
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+            notes.append("converted from palette")
+        elif im.mode == "1":
+            im = im.convert("L")
+            notes.append("converted from bilevel")
+        if im.mode.startswith("I;16"):
+            return Picture(np.asarray(im, np.float64) / 65535, 16, "; ".join(notes))
+        if im.mode not in ("L", "LA", "RGB", "RGBA"):
+            raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
+                             "8 or 16 bits per channel")
+        return Picture(np.asarray(im) / 255.0, 8, "; ".join(notes))
+
+
+def _read_png16(path: Path) -> Picture:
+    with open(path, "rb") as f:
+        width, height, rows, info = png.Reader(file=f).read()
+        x = np.vstack(list(rows)).reshape(height, width, info["planes"])
+    return Picture((x[..., 0] if info["planes"] == 1 else x) / 65535.0, 16)
+
+
+def _read_tiff16(page: tifffile.TiffPage) -> Picture:
+    channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4)}.get(page.photometric, ())
+    if page.dtype != np.uint16 or page.samplesperpixel not in channels:
+        photometric = getattr(page.photometric, "name", page.photometric)
+        raise ValueError(f"16-bit TIFF of {page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric "
+                         f"{photometric}, is not supported; save it as grey or RGB, with or without alpha")
+    x = page.asarray()
+    if "S" in page.axes:
+        x = np.moveaxis(x, page.axes.index("S"), -1)
+    return Picture((x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / 65535.0, 16)
+
+
+def output_format(path: Path, mode: str, bits: int) -> str:
+    """The format that `path`'s suffix names, or one clear error if it cannot hold a `mode` picture of `bits` bits."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise RlcscError(f"cannot tell an image format from the name {path.name}; end it in .png, .jpg, .bmp or .tif")
+    if fmt in ("JPEG", "BMP") and mode.endswith("A"):
+        raise RlcscError(f"{fmt} cannot hold the alpha channel of this {mode} image; write .png or .tif instead")
+    if fmt in ("JPEG", "BMP") and bits == 16:
+        raise RlcscError(f"{fmt} holds 8 bits per channel and this image has 16; write .png or .tif instead")
+    return fmt
+
+
+def write_picture(picture: Picture, path: Path) -> None:
+    """Write `picture` rounded MATLAB-style to its bit depth, in the format `path` names, to a temporary
+    name that is then renamed, so a failure leaves nothing."""
+    fmt = output_format(path, picture.mode, picture.bits)
+    data = im2uint(picture.pixels, picture.bits).astype(np.uint8 if picture.bits == 8 else np.uint16)
+    alpha = picture.mode.endswith("A")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "TIFF" and picture.bits == 16:
+            tifffile.imwrite(tmp, data, photometric="minisblack" if picture.mode in ("L", "LA") else "rgb",
+                             extrasamples=("unassalpha",) if alpha else None, compression="zlib", metadata=None)
+        elif fmt == "PNG" and picture.bits == 16:
+            with open(tmp, "wb") as f:
+                png.Writer(data.shape[1], data.shape[0], greyscale=picture.mode in ("L", "LA"), alpha=alpha,
+                           bitdepth=16).write(f, data.reshape(data.shape[0], -1))
+        else:
+            Image.fromarray(data).save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+        os.replace(tmp, path)
+    except (OSError, ValueError, png.Error) as err:
+        raise RlcscError(f"cannot write {path}: {err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

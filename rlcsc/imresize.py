@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from rlcsc.rounding import matlab_round
+
 if TYPE_CHECKING:
     import torch
 
@@ -80,10 +82,6 @@ def _plan(
     return [(d, contributions(in_size[d], size[d], scales[d])) for d in order]
 
 
-def _round_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
-
-
 def imresize(
     img: np.ndarray, scale: float | None = None, size: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -100,7 +98,7 @@ def imresize(
         res = np.asarray(m @ flat).reshape((m.shape[0],) + moved.shape[1:])
         out = np.moveaxis(res, 0, dim)
         if is_uint8:
-            out = _round_uint8(out).astype(np.float64)
+            out = matlab_round(out)
     return out.astype(np.uint8) if is_uint8 else out
 
 

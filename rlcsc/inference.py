@@ -1,4 +1,4 @@
-"""Running a trained network on whole images: model files, devices, tiling, and colour images."""
+"""Running a trained network on whole images: model files, devices and tiling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlcsc.color import rgb2ycbcr, ycbcr2rgb
+from rlcsc.device import using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.imresize import imresize
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 
@@ -31,17 +30,41 @@ def model_state(model: torch.nn.Module) -> dict:
     return {"arch": arch, "config": asdict(model.cfg), "model": model.state_dict()}
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load a model file written by `rlcsc train`, in eval mode on `device`."""
+def _read_model_file(path: Path) -> dict:
+    """The contents of a model file, or one clear error saying what the file is instead."""
+    expected = "expected a model.pt written by `rlcsc train`"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model = build(state["arch"], state["config"])
-        model.load_state_dict(state["model"])
     except FileNotFoundError:
         raise RlcscError(f"model file not found: {path}") from None
-    except (KeyError, RuntimeError, OSError, ValueError) as err:
-        raise RlcscError(f"cannot load model {path}: {err}") from None
+    except IsADirectoryError:
+        raise RlcscError(f"{path} is a folder; {expected}") from None
+    except Exception:  # torch.load raises many types for a file that is not one of its own
+        raise RlcscError(f"{path} is not a PyTorch file; {expected}") from None
+    if isinstance(state, dict) and "optimizer" in state and "arch" not in state:
+        raise RlcscError(f"{path} is a training checkpoint, not a model; use the model.pt beside it")
+    if not isinstance(state, dict) or not {"arch", "config", "model"} <= set(state):
+        what = f"a mapping of {sorted(state)[:6]}" if isinstance(state, dict) else type(state).__name__
+        raise RlcscError(f"{path} holds {what}, not a model; {expected}")
+    return state
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Load a model file written by `rlcsc train`, in eval mode on `device`."""
+    state = _read_model_file(path)
+    try:
+        model = build(state["arch"], state["config"])
+        model.load_state_dict(state["model"])
+    except (TypeError, RuntimeError) as err:
+        raise RlcscError(f"{path}: its weights do not fit its network config: {' '.join(str(err).split())[:300]}") from None
     return model.to(device).eval()
+
+
+def describe_model(path: Path) -> dict:
+    """What a model file says of itself: network, and the experiment, budget and status of its training."""
+    state = _read_model_file(path)
+    return {"path": str(path), "arch": state["arch"], "config": state["config"],
+            **{k: state.get(k) for k in ("experiment", "budget", "status")}}
 
 
 def receptive_radius(model: torch.nn.Module) -> int:
@@ -97,16 +120,6 @@ class Network:
     def __call__(self, ilr: np.ndarray, scale: int) -> np.ndarray:
         if self._model is None:
             self._model = load_model(self.path, self.device)
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=self.precision == "tf32"):
+        with using_precision(self.device, self.precision):
             return apply(self._model, ilr)
-
-
-def super_resolve(model: torch.nn.Module, img: np.ndarray, scale: int) -> np.ndarray:
-    """Upscale a uint8 image by `scale`: Y through the network, Cb and Cr by bicubic (MATLAB ops)."""
-    if img.ndim == 2:
-        y = imresize(img / 255.0, scale)
-        return np.clip(np.floor(apply(model, y) * 255 + 0.5), 0, 255).astype(np.uint8)
-    ycc = imresize(rgb2ycbcr(img / 255.0), scale)
-    ycc[..., 0] = apply(model, ycc[..., 0])
-    return np.clip(np.floor(ycbcr2rgb(ycc) * 255 + 0.5), 0, 255).astype(np.uint8)
 

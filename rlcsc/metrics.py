@@ -1,6 +1,6 @@
 """PSNR and SSIM on the Y channel as the DRRN/MemNet MATLAB test scripts compute them.
 
-Both take two images on the 0..255 scale (already quantised by `to_uint8_scale` and shaved), the
+Both take two images on the 0..255 scale (already quantised by `rlcsc.rounding.im2uint` and shaved), the
 reference first, and work in float64.
 """
 
@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import correlate1d
-
-
-def to_uint8_scale(y: np.ndarray) -> np.ndarray:
-    """A [0, 1] double image rounded as MATLAB's `im2uint8` does: floor(x*255 + 0.5), clipped, as float64."""
-    return np.clip(np.floor(y * 255 + 0.5), 0, 255)
 
 
 def psnr(ref: np.ndarray, img: np.ndarray) -> float:

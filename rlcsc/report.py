@@ -1,53 +1,209 @@
-"""What the report notebooks share: reading this run's results, laying them beside the paper's."""
+"""What the report notebooks share: the runs and what they are, laid beside the paper's numbers.
+
+A notebook learns everything about a run from the files the run wrote: K, the filter sizes, the
+residual switch, budget, epochs done, status, device (`train.json`; `environment.json` for a
+recorded run), never from its name. Runs are this pipeline's (`models/<name>/` and
+`results/<name>/`, one per entry of `experiments`) and the recorded ones (`runs/<name>/`, made on
+a GPU by `rlcsc record`).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rlcsc.config import read_params
+
+from rlcsc.config import Checked, param, read_params
 from rlcsc.reference import table
 
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
-
-THIS_RUN = " †"  # marks this run's columns; the others are quoted from the paper
-
+THIS_RUN = " †"  # marks a column of this project's runs; the others are quoted from the paper
 RED, BLUE = "color: #d00000; font-weight: bold", "color: #0050d0; font-weight: bold"
 
 
-def budget(params: Path) -> str:
-    """The budget this run used, as params.yaml says."""
-    return str(read_params(params).get("budget", "paper"))
+@dataclass(frozen=True)
+class ReportParams(Checked):
+    """Block `report` of params.yaml."""
+
+    main: str = param("K25")  # the experiment shown as "RL-CSC" in Tables 1-2 and Figures 4-6
 
 
-def budget_note(params: Path) -> str:
-    """One sentence to head every page: which budget produced this run's numbers."""
-    b = budget(params)
-    if b == "paper":
-        return "This run used the **paper** budget: the full protocol of the paper."
-    return (f"This run used the **{b}** budget: a miniature of the paper's protocol (fewer training "
-            "images and steps, narrower networks; see params.yaml). Its numbers show that the pipeline "
-            "works end to end; they are not expected to match the paper's.")
-
-
-def metrics(results: Path, name: str) -> dict | None:
-    """`results/<name>/metrics.json` of this run, or None if that evaluation did not run."""
-    path = results / name / "metrics.json"
+def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def training(models: Path, name: str) -> dict | None:
-    """`models/<name>/train.json` of this run, or None if that training did not run."""
-    path = models / name / "train.json"
-    return json.loads(path.read_text()) if path.exists() else None
+@dataclass(frozen=True)
+class Run:
+    """One training run and its evaluation, as its files describe it."""
+
+    name: str
+    recorded: bool  # made by `rlcsc record` (runs/<name>/) rather than this pipeline (models/<name>/)
+    train: dict  # train.json
+    metrics: dict | None  # metrics.json of the evaluation, None if it did not run
+    environment: dict | None = None  # environment.json (recorded runs)
+
+    @property
+    def config(self) -> dict:
+        """The resolved training block the run used."""
+        return self.train["train"]
+
+    @property
+    def model(self) -> dict:
+        """The network as built: recursions, features, codes (after `width`), residual, bias, parameters, depth."""
+        return self.train["model"]
+
+    @property
+    def k(self) -> int:
+        return self.model["recursions"]
+
+    @property
+    def filters(self) -> tuple[int, int]:
+        """(n, m): the paper's filter counts this run's network scales (before `width`)."""
+        return self.config["features"], self.config["codes"]
+
+    @property
+    def residual(self) -> bool:
+        return self.model["residual"]
+
+    @property
+    def device(self) -> str:
+        return (self.environment or {}).get("gpu") or self.train["device"]
+
+    @property
+    def curve(self) -> pd.DataFrame:
+        return pd.DataFrame(self.train["curve"])
+
+    @property
+    def diverged(self) -> bool:
+        return self.train["status"].startswith("diverged")
+
+    def last_psnr(self) -> float:
+        """The Set5 x3 PSNR of the final model: its evaluation's, else the monitor's last."""
+        m = (self.metrics or {}).get("Set5", {}).get("x3", {})
+        return m.get("psnr", self.train["curve"][-1]["psnr"] if self.train["curve"] else np.nan)
+
+    def seedless(self) -> tuple:
+        """What the run is, apart from its seed: runs that share it differ by chance alone."""
+        return tuple(sorted((k, json.dumps(v)) for k, v in self.config.items()
+                            if k not in ("seed", "log_every", "checkpoint_every", "device", "compile"))) + (
+            self.train.get("budget"), self.recorded)
+
+    def label(self) -> str:
+        """What the run is, in one line: K, filters, residual, budget, extent, device, status."""
+        n, m = self.model["features"], self.model["codes"]
+        kind = "recorded run" if self.recorded else "this pipeline"
+        extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']} epochs"
+        status = "" if self.train["status"] == "completed" else f", {self.train['status']}"
+        return (f"{self.name} ({kind}): K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}, "
+                f"{self.train.get('budget')} budget, seed {self.config['seed']}, {extent}, {self.device}{status}")
+
+
+def pipeline_runs(params: Path, models: Path, results: Path) -> list[Run]:
+    """This pipeline's runs: every entry of `experiments` that has trained, in the file's order."""
+    names = read_params(params).get("experiments") or {}
+    runs = []
+    for name in names:
+        train = _json(models / name / "train.json")
+        if train is not None:
+            runs.append(Run(name, False, train, _json(results / name / "metrics.json")))
+    return runs
+
+
+def recorded_runs(runs: Path) -> list[Run]:
+    """The recorded runs under `runs/`, by name."""
+    found = []
+    for folder in sorted(p for p in runs.glob("*") if (p / "train.json").exists()):
+        found.append(Run(folder.name, True, _json(folder / "train.json"), _json(folder / "metrics.json"),
+                         _json(folder / "environment.json")))
+    return found
+
+
+def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]:
+    return pipeline_runs(params, models, results) + recorded_runs(runs)
+
+
+@dataclass(frozen=True)
+class Page:
+    """What every report notebook starts from: the paths it was given and every run they hold."""
+
+    params: Path
+    results: Path
+    models: Path
+    runs_dir: Path
+    main: str
+    runs: list[Run]
+
+    def run(self, name: str) -> Run | None:
+        """This pipeline's run `name`, None if it has not trained."""
+        return next((r for r in self.runs if r.name == name and not r.recorded), None)
+
+    def bicubic(self) -> dict | None:
+        return _json(self.results / "bicubic" / "metrics.json")
+
+    def main_filters(self) -> tuple[int, int] | None:
+        """(n, m) of the main experiment: the filter sizes of Section 5.2 that Figures 1 and 7 vary K at."""
+        main = self.run(self.main)
+        return main.filters if main else None
+
+
+def page(params: str, results: str, models: str, runs: str, main: str) -> Page:
+    """The shared setup of every report notebook (its papermill parameters in, every run out)."""
+    params_, results_, models_, runs_ = Path(params), Path(results), Path(models), Path(runs)
+    return Page(params_, results_, models_, runs_, main, all_runs(params_, models_, results_, runs_))
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs grouped by everything but their seed, in first-appearance order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.seedless(), []).append(run)
+    return list(groups.values())
+
+
+def sources(runs: list[Run]) -> str:
+    """A list of the runs a page shows, each labelled with what it is (markdown)."""
+    if not runs:
+        return "No run of this project has reached this page yet."
+    return "Runs on this page (columns and points marked †):\n\n" + "\n".join(f"- {r.label()}" for r in runs)
+
+
+def spread_note(runs: list[Run]) -> str:
+    """How far runs that differ only in their seed lie apart (markdown), or "" when no such group."""
+    lines = []
+    for group in seed_groups(runs):
+        if len(group) > 1:
+            psnr = np.array([r.last_psnr() for r in group])
+            lines.append(f"- {', '.join(r.name for r in group)} (seeds {', '.join(str(r.config['seed']) for r in group)}): "
+                         f"Set5 x3 mean {psnr.mean():.3f} dB, range {psnr.min():.3f} to {psnr.max():.3f} dB "
+                         f"(spread {psnr.max() - psnr.min():.3f} dB)")
+    if not lines:
+        return ""
+    return ("**Spread over seeds.** Runs that differ only in their seed:\n\n" + "\n".join(lines) + "\n\n"
+            "Trained numbers differ between machines by about this much as well: the floating-point order "
+            "of a CPU's or GPU's kernels changes the weights from the first steps on, as another seed does. "
+            "The bicubic numbers do not: they are exact and the same on every machine. A difference between "
+            "two experiments smaller than this spread is not a measured difference.")
+
+
+def spread_table(group: list[Run], metric: str) -> pd.DataFrame:
+    """Mean, minimum, maximum and spread (max - min) of `metric` over a seed group, per dataset and scale."""
+    cells = {}
+    for run in group:
+        for dataset, scales in (run.metrics or {}).items():
+            for scale, values in scales.items():
+                cells.setdefault((dataset, int(scale[1:])), []).append(values.get(metric, np.nan))
+    rows = {key: {"mean": np.mean(v), "min": np.min(v), "max": np.max(v), "spread": np.max(v) - np.min(v),
+                  "runs": len(v)} for key, v in cells.items()}
+    return pd.DataFrame(rows).T.rename_axis(["dataset", "scale"])
 
 
 def comparison(ref: str, metric: str, ours: dict[str, dict | None]) -> pd.DataFrame:
-    """Published columns of reference table `ref` beside this run's columns (labels ending in
+    """Published columns of reference table `ref` beside this project's columns (labels ending in
     THIS_RUN), one row per dataset/scale; `ours` maps a label to a metrics.json mapping, or None when
-    that evaluation did not run. Cells this run did not evaluate are NaN."""
+    that evaluation did not run. Cells a run did not evaluate are NaN."""
     published = table(ref).pivot_table(index=["dataset", "scale"], columns="method", values=metric, sort=False)
     published.columns = list(published.columns)
     for label, m in ours.items():
@@ -79,7 +235,8 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
     tmp = target.with_name(f".{target.name}.tmp.ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".")
+        papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".",
+                                   progress_bar=False)
         nb = nbformat.read(tmp, as_version=4)
         for cell in nb.cells:
             tags = cell.metadata.setdefault("tags", [])

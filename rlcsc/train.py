@@ -1,26 +1,25 @@
-"""Training (Section 5.2): SGD on the multi-scale patch set with adjustable gradient clipping.
+"""Training (Section 5.2) on the multi-scale patch set, with the recipe of `rlcsc.recipe`.
 
-Loss (eq. 14): squared error summed over the pixels of each patch, averaged over the batch.
-SGD, momentum 0.9, weight decay 1e-4, batch 128; learning rate 0.1, divided by 10 every 10
-epochs; 35 epochs. Gradients are clipped with theta = 0.4 (Section 5.2) by their global L2 norm
-(`clip_grad_norm_`), as the PyTorch VDSR training code that RL-CSC's PyTorch implementation and its
-DRRN comparison (Caffe's `clip_gradients`) build on. VDSR's paper describes an element-wise clip to
-[-theta/lr, theta/lr] instead; with the loss of eq. 14 and lr = 0.1 that variant lets every weight
-move by up to 0.4 per step, and the network diverged at once when trained that way (see the
-deviations page), so the norm clip is the one implemented.
+Every `eval_every` steps and at every epoch's end the model is scored on Set5 x3 by the evaluation
+protocol (`Monitor`), together with what tells whether the recipe behaves as the paper's: the
+loss, the gradient norm before clipping (median, maximum, fraction of steps clipped) over the
+interval, the mean of the residual image R, the fraction of output pixels that are zero, and the
+bias of H when there is one. These snapshots are the curve in `train.json`.
 
-After every epoch the model is scored on Set5 x3 (PSNR/SSIM, the evaluation protocol) and logged
-with dvclive. Checkpoints are written atomically every `checkpoint_every` steps, at every epoch's
-end and on interruption; a run restarted with the same config resumes from the last one and ends
-with the same weights as an uninterrupted run (the data order is a function of seed and epoch).
+Checkpoints are written atomically at the start, every `checkpoint_every` steps, at every epoch's
+end and on interruption; a run restarted with the same result-affecting parameters (`identity`)
+resumes from the last one and ends with the same weights as an uninterrupted run (the data order
+is a function of seed and epoch). Under `torchrun` the processes agree at every host sync on
+divergence and interruption, so all stop together.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,54 +28,65 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rlcsc.data.download import load_manifest
+from rlcsc import recipe
+from rlcsc.atomic import save_torch, write_json
+from rlcsc.config import Checked, above, at_least, one_of, param, within
 from rlcsc.data.patches import PatchSet
+from rlcsc.device import PRECISIONS, autocast, device_name, effective, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
 from rlcsc.inference import apply, build, model_state
+from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.rounding import im2uint
 
-PRECISIONS = ("bf16", "tf32", "fp32")
+# Keys that do not change what a run computes: a run resumes across changes of these.
+NOT_IDENTITY = ("stop_epoch", "max_steps", "max_minutes", "eval_every", "log_every", "checkpoint_every", "on_divergence",
+                "device", "compile")
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    """Block `train` of params.yaml (then the experiment's and the budget's overrides)."""
+class TrainParams(Checked):
+    """Block `train` of params.yaml (then the experiment's and the budget's layers)."""
 
-    arch: str = "rlcsc"  # rlcsc | drrn
-    recursions: int = 25  # K (RL-CSC)
-    features: int = 128  # n (RL-CSC), filters (DRRN)
-    codes: int = 256  # m (RL-CSC)
-    units: int = 9  # U (DRRN)
-    residual: bool = True  # global residual learning (eq. 12; Table 3)
-    width: float = 1.0  # multiplies features and codes (the quick budget's miniature)
-    zero_last: bool = False  # start the last layer (H) at zero, i.e. from the interpolated input
-    pairs: int = 0  # train on the first `pairs` of the shuffled set (0 = all)
-    epochs: int = 35
-    batch: int = 128
-    lr: float = 0.1
-    lr_step: int = 10  # epochs between divisions of the learning rate by 10
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    clip: float = 0.4  # theta: the gradients' global L2 norm is clipped to it
-    eval_dataset: str = "Set5"
-    eval_scale: int = 3
-    checkpoint_every: int = 1000  # steps
-    log_every: int = 50  # steps between host syncs (loss, divergence check, progress)
-    on_divergence: str = "fail"  # fail | record (a run the paper expects to fail is a result)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "bf16"  # bf16 | tf32 | fp32 (CUDA; the CPU always computes in fp32)
-    compile: bool = True  # torch.compile the model (CUDA only)
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise RlcscError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.on_divergence not in ("fail", "record"):
-            raise RlcscError(f"train.on_divergence must be fail or record, got {self.on_divergence!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise RlcscError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        if min(self.epochs, self.batch, self.checkpoint_every, self.log_every, self.lr_step) < 1:
-            raise RlcscError("train.epochs, batch, checkpoint_every, log_every and lr_step must be >= 1")
+    # The network (Sections 3 and 5.2).
+    arch: str = param("rlcsc", one_of("rlcsc", "drrn"))
+    recursions: int = param(25, at_least(1))  # K (RL-CSC)
+    features: int = param(128, at_least(1))  # n (RL-CSC), filters (DRRN)
+    codes: int = param(256, at_least(1))  # m (RL-CSC)
+    units: int = param(9, at_least(1))  # U (DRRN)
+    residual: bool = param(True)  # global residual learning (eq. 12; Table 3)
+    bias: bool = param(False)  # a bias on every convolution (the paper's network has none)
+    width: float = param(1.0, above(0))  # multiplies features and codes (the quick budget's miniature)
+    zero_last: bool = param(False)  # start H at zero, i.e. from the interpolated input
+    # The data and the run's length.
+    pairs: int = param(0, at_least(0))  # train on the first `pairs` of the shuffled set (0 = all)
+    batch: int = param(128, at_least(1))
+    epochs: int = param(35, at_least(1))  # the schedule's length
+    stop_epoch: int = param(0, at_least(0))  # end after this epoch (0 = after `epochs`); Table 3 stops at 14
+    max_steps: int = param(0, at_least(0))  # end after this many steps in all (0 = no limit)
+    max_minutes: float = param(0.0, at_least(0))  # end after this much training time in all (0 = no limit)
+    seed: int = param(0, at_least(0))
+    # The recipe (rlcsc.recipe).
+    optimizer: str = param("sgd", one_of("sgd", "adam", "adamw"))
+    lr: float = param(0.1, above(0))
+    schedule: str = param("step", one_of("step", "cosine", "linear"))
+    lr_step: int = param(10, at_least(1))  # epochs between divisions by 10 (schedule: step)
+    warmup: int = param(0, at_least(0))  # steps of linear warm-up
+    momentum: float = param(0.9, within(0, 1))  # SGD
+    weight_decay: float = param(1e-4, at_least(0))
+    loss: str = param("l2", one_of("l2", "l1"))
+    clip: float | None = param(0.4, above(0))  # theta: the gradients' global L2 norm is clipped to it
+    # Monitoring.
+    eval_dataset: str = param("Set5", one_of(*TEST_SETS))
+    eval_scale: int = param(3, one_of(2, 3, 4))
+    eval_every: int = param(0, at_least(0))  # steps between snapshots within an epoch (0 = at epoch ends only)
+    log_every: int = param(50, at_least(1))  # steps between host syncs (progress, divergence, interruption)
+    checkpoint_every: int = param(1000, at_least(1))  # steps
+    on_divergence: str = param("fail", one_of("fail", "record"))  # record: a run expected to fail is a result
+    # The machine (rlcsc.device).
+    device: str = param("auto", one_of("auto", "cpu", "cuda"))
+    precision: str = param("bf16", one_of(*PRECISIONS))  # CUDA only; the CPU computes in fp32
+    compile: bool = param(True)  # torch.compile the forward pass (CUDA only)
 
     def model_config(self) -> dict:
         """Config fields of the network this run trains (widths scaled by `width`)."""
@@ -84,19 +94,49 @@ class TrainParams:
         if self.arch == "drrn":
             return {"units": self.units, "features": n}
         m = max(1, round(self.codes * self.width))
-        return {"recursions": self.recursions, "features": n, "codes": m, "residual": self.residual}
+        return {"recursions": self.recursions, "features": n, "codes": m, "residual": self.residual, "bias": self.bias}
+
+    def identity(self) -> dict:
+        """The parameters that decide the weights after any given step (what a resumed run must share).
+        The schedule's length matters only to the schedules that decay to zero at its end."""
+        skip = NOT_IDENTITY + (("epochs",) if self.schedule == "step" else ())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def last_epoch(self) -> int:
+        return min(self.epochs, self.stop_epoch or self.epochs)
 
 
-def learning_rate(p: TrainParams, epoch: int) -> float:
-    """lr of the 0-based `epoch`: divided by 10 every `lr_step` epochs."""
-    return p.lr * 0.1 ** (epoch // p.lr_step)
+Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU; asking for CUDA without one is a clear error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RlcscError("train.device is cuda but no CUDA GPU is available (use auto or cpu)")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+def prepare(p: TrainParams, device: torch.device,
+            wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> tuple[nn.Module, torch.optim.Optimizer, Step]:
+    """The network (initialised from `p.seed`), its optimiser, and the training step `rlcsc train` runs:
+    forward (bf16 autocast when asked, channels-last and compiled on CUDA), loss, backward, clip,
+    update. The step returns the loss and the gradient norm before clipping, on the device."""
+    torch.manual_seed(p.seed)
+    model = build(p.arch, p.model_config())
+    if p.zero_last:
+        model.zero_last_layer()
+    cuda = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    optimizer = recipe.optimizer(p, model.parameters(), device)
+    net = wrap(model)
+    forward = torch.compile(net) if p.compile and cuda else net
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if cuda:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+        with autocast(device, p.precision):
+            pred = forward(x)
+        loss = recipe.loss(p, pred.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = recipe.clip(p, model.parameters())
+        optimizer.step()
+        return loss.detach(), norm.detach()
+
+    return model, optimizer, step
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -104,17 +144,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Distributed:
     """Rank and world size under `torchrun` (one process otherwise); gloo on CPU, nccl on CUDA."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1:
@@ -127,9 +161,20 @@ class Distributed:
     def wrap(self, model: nn.Module) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
 
-    def barrier(self) -> None:
+    def agree(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """Each flag set if it is set in any process, so that every process takes the same branch."""
+        t = torch.stack([torch.as_tensor(f, dtype=torch.float32, device=self.device) for f in flags])
         if self.world > 1:
-            torch.distributed.barrier()
+            torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean of `t` over the processes."""
+        if self.world > 1:
+            t = t.clone()
+            torch.distributed.all_reduce(t)
+            t /= self.world
+        return t
 
     def close(self) -> None:
         if self.world > 1:
@@ -174,145 +219,183 @@ class Batches:
 
 
 class Monitor:
-    """Set5 x3 (by default) scored by the evaluation protocol after every epoch."""
+    """One test set at one scale (Set5 x3) scored by the evaluation protocol in `precision`, with the
+    mean of the residual image R (eq. 11: the output minus the input, or the whole output without the
+    identity branch), the fraction of output pixels that round to 0, and H's mean bias (None without
+    biases)."""
 
-    def __init__(self, raw: Path, dataset: str, scale: int) -> None:
-        self.scale = scale
-        self.pairs = [ilr_pair(raw / e.dataset / e.file, scale) for e in load_manifest(datasets=[dataset])]
+    def __init__(self, raw: Path, dataset: str, scale: int, precision: str) -> None:
+        self.scale, self.precision = scale, precision
+        self.pairs = [ilr_pair(path, scale) for path in paths(raw, [dataset])]
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, float | None]:
         was_training = model.training
         model.eval()
-        scores = [score(hr, apply(model, ilr), self.scale, with_ifc=False) for hr, ilr in self.pairs]
+        device = next(model.parameters()).device
+        with using_precision(device, self.precision):
+            outs = [apply(model, ilr) for _, ilr in self.pairs]
         model.train(was_training)
-        psnr, ssim, _ = np.mean(scores, axis=0)
-        return {"psnr": float(psnr), "ssim": float(ssim)}
+        scores = np.array([score(hr, out, self.scale, with_ifc=False)[:2] for (hr, _), out in zip(self.pairs, outs)])
+        residual = getattr(model.cfg, "residual", True)
+        r = np.concatenate([(out - ilr if residual else out).ravel() for (_, ilr), out in zip(self.pairs, outs)])
+        zeros = np.concatenate([(im2uint(out) == 0).ravel() for out in outs])
+        h = getattr(model, "h", None)
+        bias = None if h is None or h.bias is None else float(h.bias.mean())
+        return {"psnr": float(scores[:, 0].mean()), "ssim": float(scores[:, 1].mean()),
+                "residual_mean": float(r.mean()), "zero_fraction": float(zeros.mean()), "h_bias": bias}
 
 
-def train(p: TrainParams, patches: Path, raw: Path, out: Path, stop_after: int | None = None) -> dict:
-    """Train into `out` (model.pt, checkpoint.pt, train.json, live/); resume if a checkpoint exists.
+def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: str = "fp32",
+          label: dict | None = None, stop_after: int | None = None) -> dict:
+    """Train into `out` (model.pt, checkpoint.pt, train.json, train_metrics.json); resume if a
+    checkpoint of the same run exists. `eval_precision` is the monitor's (`evaluate.precision`);
+    `label` (experiment, budget) is recorded with the run.
 
-    `stop_after` ends the run after that many steps of this call, as an interruption would
-    (checkpoint written, no model.pt); it exists to test resumption.
+    `stop_after` ends the call after that many steps, as an interruption would (checkpoint written,
+    no model.pt); it exists to test resumption.
     """
+    started = time.time()
     device = pick_device(p.device)
     dist = Distributed(device)
     if p.batch % dist.world:
         raise RlcscError(f"train.batch {p.batch} is not divisible by the {dist.world} processes")
-    torch.manual_seed(p.seed)
     data = PatchSet.open(patches)
     n = min(p.pairs, len(data)) if p.pairs else len(data)
-    steps_per_epoch = n // p.batch
-    if steps_per_epoch == 0:
+    per_epoch = n // p.batch
+    if per_epoch == 0:
         raise RlcscError(f"{n} training pairs make no batch of {p.batch}")
-
-    model = build(p.arch, p.model_config())
-    if p.zero_last:
-        model.zero_last_layer()
-    model = model.to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = p.precision != "fp32"
-    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                                **({"fused": True} if cuda else {"foreach": True}))
+    model, optimizer, step_fn = prepare(p, device, dist.wrap)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    state = _resume(ckpt_path, p, model, optimizer)
-    epoch, step, history = state["epoch"], state["step"], state["history"]
-    net = dist.wrap(model)
-    forward = torch.compile(net) if (p.compile and cuda) else net
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and p.precision == "bf16")
-    monitor = Monitor(raw, p.eval_dataset, p.eval_scale) if dist.main else None
+    state = _resume(ckpt_path, p, model, optimizer, per_epoch)
+    epoch, step, curve, elapsed = state["epoch"], state["step"], state["curve"], state["elapsed"]
+    monitor = Monitor(raw, p.eval_dataset, p.eval_scale, eval_precision) if dist.main else None
     batches = Batches(data, n, device)
+    losses = torch.zeros(per_epoch, device=device)  # this epoch's steps: loss and gradient norm
+    norms = torch.zeros(per_epoch, device=device)
+    since = state["since"]  # the step within the epoch at which the current snapshot interval began
+    losses[since:step], norms[since:step] = state["losses"], state["norms"]
+
+    def done() -> int:
+        return epoch * per_epoch + step
 
     def checkpoint() -> None:
         if dist.main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step, "history": history, "config": asdict(p)}, ckpt_path)
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
+                         "norms": norms[since:step].cpu(), "elapsed": elapsed + time.time() - clock,
+                         "config": asdict(p)}, ckpt_path)
 
-    live = _live(out, resume=bool(history)) if dist.main else None
-    status, done_steps, start = "completed", 0, time.time()
-    syncs: list[tuple[int, float]] = []  # (steps done in this run, seconds) at each host sync
+    clock, status, this_call = time.time(), "completed", 0
+    if state["fresh"]:
+        checkpoint()  # the initial weights: what a run that diverges before any other checkpoint keeps
+    syncs: list[tuple[int, float]] = []  # (steps done in this call, seconds) at each host sync
     interrupted = _InterruptFlag()
     bad = torch.zeros((), dtype=torch.bool, device=device)
+    lr, late = recipe.learning_rate(p, done(), per_epoch), False
+
+    def reached() -> bool:
+        return epoch >= p.last_epoch() or bool(p.max_steps and done() >= p.max_steps)
+
     try:
-        while epoch < p.epochs:
-            lr = learning_rate(p, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            order = batches.order(p.seed, epoch)
-            bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
-                       disable=not dist.main, unit="step")
-            running = torch.zeros((), device=device)
-            while step < steps_per_epoch:
-                batch = order[step * p.batch : (step + 1) * p.batch][dist.rank :: dist.world]
-                x, y = batches(batch)
-                if cuda:
-                    x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    pred = forward(x)
-                loss = (pred.float() - y).square().sum(dim=(1, 2, 3)).mean()  # eq. 14
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), p.clip, foreach=True)  # theta (Section 5.2)
-                optimizer.step()
-                bad |= ~torch.isfinite(loss.detach())
-                running += loss.detach()
-                step += 1
-                done_steps += 1
-                sync = step % p.log_every == 0 or step == steps_per_epoch
-                save = step % p.checkpoint_every == 0
-                stop = bool(interrupted) or (stop_after is not None and done_steps >= stop_after)
-                if not (sync or save or stop):
-                    continue
-                if bad.item():  # the only host syncs: here, every log_every steps and at checkpoints
-                    status = _diverged(p, epoch, step, ckpt_path)
-                    break
-                if sync:
-                    syncs.append((done_steps, time.time()))
-                    bar.set_postfix(loss=f"{running.item() / (step - bar.n):.3g}", lr=f"{lr:g}")
-                    running.zero_()
+        with using_precision(device, p.precision):
+            while not (late or reached()):
+                order = batches.order(p.seed, epoch)
+                bar = tqdm(total=per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
+                           disable=not dist.main, unit="step")
+                while step < per_epoch:
+                    lr = recipe.learning_rate(p, done(), per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x, y = batches(order[step * p.batch : (step + 1) * p.batch][dist.rank :: dist.world])
+                    losses[step], norms[step] = step_fn(x, y)
+                    bad |= ~torch.isfinite(losses[step])
+                    step += 1
+                    this_call += 1
+                    finished = (step == per_epoch and epoch + 1 >= p.last_epoch()) or bool(p.max_steps and done() >= p.max_steps)
+                    snapshot = step == per_epoch or finished or bool(p.eval_every and done() % p.eval_every == 0)
+                    save = done() % p.checkpoint_every == 0
+                    stop_asked = stop_after is not None and this_call >= stop_after
+                    if not (snapshot or save or stop_asked or step % p.log_every == 0):
+                        continue
+                    seconds = elapsed + time.time() - clock
+                    diverged, stopping, late = dist.agree(  # the host syncs: every process takes the same branch
+                        bad, bool(interrupted) or stop_asked, bool(p.max_minutes) and seconds >= 60 * p.max_minutes)
+                    if diverged:
+                        status = _diverged(p, epoch, step, ckpt_path)
+                        break
+                    syncs.append((this_call, time.time()))
+                    bar.set_postfix(loss=f"{losses[max(0, step - p.log_every):step].mean().item():.3g}", lr=f"{lr:.3g}")
                     bar.update(step - bar.n)
-                if save or stop:
-                    checkpoint()
-                if stop:
-                    bar.close()
-                    return {"status": "interrupted", "epoch": epoch, "step": step}
-            bar.close()
-            if status != "completed":
-                break
-            if dist.main:
-                scores = monitor(model)
-                history.append({"epoch": epoch + 1, "lr": lr, **scores})
-                for k, v in scores.items():
-                    live.log_metric(f"{p.eval_dataset.lower()}_x{p.eval_scale}_{k}", v)
-                live.next_step()
-            epoch, step = epoch + 1, 0
-            checkpoint()
-            dist.barrier()
+                    if snapshot or late:
+                        interval = dist.mean(losses[since:step])
+                        paused = time.time()
+                        if dist.main:
+                            curve.append(_snapshot(p, done(), per_epoch, lr, interval, norms[since:step],
+                                                   elapsed + paused - clock, monitor(model)))
+                        clock += time.time() - paused  # the monitor's time is not training time
+                        since = step
+                    if stopping:
+                        checkpoint()
+                        bar.close()
+                        return {"status": "interrupted", "epoch": epoch, "step": step}
+                    if finished or late:
+                        break
+                    if save:
+                        checkpoint()
+                bar.close()
+                if status != "completed":
+                    break
+                if step == per_epoch:
+                    epoch, step, since = epoch + 1, 0, 0
+                checkpoint()
     finally:
         interrupted.restore()
-        if live is not None:
-            live.end()
         dist.close()
-    summary = {"status": status, "epochs_completed": len(history), "history": history,
-               "model_parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth,
-               "seconds_this_run": round(time.time() - start, 1), "ms_per_step": _ms_per_step(syncs),
-               "device": str(device), "config": asdict(p)}
+    if status != "completed":  # the last good checkpoint is the model
+        model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
+    summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
+               "steps_per_epoch": per_epoch, "epochs_planned": p.epochs, "ms_per_step": _ms_per_step(syncs),
+               "seconds_this_call": round(time.time() - started, 1), "seconds_training": round(elapsed + time.time() - clock, 1),
+               "device": device_name(device), "processes": dist.world,
+               "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},
+               **(label or {}), "model": {**model_state(model)["config"], "arch": p.arch,
+               "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
+               "train": asdict(p), "curve": curve}
     if dist.main:
-        if status != "completed" and ckpt_path.exists():  # diverged: the last good checkpoint is the model
-            model.load_state_dict(torch.load(ckpt_path, weights_only=True)["model"])
-        save_atomic(model_state(model), out / "model.pt")
-        (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        weights = model_state(model)
+        if not all(torch.isfinite(t).all() for t in weights["model"].values()):
+            raise RlcscError(f"the weights kept in {ckpt_path} are not finite; no model written")
+        save_torch({**weights, "train": asdict(p), "status": status, **(label or {})}, out / "model.pt")
+        write_json(summary, out / "train.json")
+        write_json(metrics(summary), out / "train_metrics.json")
     return summary
+
+
+def metrics(summary: dict) -> dict:
+    """What DVC shows of a training run: its status, extent, speed and last score."""
+    last = summary["curve"][-1] if summary["curve"] else {}
+    key = f"{summary['train']['eval_dataset'].lower()}_x{summary['train']['eval_scale']}"
+    return {"status": summary["status"], "epochs_done": summary["epochs_done"], "steps_done": summary["steps_done"],
+            "ms_per_step": summary["ms_per_step"], f"{key}_psnr": last.get("psnr"), f"{key}_ssim": last.get("ssim")}
+
+
+def _snapshot(p: TrainParams, step: int, per_epoch: int, lr: float, losses: torch.Tensor, norms: torch.Tensor,
+              seconds: float, scores: dict) -> dict:
+    """One point of the curve: where, the interval's loss and gradient norms, and the monitor's scores."""
+    norms = norms.float().cpu()
+    clipped = None if p.clip is None else round(float((norms > p.clip).float().mean()), 4)
+    return {"step": step, "epoch": round(step / per_epoch, 4), "seconds": round(seconds, 1), "lr": lr,
+            "loss": float(losses.mean()), "grad_norm_median": float(norms.median()), "grad_norm_max": float(norms.max()),
+            "clipped_fraction": clipped, "steps": len(norms), **scores}
 
 
 def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
     """Training speed between host syncs, leaving out the first tenth of the run (warm-up,
-    compilation) and the pauses for the per-epoch evaluation."""
+    compilation) and the pauses for the monitor's evaluations (the median interval)."""
     pairs = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(syncs, syncs[1:]) if s1 > s0]
-    if not syncs or not pairs:
+    if not pairs:
         return None
     warm = syncs[-1][0] / 10
     kept = [(n, t) for (n, t), (s0, _) in zip(pairs, syncs) if s0 >= warm] or pairs
@@ -320,19 +403,22 @@ def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
     return round(rates[len(rates) // 2], 3)
 
 
-def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load `path` into model and optimizer if it belongs to this config; else a fresh start."""
-    fresh = {"epoch": 0, "step": 0, "history": []}
+def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer, per_epoch: int) -> dict:
+    """Load `path` into model and optimizer if it belongs to this run (same `identity`); else a fresh start."""
+    fresh = {"epoch": 0, "step": 0, "curve": [], "since": 0, "losses": torch.zeros(0), "norms": torch.zeros(0),
+             "elapsed": 0.0, "fresh": True}
     if not path.exists():
         return fresh
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("config") != asdict(p):
-        tqdm.write(f"{path} was written with other params: starting afresh")
+    theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
+    differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
+    if differ or "curve" not in ckpt:
+        tqdm.write(f"{path} belongs to a run with other {', '.join(differ) or 'contents'}: starting afresh", file=sys.stderr)
         return fresh
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    tqdm.write(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
-    return {"epoch": ckpt["epoch"], "step": ckpt["step"], "history": ckpt["history"]}
+    tqdm.write(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']} of {per_epoch}", file=sys.stderr)
+    return {**{k: ckpt[k] for k in fresh if k != "fresh"}, "fresh": False}
 
 
 def _diverged(p: TrainParams, epoch: int, step: int, ckpt_path: Path) -> str:
@@ -340,18 +426,12 @@ def _diverged(p: TrainParams, epoch: int, step: int, ckpt_path: Path) -> str:
     where = f"epoch {epoch + 1}, step {step}"
     if p.on_divergence == "fail":
         raise RlcscError(f"loss became non-finite at {where}; last good checkpoint kept at {ckpt_path}")
-    tqdm.write(f"loss became non-finite at {where}: recorded, training stopped")
+    tqdm.write(f"loss became non-finite at {where}: recorded, training stopped", file=sys.stderr)
     return f"diverged at {where}"
 
 
-def _live(out: Path, resume: bool):
-    from dvclive import Live
-
-    return Live(str(out / "live"), dvcyaml=None, resume=resume, save_dvc_exp=False)
-
-
 class _InterruptFlag:
-    """True once SIGINT or SIGTERM arrived; the loop then checkpoints and returns."""
+    """True once SIGINT or SIGTERM arrived; the loop then checkpoints and returns at its next host sync."""
 
     def __init__(self) -> None:
         self.hit = False
@@ -366,4 +446,3 @@ class _InterruptFlag:
     def restore(self) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
-

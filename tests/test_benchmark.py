@@ -1,4 +1,4 @@
-"""`rlcsc benchmark` on the CPU, the evaluation's GPU pipeline (run here with bicubic) and core sharing."""
+"""`rlcsc benchmark` and `rlcsc memory` on the CPU, the evaluation's GPU pipeline (run here with bicubic), core sharing."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from rlcsc.benchmark import count_training_memory, training_memory
 from rlcsc.cli import main
 from rlcsc.evaluate import bicubic, evaluate
+from rlcsc.memory import count_training_memory, training_memory
 from rlcsc.parallel import pool
 
 TINY = ("train: {recursions: 2, features: 4, codes: 8, batch: 4, pairs: 40, epochs: 3, device: cpu}\n"
@@ -46,16 +46,6 @@ def test_benchmark_evaluate_times_the_evaluate_block(mirror: Path, tmp_path: Pat
     assert result["images"] == 10 and result["seconds"] > 0 and result["precision"] == "fp32"
     assert result["images_per_s"] == pytest.approx(10 / result["seconds"])
     assert result["model"].startswith("untrained") and "psnr_tf32_minus_fp32" not in result
-
-
-def test_benchmark_precision_needs_a_gpu(tmp_path: Path, capsys) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    params = tmp_path / "params.yaml"
-    params.write_text(TINY)
-    assert main(["benchmark", "precision", "--params", str(params), "--experiment", "tiny"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "needs a CUDA GPU" in err and "\n" not in err
 
 
 class InProcessBicubic:
@@ -97,7 +87,7 @@ def test_counted_memory_is_saved_activations_plus_three_copies_of_the_weights() 
 
 
 def test_table4_settings_scale_with_the_batch() -> None:
-    rows = {(r["model"], r["layers"], r["batch"], r["patch"]): r for r in training_memory()}
+    rows = {(r["model"], r["layers"], r["batch"], r["patch"]): r for r in training_memory()["rows"]}
     assert len(rows) == 9
     for model, layers in (("RL-CSC", 30), ("DRRN", 20), ("DRRN", 52)):
         small, large = rows[model, layers, 64, 31], rows[model, layers, 128, 31]

@@ -13,7 +13,7 @@ from PIL import Image
 
 HTML = Path(__file__).resolve().parents[1] / "book" / "_build" / "html"
 TABLES = ["table1", "table2", "table3", "table4"]
-FIGURES = ["figure1", "figure7", "figure8", "qualitative"]
+FIGURES = ["figure1", "figure7", "figure8", "figures4_6", "training_time"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_table_pages_render_tables_with_numbers(html: Path, name: str) -> None:
     numbers = [c for c in cells if c.replace(".", "", 1).replace(",", "").lstrip("+-").isdigit()]
     assert len(numbers) >= 8, f"{name}: only {len(numbers)} numeric cells"
     assert "budget" in soup.get_text(), f"{name}: the budget is not stated"
+    assert "Runs on this page" in soup.get_text() or name == "table4", f"{name}: the runs are not labelled"
 
 
 @pytest.mark.parametrize("name", FIGURES)

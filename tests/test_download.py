@@ -17,7 +17,8 @@ from urllib.error import URLError
 import pytest
 
 from rlcsc.data import download
-from rlcsc.data.download import MIRROR_ENV, Entry, download_all, fetch, load_manifest
+from rlcsc.data.download import MIRROR_ENV, download_all, fetch
+from rlcsc.manifest import Entry, load_manifest
 from rlcsc.errors import RlcscError
 
 COUNTS = {"T91": 91, "BSD200": 200, "Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}

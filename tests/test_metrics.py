@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from rlcsc.metrics import gaussian_window, psnr, ssim, to_uint8_scale
+from rlcsc.metrics import gaussian_window, psnr, ssim
+from rlcsc.rounding import im2uint
 
 
-def test_to_uint8_scale_rounds_half_up_and_clips() -> None:
+def test_im2uint_rounds_half_up_and_clips() -> None:
     y = np.array([-0.1, 0, 0.5 / 255, 1.49 / 255, 127.5 / 255, 1, 1.2])
-    np.testing.assert_array_equal(to_uint8_scale(y), [0, 0, 1, 1, 128, 255, 255])
+    np.testing.assert_array_equal(im2uint(y), [0, 0, 1, 1, 128, 255, 255])
 
 
 def test_psnr_known_values() -> None:

@@ -14,17 +14,19 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_parameter_counts_and_depths_of_section_5() -> None:
-    assert n_params(RLCSC()) == 1_330_305  # the paper's "about 1,329k" (setting i, any K)
+    assert n_params(RLCSC()) == 1_329_408  # the paper's "about 1,329k" (setting i, any K): no biases
     assert RLCSC().depth == 30
-    assert n_params(RLCSC(RLCSCConfig(recursions=15))) == 1_330_305  # S is shared: K adds nothing
-    assert n_params(RLCSC(RLCSCConfig(recursions=15, codes=128))) == 592_769  # setting ii, "592k"
+    assert n_params(RLCSC(RLCSCConfig(recursions=15))) == 1_329_408  # S is shared: K adds nothing
+    assert n_params(RLCSC(RLCSCConfig(recursions=15, codes=128))) == 592_128  # setting ii, "approximately 592k"
+    assert n_params(RLCSC(RLCSCConfig(bias=True))) == 1_330_305  # a bias on every convolution: 897 more
+    assert n_params(RLCSC(RLCSCConfig(recursions=15, codes=128, bias=True))) == 592_769
     assert [RLCSC(RLCSCConfig(recursions=k)).depth for k in (15, 20, 25, 48)] == [20, 25, 30, 53]
     assert DRRN(DRRNConfig(units=9)).depth == 20 and DRRN(DRRNConfig(units=25)).depth == 52
 
 
 def test_forward_equals_unrolled_equations_8_to_12() -> None:
     torch.manual_seed(0)
-    model = RLCSC(RLCSCConfig(recursions=4, features=6, codes=10)).double()
+    model = RLCSC(RLCSCConfig(recursions=4, features=6, codes=10, bias=True)).double()
     for conv in (model.f0, model.f1, model.w1, model.s, model.w2, model.h):
         torch.nn.init.normal_(conv.bias, 0, 0.1)  # non-zero thresholds, so biases are exercised
     x = torch.rand(2, 1, 13, 11, dtype=torch.float64)
@@ -45,8 +47,13 @@ def test_forward_equals_unrolled_equations_8_to_12() -> None:
     assert all((c >= 0).all() for c in got)
 
 
+def test_without_biases_every_convolution_is_bias_free() -> None:
+    model = RLCSC(RLCSCConfig(recursions=2, features=4, codes=8))
+    assert all(conv.bias is None for conv in (model.f0, model.f1, model.w1, model.s, model.w2, model.h))
+
+
 def test_zero_initialised_residual_branch_returns_the_input() -> None:
-    model = RLCSC(RLCSCConfig(recursions=3, features=8, codes=16))
+    model = RLCSC(RLCSCConfig(recursions=3, features=8, codes=16, bias=True))
     model.zero_last_layer()
     x = torch.rand(3, 1, 20, 17)
     assert torch.equal(model(x), x)
@@ -63,10 +70,11 @@ def test_he_initialisation_variance_uses_fan_out() -> None:
     model = RLCSC()
     for layer, fan_out in ((model.s, 9 * 256), (model.w2, 9 * 128), (model.f1, 9 * 128)):
         assert abs(layer.weight.var().item() / (2 / fan_out) - 1) < 0.02
-        assert torch.all(layer.bias == 0)
     assert abs(model.s.weight.mean().item()) < 1e-3
 
 
 def test_drrn_shares_its_residual_unit_weights() -> None:
-    convs = lambda m: sum(p.numel() for n, p in m.named_parameters() if "conv" in n or "entry" in n or "exit.1" in n)
+    def convs(m: DRRN) -> int:
+        return sum(p.numel() for n, p in m.named_parameters() if "conv" in n or "entry" in n or "exit.1" in n)
+
     assert convs(DRRN(DRRNConfig(units=9))) == convs(DRRN(DRRNConfig(units=25)))

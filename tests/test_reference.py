@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rlcsc.models.rlcsc import RLCSC
 from rlcsc.reference import table
 
 
@@ -46,3 +47,4 @@ def test_tables_3_4_and_figures_match_the_paper_text() -> None:
     f1 = table("figure1").set_index("model")
     assert len(f1) == 8 and f1.loc["RL-CSC", "psnr"] == 34.11 and f1.loc["MemNet", "psnr"] == 34.09
     assert f1.psnr_source.notna().all() and f1.parameters_source.notna().all()
+    assert f1.loc["RL-CSC", "parameters"] == sum(p.numel() for p in RLCSC().parameters())  # the paper's network

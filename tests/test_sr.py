@@ -1,4 +1,5 @@
-"""`rlcsc sr` and whole-image inference: tiling, colour, sizes, errors, and a real gain over bicubic."""
+"""`rlcsc sr` and whole-image inference: tiling, file formats, modes and bit depths, colour, alpha, sizes,
+errors, and a real gain over bicubic."""
 
 from __future__ import annotations
 
@@ -7,24 +8,84 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import png
 import pytest
+import tifffile
 import torch
 from PIL import Image
 from skimage import data as skdata
 
-from rlcsc.color import rgb2y
-from rlcsc.crop import modcrop, shave
+from rlcsc import sr
+from rlcsc.atomic import save_torch
+from rlcsc.cli import main
+from rlcsc.color import rgb2y, rgb2ycbcr, ycbcr2rgb
+from rlcsc.crop import shave
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.errors import RlcscError
+from rlcsc.imageio import Picture, read_picture, write_picture
 from rlcsc.imresize import imresize
-from rlcsc.inference import apply, model_state
+from rlcsc.inference import apply, load_model, model_state
 from rlcsc.metrics import psnr
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
-from rlcsc.train import TrainParams, save_atomic, train
+from rlcsc.rounding import im2uint
+from rlcsc.train import TrainParams, train
+
+CHANNELS = {"L": None, "LA": 2, "RGB": 3, "RGBA": 4}
+LOSSLESS = [(fmt, mode, bits) for fmt in ("png", "tif") for mode in CHANNELS for bits in (8, 16)]
+LOSSLESS += [("bmp", mode, 8) for mode in ("L", "RGB")]
+ALL = LOSSLESS + [("jpg", mode, 8) for mode in ("L", "RGB")]
 
 
 def run_sr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlcsc.cli", "sr", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "rlcsc.cli", "sr", *args], capture_output=True, text=True, check=False)
+
+
+def sr_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """`rlcsc sr ARGS` in this process: exit status and stderr."""
+    status = main(["sr", *args])
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """An untrained miniature model file."""
+    torch.manual_seed(0)
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=2, codes=2))), tmp_path / "m.pt")
+    return tmp_path / "m.pt"
+
+
+def pixels(mode: str, bits: int, shape: tuple[int, int] = (9, 7), seed: int = 0) -> np.ndarray:
+    """Random integer pixels of a mode and bit depth (16-bit ones mostly not multiples of 257)."""
+    c = CHANNELS[mode]
+    return np.random.default_rng(seed).integers(0, 2**bits, shape if c is None else (*shape, c),
+                                                dtype=np.uint8 if bits == 8 else np.uint16)
+
+
+def save(data: np.ndarray, path: Path) -> None:
+    """Write integer pixels with the format's own library: tifffile, pypng for 16-bit colour or alpha PNG, else Pillow."""
+    alpha = data.ndim == 3 and data.shape[2] in (2, 4)
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, data, photometric="rgb" if data.ndim == 3 and data.shape[2] >= 3 else "minisblack",
+                         extrasamples=("unassalpha",) if alpha else None)
+    elif path.suffix == ".png" and data.dtype == np.uint16 and data.ndim == 3:
+        with open(path, "wb") as f:
+            png.Writer(data.shape[1], data.shape[0], greyscale=data.shape[2] == 2, alpha=alpha,
+                       bitdepth=16).write(f, data.reshape(data.shape[0], -1))
+    else:
+        Image.fromarray(data).save(path)
+
+
+def load(path: Path) -> np.ndarray:
+    """Integer pixels of a file read with the format's own library (pypng for every PNG)."""
+    if path.suffix == ".tif":
+        return tifffile.imread(path)
+    if path.suffix == ".png":
+        width, height, rows, info = png.Reader(filename=str(path)).read()
+        x = np.vstack(list(rows)).astype(np.uint8 if info["bitdepth"] == 8 else np.uint16)
+        x = x.reshape(height, width, info["planes"])
+        return x[..., 0] if info["planes"] == 1 else x
+    return np.asarray(Image.open(path))
 
 
 def test_tiled_inference_equals_whole_image() -> None:
@@ -35,6 +96,137 @@ def test_tiled_inference_equals_whole_image() -> None:
     np.testing.assert_allclose(apply(model, img, tile=16), whole, atol=1e-5)
     np.testing.assert_allclose(apply(model, img, tile=25), whole, atol=1e-5)
     np.testing.assert_array_equal(apply(model, torch.from_numpy(img), tile=25), apply(model, img, tile=25))
+
+
+@pytest.mark.parametrize("fmt,mode,bits", LOSSLESS)
+def test_pictures_read_and_write_exactly(fmt: str, mode: str, bits: int, tmp_path: Path) -> None:
+    data = pixels(mode, bits)
+    save(data, tmp_path / f"in.{fmt}")
+    picture = read_picture(tmp_path / f"in.{fmt}")
+    assert (picture.mode, picture.bits, picture.note) == (mode, bits, "")
+    np.testing.assert_array_equal(picture.pixels, data / (2**bits - 1))
+    write_picture(picture, tmp_path / f"out.{fmt}")
+    out = load(tmp_path / f"out.{fmt}")
+    assert out.dtype == data.dtype
+    np.testing.assert_array_equal(out, data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in.{fmt}", f"out.{fmt}"]  # no temporary left
+
+
+def test_planar_16bit_tiff_is_read(tmp_path: Path) -> None:
+    data = pixels("RGB", 16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(data, -1, 0), photometric="rgb", planarconfig="separate")
+    picture = read_picture(tmp_path / "planar.tif")
+    assert (picture.mode, picture.bits) == ("RGB", 16)
+    np.testing.assert_array_equal(picture.pixels, data / 65535)
+
+
+@pytest.mark.parametrize("fmt,mode,bits", ALL)
+def test_sr_keeps_mode_and_bit_depth(fmt: str, mode: str, bits: int, tiny: Path, tmp_path: Path) -> None:
+    save(pixels(mode, bits), tmp_path / f"in.{fmt}")
+    line = sr.super_resolve_file(tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}", 3, tiny, False)
+    out = load(tmp_path / f"out.{fmt}")
+    assert out.shape[:2] == (27, 21) and out.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert out.shape[2:] == (() if CHANNELS[mode] is None else (CHANNELS[mode],))
+    assert line.count(f" {mode} {bits}-bit") == 2, line
+    assert f"model {tiny}: unlabelled rlcsc model" in line
+
+
+def test_8bit_rgb_output_is_unchanged(tiny: Path, tmp_path: Path) -> None:
+    """Bit-identical to what `rlcsc sr` has always done with an 8-bit RGB image."""
+    img = pixels("RGB", 8, (20, 17))
+    Image.fromarray(img).save(tmp_path / "in.png")
+    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False)
+    ycc = imresize(rgb2ycbcr(img / 255.0), 3)
+    ycc[..., 0] = apply(load_model(tiny), ycc[..., 0])
+    before = np.clip(np.floor(ycbcr2rgb(ycc) * 255 + 0.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), before)
+
+
+def test_16bit_input_is_processed_at_full_precision(tiny: Path, tmp_path: Path) -> None:
+    data = pixels("RGB", 16, (20, 17))
+    assert np.any(data % 257)
+    save(data, tmp_path / "in.png")
+    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False)
+    out = load(tmp_path / "out.png")
+    model = load_model(tiny)
+    full = sr.super_resolve(model, Picture(data / 65535.0, 16), 3)
+    np.testing.assert_array_equal(out, im2uint(full.pixels, 16))
+    via8 = sr.super_resolve(model, Picture(np.floor(data / 257 + 0.5) / 255, 8), 3)
+    assert np.any(out != im2uint(via8.pixels, 16)) and np.any(out % 257)
+
+
+@pytest.mark.parametrize("mode,bits", [("RGBA", 8), ("LA", 16)])
+def test_alpha_is_bicubic(mode: str, bits: int, tiny: Path, tmp_path: Path) -> None:
+    data = pixels(mode, bits, (12, 10))
+    save(data, tmp_path / "in.png")
+    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False)
+    alpha = load(tmp_path / "out.png")[..., -1]
+    np.testing.assert_array_equal(alpha, im2uint(imresize(data[..., -1] / (2**bits - 1.0), 3), bits))
+
+
+def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path, tmp_path: Path) -> None:
+    rgb = pixels("RGB", 8, (8, 6))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pt.png", transparency=0)
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "b.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: view rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif)
+    cases = {"p.png": ("RGB", "converted from palette", (24, 18, 3)),
+             "pt.png": ("RGBA", "converted from palette", (24, 18, 4)),
+             "b.png": ("L", "converted from bilevel", (24, 18)),
+             "r.jpg": ("RGB", "turned upright by its EXIF orientation", (18, 24, 3))}
+    for name, (mode, note, shape) in cases.items():
+        out = tmp_path / f"out-{Path(name).stem}.png"
+        line = sr.super_resolve_file(tmp_path / name, out, 3, tiny, False)
+        assert f"{mode} 8-bit ({note}) -> " in line and line.count(f"{mode} 8-bit") == 2, line
+        assert load(out).shape == shape and load(out).dtype == np.uint8
+
+
+def test_output_is_never_written_over_without_overwrite(tiny: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    save(pixels("RGB", 8), tmp_path / "in.png")
+    original = (tmp_path / "in.png").read_bytes()
+    (tmp_path / "taken.png").write_bytes(b"keep me")
+    for target, message in [("in.png", "is the input file"), ("taken.png", "exists; pass --overwrite")]:
+        status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny),
+                                    "-o", str(tmp_path / target))
+        assert status == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "in.png").read_bytes() == original and (tmp_path / "taken.png").read_bytes() == b"keep me"
+    for target in ("taken.png", "in.png"):
+        status, _ = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny),
+                                  "-o", str(tmp_path / target), "--overwrite")
+        assert status == 0 and load(tmp_path / target).shape == (18, 14, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt", "taken.png"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_write(self: Image.Image, fp: Path, *args: object, **kwargs: object) -> None:
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_write)
+    with pytest.raises(RlcscError, match="cannot write .*No space left"):
+        write_picture(Picture(np.zeros((4, 4)), 8), tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded, pipeline = tmp_path / "runs" / "model.pt", tmp_path / "models" / "model.pt"
+    monkeypatch.setattr(sr, "DEFAULT_MODELS", (recorded, pipeline))
+    save(pixels("L", 8), tmp_path / "in.png")
+    with pytest.raises(RlcscError, match=f"none at {recorded} or {pipeline}.*dvc repro train@K25.*--model"):
+        sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
+    assert not (tmp_path / "out.png").exists()
+    pipeline.parent.mkdir()
+    labelled = {**torch.load(tiny, weights_only=True), "experiment": "K25", "budget": "quick", "status": "completed"}
+    save_torch(labelled, pipeline)
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
+    assert line.endswith(f"(model {pipeline}: K25, budget quick, completed)")
+    recorded.parent.mkdir()
+    save_torch({**labelled, "budget": "paper"}, recorded)
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True)
+    assert line.endswith(f"(model {recorded}: K25, budget paper, completed)")
 
 
 @pytest.fixture(scope="module")
@@ -52,41 +244,68 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
     return root / "model" / "model.pt"
 
 
-def test_sr_beats_bicubic_on_an_unseen_photo(trained: Path, tmp_path: Path) -> None:
-    hr = modcrop(skdata.chelsea(), 3)  # not among the training photos
-    lr = np.clip(np.floor(imresize(hr, 1 / 3) + 0.5), 0, 255).astype(np.uint8)
+@pytest.mark.parametrize("scale", [3, 2.5])
+def test_sr_beats_bicubic_on_an_unseen_photo(scale: float, trained: Path, tmp_path: Path) -> None:
+    hr = skdata.chelsea()[:, :450]  # not among the training photos; 300x450 is a multiple of 3 and of 5
+    lr = np.clip(np.floor(imresize(hr, 1 / scale) + 0.5), 0, 255).astype(np.uint8)
     Image.fromarray(lr).save(tmp_path / "lr.png")
-    proc = run_sr(str(tmp_path / "lr.png"), "--scale", "3", "--model", str(trained), "-o", str(tmp_path / "sr.png"))
+    proc = run_sr(str(tmp_path / "lr.png"), "--scale", str(scale), "--model", str(trained), "-o", str(tmp_path / "sr.png"))
     assert proc.returncode == 0, proc.stderr
-    sr = np.asarray(Image.open(tmp_path / "sr.png"))
-    assert sr.shape == hr.shape and sr.dtype == np.uint8
-    y_hr, y_sr = rgb2y(hr).astype(float), rgb2y(sr).astype(float)
-    y_bic = rgb2y(imresize(lr, 3)).astype(float)
-    gain = psnr(shave(y_hr, 3), shave(y_sr, 3)) - psnr(shave(y_hr, 3), shave(y_bic, 3))
-    assert gain > 0.1, f"network is only {gain:.3f} dB above bicubic"
+    out = np.asarray(Image.open(tmp_path / "sr.png"))
+    assert out.shape == hr.shape and out.dtype == np.uint8
+    y_hr, y_sr = rgb2y(hr).astype(float), rgb2y(out).astype(float)
+    y_bic = rgb2y(imresize(lr, scale)).astype(float)
+    border = int(np.ceil(scale))
+    gain = psnr(shave(y_hr, border), shave(y_sr, border)) - psnr(shave(y_hr, border), shave(y_bic, border))
+    assert gain > 0.1, f"network is only {gain:.3f} dB above bicubic at scale {scale}"
 
 
-def test_large_output_is_tiled(tmp_path: Path) -> None:
-    model = RLCSC(RLCSCConfig(recursions=1, features=2, codes=2))
-    save_atomic(model_state(model), tmp_path / "m.pt")
+def test_large_output_is_tiled(tiny: Path, tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 1334, 3), dtype=np.uint8)).save(tmp_path / "big.png")
-    proc = run_sr(str(tmp_path / "big.png"), "--scale", "3", "--model", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o.png"))
+    proc = run_sr(str(tmp_path / "big.png"), "--scale", "3", "--model", str(tiny), "-o", str(tmp_path / "o.png"))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "o.png").size == (4002, 3000)
 
 
-def test_sr_errors_are_one_line(tmp_path: Path) -> None:
-    model = RLCSC(RLCSCConfig(recursions=1, features=2, codes=2))
-    save_atomic(model_state(model), tmp_path / "m.pt")
+def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not an image")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    save_torch({"model": {}, "optimizer": {}, "epoch": 0}, tmp_path / "checkpoint.pt")
     cases = [
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
+        (["ok.png", "--scale", "3", "--model", "ok.png"], "ok.png is not a PyTorch file; expected a model.pt"),
+        (["ok.png", "--scale", "3", "--model", "notes.txt"], "notes.txt is not a PyTorch file; expected a model.pt"),
+        (["ok.png", "--scale", "3", "--model", "checkpoint.pt"], "checkpoint.pt is a training checkpoint, not a model"),
     ]
     for args, message in cases:
-        args = [str(tmp_path / a) if a.endswith(".png") or a.endswith(".pt") else a for a in args]
+        args = [str(tmp_path / a) if a.endswith((".png", ".pt", ".txt")) else a for a in args]
         proc = run_sr(*args, "-o", str(tmp_path / "out.png"))
         assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "notes.txt", "ok.png"]
+
+
+def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    save(pixels("RGBA", 8), tmp_path / "rgba.png")
+    save(pixels("RGB", 16), tmp_path / "rgb16.tif")
+    save(pixels("RGB", 8), tmp_path / "rgb.png")
+    Image.fromarray(pixels("RGB", 8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    tifffile.imwrite(tmp_path / "float.tif", np.random.default_rng(0).random((9, 7), np.float32))
+    model = ["--model", str(tiny)]
+    cases = [
+        (["rgba.png", "-o", "out.jpg", *model], "JPEG cannot hold the alpha channel of this RGBA image"),
+        (["rgba.png", "-o", "out.bmp", *model], "BMP cannot hold the alpha channel"),
+        (["rgb16.tif", "-o", "out.jpg", *model], "JPEG holds 8 bits per channel and this image has 16"),
+        (["rgb.png", "-o", "out.webp", *model], "cannot tell an image format from the name out.webp"),
+        (["rgb.png", "-o", "nowhere/out.png", *model], "does not exist"),
+        (["cmyk.jpg", "-o", "out.png", *model], "mode CMYK is not supported"),
+        (["float.tif", "-o", "out.png", *model], "mode F is not supported"),
+    ]
+    for (name, _, out, *rest), message in cases:
+        status, err = sr_in_process(capsys, str(tmp_path / name), "--scale", "3", "-o", str(tmp_path / out), *rest)
+        assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (name, out, err)
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))

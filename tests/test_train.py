@@ -1,7 +1,9 @@
-"""Training: resumption equals an uninterrupted run, DDP on CPU, divergence, devices."""
+"""Training: the recipe, snapshots, resumption, divergence, DDP agreement, devices."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,7 +20,8 @@ from PIL import Image
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
-from rlcsc.train import TrainParams, learning_rate, train
+from rlcsc.recipe import learning_rate
+from rlcsc.train import TrainParams, epoch_order, prepare, train
 
 TINY = TrainParams(recursions=2, features=4, codes=8, pairs=64, batch=8, epochs=2, lr=0.01,
                    checkpoint_every=4, log_every=2, compile=False, device="cpu")
@@ -42,38 +45,88 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_learning_rate_is_divided_by_ten_every_step() -> None:
-    p = TrainParams()
-    assert [learning_rate(p, e) for e in (0, 9, 10, 19, 20, 34)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_learning_rate_schedules() -> None:
+    paper = TrainParams()
+    assert [learning_rate(paper, e * 100, 100) for e in (0, 9, 10, 19, 20, 34)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
+    cosine = TrainParams(schedule="cosine", epochs=2, warmup=10, lr=1.0)
+    assert learning_rate(cosine, 0, 100) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup
+    assert learning_rate(cosine, 9, 100) == pytest.approx(1.0)
+    assert learning_rate(cosine, 105, 100) == pytest.approx(0.5)  # half-way through the decay
+    assert learning_rate(cosine, 199, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 189 / 190)))
+    linear = TrainParams(schedule="linear", epochs=1, lr=2.0)
+    assert learning_rate(linear, 25, 100) == pytest.approx(1.5)
+
+
+def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    p = replace(TINY, eval_every=3, bias=True, clip=0.05)
+    summary = train(p, patches, mirror, tmp_path)
+    assert summary["status"] == "completed" and summary["steps_per_epoch"] == 8
+    assert [c["step"] for c in summary["curve"]] == [3, 6, 8, 9, 12, 15, 16]  # every 3 steps and each epoch's end
+    assert [c["steps"] for c in summary["curve"]] == [3, 3, 2, 1, 3, 3, 1]
+    for c in summary["curve"]:
+        assert 0 <= c["clipped_fraction"] <= 1 and c["grad_norm_median"] <= c["grad_norm_max"]
+        assert c["psnr"] > 10 and 0 <= c["zero_fraction"] <= 1 and c["h_bias"] is not None
+    assert summary["curve"][-1]["epoch"] == 2.0 and summary["model"]["bias"] is True
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["curve"] == summary["curve"] and saved["train"]["eval_every"] == 3
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert metrics == {"status": "completed", "epochs_done": 2.0, "steps_done": 16, "ms_per_step": summary["ms_per_step"],
+                       "set5_x3_psnr": summary["curve"][-1]["psnr"], "set5_x3_ssim": summary["curve"][-1]["ssim"]}
+    plain = train(replace(TINY, max_steps=3), patches, mirror, tmp_path / "plain")
+    assert plain["curve"][-1]["h_bias"] is None and plain["steps_done"] == 3  # no biases: nothing to log
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirror: Path, tmp_path: Path) -> None:
     straight = train(TINY, patches, mirror, tmp_path / "a")
-    assert straight["status"] == "completed" and straight["epochs_completed"] == 2
+    assert straight["status"] == "completed" and straight["epochs_done"] == 2
     first = train(TINY, patches, mirror, tmp_path / "b", stop_after=5)  # killed mid-epoch
     assert first == {"status": "interrupted", "epoch": 0, "step": 5}
     assert not (tmp_path / "b" / "model.pt").exists()
-    resumed = train(TINY, patches, mirror, tmp_path / "b")
+    # logging, checkpointing, device and compile settings may change between calls of one run
+    resumed = train(replace(TINY, log_every=1, checkpoint_every=3, compile=True), patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed"
-    a, b = weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "b" / "model.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["psnr"] for h in resumed["history"]] == [h["psnr"] for h in straight["history"]]
+    assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
 
 
-def test_changed_params_do_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    train(replace(TINY, epochs=3), patches, mirror, tmp_path / "whole")
+    one = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path / "parts")
+    assert one["epochs_done"] == 1 and (tmp_path / "parts" / "model.pt").exists()
+    rest = train(replace(TINY, epochs=3), patches, mirror, tmp_path / "parts")
+    assert rest["epochs_done"] == 3 and len(rest["curve"]) == 3
+    assert same_weights(tmp_path / "whole" / "model.pt", tmp_path / "parts" / "model.pt")
+
+
+def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path, capsys) -> None:
     train(TINY, patches, mirror, tmp_path, stop_after=3)
     other = train(replace(TINY, lr=0.02, epochs=1), patches, mirror, tmp_path)
-    assert other["status"] == "completed" and other["epochs_completed"] == 1
+    assert other["status"] == "completed" and other["epochs_done"] == 1
+    assert "other lr" in capsys.readouterr().err
+    train(replace(TINY, lr=0.02, epochs=1), patches, mirror, tmp_path / "fresh")
+    assert same_weights(tmp_path / "model.pt", tmp_path / "fresh" / "model.pt")
 
 
 def test_non_finite_loss_fails_clearly_or_is_recorded(patches: Path, mirror: Path, tmp_path: Path) -> None:
-    wild = replace(TINY, lr=1e12, clip=1e30, checkpoint_every=1, log_every=1)
+    wild = replace(TINY, lr=1e12, clip=None, checkpoint_every=100, log_every=1)
     with pytest.raises(RlcscError, match="non-finite"):
         train(wild, patches, mirror, tmp_path / "fail")
     result = train(replace(wild, on_divergence="record"), patches, mirror, tmp_path / "record")
-    assert result["status"].startswith("diverged at epoch 1")
-    w = weights(tmp_path / "record" / "model.pt")
-    assert all(torch.isfinite(t).all() for t in w.values())  # the last good checkpoint
+    assert result["status"].startswith("diverged at epoch 1, step ")
+    # it diverged before its first periodic checkpoint: the model kept is the initial one, finite
+    kept = weights(tmp_path / "record" / "model.pt")
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    start = prepare(wild, torch.device("cpu"))[0].state_dict()
+    assert all(torch.equal(kept[k], start[k]) for k in kept)
+    saved = torch.load(tmp_path / "record" / "model.pt", weights_only=True)
+    assert saved["status"] == result["status"]
+    assert json.loads((tmp_path / "record" / "train_metrics.json").read_text())["status"] == result["status"]
 
 
 def test_cuda_requested_without_gpu_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
@@ -83,18 +136,21 @@ def test_cuda_requested_without_gpu_is_a_clear_error(patches: Path, mirror: Path
         train(replace(TINY, device="cuda"), patches, mirror, tmp_path)
 
 
-def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
+def torchrun(tmp_path: Path, p: TrainParams, patches: Path, mirror: Path, out: Path) -> subprocess.CompletedProcess:
+    runner = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if runner is None:
         pytest.skip("torchrun not found beside the Python interpreter")
-    tiny = {k: v for k, v in vars(TINY).items()}
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": tiny, "experiments": {"tiny": {}}}))
-    single = train(TINY, patches, mirror, tmp_path / "one")
+    params.write_text(yaml.safe_dump({"train": {k: v for k, v in vars(p).items()}, "experiments": {"tiny": {}}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLCSC_DATA_MIRROR": str(mirror)}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "rlcsc.cli", "train", "--params", str(params),
-           "--experiment", "tiny", "--patches", str(patches), "--raw", str(mirror), "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd = [runner, "--standalone", "--nproc_per_node", "2", "-m", "rlcsc.cli", "train", "--params", str(params),
+           "--experiment", "tiny", "--patches", str(patches), "--raw", str(mirror), "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    single = train(TINY, patches, mirror, tmp_path / "one")
+    proc = torchrun(tmp_path, TINY, patches, mirror, tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
     for k in a:
@@ -102,14 +158,19 @@ def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, t
     assert single["status"] == "completed"
 
 
-def test_precision_check_trains_both_runs_from_one_seed(patches: Path, mirror: Path, monkeypatch) -> None:
-    """The bf16 check's plumbing, run where both precisions compute in fp32: the scores must agree."""
-    from rlcsc import benchmark
-
-    monkeypatch.setattr(benchmark, "pick_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "stand-in")
-    result = benchmark.training_precision(TINY, patches, mirror, steps=5)
-    assert result["fp32"]["status"] == result["bf16"]["status"] == "completed"
-    assert result["fp32"]["psnr"] > 10 and result["difference_db"] == 0.0
-    with pytest.raises(RlcscError, match="need"):
-        benchmark.training_precision(TINY, patches, mirror, steps=10**6)
+def test_ddp_processes_agree_when_only_one_sees_a_non_finite_loss(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """A NaN input in the half batch of process 1 at step 1: process 0's loss is finite there, yet
+    both must stop together (else process 0 waits forever in the next gradient exchange)."""
+    poisoned = tmp_path / "patches"
+    shutil.copytree(patches, poisoned)
+    inputs = np.load(poisoned / "inputs.npy", mmap_mode="r+")
+    rows = np.sort(np.load(poisoned / "keep.npy")[: TINY.pairs])
+    first_batch = epoch_order(TINY.seed, 0, len(rows))[: TINY.batch]
+    inputs[rows[first_batch[1]]] = np.nan  # position 1 of the batch goes to process 1 (rank::world)
+    inputs.flush()
+    p = replace(TINY, log_every=1, on_divergence="record")
+    proc = torchrun(tmp_path, p, poisoned, mirror, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert summary["status"] == "diverged at epoch 1, step 1"
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "out" / "model.pt").values())

@@ -109,7 +109,7 @@ def test_truncated_image_stops_augment_and_leaves_nothing(tiny_set: list[Path], 
 def test_missing_augmented_folder_and_bad_params_are_clear(tmp_path: Path) -> None:
     with pytest.raises(RlcscError, match="run `rlcsc augment` first"):
         make_patches(tmp_path / "none", tmp_path / "p", PatchParams())
-    with pytest.raises(RlcscError, match="float16 or float32"):
+    with pytest.raises(RlcscError, match="input_dtype = 'int8' is not allowed; it must be one of float16, float32"):
         PatchParams(input_dtype="int8")
-    with pytest.raises(RlcscError, match="choose from"):
+    with pytest.raises(RlcscError, match="each item one of updown, leftright, none"):
         AugmentParams(flips=("diagonal",))

@@ -20,34 +20,25 @@ import numpy as np
 import pandas as pd
 
 from rlcsc.color import rgb2y
-from rlcsc.data.download import load_manifest
+from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize, output_size
+from rlcsc.manifest import paths
 from rlcsc.parallel import pmap
 
 FLIPS = ("updown", "leftright", "none")
 
 
 @dataclass(frozen=True)
-class AugmentParams:
+class AugmentParams(Checked):
     """Block `augment` of params.yaml: which images, and which variants of each."""
 
-    datasets: tuple[str, ...] = ("T91", "BSD200")
-    every: int = 1  # keep every n-th training image (1 = all 291); the quick budget uses fewer
-    flips: tuple[str, ...] = FLIPS
-    rotations: tuple[int, ...] = (0, 90, 180, 270)
-    factors: tuple[float, ...] = (1.0, 0.7, 0.5, 0.4)
-
-    def __post_init__(self) -> None:
-        bad_flips = [f for f in self.flips if f not in FLIPS]
-        if bad_flips:
-            raise RlcscError(f"augment.flips: unknown {bad_flips}; choose from {list(FLIPS)}")
-        bad_rot = [r for r in self.rotations if r % 90]
-        if bad_rot:
-            raise RlcscError(f"augment.rotations must be multiples of 90 degrees, got {bad_rot}")
-        if self.every < 1 or not all(0 < f <= 1 for f in self.factors):
-            raise RlcscError("augment.every must be >= 1 and augment.factors in (0, 1]")
+    datasets: tuple[str, ...] = param(("T91", "BSD200"), one_of("T91", "BSD200"))
+    every: int = param(1, at_least(1))  # keep every n-th training image (1 = all 291); the quick budget uses fewer
+    flips: tuple[str, ...] = param(FLIPS, one_of(*FLIPS))
+    rotations: tuple[int, ...] = param((0, 90, 180, 270), one_of(0, 90, 180, 270))
+    factors: tuple[float, ...] = param((1.0, 0.7, 0.5, 0.4), Rule(lambda f: 0 < f <= 1, "in (0, 1]"))
 
 
 @dataclass(frozen=True)
@@ -68,8 +59,7 @@ def variants(params: AugmentParams) -> list[Variant]:
 
 def training_files(raw: Path, params: AugmentParams) -> list[Path]:
     """The training images under `raw`, in manifest order, every `params.every`-th one."""
-    entries = load_manifest(datasets=params.datasets)[:: params.every]
-    return [raw / e.dataset / e.file for e in entries]
+    return paths(raw, params.datasets)[:: params.every]
 
 
 def transform(img: np.ndarray, v: Variant) -> np.ndarray:

@@ -8,13 +8,11 @@ the same way (``mirror/<dataset>/<file>``) or the pinned URL of each entry.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import http.client
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from time import sleep
 from typing import BinaryIO, Sequence
@@ -24,44 +22,12 @@ from urllib.request import urlopen
 from tqdm import tqdm
 
 from rlcsc.errors import RlcscError
+from rlcsc.manifest import Entry, load_manifest
 
-MANIFEST = Path(__file__).with_name("manifest.tsv")
 MIRROR_ENV = "RLCSC_DATA_MIRROR"
 TIMEOUT_S = 60.0  # per network request
 BACKOFF_S = 1.0  # first pause between network attempts; doubles after each failure
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One manifest row: a file, its size and SHA-256, and the URL it comes from."""
-
-    dataset: str
-    file: str
-    bytes: int
-    sha256: str
-    url: str
-
-    @property
-    def relpath(self) -> str:
-        """``dataset/file``, the file's place under a data folder or mirror."""
-        return f"{self.dataset}/{self.file}"
-
-
-def load_manifest(path: Path = MANIFEST, datasets: Sequence[str] | None = None) -> list[Entry]:
-    """Read the manifest, keeping only `datasets` (all when None), in file order."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        entries = [
-            Entry(r["dataset"], r["file"], int(r["bytes"]), r["sha256"], r["url"]) for r in rows
-        ]
-    if datasets is None:
-        return entries
-    known = list(dict.fromkeys(e.dataset for e in entries))
-    unknown = [d for d in datasets if d not in known]
-    if unknown:
-        raise RlcscError(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return [e for e in entries if e.dataset in datasets]
 
 
 def download_all(

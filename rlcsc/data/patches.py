@@ -28,6 +28,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rlcsc.config import Checked, at_least, one_of, param
 from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, load_augmented, variant_shape, variants
 from rlcsc.errors import RlcscError
@@ -39,21 +40,15 @@ ORIGIN = np.dtype([("image", "<i4"), ("scale", "u1"), ("row", "<u2"), ("col", "<
 
 
 @dataclass(frozen=True)
-class PatchParams:
+class PatchParams(Checked):
     """Block `patch` of params.yaml."""
 
-    scales: tuple[int, ...] = (2, 3, 4)
-    size: int = 33
-    stride: int = 33
-    chunk: int = 64  # keep a multiple of this many pairs; 1 keeps them all
-    seed: int = 0
-    input_dtype: str = "float16"  # float16 | float32
-
-    def __post_init__(self) -> None:
-        if self.input_dtype not in ("float16", "float32"):
-            raise RlcscError(f"patch.input_dtype must be float16 or float32, got {self.input_dtype!r}")
-        if min(self.size, self.stride, self.chunk) < 1 or not self.scales or min(self.scales) < 2:
-            raise RlcscError("patch.size, stride and chunk must be >= 1 and every scale >= 2")
+    scales: tuple[int, ...] = param((2, 3, 4), one_of(2, 3, 4))
+    size: int = param(33, at_least(1))
+    stride: int = param(33, at_least(1))
+    chunk: int = param(64, at_least(1))  # keep a multiple of this many pairs; 1 keeps them all
+    seed: int = param(0, at_least(0))
+    input_dtype: str = param("float16", one_of("float16", "float32"))
 
 
 def count_pairs(shape: tuple[int, int], scale: int, size: int, stride: int) -> int:

@@ -36,11 +36,11 @@ class DRRN(nn.Module):
         super().__init__()
         self.cfg = cfg
         n = cfg.features
-        self.entry = conv3x3(cfg.channels, n)
-        self.conv_a, self.conv_b = conv3x3(n, n), conv3x3(n, n)  # shared by every unit
+        self.entry = conv3x3(cfg.channels, n, bias=True)
+        self.conv_a, self.conv_b = conv3x3(n, n, bias=True), conv3x3(n, n, bias=True)  # shared by every unit
         self.act_a = nn.ModuleList(_pre_activation(n) for _ in range(cfg.units))
         self.act_b = nn.ModuleList(_pre_activation(n) for _ in range(cfg.units))
-        self.exit = nn.Sequential(_pre_activation(n), conv3x3(n, cfg.channels))
+        self.exit = nn.Sequential(_pre_activation(n), conv3x3(n, cfg.channels, bias=True))
 
     @property
     def depth(self) -> int:
@@ -49,8 +49,8 @@ class DRRN(nn.Module):
 
     def zero_last_layer(self) -> None:
         """Set the exit convolution to zero: the network then starts as the identity."""
-        nn.init.zeros_(self.exit[-1].weight)
-        nn.init.zeros_(self.exit[-1].bias)
+        for t in self.exit[-1].parameters():
+            nn.init.zeros_(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h0 = self.entry(x)

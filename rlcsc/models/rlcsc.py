@@ -2,12 +2,17 @@
 
     y     = ReLU(F1 * ReLU(F0 * I))                      (eq. 8)
     z_0   = ReLU(W1 * y)
-    z_k+1 = ReLU(W1 * y + S * z_k),  k = 0 .. K-1          (eq. 9-10; biases are the thresholds)
+    z_k+1 = ReLU(W1 * y + S * z_k),  k = 0 .. K-1          (eq. 9-10, threshold theta = 0)
     R     = H * ReLU(W2 * z_K)                           (eq. 11)
     out   = I + R                                        (eq. 12, global residual learning)
 
-All convolutions are 3x3 with zero padding and biases; S is shared across the K recursions, so
-the depth is K + 5 (eq. 13) while the parameter count does not depend on K.
+All convolutions are 3x3 with zero padding; S is shared across the K recursions, so the depth is
+K + 5 (eq. 13) while the parameter count does not depend on K. The paper's network has no biases:
+its counts, "about 1,329k" (Section 5.2 sizes) and "approximately 592k" (m = 128), are the weights
+alone (1,329,408 and 592,128; a bias on every convolution would add 897 and 641), its training recipe
+repeats every default of the bias-free PyTorch VDSR code, and with eq. 10's threshold at zero h is
+the plain ReLU it says it uses. `bias=True` adds a bias to every convolution, the learned thresholds
+of eq. 10 (theta = -bias).
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ class RLCSCConfig:
     features: int = 128  # n: F0, F1 and the input of W1 / output of W2
     codes: int = 256  # m: W1, S and the input of W2
     residual: bool = True  # eq. 12; off for Table 3's "no residual" model
+    bias: bool = False  # a bias on every convolution (not the paper's network)
     channels: int = 1  # c: the Y channel
 
 
-def conv3x3(cin: int, cout: int) -> nn.Conv2d:
-    """A 3x3 convolution with bias and He initialisation (zero mean, variance 2 / (9 cout))."""
-    conv = nn.Conv2d(cin, cout, 3, padding=1)
+def conv3x3(cin: int, cout: int, bias: bool) -> nn.Conv2d:
+    """A 3x3 convolution with He initialisation (zero mean, variance 2 / (9 cout), Section 5.2)
+    and, if `bias`, a bias starting at zero."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
     nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (9 * cout)))
-    nn.init.zeros_(conv.bias)
+    if bias:
+        nn.init.zeros_(conv.bias)
     return conv
 
 
@@ -45,10 +53,10 @@ class RLCSC(nn.Module):
     def __init__(self, cfg: RLCSCConfig = RLCSCConfig()) -> None:
         super().__init__()
         self.cfg = cfg
-        n, m, c = cfg.features, cfg.codes, cfg.channels
-        self.f0, self.f1 = conv3x3(c, n), conv3x3(n, n)
-        self.w1, self.s = conv3x3(n, m), conv3x3(m, m)
-        self.w2, self.h = conv3x3(m, n), conv3x3(n, c)
+        n, m, c, b = cfg.features, cfg.codes, cfg.channels, cfg.bias
+        self.f0, self.f1 = conv3x3(c, n, b), conv3x3(n, n, b)
+        self.w1, self.s = conv3x3(n, m, b), conv3x3(m, m, b)
+        self.w2, self.h = conv3x3(m, n, b), conv3x3(n, c, b)
 
     @property
     def depth(self) -> int:
@@ -57,8 +65,8 @@ class RLCSC(nn.Module):
 
     def zero_last_layer(self) -> None:
         """Set H to zero: the network then starts as the identity (residual) or zero map."""
-        nn.init.zeros_(self.h.weight)
-        nn.init.zeros_(self.h.bias)
+        for t in self.h.parameters():
+            nn.init.zeros_(t)
 
     def sparse_codes(self, x: torch.Tensor, keep_all: bool = False) -> list[torch.Tensor]:
         """z_K (eq. 9), or all of z_0 .. z_K when `keep_all` (to inspect their sparsity)."""
@@ -71,6 +79,10 @@ class RLCSC(nn.Module):
             codes = codes + [z] if keep_all else [z]
         return codes
 
+    def residual_image(self, x: torch.Tensor) -> torch.Tensor:
+        """R of eq. 11: the output before the identity branch is added."""
+        return self.h(F.relu(self.w2(self.sparse_codes(x)[-1])))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.h(F.relu(self.w2(self.sparse_codes(x)[-1])))  # eq. 11
-        return x + r if self.cfg.residual else r
+        r = self.residual_image(x)
+        return x + r if self.cfg.residual else r  # eq. 12

@@ -1,0 +1,170 @@
+"""Recorded runs: training made on another machine (a GPU), kept exactly as the program wrote it.
+
+`rlcsc record` runs one experiment under one budget from the raw images: augment and patch (all
+cores; reused when the work folder already holds them for the same params), training for the
+given epochs or steps (resuming, so a later call extends the run), and the evaluation protocol. The
+run's folder, committed as `runs/<name>/`, then holds
+
+- `model.pt`: weights, network and training config (what `rlcsc sr` and `rlcsc evaluate` read);
+- `checkpoint.pt`: what a later call needs to extend the run by more epochs;
+- `train.json`: the curve (the monitor's snapshots with loss and gradient norms), steps and epochs
+  done, ms/step, wall time; `train_metrics.json`: its summary;
+- `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it;
+- `environment.json`: GPU, versions, the project's commit and a hash of its source, the resolved
+  params, the command, the date.
+
+`rlcsc compare` trains variants of one experiment from the same seed for the same steps or minutes,
+one change each, and writes their curves to one JSON file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlcsc.atomic import write_json
+from rlcsc.config import build, check_layer, check_value, read_params, resolve
+from rlcsc.data.augment import AugmentParams, augment, training_files
+from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.device import device_name, pick_device
+from rlcsc.errors import RlcscError
+from rlcsc.evaluate import EvaluateParams, evaluate, write_results
+from rlcsc.inference import Network, describe_model
+from rlcsc.train import TrainParams, train
+
+SOURCE = Path(__file__).parent
+
+
+def source_hash() -> str:
+    """SHA-256 over the package's source and data files (path and bytes, in sorted order): which code ran."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in SOURCE.rglob("*") if p.suffix in (".py", ".tsv", ".csv")):
+        digest.update(path.relative_to(SOURCE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def commit() -> str | None:
+    """The project's git commit (with "-dirty" for uncommitted changes), else $RLCSC_COMMIT, else None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=SOURCE.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("RLCSC_COMMIT")
+
+
+def environment(params: dict) -> dict:
+    """Where and with what a run was made."""
+    cuda = torch.cuda.is_available()
+    return {"gpu": device_name("cuda") if cuda else None, "gpus": torch.cuda.device_count(),
+            "cpu_cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "python": platform.python_version(),
+            "platform": platform.platform(), "commit": commit(), "source_sha256": source_hash(),
+            "command": sys.argv, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "params": params}
+
+
+def resolved(params_path: Path, budget: str, experiment: str) -> dict:
+    """Every block the run reads, resolved under `budget` (whatever the file's own `budget` says)."""
+    params = {**read_params(params_path), "budget": budget}
+    where = f"{params_path} under budget {budget}"
+    blocks = {"augment": (AugmentParams, None), "patch": (PatchParams, None), "train": (TrainParams, experiment),
+              "evaluate": (EvaluateParams, None)}
+    return {name: build(cls, resolve(params, params_path, name, cls, e), where) for name, (cls, e) in blocks.items()}
+
+
+def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
+    """Augment and patch into `work` unless it already holds them for the same params; the patch folder."""
+    stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"])}
+    stamp_path = work / "data.json"
+    if not (stamp_path.exists() and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
+        stamp_path.unlink(missing_ok=True)
+        augment(training_files(raw, blocks["augment"]), work / "augmented", blocks["augment"], jobs)
+        make_patches(work / "augmented", work / "patches", blocks["patch"], jobs)
+        write_json(stamp, stamp_path)
+    return work / "patches"
+
+
+def _needs_training(out: Path, p: TrainParams) -> bool:
+    """False when `out` already holds a model trained to where `p` stops."""
+    path = out / "train.json"
+    if not (out / "model.pt").exists() or not path.exists():
+        return True
+    done = json.loads(path.read_text())
+    if done["status"] != "completed" or TrainParams(**done["train"]).identity() != p.identity():
+        return True
+    steps = p.last_epoch() * done["steps_per_epoch"]
+    return done["steps_done"] < (min(steps, p.max_steps) if p.max_steps else steps)
+
+
+def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path, work: Path,
+           epochs: int | None = None, steps: int | None = None, evaluate_after: bool = True,
+           jobs: int | None = None) -> None:
+    """Make or extend the recorded run `out` (see the module docstring)."""
+    blocks = resolved(params_path, budget, experiment)
+    p = blocks["train"]
+    if epochs is not None:
+        p = replace(p, stop_epoch=check_value(TrainParams, "stop_epoch", epochs, "--epochs"))
+    if steps is not None:
+        p = replace(p, max_steps=check_value(TrainParams, "max_steps", steps, "--steps"))
+    e = blocks["evaluate"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
+                            "train": asdict(p)}), out / "environment.json")
+    if _needs_training(out, p):
+        patches = prepare_data(blocks, raw, work, jobs)
+        summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
+        if summary["status"] == "interrupted":
+            raise KeyboardInterrupt
+    if evaluate_after:
+        device = "cuda" if pick_device(p.device).type == "cuda" else "cpu"
+        scores = evaluate(Network(out / "model.pt", device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+        write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"name:key=value,key=value" -> (name, {key: value}), values read as YAML and checked against the train block."""
+    name, _, changes = text.partition(":")
+    values = {}
+    for item in filter(None, changes.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RlcscError(f"variant {text!r}: expected name:key=value,..., got {item!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    if not name:
+        raise RlcscError(f"variant {text!r} has no name")
+    return name, check_layer(TrainParams, values, f"variant {name}")
+
+
+def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Path, variants: list[str],
+            steps: int | None, minutes: float | None, out: Path, jobs: int | None = None) -> dict:
+    """Train each variant of `experiment` (same seed, same data order) for `steps` steps or `minutes`
+    of training, one change each from the resolved train block; write and return their curves."""
+    blocks = resolved(params_path, budget, experiment)
+    parsed = [parse_variant(v) for v in variants]
+    limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
+    base = replace(blocks["train"], **limit)
+    patches = prepare_data(blocks, raw, work, jobs)
+    result = {"what": "comparison", "budget": budget, "experiment": experiment, **limit,
+              "environment": environment({k: asdict(v) for k, v in blocks.items()}), "variants": []}
+    for name, changes in parsed:
+        p = replace(base, **changes)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train(p, patches, raw, Path(tmp), blocks["evaluate"].precision,
+                            {"experiment": experiment, "budget": budget})
+        keep = ("status", "steps_done", "epochs_done", "ms_per_step", "seconds_training", "precision", "model", "curve")
+        result["variants"].append({"name": name, "changes": changes, **{k: summary[k] for k in keep}})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, out)  # after every variant: a run cut short keeps what it measured
+    return result

@@ -1,0 +1,86 @@
+"""`rlcsc sr`: super-resolve one image file, keeping its mode (grey, alpha) and bit depth."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rlcsc
+from rlcsc.color import rgb2ycbcr, ycbcr2rgb
+from rlcsc.device import pick_device, using_precision
+from rlcsc.errors import RlcscError
+from rlcsc.imageio import Picture, output_format, read_picture, write_picture
+from rlcsc.imresize import imresize
+from rlcsc.inference import apply, describe_model, load_model
+
+REPO = Path(rlcsc.__file__).resolve().parents[1]
+# Without --model: the recorded K25 run, else the pipeline's K25 model.
+DEFAULT_MODELS = (REPO / "runs" / "K25-paper" / "model.pt", REPO / "models" / "K25" / "model.pt")
+
+
+def default_model() -> Path:
+    """The first of `DEFAULT_MODELS` that exists, or one clear error naming them and how to get one."""
+    for path in DEFAULT_MODELS:
+        if path.is_file():
+            return path
+    raise RlcscError(f"no model given and none at {' or '.join(map(str, DEFAULT_MODELS))}; "
+                     "train one with `dvc repro train@K25`, or pass --model FILE")
+
+
+def model_summary(path: Path) -> str:
+    """What a model file is, in a few words: "K25, budget paper, completed"."""
+    about = describe_model(path)
+    words = [about["experiment"] or f"unlabelled {about['arch']} model"]
+    if about["budget"]:
+        words.append(f"budget {about['budget']}")
+    if about["status"]:
+        words.append(about["status"])
+    return ", ".join(words)
+
+
+def super_resolve(model: torch.nn.Module, picture: Picture, scale: float) -> Picture:
+    """`picture` upscaled by `scale`: its Y through the network, applied to Y's bicubic interpolation as in
+    training and evaluation (a grey image is its own Y); Cb, Cr and alpha bicubic. MATLAB's `imresize`
+    and `rgb2ycbcr`/`ycbcr2rgb` in float64; rounding is left to `write_picture`."""
+    x = picture.pixels
+    if picture.mode in ("L", "LA"):
+        out = apply(model, imresize(x if x.ndim == 2 else x[..., 0], scale))
+    else:
+        ycc = imresize(rgb2ycbcr(x[..., :3]), scale)
+        ycc[..., 0] = apply(model, ycc[..., 0])
+        out = ycbcr2rgb(ycc)
+    if picture.mode.endswith("A"):
+        out = np.dstack([out, imresize(x[..., -1], scale)])
+    return replace(picture, pixels=out, note="")
+
+
+def _check_output(input: Path, output: Path, overwrite: bool) -> None:
+    """One clear error if `output` cannot or should not be written: a folder, a missing folder, an existing file."""
+    if output.is_dir():
+        raise RlcscError(f"-o {output} is a folder; name the output file")
+    if not output.parent.is_dir():
+        raise RlcscError(f"folder {output.parent} (of -o {output}) does not exist")
+    if output.exists() and not overwrite:
+        if input.exists() and os.path.samefile(input, output):
+            raise RlcscError(f"-o {output} is the input file; name another file, or pass --overwrite to replace it")
+        raise RlcscError(f"{output} exists; pass --overwrite to replace it")
+
+
+def super_resolve_file(input: Path, output: Path, scale: float, model: Path | None, overwrite: bool) -> str:
+    """Upscale image file `input` by `scale` into `output`; returns the line that says what was done."""
+    if not 2 <= scale <= 4:
+        raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
+    _check_output(input, output, overwrite)
+    picture = read_picture(input)
+    output_format(output, picture.mode, picture.bits)  # can the output hold it? (before any work)
+    model = model or default_model()
+    about = model_summary(model)
+    device = pick_device("auto")
+    with using_precision(device, "fp32"):
+        result = super_resolve(load_model(model, device), picture, scale)
+    write_picture(result, output)
+    return f"{input} {picture} -> {output} {result} (model {model}: {about})"

@@ -1,0 +1,144 @@
+"""params.yaml: every value checked wherever it stands, budgets that cannot change what an
+experiment is, and overrides that are announced and listed with their source."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlcsc.cli import main
+from rlcsc.config import load_block
+from rlcsc.errors import RlcscError
+from rlcsc.train import TrainParams
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def write(tmp_path: Path, edit) -> Path:
+    """A copy of the project's params.yaml with `edit(params)` applied."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("where,key,value,allowed", [
+    ("experiment", "recursions", 0, "an integer >= 1"),
+    ("experiment", "recursions", -3, "an integer >= 1"),
+    ("experiment", "recursions", "abc", "an integer >= 1"),
+    ("experiment", "recursions", 2.5, "an integer >= 1"),
+    ("block", "lr", -1, "a number > 0"),
+    ("budget", "lr", 0, "a number > 0"),
+    ("budget", "batch", 0, "an integer >= 1"),
+    ("block", "momentum", 1.0, "a number in [0, 1)"),
+    ("block", "weight_decay", -0.1, "a number >= 0"),
+    ("block", "epochs", 0, "an integer >= 1"),
+    ("block", "clip", 0, "null or a number > 0"),
+    ("block", "residual", "yes", "true or false"),
+    ("block", "precision", "fp16", "one of bf16, tf32, fp32"),
+    ("experiment", "features", 0, "an integer >= 1"),
+    ("experiment", "codes", -1, "an integer >= 1"),
+])
+def test_a_bad_value_anywhere_gives_one_line_naming_layer_key_value_and_what_is_allowed(
+        tmp_path: Path, capsys, where: str, key: str, value, allowed: str) -> None:
+    def edit(params: dict) -> None:
+        if where == "block":
+            params["train"][key] = value
+        elif where == "budget":
+            params["budgets"]["quick"]["train"][key] = value
+        else:
+            params["experiments"]["K25"][key] = value
+    layer = {"block": "train", "budget": "budgets.quick.train", "experiment": "experiments.K25"}[where]
+    line = one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+    assert f"{layer}: {key} = {value!r} is not allowed; it must be {allowed}" in line
+
+
+def test_a_value_the_budget_overrides_is_still_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, lambda p: p["train"].update(lr="fast"))  # replaced by budgets.quick
+    with pytest.raises(RlcscError, match=r"train: lr = 'fast' is not allowed"):
+        load_block(path, "train", TrainParams, "K25")
+
+
+def test_evaluate_and_data_blocks_are_checked_too(tmp_path: Path, capsys) -> None:
+    cases = [(lambda p: p["evaluate"].update(scales=[5]), "scales = [5] is not allowed; it must be a non-empty list, each item one of 2, 3, 4"),
+             (lambda p: p["budgets"]["quick"]["evaluate"].update(datasets=["Set6"]), "budgets.quick.evaluate: datasets = ['Set6']"),
+             (lambda p: p["augment"].update(factors=[1.5]), "each item a number in (0, 1]"),
+             (lambda p: p["patch"].update(size=0), "size = 0 is not allowed; it must be an integer >= 1")]
+    for edit, message in cases:
+        assert message in one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+
+
+def test_a_budget_may_not_change_what_an_experiment_is(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, lambda p: p["budgets"]["quick"]["train"].update(recursions=5))
+    line = one_line_error(capsys, ["params", "--params", str(path)])
+    assert "and budgets.quick.train both set ['recursions']; a budget may not change what an experiment is" in line
+    machine = write(tmp_path, lambda p: p["budgets"]["quick"]["train"].update(precision="fp32"))
+    assert "budgets.quick.train sets ['precision']" in one_line_error(capsys, ["params", "--params", str(machine)])
+
+
+def test_unknown_blocks_keys_budgets_and_yaml_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    cases = [(lambda p: p.update(evalute={"ifc": False}), "unknown block(s) ['evalute']"),
+             (lambda p: p["train"].update(learning_rate=0.1), "unknown key(s) ['learning_rate'] in"),
+             (lambda p: p.update(budget="huge"), "budget 'huge' is not defined"),
+             (lambda p: p["budgets"]["quick"].update(report={}), "budgets.quick must map stage blocks")]
+    for edit, message in cases:
+        assert message in one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [\n")
+    assert "is not valid YAML" in one_line_error(capsys, ["params", "--params", str(bad)])
+
+
+def test_yaml_numbers_without_a_dot_and_null_clip_are_read_as_meant(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {lr: 1e-3, weight_decay: 1e-4, clip: null}\nexperiments: {a: {}}\n")
+    p = load_block(path, "train", TrainParams, "a")
+    assert p.lr == 0.001 and p.weight_decay == 0.0001 and p.clip is None
+
+
+def test_params_lists_every_value_with_its_source(capsys) -> None:
+    assert main(["params", "--params", str(REPO / "params.yaml")]) == 0
+    out = capsys.readouterr().out
+    train = out[out.index("train@K25\n"):out.index("\n\n", out.index("train@K25\n"))]
+    rows = {line.split()[0]: line.split(maxsplit=2)[1:] for line in train.splitlines()[1:]}
+    assert rows["recursions"] == ["25", "experiments.K25"]
+    assert rows["lr"][0] == "0.01" and rows["lr"][1].startswith("budgets.quick.train  (replaces train: 0.1)")
+    assert rows["momentum"] == ["0.9", "train"] and rows["units"] == ["9", "default"]
+    assert set(rows) == set(TrainParams.__dataclass_fields__)
+    for experiment in PARAMS["experiments"]:
+        assert f"train@{experiment}\n" in out
+
+
+def test_no_traceback_reaches_the_user_from_a_bad_value(tmp_path: Path) -> None:
+    path = write(tmp_path, lambda p: p["experiments"]["K25"].update(recursions="abc"))
+    cmd = [sys.executable, "-m", "rlcsc.cli", "train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"rlcsc train: error: {path}, experiments.K25: recursions = 'abc' is not "
+                                                "allowed; it must be an integer >= 1"]
+
+
+def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, lambda p: p["evaluate"].update(ifc=False))
+    argv = ["evaluate", "--method", "bicubic", "--params", str(path), "--raw", str(mirror), "--out", str(tmp_path / "o"),
+            "--scales", "3", "--jobs", "1"]
+    proc = subprocess.run([sys.executable, "-m", "rlcsc.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "replaces" in line]
+    assert notes == ["rlcsc evaluate: budget quick replaces evaluate values datasets ('Set5', 'Set14', 'BSD100', "
+                     "'Urban100') -> ('Set5', 'Set14') (`rlcsc params` lists every value and where it comes from)"]
+    record = yaml.safe_load((tmp_path / "o" / "evaluation.json").read_text())
+    assert record["datasets"] == ["Set5", "Set14"] and record["ifc"] is False and record["budget"] == "quick"

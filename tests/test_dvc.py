@@ -1,0 +1,168 @@
+"""dvc.yaml's dependencies are complete by construction: every stage depends on every module its
+command imports (its import closure inside rlcsc/, notebooks included) and on nothing else of the
+package, and lists the params it reads the same way as every other stage."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlcsc.cli import READS
+from rlcsc.config import BUDGETED
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "rlcsc"
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module `rlcsc.x.y`, or None when `name` is not a module of the package."""
+    parts = name.split(".")
+    if parts[0] != "rlcsc":
+        return None
+    base = REPO.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def imported(tree: ast.AST) -> set[str]:
+    """Every rlcsc module an AST imports, anywhere in it (lazy imports inside functions too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from rlcsc import recipe`
+    return {n for n in names if module_file(n)}
+
+
+def closure(modules: set[str]) -> set[Path]:
+    """The files of `modules` and of everything they import, with their packages' `__init__.py`.
+    Of cli.py, only its module-level imports count: each handler's are the command's (`handler_imports`)."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
+        tree = ast.parse(module_file(name).read_text())
+        if name == "rlcsc.cli":
+            tree = ast.Module([n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], [])
+        todo += imported(tree)
+    return {module_file(n) for n in seen}
+
+
+def holds_code(path: Path) -> bool:
+    """False for a package `__init__.py` that holds only a docstring and constants."""
+    body = ast.parse(path.read_text()).body
+    return any(not isinstance(node, (ast.Expr, ast.Assign)) for node in body)
+
+
+def handler_imports(command: str) -> set[str]:
+    """The modules that `rlcsc <command>`'s handler in cli.py imports, through the cli helpers it calls."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    found, todo, seen = set(), [f"_{command}"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        found |= imported(functions[name])
+        todo += [n.func.id for n in ast.walk(functions[name]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    return found
+
+
+def notebook_imports(path: Path) -> set[str]:
+    cells = json.loads(path.read_text())["cells"]
+    return imported(ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
+
+
+def stages() -> list[tuple[str, dict]]:
+    """Every stage of dvc.yaml, `foreach` expanded over the experiments in params.yaml."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
+    out = []
+    for name, stage in pipeline.items():
+        if "foreach" in stage:
+            for key in experiments:
+                text = json.dumps(stage["do"]).replace("${key}", key)
+                out.append((f"{name}@{key}", json.loads(text)))
+        else:
+            out.append((name, stage))
+    return out
+
+
+def rlcsc_command(stage: dict) -> list[str] | None:
+    words = stage["cmd"].split()
+    return words if words[0] == "rlcsc" else None
+
+
+@pytest.mark.parametrize("name,stage", stages(), ids=[n for n, _ in stages()])
+def test_every_stage_depends_on_exactly_the_code_it_runs(name: str, stage: dict) -> None:
+    words = rlcsc_command(stage)
+    code = {Path(d) for d in stage.get("deps", []) if str(d).startswith("rlcsc")}
+    if words is None:
+        assert not code, f"{name} runs no rlcsc code but depends on {sorted(map(str, code))}"
+        return
+    modules = handler_imports(words[1]) | {"rlcsc.cli"}
+    if words[1] == "report":
+        notebook = REPO / "notebooks" / f"{words[2]}.ipynb"
+        assert Path("notebooks") / notebook.name in {Path(d) for d in stage["deps"]}
+        modules |= notebook_imports(notebook)
+    needed = {p.relative_to(REPO) for p in closure(modules) if holds_code(p)}
+    if "rlcsc.reference" in modules or any("rlcsc/reference" in str(p) for p in needed):
+        needed.add(Path("rlcsc/reference"))  # the CSV tables it reads
+    if "rlcsc.manifest" in modules or Path("rlcsc/manifest.py") in needed:
+        needed.add(Path("rlcsc/manifest.tsv"))
+
+    def covered(path: Path) -> bool:
+        return any(path == dep or dep in path.parents for dep in code)
+
+    missing = sorted(str(p) for p in needed if not covered(p))
+    assert not missing, f"{name} imports {missing} but does not depend on them"
+    extra = sorted(str(d) for d in code if not any(d == p or d in p.parents for p in needed))
+    assert not extra, f"{name} depends on {extra}, which its command does not import"
+
+
+@pytest.mark.parametrize("name,stage", stages(), ids=[n for n, _ in stages()])
+def test_every_stage_lists_the_params_it_reads_and_their_budget_layers(name: str, stage: dict) -> None:
+    words = rlcsc_command(stage)
+    reads = READS.get(words[1], ()) if words else ()
+    if words and words[1] == "evaluate" and "--params" not in words:
+        reads = ()
+    budgets = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]
+    expected = set()
+    for item in reads:
+        expected.add(item)
+        if item in BUDGETED:
+            expected |= {"budget"} | {f"budgets.{b}.{item}" for b in budgets}
+    if words and words[1] == "train":
+        experiment = re.search(r"--experiment (\S+)", stage["cmd"]).group(1)
+        expected.add(f"experiments.{experiment}")
+    assert set(stage.get("params", [])) == expected
+
+
+def test_every_budget_spells_out_every_block_it_may_change() -> None:
+    """DVC needs every `budgets.<b>.<block>` a stage lists to exist, if only as {}."""
+    budgets = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]
+    for name, blocks in budgets.items():
+        assert sorted(blocks) == sorted(BUDGETED), name
+
+
+def test_every_notebook_has_a_stage_and_a_page() -> None:
+    names = {p.stem for p in (REPO / "notebooks").glob("*.ipynb")}
+    stage_names = {n.removeprefix("notebook_") for n, _ in stages() if n.startswith("notebook_")}
+    toc = (REPO / "book" / "_toc.yml").read_text()
+    assert names == stage_names
+    assert all(f"generated/{n}" in toc for n in names)

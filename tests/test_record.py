@@ -1,0 +1,80 @@
+"""Recorded runs end to end on the CPU with the quick budget: data, training, evaluation and the
+environment, extended by a second call; controlled comparisons; how the book labels them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlcsc.cli import main
+from rlcsc.record import source_hash
+from rlcsc.report import recorded_runs
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
+         "evaluation.json", "environment.json"}
+
+
+@pytest.fixture(scope="module")
+def recorded(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("record")
+    argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--experiment", "K25",
+            "--raw", str(mirror), "--out", str(root / "runs" / "K25-quick"), "--work", str(root / "work"),
+            "--steps", "40", "--jobs", "2"]
+    assert main(argv) == 0
+    return root
+
+
+def test_a_recorded_run_holds_everything_the_program_wrote(recorded: Path) -> None:
+    out = recorded / "runs" / "K25-quick"
+    assert {p.name for p in out.iterdir()} == FILES
+    env = json.loads((out / "environment.json").read_text())
+    assert env["source_sha256"] == source_hash() and env["torch"] == torch.__version__
+    assert env["params"]["budget"] == "quick" and env["params"]["experiment"] == "K25"
+    assert env["params"]["train"]["max_steps"] == 40 and env["params"]["train"]["recursions"] == 25
+    assert env["params"]["evaluate"]["datasets"] == ["Set5", "Set14"] and env["gpu"] is None
+    train = json.loads((out / "train.json").read_text())
+    assert train["steps_done"] == 40 and train["budget"] == "quick" and train["experiment"] == "K25"
+    assert [c["step"] for c in train["curve"]] == [40]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"Set5", "Set14"} and set(metrics["Set5"]["x3"]) == {"psnr", "ssim", "ifc"}
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["model"]["experiment"] == "K25" and evaluation["budget"] == "quick"
+
+
+def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: Path) -> None:
+    out, work = recorded / "runs" / "K25-quick", recorded / "work"
+    data_time = (work / "patches" / "inputs.npy").stat().st_mtime_ns
+    argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+            "--out", str(out), "--work", str(work), "--jobs", "2"]
+    assert main(argv + ["--steps", "60", "--no-evaluate"]) == 0
+    train = json.loads((out / "train.json").read_text())
+    assert train["steps_done"] == 60 and [c["step"] for c in train["curve"]] == [40, 50, 60]  # eval_every: 50
+    assert (work / "patches" / "inputs.npy").stat().st_mtime_ns == data_time  # the data were reused
+    model_time = (out / "model.pt").stat().st_mtime_ns
+    assert main(argv + ["--steps", "60"]) == 0  # already there: evaluation only
+    assert (out / "model.pt").stat().st_mtime_ns == model_time
+
+
+def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
+    (run,) = recorded_runs(recorded / "runs")
+    assert run.recorded and run.k == 25 and run.residual and run.name == "K25-quick"
+    assert run.label().startswith("K25-quick (recorded run): K = 25, n = 8, m = 16, quick budget, seed 0, ")
+    assert "of 4 epochs, cpu" in run.label()
+
+
+def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "comparison.json"
+    argv = ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+            "--work", str(recorded / "work"), "--steps", "20", "--variant", "base:", "--variant", "again:",
+            "--variant", "bias:bias=true,lr=2e-3", "--out", str(out), "--jobs", "2"]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    base, again, bias = result["variants"]
+    assert result["max_steps"] == 20 and base["changes"] == {} and bias["changes"] == {"bias": True, "lr": 0.002}
+    assert base["curve"][-1]["psnr"] == again["curve"][-1]["psnr"]  # the same seed and data: the same run
+    assert bias["model"]["bias"] is True and bias["curve"][-1]["h_bias"] is not None
+    assert main(argv[:-4] + ["--variant", "bad:recursions=0", "--out", str(out)]) == 1
