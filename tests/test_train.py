@@ -174,3 +174,17 @@ def test_ddp_processes_agree_when_only_one_sees_a_non_finite_loss(patches: Path,
     summary = json.loads((tmp_path / "out" / "train.json").read_text())
     assert summary["status"] == "diverged at epoch 1, step 1"
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "out" / "model.pt").values())
+
+
+def test_the_fast_budget_runs_in_miniature(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """budget: fast's recipe, with the network and data scaled down to a few seconds on a CPU."""
+    from rlcsc.record import resolved
+
+    fast = resolved(Path(__file__).resolve().parents[1] / "params.yaml", "fast", "K25")["train"]
+    mini = replace(fast, width=1 / 32, pairs=64, batch=8, warmup=4, eval_every=4, device="cpu")
+    summary = train(mini, patches, mirror, tmp_path)
+    assert summary["status"] == "completed" and summary["steps_done"] == 8 * fast.epochs
+    lrs = [c["lr"] for c in summary["curve"]]
+    assert lrs[-1] < 0.05 * fast.lr < lrs[0] <= fast.lr  # warm-up, then a cosine decay towards zero
+    assert summary["train"]["optimizer"] == "adamw" and summary["train"]["clip"] is None
+    assert all(c["clipped_fraction"] is None for c in summary["curve"])
