@@ -7,8 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
@@ -24,6 +22,8 @@ def write_json(obj: dict | list, path: Path) -> None:
 
 
 def save_torch(obj: dict, path: Path) -> None:
-    """`torch.save`, atomically."""
+    """`torch.save`, atomically (torch is imported here, so that the data stages need not load it)."""
+    import torch
+
     torch.save(obj, _tmp(path))
     os.replace(_tmp(path), path)

@@ -150,11 +150,6 @@ def check_layer(cls: type, data: Any, where: str) -> dict[str, Any]:
     return {k: check_value(cls, k, v, where) for k, v in data.items()}
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
-    """Build `cls` from a mapping, every key and value checked (`where` names it in errors)."""
-    return cls(**check_layer(cls, data, where))
-
-
 def read_params(path: Path) -> dict:
     """The whole params file as a mapping, its top-level blocks and budgets checked."""
     try:

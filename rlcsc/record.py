@@ -10,8 +10,9 @@ run's folder, committed as `runs/<name>/`, then holds
 - `train.json`: the curve (the monitor's snapshots with loss and gradient norms), steps and epochs
   done, ms/step, wall time; `train_metrics.json`: its summary;
 - `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it;
-- `environment.json`: GPU, versions, the project's commit and a hash of its source, the resolved
-  params, the command, the date.
+- `environment.json`: one entry per call that made or extended the run: GPU, versions, the project's
+  commit and a hash of its source, the resolved params, the command, the date, and what the call did
+  (the steps it trained, whether it evaluated).
 
 `rlcsc compare` trains variants of one experiment from the same seed for the same steps or minutes,
 one change each, and writes their curves to one JSON file.
@@ -120,8 +121,12 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
         p = replace(p, max_steps=check_value(TrainParams, "max_steps", steps, "--steps"))
     e = blocks["evaluate"]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
-                            "train": asdict(p)}), out / "environment.json")
+    env_path = out / "environment.json"
+    calls = json.loads(env_path.read_text())["calls"] if env_path.exists() else []
+    call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
+                        "train": asdict(p)})
+    done = {"steps_before": _steps_done(out), "evaluated": False}
+    write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     if _needs_training(out, p):
         patches = prepare_data(blocks, raw, work, jobs)
         summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
@@ -131,6 +136,13 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
         device = "cuda" if pick_device(p.device).type == "cuda" else "cpu"
         scores = evaluate(Network(out / "model.pt", device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
         write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
+    done.update(steps_after=_steps_done(out), evaluated=evaluate_after)
+    write_json({"calls": calls + [{**call, **done}]}, env_path)
+
+
+def _steps_done(out: Path) -> int:
+    path = out / "train.json"
+    return json.loads(path.read_text())["steps_done"] if path.exists() else 0
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

@@ -1,8 +1,8 @@
 """What the report notebooks share: the runs and what they are, laid beside the paper's numbers.
 
 A notebook learns everything about a run from the files the run wrote: K, the filter sizes, the
-residual switch, budget, epochs done, status, device (`train.json`; `environment.json` for a
-recorded run), never from its name. Runs are this pipeline's (`models/<name>/` and
+residual switch, budget, epochs done, status, device (`train.json`; for a recorded run also the
+commit of `environment.json`), never from its name. Runs are this pipeline's (`models/<name>/` and
 `results/<name>/`, one per entry of `experiments`) and the recorded ones (`runs/<name>/`, made on
 a GPU by `rlcsc record`).
 """
@@ -43,7 +43,7 @@ class Run:
     recorded: bool  # made by `rlcsc record` (runs/<name>/) rather than this pipeline (models/<name>/)
     train: dict  # train.json
     metrics: dict | None  # metrics.json of the evaluation, None if it did not run
-    environment: dict | None = None  # environment.json (recorded runs)
+    environment: dict | None = None  # environment.json (recorded runs): one entry per call
 
     @property
     def config(self) -> dict:
@@ -70,7 +70,8 @@ class Run:
 
     @property
     def device(self) -> str:
-        return (self.environment or {}).get("gpu") or self.train["device"]
+        """The device it trained on (a GPU's name, or cpu)."""
+        return self.train["device"]
 
     @property
     def curve(self) -> pd.DataFrame:
@@ -97,8 +98,10 @@ class Run:
         kind = "recorded run" if self.recorded else "this pipeline"
         extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']} epochs"
         status = "" if self.train["status"] == "completed" else f", {self.train['status']}"
+        calls = (self.environment or {}).get("calls") or [{}]
+        commit = f", commit {calls[-1].get('commit') or 'unknown'}" if self.recorded else ""
         return (f"{self.name} ({kind}): K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}, "
-                f"{self.train.get('budget')} budget, seed {self.config['seed']}, {extent}, {self.device}{status}")
+                f"{self.train.get('budget')} budget, seed {self.config['seed']}, {extent}, {self.device}{status}{commit}")
 
 
 def pipeline_runs(params: Path, models: Path, results: Path) -> list[Run]:
@@ -143,10 +146,15 @@ class Page:
     def bicubic(self) -> dict | None:
         return _json(self.results / "bicubic" / "metrics.json")
 
-    def main_filters(self) -> tuple[int, int] | None:
-        """(n, m) of the main experiment: the filter sizes of Section 5.2 that Figures 1 and 7 vary K at."""
+    def main_filters(self) -> tuple[int, int]:
+        """(n, m) of the main experiment, the filter sizes that Figures 1 and 7 vary K at: its run's, or
+        before it has trained, those params.yaml gives it (Section 5.2's 128 and 256 by default)."""
         main = self.run(self.main)
-        return main.filters if main else None
+        if main:
+            return main.filters
+        params = read_params(self.params)
+        block = {**(params.get("train") or {}), **((params.get("experiments") or {}).get(self.main) or {})}
+        return block.get("features", 128), block.get("codes", 256)
 
 
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:

@@ -19,7 +19,7 @@ TINY = ("train: {recursions: 2, features: 4, codes: 8, batch: 4, pairs: 40, epoc
         "experiments: {tiny: {}}\n")
 
 
-def test_benchmark_train_and_inference_run_on_cpu(tmp_path: Path) -> None:
+def test_benchmark_train_and_inference_run_on_cpu(tmp_path: Path, monkeypatch) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(TINY)
     out = tmp_path / "train.json"
@@ -31,6 +31,11 @@ def test_benchmark_train_and_inference_run_on_cpu(tmp_path: Path) -> None:
     assert result["projected_run_h"] == pytest.approx(3 * 10 * result["ms_per_step"] / 3.6e6)
     # 9 (1*4 + 4*4 + 4*8 + 2*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, x3 for backward
     assert result["tflop_per_step"] == pytest.approx(3 * 2 * 9 * 216 * 4 * 33 * 33 / 1e12)
+    from rlcsc import benchmark, train
+
+    calls = []
+    monkeypatch.setattr(benchmark, "prepare", lambda *a: calls.append(a) or train.prepare(*a))
+    assert main(argv + ["--steps", "1"]) == 0 and len(calls) == 1  # the very step `rlcsc train` runs
     infer = tmp_path / "inference.json"
     assert main(["benchmark", "inference", "--params", str(params), "--experiment", "tiny", "--out", str(infer)]) == 0
     assert json.loads(infer.read_text())["ms_fp32"] > 0

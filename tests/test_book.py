@@ -72,3 +72,9 @@ def test_pages_are_drawn_in_headless_chromium(html: Path, name: str, tmp_path: P
     assert pixels.std() > 20, f"{name}: the screenshot is blank"
     dark = (pixels < 128).mean()
     assert 0.005 < dark < 0.6, f"{name}: {dark:.3f} of the page is dark"
+
+
+@pytest.mark.parametrize("name", ["table1", "figure7"])
+def test_the_spread_over_seeds_is_shown(html: Path, name: str) -> None:
+    text = page(html, name).get_text()
+    assert "Spread over seeds" in text and "differ between machines" in text

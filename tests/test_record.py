@@ -31,7 +31,8 @@ def recorded(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_recorded_run_holds_everything_the_program_wrote(recorded: Path) -> None:
     out = recorded / "runs" / "K25-quick"
     assert {p.name for p in out.iterdir()} == FILES
-    env = json.loads((out / "environment.json").read_text())
+    (env,) = json.loads((out / "environment.json").read_text())["calls"]
+    assert env["steps_before"] == 0 and env["steps_after"] == 40 and env["evaluated"] is True
     assert env["source_sha256"] == source_hash() and env["torch"] == torch.__version__
     assert env["params"]["budget"] == "quick" and env["params"]["experiment"] == "K25"
     assert env["params"]["train"]["max_steps"] == 40 and env["params"]["train"]["recursions"] == 25
@@ -57,6 +58,9 @@ def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: 
     model_time = (out / "model.pt").stat().st_mtime_ns
     assert main(argv + ["--steps", "60"]) == 0  # already there: evaluation only
     assert (out / "model.pt").stat().st_mtime_ns == model_time
+    calls = json.loads((out / "environment.json").read_text())["calls"]
+    assert [(c["steps_before"], c["steps_after"], c["evaluated"]) for c in calls] == [(0, 40, True), (40, 60, False),
+                                                                                     (60, 60, True)]
 
 
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
@@ -78,3 +82,15 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert base["curve"][-1]["psnr"] == again["curve"][-1]["psnr"]  # the same seed and data: the same run
     assert bias["model"]["bias"] is True and bias["curve"][-1]["h_bias"] is not None
     assert main(argv[:-4] + ["--variant", "bad:recursions=0", "--out", str(out)]) == 1
+
+
+@pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
+def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path: Path, name: str) -> None:
+    """A notebook executed where the recorded run is the only run: it is shown, labelled as recorded."""
+    argv = ["report", name, "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
+            "--results", str(tmp_path / "none"), "--models", str(tmp_path / "none"), "--runs", str(recorded / "runs"),
+            "--raw", str(mirror), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
+    text = json.dumps([c.get("outputs", []) for c in cells])
+    assert "K25-quick (recorded run): K = 25" in text

@@ -188,3 +188,23 @@ def test_the_fast_budget_runs_in_miniature(patches: Path, mirror: Path, tmp_path
     assert lrs[-1] < 0.05 * fast.lr < lrs[0] <= fast.lr  # warm-up, then a cosine decay towards zero
     assert summary["train"]["optimizer"] == "adamw" and summary["train"]["clip"] is None
     assert all(c["clipped_fraction"] is None for c in summary["curve"])
+
+
+def test_precision_is_set_for_the_code_that_asks_and_restored_after_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    from rlcsc.device import using_precision
+
+    def flags() -> tuple[bool, bool]:
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    before = flags()
+    with using_precision("cuda", "tf32"):  # the switches exist without a GPU
+        assert flags() == (True, True)
+        with using_precision("cuda", "fp32"):
+            assert flags() == (False, False)
+        assert flags() == (True, True)
+    assert flags() == before
+    with pytest.raises(RuntimeError), using_precision("cuda", "bf16"):
+        raise RuntimeError
+    assert flags() == before
+    train(replace(TINY, max_steps=2, precision="tf32"), patches, mirror, tmp_path, eval_precision="tf32")
+    assert flags() == before

@@ -1,1 +1,1 @@
-"""Data stages: download (checksummed raw images)."""
+"""The data stages: download (checksummed raw images), augment (Y variants), patch (training pairs)."""

@@ -4,8 +4,9 @@ For each training image, each flip state, each rotation and each downsizing fact
 of operations: flip, rotate (counter-clockwise, as MATLAB's `imrotate`), `imresize` the RGB uint8
 image by the factor, convert to YCbCr and keep Y (uint8). A grey image is its own Y.
 
-The result is one flat uint8 file of all Y images (`images.u8`) and an index (`index.csv`) with
-each image's source, variant, shape and byte offset, so the patch stage can memory-map it.
+The result is one flat uint8 file of all Y images (`images.u8`), an index (`index.csv`) with each
+image's source, variant, shape and byte offset, so the patch stage can memory-map it, and the
+resolved params (`params.json`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from rlcsc.atomic import write_json
 from rlcsc.color import rgb2y
 from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
@@ -109,6 +111,7 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
                     offset += y.size
         index = pd.DataFrame(rows, columns=["dataset", "file", "flip", "rotation", "factor", "height", "width", "offset"])
         index.to_csv(tmp / "index.csv", index=False)
+        write_json(asdict(params), tmp / "params.json")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

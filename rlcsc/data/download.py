@@ -79,7 +79,7 @@ def fetch(
                 pool.shutdown(cancel_futures=True)
     finally:
         for e in entries:  # left by a failure or a killed run; only the manifest's own names
-            _part(out / e.dataset / e.file).unlink(missing_ok=True)
+            _part(out / e.relpath).unlink(missing_ok=True)
     return fetched
 
 
@@ -89,7 +89,7 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
     The file is written to its `.part` name and renamed only once verified; `fetch` removes
     whatever `.part` a failure leaves behind.
     """
-    dest = out / entry.dataset / entry.file
+    dest = out / entry.relpath
     if dest.is_file() and dest.stat().st_size == entry.bytes and _sha256(dest) == entry.sha256:
         bar.update(entry.bytes)
         return False
