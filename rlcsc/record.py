@@ -20,7 +20,6 @@ one change each, and writes their curves to one JSON file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -42,17 +41,10 @@ from rlcsc.device import device_name, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, write_results
 from rlcsc.inference import Network, describe_model
+from rlcsc.provenance import source_hash
 from rlcsc.train import TrainParams, train
 
 SOURCE = Path(__file__).parent
-
-
-def source_hash() -> str:
-    """SHA-256 over the package's source and data files (path and bytes, in sorted order): which code ran."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in SOURCE.rglob("*") if p.suffix in (".py", ".tsv", ".csv")):
-        digest.update(path.relative_to(SOURCE).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def commit() -> str | None:

@@ -37,6 +37,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
 from rlcsc.inference import apply, build, model_state
 from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
 
 # Keys that do not change what a run computes: a run resumes across changes of these.
@@ -285,7 +286,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
                          "norms": norms[since:step].cpu(), "elapsed": elapsed + time.time() - clock,
-                         "config": asdict(p)}, ckpt_path)
+                         "config": asdict(p), "code": code_hash(__name__)}, ckpt_path)
 
     clock, status, this_call = time.time(), "completed", 0
     if state["fresh"]:
@@ -358,7 +359,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
                "steps_per_epoch": per_epoch, "epochs_planned": p.epochs, "ms_per_step": _ms_per_step(syncs),
                "seconds_this_call": round(time.time() - started, 1), "seconds_training": round(elapsed + time.time() - clock, 1),
-               "device": device_name(device), "processes": dist.world,
+               "device": device_name(device), "processes": dist.world, "code_sha256": code_hash(__name__),
                "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},
                **(label or {}), "model": {**model_state(model)["config"], "arch": p.arch,
                "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
@@ -404,7 +405,8 @@ def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
 
 
 def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer, per_epoch: int) -> dict:
-    """Load `path` into model and optimizer if it belongs to this run (same `identity`); else a fresh start."""
+    """Load `path` into model and optimizer if it belongs to this run (same `identity`, and the same
+    training code: `code_hash`); else a fresh start."""
     fresh = {"epoch": 0, "step": 0, "curve": [], "since": 0, "losses": torch.zeros(0), "norms": torch.zeros(0),
              "elapsed": 0.0, "fresh": True}
     if not path.exists():
@@ -412,8 +414,10 @@ def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
     differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
-    if differ or "curve" not in ckpt:
-        tqdm.write(f"{path} belongs to a run with other {', '.join(differ) or 'contents'}: starting afresh", file=sys.stderr)
+    if ckpt.get("code") != code_hash(__name__):
+        differ.append("training code")
+    if differ:
+        tqdm.write(f"{path} belongs to a run with other {', '.join(differ)}: starting afresh", file=sys.stderr)
         return fresh
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -14,52 +14,10 @@ import yaml
 
 from rlcsc.cli import READS
 from rlcsc.config import BUDGETED
+from rlcsc.provenance import closure, imported
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rlcsc"
-
-
-def module_file(name: str) -> Path | None:
-    """The file of module `rlcsc.x.y`, or None when `name` is not a module of the package."""
-    parts = name.split(".")
-    if parts[0] != "rlcsc":
-        return None
-    base = REPO.joinpath(*parts)
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.exists():
-            return path
-    return None
-
-
-def imported(tree: ast.AST) -> set[str]:
-    """Every rlcsc module an AST imports, anywhere in it (lazy imports inside functions too)."""
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from rlcsc import recipe`
-    return {n for n in names if module_file(n)}
-
-
-def closure(modules: set[str]) -> set[Path]:
-    """The files of `modules` and of everything they import, with their packages' `__init__.py`.
-    Of cli.py, only its module-level imports count: each handler's are the command's (`handler_imports`)."""
-    seen: set[str] = set()
-    todo = list(modules)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
-        tree = ast.parse(module_file(name).read_text())
-        if name == "rlcsc.cli":
-            tree = ast.Module([n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], [])
-        todo += imported(tree)
-    return {module_file(n) for n in seen}
 
 
 def holds_code(path: Path) -> bool:
@@ -120,7 +78,7 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(name: str, stage: dict)
         notebook = REPO / "notebooks" / f"{words[2]}.ipynb"
         assert Path("notebooks") / notebook.name in {Path(d) for d in stage["deps"]}
         modules |= notebook_imports(notebook)
-    needed = {p.relative_to(REPO) for p in closure(modules) if holds_code(p)}
+    needed = {p.relative_to(REPO) for p in closure(modules, frozenset({"rlcsc.cli"})) if holds_code(p)}
     if "rlcsc.reference" in modules or any("rlcsc/reference" in str(p) for p in needed):
         needed.add(Path("rlcsc/reference"))  # the CSV tables it reads
     if "rlcsc.manifest" in modules or Path("rlcsc/manifest.py") in needed:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlcsc.cli import main
-from rlcsc.record import source_hash
+from rlcsc.provenance import source_hash
 from rlcsc.report import recorded_runs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -95,6 +95,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirro
     assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
 
 
+def test_a_checkpoint_of_other_training_code_is_not_resumed(patches: Path, mirror: Path, tmp_path: Path,
+                                                             monkeypatch, capsys) -> None:
+    from rlcsc import train as module
+
+    train(TINY, patches, mirror, tmp_path, stop_after=3)
+    monkeypatch.setattr(module, "code_hash", lambda name: "other")
+    capsys.readouterr()
+    train(TINY, patches, mirror, tmp_path)
+    err = capsys.readouterr().err
+    assert "other training code: starting afresh" in err and "resuming" not in err
+
+
 def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Path) -> None:
     train(replace(TINY, epochs=3), patches, mirror, tmp_path / "whole")
     one = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path / "parts")
