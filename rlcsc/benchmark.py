@@ -157,7 +157,7 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
     With TF32 on a GPU it also scores Set5 and Set14 (when in `e`) in fp32 without IFC and reports
     the PSNR differences, so the speed's cost in accuracy is printed beside it.
     """
-    device = "cuda" if torch.cuda.is_available() and p.device != "cpu" else "cpu"
+    device = pick_device(p.device).type
     if model is not None and not model.is_file():
         raise RlcscError(f"model file not found: {model}")
     label = str(model) if model is not None else f"untrained {p.model_config()}"

@@ -86,21 +86,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.model is None:
         upscale, model = bicubic, None
     else:
+        from rlcsc.device import pick_device
         from rlcsc.inference import Network, describe_model
 
         model = describe_model(args.model)
-        upscale = Network(args.model, "cuda" if _cuda() else "cpu", params.precision)
+        upscale = Network(args.model, pick_device("auto").type, params.precision)
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
               "budget": budget, "model": model}
     print(json.dumps(write_results(scores, args.out, record), indent=2))
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _sr(args: argparse.Namespace) -> None:

@@ -125,8 +125,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
     if evaluate_after:
-        device = "cuda" if pick_device(p.device).type == "cuda" else "cpu"
-        scores = evaluate(Network(out / "model.pt", device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+        scores = evaluate(Network(out / "model.pt", pick_device(p.device).type, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
         write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
     done.update(steps_after=_steps_done(out), evaluated=evaluate_after)
     write_json({"calls": calls + [{**call, **done}]}, env_path)
