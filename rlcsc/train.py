@@ -41,7 +41,7 @@ from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
 
 # Keys that do not change what a run computes: a run resumes across changes of these.
-NOT_IDENTITY = ("stop_epoch", "max_steps", "max_minutes", "eval_every", "log_every", "checkpoint_every", "on_divergence",
+NOT_IDENTITY = ("stop_epoch", "max_minutes", "eval_every", "log_every", "checkpoint_every", "on_divergence",
                 "device", "compile")
 
 
@@ -64,7 +64,7 @@ class TrainParams(Checked):
     batch: int = param(128, at_least(1))
     epochs: int = param(35, at_least(1))  # the schedule's length
     stop_epoch: int = param(0, at_least(0))  # end after this epoch (0 = after `epochs`); Table 3 stops at 14
-    max_steps: int = param(0, at_least(0))  # end after this many steps in all (0 = no limit)
+    max_steps: int = param(0, at_least(0))  # end after this many steps in all (0 = no limit); cosine/linear decay to it
     max_minutes: float = param(0.0, at_least(0))  # end after this much training time in all (0 = no limit)
     seed: int = param(0, at_least(0))
     # The recipe (rlcsc.recipe).
@@ -99,8 +99,9 @@ class TrainParams(Checked):
 
     def identity(self) -> dict:
         """The parameters that decide the weights after any given step (what a resumed run must share).
-        The schedule's length matters only to the schedules that decay to zero at its end."""
-        skip = NOT_IDENTITY + (("epochs",) if self.schedule == "step" else ())
+        The run's planned length (`epochs`, `max_steps`) matters only to the schedules that decay to
+        zero at its end; for the paper's step schedule `max_steps` is only a stop point."""
+        skip = NOT_IDENTITY + (("epochs", "max_steps") if self.schedule == "step" else ())
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def last_epoch(self) -> int:

@@ -74,14 +74,30 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     out = tmp_path / "comparison.json"
     argv = ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
             "--work", str(recorded / "work"), "--steps", "20", "--variant", "base:", "--variant", "again:",
-            "--variant", "bias:bias=true,lr=2e-3", "--out", str(out), "--jobs", "2"]
+            "--variant", "bias:bias=true,lr=2e-3", "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2",
+            "--variant", "half:max_steps=10", "--out", str(out), "--jobs", "2"]
     assert main(argv) == 0
     result = json.loads(out.read_text())
-    base, again, bias = result["variants"]
+    base, again, bias, cosine, half = result["variants"]
     assert result["max_steps"] == 20 and base["changes"] == {} and bias["changes"] == {"bias": True, "lr": 0.002}
     assert base["curve"][-1]["psnr"] == again["curve"][-1]["psnr"]  # the same seed and data: the same run
     assert bias["model"]["bias"] is True and bias["curve"][-1]["h_bias"] is not None
+    assert cosine["steps_done"] == 20 and cosine["curve"][-1]["lr"] < 0.01 * 1e-3  # decayed over the comparison
+    assert half["steps_done"] == 10  # a variant's own length
     assert main(argv[:-4] + ["--variant", "bad:recursions=0", "--out", str(out)]) == 1
+
+    runs = tmp_path / "runs"  # the training-time page draws and lists every variant
+    (runs / "comparisons").mkdir(parents=True)
+    out.rename(runs / "comparisons" / "ladder.json")
+    assert main(["report", "training_time", "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
+                 "--results", str(tmp_path / "none"), "--models", str(tmp_path / "none"), "--runs", str(runs),
+                 "--raw", str(mirror), "--out", str(tmp_path)]) == 0
+    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+    text = json.dumps(outputs)
+    assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
+    names = ("base", "again", "bias", "cosine", "half")  # the ladder's table, one row per variant, in JSON's escaping
+    assert all(f'row_heading level0 row{i}\\" >{v}</th>' in text for i, v in enumerate(names))
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the runs panel and the ladder's curves
 
 
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])

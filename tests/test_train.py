@@ -61,6 +61,18 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(cosine, 199, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 189 / 190)))
     linear = TrainParams(schedule="linear", epochs=1, lr=2.0)
     assert learning_rate(linear, 25, 100) == pytest.approx(1.5)
+    short = replace(cosine, max_steps=60, stop_epoch=1)  # max_steps is the planned end; stop_epoch only cuts
+    assert learning_rate(short, 35, 100) == pytest.approx(0.5) and learning_rate(short, 59, 100) < 0.01
+    assert learning_rate(replace(paper, max_steps=60), 59, 100) == pytest.approx(0.1)  # the step schedule ignores it
+
+
+def test_the_planned_length_decides_a_decaying_run_only() -> None:
+    """A cosine run cut to fewer steps computes other weights; the paper's schedule does not change."""
+    paper, cosine = TrainParams(), TrainParams(schedule="cosine")
+    assert replace(paper, max_steps=500, epochs=3, stop_epoch=2).identity() == paper.identity()
+    assert replace(cosine, stop_epoch=2, max_minutes=5).identity() == cosine.identity()
+    assert replace(cosine, max_steps=500).identity() != cosine.identity()
+    assert replace(cosine, epochs=3).identity() != cosine.identity()
 
 
 def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Path, tmp_path: Path) -> None:
