@@ -1,8 +1,9 @@
 """What the report notebooks share: the runs and what they are, laid beside the paper's numbers.
 
 A notebook learns everything about a run from the files the run wrote: K, the filter sizes, the
-residual switch, budget, epochs done, status, device (`train.json`; for a recorded run also the
-commit of `environment.json`), never from its name. Runs are this pipeline's (`models/<name>/` and
+residual switch, biases, budget, where its recipe differs from the paper's, epochs done, status,
+device and precision (`train.json`; for a recorded run also the commit of `environment.json`),
+never from its name. Runs are this pipeline's (`models/<name>/` and
 `results/<name>/`, one per entry of `experiments`) and the recorded ones (`runs/<name>/`, made on
 a GPU by `rlcsc record`).
 """
@@ -92,16 +93,33 @@ class Run:
                             if k not in ("seed", "log_every", "checkpoint_every", "device", "compile"))) + (
             self.train.get("budget"), self.recorded)
 
+    def recipe(self) -> str:
+        """The recipe in words: the paper's, or the keys where it differs (as `train.json` records them)."""
+        changes = self.train["recipe_changes"]
+        if not changes:
+            return "the paper's recipe"
+        return "not the paper's recipe: " + ", ".join(f"{k} {_word(v)}" for k, v in changes.items())
+
     def label(self) -> str:
-        """What the run is, in one line: K, filters, residual, budget, extent, device, status."""
+        """What the run is, in one line: K, filters, residual, biases, budget and recipe, seed, extent,
+        device and training precision, status."""
         n, m = self.model["features"], self.model["codes"]
         kind = "recorded run" if self.recorded else "this pipeline"
+        network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
+        network += ", biases" if self.model["bias"] else ""
         extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']} epochs"
+        precision = self.train["precision"]["train"]
+        device = self.device + ("" if precision == "fp32" else f" in {precision}")
         status = "" if self.train["status"] == "completed" else f", {self.train['status']}"
         calls = (self.environment or {}).get("calls") or [{}]
         commit = f", commit {calls[-1].get('commit') or 'unknown'}" if self.recorded else ""
-        return (f"{self.name} ({kind}): K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}, "
-                f"{self.train.get('budget')} budget, seed {self.config['seed']}, {extent}, {self.device}{status}{commit}")
+        return (f"{self.name} ({kind}): {network}, {self.train.get('budget')} budget ({self.recipe()}), "
+                f"seed {self.config['seed']}, {extent}, {device}{status}{commit}")
+
+
+def _word(value: object) -> str:
+    """A param's value as params.yaml spells it (null as none)."""
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def pipeline_runs(params: Path, models: Path, results: Path) -> list[Run]:

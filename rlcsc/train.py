@@ -43,6 +43,9 @@ from rlcsc.rounding import im2uint
 # Keys that do not change what a run computes: a run resumes across changes of these.
 NOT_IDENTITY = ("stop_epoch", "max_minutes", "eval_every", "log_every", "checkpoint_every", "on_divergence",
                 "device", "compile")
+# The keys of the training recipe (Section 5.2; TrainParams' defaults are the paper's values).
+RECIPE = ("pairs", "batch", "zero_last", "optimizer", "lr", "schedule", "lr_step", "warmup", "momentum", "weight_decay",
+          "loss", "clip")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,11 @@ class TrainParams(Checked):
         zero at its end; for the paper's step schedule `max_steps` is only a stop point."""
         skip = NOT_IDENTITY + (("epochs", "max_steps") if self.schedule == "step" else ())
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def recipe_changes(self) -> dict:
+        """The recipe's keys whose values differ from the paper's; empty for the paper's recipe."""
+        paper = TrainParams()
+        return {k: getattr(self, k) for k in RECIPE if getattr(self, k) != getattr(paper, k)}
 
     def last_epoch(self) -> int:
         return min(self.epochs, self.stop_epoch or self.epochs)
@@ -364,7 +372,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},
                **(label or {}), "model": {**model_state(model)["config"], "arch": p.arch,
                "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
-               "train": asdict(p), "curve": curve}
+               "train": asdict(p), "recipe_changes": p.recipe_changes(), "curve": curve}
     if dist.main:
         weights = model_state(model)
         if not all(torch.isfinite(t).all() for t in weights["model"].values()):

@@ -66,8 +66,9 @@ def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: 
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
     (run,) = recorded_runs(recorded / "runs")
     assert run.recorded and run.k == 25 and run.residual and run.name == "K25-quick"
-    assert run.label().startswith("K25-quick (recorded run): K = 25, n = 8, m = 16, quick budget, seed 0, ")
-    assert "of 4 epochs, cpu" in run.label()
+    assert run.label().startswith("K25-quick (recorded run): K = 25, n = 8, m = 16, quick budget (not the paper's "
+                                  "recipe: pairs 2400, batch 16, zero_last true, lr 0.01, lr_step 3), seed 0, ")
+    assert "of 4 epochs, cpu, commit " in run.label()
 
 
 def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:

@@ -75,6 +75,15 @@ def test_the_planned_length_decides_a_decaying_run_only() -> None:
     assert replace(cosine, epochs=3).identity() != cosine.identity()
 
 
+def test_the_recipe_changes_name_what_differs_from_the_paper() -> None:
+    from rlcsc.record import resolved
+
+    assert TrainParams().recipe_changes() == {}
+    assert resolved(Path(__file__).resolve().parents[1] / "params.yaml", "paper", "K48")["train"].recipe_changes() == {}
+    p = replace(TrainParams(), lr=0.01, clip=None, seed=3, width=0.5, recursions=7, eval_every=9)
+    assert p.recipe_changes() == {"lr": 0.01, "clip": None}  # the network, seed and monitor are not the recipe
+
+
 def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Path, tmp_path: Path) -> None:
     p = replace(TINY, eval_every=3, bias=True, clip=0.05)
     summary = train(p, patches, mirror, tmp_path)
