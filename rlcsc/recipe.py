@@ -40,15 +40,14 @@ def learning_rate(p: TrainParams, step: int, steps_per_epoch: int) -> float:
     """The learning rate of the 0-based global `step`.
 
     A linear warm-up over the first `warmup` steps, then `step`: divided by 10 every `lr_step`
-    epochs (the paper); `cosine` / `linear`: from `lr` down to zero at the run's planned end, after
-    `epochs` epochs or `max_steps` steps, whichever comes first (`stop_epoch` and `max_minutes` only
-    cut a run short).
+    epochs (the paper); `cosine` / `linear`: from `lr` down to zero at the run's planned end
+    (`TrainParams.planned_steps`).
     """
     if step < p.warmup:
         return p.lr * (step + 1) / p.warmup
     if p.schedule == "step":
         return p.lr * 0.1 ** (step // steps_per_epoch // p.lr_step)
-    total = min(p.epochs * steps_per_epoch, p.max_steps or p.epochs * steps_per_epoch)
+    total = p.planned_steps(steps_per_epoch)
     t = min(1.0, (step - p.warmup) / max(1, total - p.warmup))
     return p.lr * (0.5 * (1 + math.cos(math.pi * t)) if p.schedule == "cosine" else 1 - t)
 

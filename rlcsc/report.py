@@ -107,7 +107,7 @@ class Run:
         kind = "recorded run" if self.recorded else "this pipeline"
         network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
         network += ", biases" if self.model["bias"] else ""
-        extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']} epochs"
+        extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']:g} epochs"
         precision = self.train["precision"]["train"]
         device = self.device + ("" if precision == "fp32" else f" in {precision}")
         status = "" if self.train["status"] == "completed" else f", {self.train['status']}"

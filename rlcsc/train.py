@@ -112,6 +112,12 @@ class TrainParams(Checked):
         paper = TrainParams()
         return {k: getattr(self, k) for k in RECIPE if getattr(self, k) != getattr(paper, k)}
 
+    def planned_steps(self, per_epoch: int) -> int:
+        """Where the schedule ends: after `epochs` epochs, or after `max_steps` when that comes first and
+        the schedule decays to zero (under the paper's step schedule `max_steps` only cuts a run short)."""
+        steps = self.epochs * per_epoch
+        return min(steps, self.max_steps) if self.max_steps and self.schedule != "step" else steps
+
     def last_epoch(self) -> int:
         return min(self.epochs, self.stop_epoch or self.epochs)
 
@@ -366,7 +372,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     if status != "completed":  # the last good checkpoint is the model
         model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
-               "steps_per_epoch": per_epoch, "epochs_planned": p.epochs, "ms_per_step": _ms_per_step(syncs),
+               "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4), "ms_per_step": _ms_per_step(syncs),
                "seconds_this_call": round(time.time() - started, 1), "seconds_training": round(elapsed + time.time() - clock, 1),
                "device": device_name(device), "processes": dist.world, "code_sha256": code_hash(__name__),
                "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},

@@ -61,6 +61,8 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(cosine, 199, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 189 / 190)))
     linear = TrainParams(schedule="linear", epochs=1, lr=2.0)
     assert learning_rate(linear, 25, 100) == pytest.approx(1.5)
+    assert [replace(cosine, max_steps=m).planned_steps(100) for m in (0, 60, 500)] == [200, 60, 200]
+    assert replace(paper, max_steps=60).planned_steps(100) == 3500  # the step schedule: a stop point only
     short = replace(cosine, max_steps=60, stop_epoch=1)  # max_steps is the planned end; stop_epoch only cuts
     assert learning_rate(short, 35, 100) == pytest.approx(0.5) and learning_rate(short, 59, 100) < 0.01
     assert learning_rate(replace(paper, max_steps=60), 59, 100) == pytest.approx(0.1)  # the step schedule ignores it
@@ -221,6 +223,9 @@ def test_the_fast_budget_runs_in_miniature(patches: Path, mirror: Path, tmp_path
     assert lrs[-1] < 0.05 * fast.lr < lrs[0] <= fast.lr  # warm-up, then a cosine decay towards zero
     assert summary["train"]["optimizer"] == "adamw" and summary["train"]["clip"] is None
     assert all(c["clipped_fraction"] is None for c in summary["curve"])
+    assert summary["epochs_planned"] == fast.epochs and summary["recipe_changes"]["optimizer"] == "adamw"
+    short = train(replace(mini, max_steps=12), patches, mirror, tmp_path / "short")  # the whole schedule in 12 steps
+    assert short["steps_done"] == 12 and short["epochs_planned"] == 1.5 and short["curve"][-1]["lr"] < 0.05 * fast.lr
 
 
 def test_precision_is_set_for_the_code_that_asks_and_restored_after_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
