@@ -166,6 +166,8 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
         with tempfile.TemporaryDirectory() as tmp:
             summary = train(p, patches, raw, Path(tmp), blocks["evaluate"].precision,
                             {"experiment": experiment, "budget": budget})
+        if summary["status"] == "interrupted":  # the variants done so far are already written
+            raise KeyboardInterrupt
         keep = ("status", "steps_done", "epochs_done", "ms_per_step", "seconds_training", "precision", "model", "curve")
         result["variants"].append({"name": name, "changes": changes, **{k: summary[k] for k in keep}})
         out.parent.mkdir(parents=True, exist_ok=True)

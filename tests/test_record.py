@@ -101,6 +101,22 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the runs panel and the ladder's curves
 
 
+def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlcsc.record
+
+    def train(p, *args, **kwargs):  # the second variant is interrupted (Ctrl-C, or the machine's time limit)
+        return real(p, *args, **kwargs) if p.lr == 0.01 else {"status": "interrupted", "epoch": 0, "step": 3}
+
+    real = rlcsc.record.train
+    monkeypatch.setattr(rlcsc.record, "train", train)
+    out = tmp_path / "comparison.json"
+    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+                 "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
+                 "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]) == 130
+    assert [v["name"] for v in json.loads(out.read_text())["variants"]] == ["base"]
+
+
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
 def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path: Path, name: str) -> None:
     """A notebook executed where the recorded run is the only run: it is shown, labelled as recorded."""
