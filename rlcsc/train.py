@@ -372,7 +372,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     if status != "completed":  # the last good checkpoint is the model
         model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
-               "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4), "ms_per_step": _ms_per_step(syncs),
+               "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
+               "ms_per_step": _ms_per_step(syncs),
                "seconds_this_call": round(time.time() - started, 1), "seconds_training": round(elapsed + time.time() - clock, 1),
                "device": device_name(device), "processes": dist.world, "code_sha256": code_hash(__name__),
                "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},
