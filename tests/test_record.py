@@ -18,6 +18,13 @@ FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metri
          "evaluation.json", "environment.json"}
 
 
+def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
+    """`rlcsc report <name>` with only the recorded runs under `runs` (no pipeline runs), into `out`."""
+    return ["report", name, "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
+            "--results", str(out / "none"), "--models", str(out / "none"), "--runs", str(runs),
+            "--raw", str(mirror), "--out", str(out)]
+
+
 @pytest.fixture(scope="module")
 def recorded(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("record")
@@ -90,9 +97,7 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     runs = tmp_path / "runs"  # the training-time page draws and lists every variant
     (runs / "comparisons").mkdir(parents=True)
     out.rename(runs / "comparisons" / "ladder.json")
-    assert main(["report", "training_time", "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
-                 "--results", str(tmp_path / "none"), "--models", str(tmp_path / "none"), "--runs", str(runs),
-                 "--raw", str(mirror), "--out", str(tmp_path)]) == 0
+    assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
     outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
@@ -120,10 +125,7 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
 def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path: Path, name: str) -> None:
     """A notebook executed where the recorded run is the only run: it is shown, labelled as recorded."""
-    argv = ["report", name, "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
-            "--results", str(tmp_path / "none"), "--models", str(tmp_path / "none"), "--runs", str(recorded / "runs"),
-            "--raw", str(mirror), "--out", str(tmp_path)]
-    assert main(argv) == 0
+    assert main(report_argv(name, recorded / "runs", mirror, tmp_path)) == 0
     cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
     text = json.dumps([c.get("outputs", []) for c in cells])
     assert "K25-quick (recorded run): K = 25" in text
