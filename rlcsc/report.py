@@ -181,6 +181,37 @@ def page(params: str, results: str, models: str, runs: str, main: str) -> Page:
     return Page(params_, results_, models_, runs_, main, all_runs(params_, models_, results_, runs_))
 
 
+# What a recorded run shares with a comparison to stand beside its variants: the network, the seed,
+# the training pairs and batch (so a step draws the same pairs), and the monitor. Its recipe may differ.
+SHARED = ("arch", "recursions", "features", "codes", "units", "residual", "bias", "width", "seed", "pairs", "batch",
+          "eval_dataset", "eval_scale")
+
+
+def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFrame]]:
+    """The recorded runs that trained a comparison's network from the same seed on the same training
+    pairs (every call with its `augment` and `patch` params) in the same training precision as its
+    unchanged variants, each with its curve up to the comparison's `max_steps` or `max_minutes`. Such a
+    run is what a variant with its recipe would have trained: a recorded paper-recipe run stands for
+    the paper's variant."""
+    params = comparison["environment"]["params"]
+    precisions = {v["precision"]["train"] for v in comparison["variants"] if not {"precision", "device"} & set(v["changes"])}
+    found = []
+    for run in runs:
+        calls = (run.environment or {}).get("calls") or []
+        if not (run.recorded and calls and run.train["precision"]["train"] in precisions
+                and all(run.config[k] == params["train"][k] for k in SHARED)
+                and all(c["params"][b] == params[b] for c in calls for b in ("augment", "patch"))):
+            continue
+        curve = run.curve
+        if curve.empty:
+            continue
+        within = (curve.step <= comparison["max_steps"] if "max_steps" in comparison
+                  else curve.seconds <= 60 * comparison["max_minutes"])
+        if within.any():
+            found.append((run, curve[within]))
+    return found
+
+
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Runs grouped by everything but their seed, in first-appearance order."""
     groups: dict[tuple, list[Run]] = {}

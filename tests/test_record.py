@@ -4,6 +4,7 @@ environment, extended by a second call; controlled comparisons; how the book lab
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from rlcsc.cli import main
 from rlcsc.provenance import source_hash
-from rlcsc.report import recorded_runs
+from rlcsc.report import recorded_runs, references
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
@@ -104,6 +105,37 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     names = ("base", "again", "bias", "cosine", "half")  # the ladder's table, one row per variant, in JSON's escaping
     assert all(f'row_heading level0 row{i}\\" >{v}</th>' in text for i, v in enumerate(names))
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the runs panel and the ladder's curves
+
+
+def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(recorded: Path, mirror: Path,
+                                                                              tmp_path: Path) -> None:
+    """The recorded run's first 40 steps are what the comparison's unchanged variant trains: the same PSNR."""
+    runs = tmp_path / "runs"
+    shutil.copytree(recorded / "runs" / "K25-quick", runs / "K25-quick")
+    out = runs / "comparisons" / "short.json"
+    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+                 "--work", str(recorded / "work"), "--steps", "40", "--variant", "base:", "--variant", "lr:lr=0.02",
+                 "--out", str(out), "--jobs", "2"]) == 0
+    result = json.loads(out.read_text())
+    ((run, curve),) = references(result, recorded_runs(runs))
+    assert run.name == "K25-quick" and curve.step.iloc[-1] == 40 and curve.step.max() == 40  # cut at the length
+    assert curve.psnr.iloc[-1] == result["variants"][0]["curve"][-1]["psnr"]
+
+    def changed(block: str, key: str, value: object) -> dict:
+        params = {**result["environment"]["params"]}
+        params[block] = {**params[block], key: value}
+        return {**result, "environment": {**result["environment"], "params": params}}
+
+    for block, key, value in (("train", "seed", 1), ("train", "batch", 32), ("train", "codes", 128),
+                              ("patch", "size", 41)):
+        assert references(changed(block, key, value), recorded_runs(runs)) == []
+    fp32 = {**result, "variants": [{**v, "precision": {"train": "bf16"}} for v in result["variants"]]}
+    assert references(fp32, recorded_runs(runs)) == []  # trained in another precision
+
+    assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
+    text = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
+    assert "- dashed: K25-quick (recorded run): K = 25" in text
+    assert 'row_heading level0 row2\\" >K25-quick (recorded run)</th>' in text  # after the two variants
 
 
 def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
