@@ -16,6 +16,21 @@ READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evalu
          "evaluate": ("evaluate",), "report": ("report", "experiments")}
 
 
+def positive(kind: type[int] | type[float]):
+    """An argparse type: a number of `kind` above zero (a count of steps, epochs, minutes or processes)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'} above 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def _load(args: argparse.Namespace, block: str, cls: type, experiment: str | None = None):
     """Block `block` of `--params`, resolved; a one-line note on stderr names the values the budget replaced."""
     from rlcsc.config import build, overrides, read_params, resolve
@@ -198,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `rlcsc` parser with one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(prog="rlcsc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    jobs = {"type": int, "default": os.cpu_count(), "help": "worker processes (default: all cores)"}
+    jobs = {"type": positive(int), "default": os.cpu_count(), "help": "worker processes (default: all cores)"}
     params = {"type": Path, "default": Path("params.yaml"), "help": "the params file"}
 
     p = sub.add_parser("download", help="fetch and verify the training and test images")
@@ -207,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listing", type=Path, help="also write this JSON list of verified files (DVC out)")
     p.add_argument("--mirror", type=Path, help="local mirror with dataset/file layout "
                    "(default: $RLCSC_DATA_MIRROR, else the pinned URLs)")
-    p.add_argument("--jobs", type=int, default=8, help="parallel transfers")
+    p.add_argument("--jobs", type=positive(int), default=8, help="parallel transfers")
     p.set_defaults(func=_download)
 
     p = sub.add_parser("augment", help="flipped/rotated/downsized Y copies of the training images")
@@ -283,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the run's folder, e.g. runs/K25-paper")
     p.add_argument("--work", type=Path, default=Path(".record"), help="folder for the augmented images and patches")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="train until this many epochs are done (default: all)")
-    length.add_argument("--steps", type=int, help="train until this many steps are done")
+    length.add_argument("--epochs", type=positive(int), help="train until this many epochs are done (default: all)")
+    length.add_argument("--steps", type=positive(int), help="train until this many steps are done")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate the model on the budget's test sets afterwards (default: yes)")
     p.add_argument("--jobs", **jobs)
@@ -299,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
                    help="a variant: a name and the train keys it changes (e.g. fp32:precision=fp32); repeatable")
     length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=int, help="steps per variant")
-    length.add_argument("--minutes", type=float, help="training minutes per variant")
+    length.add_argument("--steps", type=positive(int), help="steps per variant")
+    length.add_argument("--minutes", type=positive(float), help="training minutes per variant")
     p.add_argument("--out", type=Path, required=True, help="the comparison's JSON file")
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_compare)
@@ -319,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
-    p.add_argument("--batch", type=int, default=128, help="batch of `read`")
-    p.add_argument("--steps", type=int, help=f"steps (default: {BENCHMARK_STEPS})")
+    p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
+    p.add_argument("--steps", type=positive(int), help=f"steps (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)

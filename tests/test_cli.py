@@ -64,6 +64,23 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     assert "scales must be among" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["record", "--out", "x", "--epochs", "0"],  # 0 would otherwise mean the whole run
+    ["record", "--out", "x", "--steps", "-5"],
+    ["compare", "--out", "x.json", "--variant", "a:", "--steps", "0"],
+    ["compare", "--out", "x.json", "--variant", "a:", "--minutes", "nan"],
+    ["evaluate", "--method", "bicubic", "--out", "x", "--jobs", "0"],
+    ["download", "--jobs", "two"],
+])
+def test_counts_must_be_above_zero(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "above 0, got" in err and argv[-1] in err
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
 def test_patch_count_of_the_full_protocol_is_the_papers(mirror: Path, tmp_path: Path, capsys) -> None:
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "budget": "paper"}))
