@@ -194,7 +194,8 @@ def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFram
     run is what a variant with its recipe would have trained: a recorded paper-recipe run stands for
     the paper's variant."""
     params = comparison["environment"]["params"]
-    precisions = {v["precision"]["train"] for v in comparison["variants"] if not {"precision", "device"} & set(v["changes"])}
+    unchanged = [v for v in comparison["variants"] if not {"precision", "device"} & set(v["changes"])]
+    precisions = {v["precision"]["train"] for v in unchanged}
     found = []
     for run in runs:
         calls = (run.environment or {}).get("calls") or []

@@ -285,7 +285,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     state = _resume(ckpt_path, p, model, optimizer, per_epoch)
-    epoch, step, curve, elapsed = state["epoch"], state["step"], state["curve"], state["elapsed"]
+    epoch, step, curve, elapsed, calls = state["epoch"], state["step"], state["curve"], state["elapsed"], state["calls"]
     monitor = Monitor(raw, p.eval_dataset, p.eval_scale, eval_precision) if dist.main else None
     batches = Batches(data, n, device)
     losses = torch.zeros(per_epoch, device=device)  # this epoch's steps: loss and gradient norm
@@ -301,7 +301,17 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
                          "norms": norms[since:step].cpu(), "elapsed": elapsed + time.time() - clock,
-                         "config": asdict(p), "code": code_hash(__name__)}, ckpt_path)
+                         "calls": trained(), "config": asdict(p), "code": code_hash(__name__)}, ckpt_path)
+
+    def trained() -> list[dict]:
+        """The calls that trained this run, this one included once it has trained a step: steps, wall
+        seconds from the start of the call, ms/step, and where and in which precision they ran."""
+        if not this_call:
+            return calls
+        precision = {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)}
+        return calls + [{"steps": this_call, "seconds": round(time.time() - started, 1),
+                         "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
+                         "precision": precision}]
 
     clock, status, this_call = time.time(), "completed", 0
     if state["fresh"]:
@@ -371,14 +381,17 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         dist.close()
     if status != "completed":  # the last good checkpoint is the model
         model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
+    made = trained()
+    last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
                "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
-               "ms_per_step": _ms_per_step(syncs),
-               "seconds_this_call": round(time.time() - started, 1), "seconds_training": round(elapsed + time.time() - clock, 1),
-               "device": device_name(device), "processes": dist.world, "code_sha256": code_hash(__name__),
-               "precision": {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)},
-               **(label or {}), "model": {**model_state(model)["config"], "arch": p.arch,
-               "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
+               "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
+               "seconds_wall": round(sum(c["seconds"] for c in made), 1),
+               "seconds_training": round(elapsed + time.time() - clock, 1), "calls": made,
+               "device": last["device"], "processes": last["processes"], "precision": last["precision"],
+               "code_sha256": code_hash(__name__), **(label or {}),
+               "model": {**model_state(model)["config"], "arch": p.arch,
+                         "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
                "train": asdict(p), "recipe_changes": p.recipe_changes(), "curve": curve}
     if dist.main:
         weights = model_state(model)
@@ -424,7 +437,7 @@ def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim
     """Load `path` into model and optimizer if it belongs to this run (same `identity`, and the same
     training code: `code_hash`); else a fresh start."""
     fresh = {"epoch": 0, "step": 0, "curve": [], "since": 0, "losses": torch.zeros(0), "norms": torch.zeros(0),
-             "elapsed": 0.0, "fresh": True}
+             "elapsed": 0.0, "calls": [], "fresh": True}
     if not path.exists():
         return fresh
     ckpt = torch.load(path, map_location="cpu", weights_only=True)

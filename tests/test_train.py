@@ -137,6 +137,20 @@ def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Pat
     rest = train(replace(TINY, epochs=3), patches, mirror, tmp_path / "parts")
     assert rest["epochs_done"] == 3 and len(rest["curve"]) == 3
     assert same_weights(tmp_path / "whole" / "model.pt", tmp_path / "parts" / "model.pt")
+    # each call that trained is on record, and its steps add up to the run's
+    per_epoch = rest["steps_per_epoch"]
+    assert [c["steps"] for c in rest["calls"]] == [per_epoch, 2 * per_epoch]
+    assert rest["seconds_wall"] == pytest.approx(sum(c["seconds"] for c in rest["calls"]), abs=0.11)
+    assert rest["ms_per_step"] == rest["calls"][1]["ms_per_step"] and rest["calls"][1]["device"] == "cpu"
+
+
+def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """A pipeline rerun for an unrelated change finds the run finished: nothing is trained, nothing is lost."""
+    first = train(TINY, patches, mirror, tmp_path)
+    again = train(TINY, patches, mirror, tmp_path)
+    assert first["ms_per_step"] is not None and len(first["calls"]) == 1
+    keep = ("calls", "ms_per_step", "seconds_wall", "device", "precision", "curve", "steps_done")
+    assert {k: again[k] for k in keep} == {k: first[k] for k in keep}
 
 
 def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path, capsys) -> None:
