@@ -61,10 +61,11 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Modul
 
 
 def describe_model(path: Path) -> dict:
-    """What a model file says of itself: network, and the experiment, budget and status of its training."""
+    """What a model file says of itself: network, and the experiment, budget, status and extent (epochs
+    done of those planned) of its training."""
     state = _read_model_file(path)
     return {"path": str(path), "arch": state["arch"], "config": state["config"],
-            **{k: state.get(k) for k in ("experiment", "budget", "status")}}
+            **{k: state.get(k) for k in ("experiment", "budget", "status", "epochs_done", "epochs_planned")}}
 
 
 def receptive_radius(model: torch.nn.Module) -> int:

@@ -32,12 +32,14 @@ def default_model() -> Path:
 
 
 def model_summary(path: Path) -> str:
-    """What a model file is, in a few words: "K25, budget paper, completed"."""
+    """What a model file is, in a few words: "K25, budget paper, 1 of 35 epochs"."""
     about = describe_model(path)
     words = [about["experiment"] or f"unlabelled {about['arch']} model"]
     if about["budget"]:
         words.append(f"budget {about['budget']}")
-    if about["status"]:
+    if about["epochs_done"] is not None:
+        words.append(f"{about['epochs_done']:g} of {about['epochs_planned']:g} epochs")
+    if about["status"] not in (None, "completed"):  # stopped where it was asked to: the extent says it
         words.append(about["status"])
     return ", ".join(words)
 

@@ -397,7 +397,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         weights = model_state(model)
         if not all(torch.isfinite(t).all() for t in weights["model"].values()):
             raise RlcscError(f"the weights kept in {ckpt_path} are not finite; no model written")
-        save_torch({**weights, "train": asdict(p), "status": status, **(label or {})}, out / "model.pt")
+        extent = {k: summary[k] for k in ("steps_done", "epochs_done", "epochs_planned")}
+        save_torch({**weights, "train": asdict(p), "status": status, **extent, **(label or {})}, out / "model.pt")
         write_json(summary, out / "train.json")
         write_json(metrics(summary), out / "train_metrics.json")
     return summary

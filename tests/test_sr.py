@@ -219,14 +219,18 @@ def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypat
         sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
     assert not (tmp_path / "out.png").exists()
     pipeline.parent.mkdir()
-    labelled = {**torch.load(tiny, weights_only=True), "experiment": "K25", "budget": "quick", "status": "completed"}
+    labelled = {**torch.load(tiny, weights_only=True), "experiment": "K25", "budget": "quick", "status": "completed",
+                "epochs_done": 4.0, "epochs_planned": 4.0}
     save_torch(labelled, pipeline)
     line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
-    assert line.endswith(f"(model {pipeline}: K25, budget quick, completed)")
+    assert line.endswith(f"(model {pipeline}: K25, budget quick, 4 of 4 epochs)")
     recorded.parent.mkdir()
-    save_torch({**labelled, "budget": "paper"}, recorded)
+    save_torch({**labelled, "budget": "paper", "epochs_done": 1.0, "epochs_planned": 35.0}, recorded)
     line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True)
-    assert line.endswith(f"(model {recorded}: K25, budget paper, completed)")
+    assert line.endswith(f"(model {recorded}: K25, budget paper, 1 of 35 epochs)")
+    save_torch({**labelled, "status": "diverged at epoch 2, step 5"}, recorded)
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True)
+    assert line.endswith("K25, budget quick, 4 of 4 epochs, diverged at epoch 2, step 5)")
 
 
 @pytest.fixture(scope="module")

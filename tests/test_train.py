@@ -134,8 +134,12 @@ def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Pat
     train(replace(TINY, epochs=3), patches, mirror, tmp_path / "whole")
     one = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path / "parts")
     assert one["epochs_done"] == 1 and (tmp_path / "parts" / "model.pt").exists()
+    extent = ("steps_done", "epochs_done", "epochs_planned")  # the model file says how far it trained
+    model = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)
+    assert [model[k] for k in extent] == [one["steps_per_epoch"], 1.0, 3.0]
     rest = train(replace(TINY, epochs=3), patches, mirror, tmp_path / "parts")
     assert rest["epochs_done"] == 3 and len(rest["curve"]) == 3
+    assert torch.load(tmp_path / "parts" / "model.pt", weights_only=True)["epochs_done"] == 3.0
     assert same_weights(tmp_path / "whole" / "model.pt", tmp_path / "parts" / "model.pt")
     # each call that trained is on record, and its steps add up to the run's
     per_epoch = rest["steps_per_epoch"]
