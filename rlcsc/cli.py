@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rlcsc.errors import RlcscError
@@ -16,7 +17,7 @@ READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evalu
          "evaluate": ("evaluate",), "report": ("report", "experiments")}
 
 
-def positive(kind: type[int] | type[float]):
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     """An argparse type: a number of `kind` above zero (a count of steps, epochs, minutes or processes)."""
 
     def parse(text: str) -> int | float:

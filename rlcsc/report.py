@@ -199,13 +199,11 @@ def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFram
     found = []
     for run in runs:
         calls = (run.environment or {}).get("calls") or []
-        if not (run.recorded and calls and run.train["precision"]["train"] in precisions
+        if not (run.recorded and calls and run.train["curve"] and run.train["precision"]["train"] in precisions
                 and all(run.config[k] == params["train"][k] for k in SHARED)
                 and all(c["params"][b] == params[b] for c in calls for b in ("augment", "patch"))):
             continue
         curve = run.curve
-        if curve.empty:
-            continue
         within = (curve.step <= comparison["max_steps"] if "max_steps" in comparison
                   else curve.seconds <= 60 * comparison["max_minutes"])
         if within.any():
