@@ -296,12 +296,16 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     def done() -> int:
         return epoch * per_epoch + step
 
+    kept = {"elapsed": elapsed, "calls": calls}  # the run's time as the last checkpoint holds it
+
     def checkpoint() -> None:
+        nonlocal kept
+        kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
         if dist.main:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
-                         "norms": norms[since:step].cpu(), "elapsed": elapsed + time.time() - clock,
-                         "calls": trained(), "config": asdict(p), "code": code_hash(__name__)}, ckpt_path)
+                         "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
+                        ckpt_path)
 
     def trained() -> list[dict]:
         """The calls that trained this run, this one included once it has trained a step: steps, wall
@@ -379,15 +383,16 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     finally:
         interrupted.restore()
         dist.close()
-    if status != "completed":  # the last good checkpoint is the model
+    if status != "completed":  # the last good checkpoint is the model; the time is until the divergence
         model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
-    made = trained()
+        kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
+    made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
                "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
                "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
                "seconds_wall": round(sum(c["seconds"] for c in made), 1),
-               "seconds_training": round(elapsed + time.time() - clock, 1), "calls": made,
+               "seconds_training": round(kept["elapsed"], 1), "calls": made,
                "device": last["device"], "processes": last["processes"], "precision": last["precision"],
                "code_sha256": code_hash(__name__), **(label or {}),
                "model": {**model_state(model)["config"], "arch": p.arch,

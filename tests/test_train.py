@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,12 +149,21 @@ def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Pat
     assert rest["ms_per_step"] == rest["calls"][1]["ms_per_step"] and rest["calls"][1]["device"] == "cpu"
 
 
-def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A pipeline rerun for an unrelated change finds the run finished: nothing is trained, nothing is lost."""
+    from rlcsc import train as module
+
+    def slow_save(*args, **kwargs) -> None:  # time passes after the last checkpoint, as on a slow disk
+        real(*args, **kwargs)
+        time.sleep(0.3)
+
+    real = module.save_torch
+    monkeypatch.setattr(module, "save_torch", slow_save)
     first = train(TINY, patches, mirror, tmp_path)
     again = train(TINY, patches, mirror, tmp_path)
     assert first["ms_per_step"] is not None and len(first["calls"]) == 1
-    keep = ("calls", "ms_per_step", "seconds_wall", "device", "precision", "curve", "steps_done")
+    keep = ("calls", "ms_per_step", "seconds_wall", "seconds_training", "device", "precision", "curve", "steps_done")
     assert {k: again[k] for k in keep} == {k: first[k] for k in keep}
 
 
