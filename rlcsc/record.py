@@ -160,7 +160,8 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     base = replace(blocks["train"], **limit)
     patches = prepare_data(blocks, raw, work, jobs)
     result = {"what": "comparison", "budget": budget, "experiment": experiment, **limit,
-              "environment": environment({k: asdict(v) for k, v in blocks.items()}), "variants": []}
+              "environment": environment({k: asdict(v) for k, v in blocks.items()}),
+              "planned": [name for name, _ in parsed], "variants": []}
     for name, changes in parsed:
         p = replace(base, **changes)
         with tempfile.TemporaryDirectory() as tmp:

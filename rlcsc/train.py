@@ -211,7 +211,7 @@ class Batches:
         need = n * data.inputs[0].nbytes + n * data.labels[0].nbytes
         self.on_device = device.type == "cuda" and 2 * need < torch.cuda.mem_get_info(device)[0]
         if self.on_device:
-            dtype = torch.from_numpy(np.asarray(data.inputs[:1])).dtype  # as stored: float16 or float32
+            dtype = torch.from_numpy(np.array(data.inputs[:1])).dtype  # as stored: float16 or float32
             self.inputs = torch.empty((n, *data.inputs.shape[1:]), dtype=dtype, device=device)
             self.labels = torch.empty((n, *data.labels.shape[1:]), dtype=torch.uint8, device=device)
             for start in tqdm(range(0, n, 1 << 16), desc="patches to GPU", unit="chunk"):

@@ -151,7 +151,15 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
                  "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
                  "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]) == 130
-    assert [v["name"] for v in json.loads(out.read_text())["variants"]] == ["base"]
+    result = json.loads(out.read_text())
+    assert [v["name"] for v in result["variants"]] == ["base"] and result["planned"] == ["base", "fast", "never"]
+
+    runs = tmp_path / "runs"  # the page names the variants the comparison did not reach
+    (runs / "comparisons").mkdir(parents=True)
+    out.rename(runs / "comparisons" / "cut.json")
+    assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
+    text = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
+    assert "Not measured (the comparison ended before them): fast, never." in text
 
 
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
