@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rlcsc.device import using_precision
 from rlcsc.errors import RlcscError
@@ -74,28 +75,27 @@ def receptive_radius(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | None = None) -> np.ndarray:
+def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | None = None,
+          progress: bool = False) -> np.ndarray:
     """The network's output (float64) for one 2-D float image, computed in overlapping tiles of `tile`
     pixels (default: 1024 on a GPU, so a test image is one tile; 512 on the CPU); each tile carries
     `receptive_radius` pixels of context, so the result equals the untiled computation while
-    memory stays bounded."""
+    memory stays bounded. `progress` shows a bar over the tiles."""
     device = next(model.parameters()).device
     tile = tile or (1024 if device.type == "cuda" else 512)
     if isinstance(ilr, np.ndarray):
         ilr = torch.from_numpy(np.ascontiguousarray(ilr))
     x = ilr.to(device, torch.float32)[None, None]
     h, w = ilr.shape
-    if h <= tile and w <= tile:
-        return model(x)[0, 0].double().cpu().numpy()
     pad = receptive_radius(model)
     out = np.empty((h, w), np.float64)
-    for r in range(0, h, tile):
-        for c in range(0, w, tile):
-            r0, c0 = max(r - pad, 0), max(c - pad, 0)
-            r1, c1 = min(r + tile + pad, h), min(c + tile + pad, w)
-            y = model(x[..., r0:r1, c0:c1])[0, 0].double().cpu().numpy()
-            rh, cw = min(tile, h - r), min(tile, w - c)
-            out[r : r + rh, c : c + cw] = y[r - r0 : r - r0 + rh, c - c0 : c - c0 + cw]
+    tiles = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+    for r, c in tqdm(tiles, desc="network", unit="tile", disable=not progress):
+        r0, c0 = max(r - pad, 0), max(c - pad, 0)
+        r1, c1 = min(r + tile + pad, h), min(c + tile + pad, w)
+        y = model(x[..., r0:r1, c0:c1])[0, 0].double().cpu().numpy()
+        rh, cw = min(tile, h - r), min(tile, w - c)
+        out[r : r + rh, c : c + cw] = y[r - r0 : r - r0 + rh, c - c0 : c - c0 + cw]
     return out
 
 

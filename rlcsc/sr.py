@@ -50,10 +50,10 @@ def super_resolve(model: torch.nn.Module, picture: Picture, scale: float) -> Pic
     and `rgb2ycbcr`/`ycbcr2rgb` in float64; rounding is left to `write_picture`."""
     x = picture.pixels
     if picture.mode in ("L", "LA"):
-        out = apply(model, imresize(x if x.ndim == 2 else x[..., 0], scale))
+        out = apply(model, imresize(x if x.ndim == 2 else x[..., 0], scale), progress=True)
     else:
         ycc = imresize(rgb2ycbcr(x[..., :3]), scale)
-        ycc[..., 0] = apply(model, ycc[..., 0])
+        ycc[..., 0] = apply(model, ycc[..., 0], progress=True)
         out = ycbcr2rgb(ycc)
     if picture.mode.endswith("A"):
         out = np.dstack([out, imresize(x[..., -1], scale)])

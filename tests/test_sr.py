@@ -269,6 +269,7 @@ def test_large_output_is_tiled(tiny: Path, tmp_path: Path) -> None:
     proc = run_sr(str(tmp_path / "big.png"), "--scale", "3", "--model", str(tiny), "-o", str(tmp_path / "o.png"))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "o.png").size == (4002, 3000)
+    assert "network: 100%" in proc.stderr and "48/48" in proc.stderr  # a bar over 6 x 8 tiles of 512
 
 
 def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
