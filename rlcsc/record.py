@@ -132,8 +132,12 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
 
 
 def _steps_done(out: Path) -> int:
-    path = out / "train.json"
-    return json.loads(path.read_text())["steps_done"] if path.exists() else 0
+    """The steps the run in `out` has trained, as its last checkpoint holds them (a call cut short
+    leaves its steps there, not in train.json)."""
+    path = out / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    return sum(call["steps"] for call in torch.load(path, map_location="cpu", weights_only=True)["calls"])
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

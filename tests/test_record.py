@@ -71,6 +71,22 @@ def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: 
                                                                                      (60, 60, True)]
 
 
+def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's time limit ends a call after 20 steps: the next call starts from those 20."""
+    import rlcsc.record
+
+    real = rlcsc.record.train
+    monkeypatch.setattr(rlcsc.record, "train", lambda *args, **kwargs: real(*args, **kwargs, stop_after=20))
+    argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+            "--out", str(tmp_path / "run"), "--work", str(tmp_path / "work"), "--steps", "30", "--no-evaluate",
+            "--jobs", "2"]
+    assert main(argv) == 130 and not (tmp_path / "run" / "train.json").exists()
+    monkeypatch.setattr(rlcsc.record, "train", real)
+    assert main(argv) == 0
+    calls = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"]
+    assert [(c["steps_before"], c.get("steps_after")) for c in calls] == [(0, None), (20, 30)]
+
+
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
     (run,) = recorded_runs(recorded / "runs")
     assert run.recorded and run.k == 25 and run.residual and run.name == "K25-quick"
