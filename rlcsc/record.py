@@ -132,12 +132,12 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
 
 
 def _steps_done(out: Path) -> int:
-    """The steps the run in `out` has trained, as its last checkpoint holds them (a call cut short
-    leaves its steps there, not in train.json)."""
-    path = out / "checkpoint.pt"
-    if not path.exists():
-        return 0
-    return sum(call["steps"] for call in torch.load(path, map_location="cpu", weights_only=True)["calls"])
+    """The steps the run in `out` has trained: as its last checkpoint holds them (a call cut short
+    leaves its steps there, not in train.json), else as train.json says (a copy without the checkpoint)."""
+    ckpt, summary = out / "checkpoint.pt", out / "train.json"
+    if ckpt.exists():
+        return sum(call["steps"] for call in torch.load(ckpt, map_location="cpu", weights_only=True)["calls"])
+    return json.loads(summary.read_text())["steps_done"] if summary.exists() else 0
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

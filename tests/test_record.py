@@ -85,6 +85,10 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, tmp_path: Path, m
     assert main(argv) == 0
     calls = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"]
     assert [(c["steps_before"], c.get("steps_after")) for c in calls] == [(0, None), (20, 30)]
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # a copy without its checkpoint, evaluated elsewhere
+    assert main([a for a in argv if a != "--no-evaluate"]) == 0
+    last = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"][-1]
+    assert (last["steps_before"], last["steps_after"], last["evaluated"]) == (30, 30, True)
 
 
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
