@@ -211,6 +211,15 @@ def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFram
     return found
 
 
+def panels(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """The runs in groups that compare, each with its title: this pipeline's runs, then the recorded
+    runs of each budget (a fast run and a paper-recipe run of one K are different experiments)."""
+    keys = sorted({(r.recorded, r.train.get("budget") or "") for r in runs})
+    return [(f"{'recorded runs' if recorded else 'this pipeline'}, {budget} budget",
+             [r for r in runs if (r.recorded, r.train.get("budget") or "") == (recorded, budget)])
+            for recorded, budget in keys]
+
+
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Runs grouped by everything but their seed, in first-appearance order."""
     groups: dict[tuple, list[Run]] = {}

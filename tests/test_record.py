@@ -12,7 +12,7 @@ import torch
 
 from rlcsc.cli import main
 from rlcsc.provenance import source_hash
-from rlcsc.report import recorded_runs, references
+from rlcsc.report import panels, recorded_runs, references
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
@@ -89,6 +89,20 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, tmp_path: Path, m
     assert main([a for a in argv if a != "--no-evaluate"]) == 0
     last = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"][-1]
     assert (last["steps_before"], last["steps_after"], last["evaluated"]) == (30, 30, True)
+
+
+def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -> None:
+    """A fast run and a paper-recipe run of one K are different experiments: panels of their own."""
+    runs = tmp_path / "runs"
+    for name, budget in (("K25-quick", "quick"), ("K25-fast", "fast"), ("K15-fast", "fast")):
+        shutil.copytree(recorded / "runs" / "K25-quick", runs / name)
+        summary = json.loads((runs / name / "train.json").read_text())
+        (runs / name / "train.json").write_text(json.dumps({**summary, "budget": budget}))
+    quick = next(r for r in recorded_runs(runs) if r.name == "K25-quick")
+    pipeline = type(quick)("K25", False, quick.train, quick.metrics)  # as if this pipeline had trained it
+    groups = [(title, [r.name for r in group]) for title, group in panels([pipeline, *recorded_runs(runs)])]
+    assert groups == [("this pipeline, quick budget", ["K25"]), ("recorded runs, fast budget", ["K15-fast", "K25-fast"]),
+                      ("recorded runs, quick budget", ["K25-quick"])]
 
 
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
