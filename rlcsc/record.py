@@ -42,7 +42,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.provenance import source_hash
-from rlcsc.train import TrainParams, train
+from rlcsc.train import TrainParams, foreign, train
 
 SOURCE = Path(__file__).parent
 
@@ -118,8 +118,11 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
                         "train": asdict(p)})
     done = {"steps_before": _steps_done(out), "evaluated": False}
+    needs_training = _needs_training(out, p)
+    if needs_training:
+        _check_resumable(out, p, calls)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
-    if _needs_training(out, p):
+    if needs_training:
         patches = prepare_data(blocks, raw, work, jobs)
         summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
         if summary["status"] == "interrupted":
@@ -129,6 +132,18 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
         write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
     done.update(steps_after=_steps_done(out), evaluated=evaluate_after)
     write_json({"calls": calls + [{**call, **done}]}, env_path)
+
+
+def _check_resumable(out: Path, p: TrainParams, calls: list[dict]) -> None:
+    """A recorded run is extended, never trained afresh over: one clear error if its checkpoint belongs
+    to another run (other params, or other training code), before anything is written."""
+    ckpt = out / "checkpoint.pt"
+    differ = foreign(torch.load(ckpt, map_location="cpu", weights_only=True), p) if ckpt.exists() else []
+    if differ:
+        made = calls[-1].get("commit") if calls else None
+        raise RlcscError(f"{ckpt} belongs to a run with other {', '.join(differ)}"
+                         f"{f' (made at commit {made})' if made else ''}: extend it with that code and "
+                         f"those params, or record into another --out")
 
 
 def _steps_done(out: Path) -> int:

@@ -439,6 +439,14 @@ def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
     return round(rates[len(rates) // 2], 3)
 
 
+def foreign(ckpt: dict, p: TrainParams) -> list[str]:
+    """What makes checkpoint `ckpt` another run's than `p`'s: the params of `identity` that differ, and
+    "training code" when the code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
+    theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
+    differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
+    return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])
+
+
 def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer, per_epoch: int) -> dict:
     """Load `path` into model and optimizer if it belongs to this run (same `identity`, and the same
     training code: `code_hash`); else a fresh start."""
@@ -447,10 +455,7 @@ def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim
     if not path.exists():
         return fresh
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
-    differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
-    if ckpt.get("code") != code_hash(__name__):
-        differ.append("training code")
+    differ = foreign(ckpt, p)
     if differ:
         tqdm.write(f"{path} belongs to a run with other {', '.join(differ)}: starting afresh", file=sys.stderr)
         return fresh

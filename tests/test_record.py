@@ -91,6 +91,28 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, tmp_path: Path, m
     assert (last["steps_before"], last["steps_after"], last["evaluated"]) == (30, 30, True)
 
 
+def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Extending a run needs its training code and params: otherwise one line, and nothing changes."""
+    from rlcsc import train as module
+
+    out = tmp_path / "K25-quick"
+    shutil.copytree(recorded / "runs" / "K25-quick", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+            "--out", str(out), "--work", str(recorded / "work"), "--steps", "60", "--jobs", "2"]
+    monkeypatch.setattr(module, "code_hash", lambda name: "other")
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    commit = json.loads((out / "environment.json").read_text())["calls"][-1]["commit"]
+    assert err == (f"rlcsc record: error: {out / 'checkpoint.pt'} belongs to a run with other training code (made at commit "
+                   f"{commit}): extend it with that code and those params, or record into another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not even environment.json
+    monkeypatch.undo()
+    assert main([*argv[:-4], "--steps", "40", "--jobs", "2"]) == 0  # evaluating it again needs no training
+
+
 def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -> None:
     """A fast run and a paper-recipe run of one K are different experiments: panels of their own."""
     runs = tmp_path / "runs"
