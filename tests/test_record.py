@@ -99,8 +99,9 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = json.loads((out / "train.json").read_text())["steps_done"]  # other tests may have extended it
     argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
-            "--out", str(out), "--work", str(recorded / "work"), "--steps", "60", "--jobs", "2"]
+            "--out", str(out), "--work", str(recorded / "work"), "--steps", str(done + 20), "--jobs", "2"]
     monkeypatch.setattr(module, "code_hash", lambda name: "other")
     capsys.readouterr()
     assert main(argv) == 1
@@ -110,7 +111,7 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
                    f"{commit}): extend it with that code and those params, or record into another --out")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not even environment.json
     monkeypatch.undo()
-    assert main([*argv[:-4], "--steps", "40", "--jobs", "2"]) == 0  # evaluating it again needs no training
+    assert main([*argv[:-4], "--steps", str(done), "--jobs", "2"]) == 0  # evaluating it again needs no training
 
 
 def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -> None:
