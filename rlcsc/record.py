@@ -117,10 +117,11 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     calls = json.loads(env_path.read_text())["calls"] if env_path.exists() else []
     call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
                         "train": asdict(p)})
-    done = {"steps_before": _steps_done(out), "evaluated": False}
+    ckpt = _checkpoint(out)
+    done = {"steps_before": _steps_done(out, ckpt), "evaluated": False}
     needs_training = _needs_training(out, p)
-    if needs_training:
-        _check_resumable(out, p, calls)
+    if needs_training and ckpt:
+        _check_resumable(out, ckpt, p, calls)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     if needs_training:
         patches = prepare_data(blocks, raw, work, jobs)
@@ -130,28 +131,33 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     if evaluate_after:
         scores = evaluate(Network(out / "model.pt", pick_device(p.device).type, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
         write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
-    done.update(steps_after=_steps_done(out), evaluated=evaluate_after)
+    done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
     write_json({"calls": calls + [{**call, **done}]}, env_path)
 
 
-def _check_resumable(out: Path, p: TrainParams, calls: list[dict]) -> None:
+def _checkpoint(out: Path) -> dict | None:
+    """The run's last checkpoint, or None."""
+    path = out / "checkpoint.pt"
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _check_resumable(out: Path, ckpt: dict, p: TrainParams, calls: list[dict]) -> None:
     """A recorded run is extended, never trained afresh over: one clear error if its checkpoint belongs
     to another run (other params, or other training code), before anything is written."""
-    ckpt = out / "checkpoint.pt"
-    differ = foreign(torch.load(ckpt, map_location="cpu", weights_only=True), p) if ckpt.exists() else []
+    differ = foreign(ckpt, p)
     if differ:
         made = calls[-1].get("commit") if calls else None
-        raise RlcscError(f"{ckpt} belongs to a run with other {', '.join(differ)}"
+        raise RlcscError(f"{out / 'checkpoint.pt'} belongs to a run with other {', '.join(differ)}"
                          f"{f' (made at commit {made})' if made else ''}: extend it with that code and "
                          f"those params, or record into another --out")
 
 
-def _steps_done(out: Path) -> int:
-    """The steps the run in `out` has trained: as its last checkpoint holds them (a call cut short
-    leaves its steps there, not in train.json), else as train.json says (a copy without the checkpoint)."""
-    ckpt, summary = out / "checkpoint.pt", out / "train.json"
-    if ckpt.exists():
-        return sum(call["steps"] for call in torch.load(ckpt, map_location="cpu", weights_only=True)["calls"])
+def _steps_done(out: Path, ckpt: dict | None) -> int:
+    """The steps the run in `out` has trained: as its last checkpoint `ckpt` holds them (a call cut
+    short leaves its steps there, not in train.json), else as train.json says (a copy without one)."""
+    if ckpt is not None:
+        return sum(call["steps"] for call in ckpt["calls"])
+    summary = out / "train.json"
     return json.loads(summary.read_text())["steps_done"] if summary.exists() else 0
 
 
