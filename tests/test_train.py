@@ -258,6 +258,21 @@ def test_the_fast_budget_runs_in_miniature(patches: Path, mirror: Path, tmp_path
     assert summary["recipe_changes"]["optimizer"] == "adamw" and summary["recipe_changes"]["zero_last"] is True
 
 
+def test_a_cut_fast_run_resumes_to_the_same_weights(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """AdamW's moments, the warm-up and the cosine decay over max_steps survive a cut past an epoch's end."""
+    from rlcsc.record import resolved
+
+    fast = resolved(Path(__file__).resolve().parents[1] / "params.yaml", "fast", "K25")["train"]
+    mini = replace(fast, recursions=2, width=1 / 32, pairs=64, batch=8, warmup=4, eval_every=4, max_steps=12,
+                   checkpoint_every=100, compile=False, device="cpu")
+    straight = train(mini, patches, mirror, tmp_path / "a")
+    assert train(mini, patches, mirror, tmp_path / "b", stop_after=10) == {"status": "interrupted", "epoch": 1, "step": 2}
+    resumed = train(mini, patches, mirror, tmp_path / "b")
+    assert resumed["status"] == "completed" and resumed["steps_done"] == 12
+    assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+
+
 def test_precision_is_set_for_the_code_that_asks_and_restored_after_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
     from rlcsc.device import using_precision
 
