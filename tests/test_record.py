@@ -159,6 +159,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
+    assert ("Each variant changes the budget as that commit had it (`environment.params` in the file); "
+            "a schedule that decays does so to zero at the last step.") in text
     names = ("base", "again", "bias", "cosine", "half")  # the ladder's table, one row per variant, in JSON's escaping
     assert all(f'row_heading level0 row{i}\\" >{v}</th>' in text for i, v in enumerate(names))
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the runs panel and the ladder's curves
