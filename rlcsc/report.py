@@ -164,15 +164,25 @@ class Page:
     def bicubic(self) -> dict | None:
         return _json(self.results / "bicubic" / "metrics.json")
 
-    def main_filters(self) -> tuple[int, int]:
-        """(n, m) of the main experiment, the filter sizes that Figures 1 and 7 vary K at: its run's, or
-        before it has trained, those params.yaml gives it (Section 5.2's 128 and 256 by default)."""
+    def main_network(self) -> tuple[int, int, int]:
+        """(K, n, m) of the main experiment: its run's, or before it has trained, those params.yaml gives
+        it (Section 5.2's 25, 128 and 256 by default)."""
         main = self.run(self.main)
         if main:
-            return main.filters
+            return (main.k, *main.filters)
         params = read_params(self.params)
         block = {**(params.get("train") or {}), **((params.get("experiments") or {}).get(self.main) or {})}
-        return block.get("features", 128), block.get("codes", 256)
+        return block.get("recursions", 25), block.get("features", 128), block.get("codes", 256)
+
+    def main_filters(self) -> tuple[int, int]:
+        """(n, m) of the main experiment, the filter sizes that Figures 1 and 7 vary K at."""
+        return self.main_network()[1:]
+
+    def recorded_main(self) -> list[Run]:
+        """The recorded runs of the main experiment's network (its K and filter sizes, with the residual
+        connection): those that Tables 1-3 and Figures 4-6 set beside the paper's RL-CSC."""
+        network = self.main_network()
+        return [r for r in self.runs if r.recorded and r.residual and (r.k, *r.filters) == network]
 
 
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:

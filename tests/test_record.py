@@ -221,6 +221,24 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     assert "Not measured (the comparison ended before them): fast, never." in text
 
 
+def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, mirror: Path, tmp_path: Path) -> None:
+    """Tables 1-3 set the main experiment's network beside the paper's RL-CSC: a recorded run of another
+    K stays out of them. Table 3 gives every run's last snapshot a column of its own."""
+    runs = tmp_path / "runs"
+    shutil.copytree(recorded / "runs" / "K25-quick", runs / "K25-quick")
+    shutil.copytree(recorded / "runs" / "K25-quick", runs / "K15-quick")
+    train = json.loads((runs / "K15-quick" / "train.json").read_text())
+    train["model"]["recursions"] = train["train"]["recursions"] = 15
+    (runs / "K15-quick" / "train.json").write_text(json.dumps(train))
+    for name in ("table1", "table3"):
+        assert main(report_argv(name, runs, mirror, tmp_path)) == 0
+        outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+        assert "K25-quick" in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
+    (table,) = ["".join(o["data"]["text/html"]) for o in outputs if "paper, with residual" in str(o.get("data"))]
+    last = json.loads((runs / "K25-quick" / "train.json").read_text())
+    assert f"{last['curve'][-1]['psnr']:.2f} ({last['epochs_done']:g} epochs)" in table
+
+
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
 def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path: Path, name: str) -> None:
     """A notebook executed where the recorded run is the only run: it is shown, labelled as recorded."""
