@@ -100,6 +100,13 @@ class Run:
             return "the paper's recipe"
         return "not the paper's recipe: " + ", ".join(f"{k} {_word(v)}" for k, v in changes.items())
 
+    def short(self) -> str:
+        """The run's name with its budget, and the epochs it trained where it stopped short of its plan:
+        the label of a column, a legend entry or a row."""
+        done, planned = self.train["epochs_done"], self.train["epochs_planned"]
+        extent = f", {done:g} of {planned:g} epochs" if done < planned else ""
+        return f"{self.name} ({self.train.get('budget')} budget{extent})"
+
     def label(self) -> str:
         """What the run is, in one line: K, filters, residual, biases, budget and recipe, seed, extent,
         device and training precision, status."""
@@ -251,16 +258,18 @@ def spread_note(runs: list[Run]) -> str:
     for group in seed_groups(runs):
         if len(group) > 1:
             psnr = np.array([r.last_psnr() for r in group])
-            lines.append(f"- {', '.join(r.name for r in group)} (seeds {', '.join(str(r.config['seed']) for r in group)}): "
+            lines.append(f"- {', '.join(r.name for r in group)} ({group[0].train.get('budget')} budget, "
+                         f"seeds {', '.join(str(r.config['seed']) for r in group)}): "
                          f"Set5 x3 mean {psnr.mean():.3f} dB, range {psnr.min():.3f} to {psnr.max():.3f} dB "
                          f"(spread {psnr.max() - psnr.min():.3f} dB)")
     if not lines:
         return ""
     return ("**Spread over seeds.** Runs that differ only in their seed:\n\n" + "\n".join(lines) + "\n\n"
-            "Trained numbers differ between machines by about this much as well: the floating-point order "
-            "of a CPU's or GPU's kernels changes the weights from the first steps on, as another seed does. "
-            "The bicubic numbers do not: they are exact and the same on every machine. A difference between "
-            "two experiments smaller than this spread is not a measured difference.")
+            "Trained numbers also differ between machines: the floating-point order of a CPU's or GPU's "
+            "kernels changes the weights from the first steps on, as another seed does (by how much is not "
+            "measured here). The bicubic numbers do not: they are exact and the same on every machine. Under "
+            "one budget, a difference between two experiments smaller than its spread is not a measured "
+            "difference; a spread says nothing about runs of another budget.")
 
 
 def spread_table(group: list[Run], metric: str) -> pd.DataFrame:

@@ -77,4 +77,4 @@ def test_pages_are_drawn_in_headless_chromium(html: Path, name: str, tmp_path: P
 @pytest.mark.parametrize("name", ["table1", "figure7"])
 def test_the_spread_over_seeds_is_shown(html: Path, name: str) -> None:
     text = page(html, name).get_text()
-    assert "Spread over seeds" in text and "differ between machines" in text
+    assert "Spread over seeds" in text and "differ between machines" in text and "quick budget, seeds 0, 1, 2" in text

@@ -134,6 +134,9 @@ def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
     assert run.label().startswith("K25-quick (recorded run): K = 25, n = 8, m = 16, quick budget (not the paper's "
                                   "recipe: pairs 2400, batch 16, zero_last true, lr 0.01, lr_step 3), seed 0, ")
     assert "of 4 epochs, cpu, commit " in run.label()
+    assert run.short() == f"K25-quick (quick budget, {run.train['epochs_done']:g} of 4 epochs)"  # a column's label
+    done = type(run)(run.name, True, {**run.train, "epochs_done": 4}, run.metrics)
+    assert done.short() == "K25-quick (quick budget)"
 
 
 def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:
@@ -233,10 +236,10 @@ def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, m
     for name in ("table1", "table3"):
         assert main(report_argv(name, runs, mirror, tmp_path)) == 0
         outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
-        assert "K25-quick" in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
+        assert "K25-quick (quick budget, " in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
     (table,) = ["".join(o["data"]["text/html"]) for o in outputs if "paper, with residual" in str(o.get("data"))]
     last = json.loads((runs / "K25-quick" / "train.json").read_text())
-    assert f"{last['curve'][-1]['psnr']:.2f} ({last['epochs_done']:g} epochs)" in table
+    assert f"{last['curve'][-1]['psnr']:.2f} (epoch {last['epochs_done']:g})" in table
 
 
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
