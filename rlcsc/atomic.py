@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+def _atomically(write: Callable[[Path], None], path: Path) -> None:
+    """`write` to a temporary name beside `path`, then rename it; a failure leaves neither."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_text(text: str, path: Path) -> None:
-    _tmp(path).write_text(text)
-    os.replace(_tmp(path), path)
+    _atomically(lambda tmp: tmp.write_text(text), path)
 
 
 def write_json(obj: dict | list, path: Path) -> None:
@@ -25,5 +32,4 @@ def save_torch(obj: dict, path: Path) -> None:
     """`torch.save`, atomically (torch is imported here, so that the data stages need not load it)."""
     import torch
 
-    torch.save(obj, _tmp(path))
-    os.replace(_tmp(path), path)
+    _atomically(lambda tmp: torch.save(obj, tmp), path)

@@ -92,13 +92,17 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from rlcsc.config import read_params
+    from rlcsc.config import check_value, read_params
     from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 
     params = _load(args, "evaluate", EvaluateParams) if args.params else EvaluateParams()
-    datasets = tuple(args.datasets or params.datasets)
-    scales = tuple(args.scales or params.scales)
+    # the overrides are checked as the block's values, each scored once
+    datasets = tuple(dict.fromkeys(check_value(EvaluateParams, "datasets", args.datasets, "--datasets")
+                                   if args.datasets else params.datasets))
+    scales = tuple(dict.fromkeys(check_value(EvaluateParams, "scales", args.scales, "--scales")
+                                 if args.scales else params.scales))
     with_ifc = params.ifc and not args.no_ifc
+    args.out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the scoring
     if args.model is None:
         upscale, model = bicubic, None
     else:
@@ -350,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except RlcscError as err:
         print(f"rlcsc {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file or folder the system refused: unwritable, full, a folder for a file
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rlcsc {args.command}: interrupted", file=sys.stderr)

@@ -32,7 +32,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.asarray(im if im.mode == "L" else im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -41,7 +41,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -75,7 +75,7 @@ def read_picture(path: Path) -> Picture:
         if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":  # IHDR's bit depth
             return _read_png16(path)
         return _read_pillow(path)
-    except (OSError, ValueError, SyntaxError, png.Error) as err:
+    except (OSError, ValueError, SyntaxError, png.Error, Image.DecompressionBombError) as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -151,4 +151,5 @@ def write_picture(picture: Picture, path: Path) -> None:
     except (OSError, ValueError, png.Error) as err:
         raise RlcscError(f"cannot write {path}: {err}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():
+            tmp.unlink()

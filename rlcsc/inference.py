@@ -22,6 +22,9 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     if arch not in ARCHS:
         raise RlcscError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
     cls, cfg = ARCHS[arch]
+    small = [f"{k} {v}" for k, v in config.items() if type(v) is int and v < 1]
+    if small:
+        raise RlcscError(f"a network's sizes must be at least 1, got {', '.join(small)}")
     return cls(cfg(**config))
 
 
@@ -58,6 +61,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Modul
         model.load_state_dict(state["model"])
     except (TypeError, RuntimeError) as err:
         raise RlcscError(f"{path}: its weights do not fit its network config: {' '.join(str(err).split())[:300]}") from None
+    if not all(torch.isfinite(w).all() for w in state["model"].values()):
+        raise RlcscError(f"{path}: its weights are not all finite; expected a model.pt written by `rlcsc train`")
     return model.to(device).eval()
 
 

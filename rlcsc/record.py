@@ -42,7 +42,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.provenance import source_hash
-from rlcsc.train import TrainParams, foreign, train
+from rlcsc.train import TrainParams, foreign, read_checkpoint, train
 
 SOURCE = Path(__file__).parent
 
@@ -80,8 +80,8 @@ def resolved(params_path: Path, budget: str, experiment: str) -> dict:
 def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
     """Augment and patch into `work` unless it already holds them for the same params; the patch folder."""
     stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"])}
-    stamp_path = work / "data.json"
-    if not (stamp_path.exists() and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
+    stamp_path, text = work / "data.json", json.dumps(stamp, indent=2) + "\n"  # as write_json writes it
+    if not (stamp_path.exists() and stamp_path.read_text(errors="replace") == text):
         stamp_path.unlink(missing_ok=True)
         augment(training_files(raw, blocks["augment"]), work / "augmented", blocks["augment"], jobs)
         make_patches(work / "augmented", work / "patches", blocks["patch"], jobs)
@@ -94,7 +94,7 @@ def _needs_training(out: Path, p: TrainParams) -> bool:
     path = out / "train.json"
     if not (out / "model.pt").exists() or not path.exists():
         return True
-    done = json.loads(path.read_text())
+    done = _read_json(path)
     if done["status"] != "completed" or TrainParams(**done["train"]).identity() != p.identity():
         return True
     steps = p.last_epoch() * done["steps_per_epoch"]
@@ -112,9 +112,12 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     if steps is not None:
         p = replace(p, max_steps=check_value(TrainParams, "max_steps", steps, "--steps"))
     e = blocks["evaluate"]
+    if not raw.is_dir():
+        raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
+    work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
     out.mkdir(parents=True, exist_ok=True)
     env_path = out / "environment.json"
-    calls = json.loads(env_path.read_text())["calls"] if env_path.exists() else []
+    calls = _read_json(env_path)["calls"] if env_path.exists() else []
     call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
                         "train": asdict(p)})
     ckpt = _checkpoint(out)
@@ -138,7 +141,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
 def _checkpoint(out: Path) -> dict | None:
     """The run's last checkpoint, or None."""
     path = out / "checkpoint.pt"
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    return read_checkpoint(path) if path.exists() else None
 
 
 def _check_resumable(out: Path, ckpt: dict, p: TrainParams, calls: list[dict]) -> None:
@@ -158,7 +161,15 @@ def _steps_done(out: Path, ckpt: dict | None) -> int:
     if ckpt is not None:
         return sum(call["steps"] for call in ckpt["calls"])
     summary = out / "train.json"
-    return json.loads(summary.read_text())["steps_done"] if summary.exists() else 0
+    return _read_json(summary)["steps_done"] if summary.exists() else 0
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file of a recorded run, or one clear error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RlcscError(f"{path} is not readable JSON ({err}); restore it from the commit that recorded it") from None
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -169,7 +180,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, sep, value = item.partition("=")
         if not sep:
             raise RlcscError(f"variant {text!r}: expected name:key=value,..., got {item!r}")
-        values[key.strip()] = yaml.safe_load(value)
+        try:
+            values[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RlcscError(f"variant {text!r}: {value!r} is not a YAML value") from None
     if not name:
         raise RlcscError(f"variant {text!r} has no name")
     return name, check_layer(TrainParams, values, f"variant {name}")
@@ -181,12 +195,18 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     of training, one change each from the resolved train block; write and return their curves."""
     blocks = resolved(params_path, budget, experiment)
     parsed = [parse_variant(v) for v in variants]
+    names = [name for name, _ in parsed]
+    if len(set(names)) < len(names):
+        raise RlcscError(f"variant names must differ, got {', '.join(names)}")
+    if out.exists():  # a comparison's GPU minutes are never written over
+        raise RlcscError(f"{out} already exists; give another --out or move it away")
+    out.parent.mkdir(parents=True, exist_ok=True)
     limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
     base = replace(blocks["train"], **limit)
     patches = prepare_data(blocks, raw, work, jobs)
     result = {"what": "comparison", "budget": budget, "experiment": experiment, **limit,
               "environment": environment({k: asdict(v) for k, v in blocks.items()}),
-              "planned": [name for name, _ in parsed], "variants": []}
+              "planned": names, "variants": []}
     for name, changes in parsed:
         p = replace(base, **changes)
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,6 +216,5 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
             raise KeyboardInterrupt
         keep = ("status", "steps_done", "epochs_done", "ms_per_step", "seconds_training", "precision", "model", "curve")
         result["variants"].append({"name": name, "changes": changes, **{k: summary[k] for k in keep}})
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, out)  # after every variant: a run cut short keeps what it measured
     return result

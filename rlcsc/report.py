@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rlcsc.config import Checked, param, read_params
+from rlcsc.errors import RlcscError
 from rlcsc.reference import table
 
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
@@ -312,15 +313,19 @@ def mark_best(frame: pd.DataFrame, digits: int) -> "pd.io.formats.style.Styler":
 
 
 def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
-    """Run a report notebook with papermill into `target`, hiding its parameter cells in the book."""
+    """Run a report notebook with papermill into `target` (a bar over its cells), hiding its parameter
+    cells in the book; a cell that fails is one line naming it and its error."""
     import nbformat
     import papermill
 
     tmp = target.with_name(f".{target.name}.tmp.ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".",
-                                   progress_bar=False)
+        try:
+            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".")
+        except papermill.PapermillExecutionError as err:
+            what = " ".join(str(err.evalue).split())[:300]
+            raise RlcscError(f"{source}: its cell {err.exec_count} failed: {err.ename}: {what}") from None
         nb = nbformat.read(tmp, as_version=4)
         for cell in nb.cells:
             tags = cell.metadata.setdefault("tags", [])

@@ -447,6 +447,18 @@ def foreign(ckpt: dict, p: TrainParams) -> list[str]:
     return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `rlcsc train`, or one clear error: a damaged or foreign file is never
+    trained over."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch.load raises many types for a file that is not one of its own
+        ckpt = None
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "calls", "code"} <= set(ckpt):
+        raise RlcscError(f"{path} is not a readable checkpoint of `rlcsc train`; move it away to train afresh")
+    return ckpt
+
+
 def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer, per_epoch: int) -> dict:
     """Load `path` into model and optimizer if it belongs to this run (same `identity`, and the same
     training code: `code_hash`); else a fresh start."""
@@ -454,7 +466,7 @@ def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim
              "elapsed": 0.0, "calls": [], "fresh": True}
     if not path.exists():
         return fresh
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     differ = foreign(ckpt, p)
     if differ:
         tqdm.write(f"{path} belongs to a run with other {', '.join(differ)}: starting afresh", file=sys.stderr)

@@ -14,6 +14,8 @@ import yaml
 
 from rlcsc.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_corrupt_mirror_file_gives_one_line_checksum_error(mirror: Path, tmp_path: Path) -> None:
     copy = tmp_path / "mirror"
@@ -39,7 +41,7 @@ def test_corrupt_mirror_file_gives_one_line_checksum_error(mirror: Path, tmp_pat
 def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
     out = tmp_path / "bicubic"
     argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out)]
-    assert main(argv + ["--datasets", "Set5", "--scales", "3", "4", "--jobs", "1"]) == 0
+    assert main(argv + ["--datasets", "Set5", "--scales", "3", "4", "3", "--jobs", "1"]) == 0  # each scale once
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["Set5"] and list(metrics["Set5"]) == ["x3", "x4"]
     assert set(metrics["Set5"]["x3"]) == {"psnr", "ssim", "ifc"}
@@ -58,10 +60,34 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     assert main(argv + ["--params", str(params)]) == 1
     err = capsys.readouterr().err.strip()
     assert "unknown key(s) ['scale']" in err and "valid keys" in err and "\n" not in err
-    assert main(argv + ["--datasets", "Set6"]) == 1
-    assert "unknown dataset(s) Set6" in capsys.readouterr().err
+    for bad in ("Set6", "T91"):  # T91 is a training set
+        assert main(argv + ["--datasets", bad]) == 1
+        assert "each item one of Set5, Set14, BSD100, Urban100" in capsys.readouterr().err
     assert main(argv + ["--scales", "5"]) == 1
-    assert "scales must be among" in capsys.readouterr().err
+    assert "each item one of 2, 3, 4" in capsys.readouterr().err
+
+
+def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, capsys) -> None:
+    from rlcsc.atomic import write_json
+
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")  # a file where the output folder should be
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--datasets", "Set5", "--scales", "3", "--no-ifc"]
+    assert main(argv + ["--out", str(taken)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rlcsc evaluate: error: {taken}") and "\n" not in err and taken.read_text() == "keep me\n"
+    with pytest.raises(IsADirectoryError):  # a folder where a file should be: no temporary file is left
+        write_json({}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_failing_report_cell_is_one_line(tmp_path: Path, capsys) -> None:
+    argv = ["report", "table4", "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
+            "--results", str(tmp_path / "none"), "--out", str(tmp_path / "book")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "table4.ipynb: its cell" in err and "FileNotFoundError" in err and "table4.json" in err
+    assert list((tmp_path / "book").iterdir()) == []
 
 
 @pytest.mark.parametrize("argv", [

@@ -114,6 +114,25 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
     assert main([*argv[:-4], "--steps", str(done), "--jobs", "2"]) == 0  # evaluating it again needs no training
 
 
+def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """No raw images, or a damaged file in the run's folder: one line, and nothing is written."""
+    argv = ["record", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--work", str(recorded / "work"),
+            "--steps", "40", "--jobs", "2"]
+    assert main([*argv, "--raw", str(tmp_path / "none"), "--out", str(tmp_path / "new")]) == 1
+    assert "no raw images at" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    out = tmp_path / "K25-quick"
+    shutil.copytree(recorded / "runs" / "K25-quick", out)
+    for name, damaged in (("environment.json", b"{"), ("checkpoint.pt", b"not a checkpoint")):
+        (out / name).write_bytes(damaged)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert main([*argv, "--raw", str(mirror), "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"rlcsc record: error: {out / name} is not") and "readable" in err and "\n" not in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        shutil.copy(recorded / "runs" / "K25-quick" / name, out / name)
+
+
 def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -> None:
     """A fast run and a paper-recipe run of one K are different experiments: panels of their own."""
     runs = tmp_path / "runs"
@@ -153,7 +172,11 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert bias["model"]["bias"] is True and bias["curve"][-1]["h_bias"] is not None
     assert cosine["steps_done"] == 20 and cosine["curve"][-1]["lr"] < 0.01 * 1e-3  # decayed over the comparison
     assert half["steps_done"] == 10  # a variant's own length
-    assert main(argv[:-4] + ["--variant", "bad:recursions=0", "--out", str(out)]) == 1
+    other = tmp_path / "other.json"
+    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"], ["--variant", "a:", "--variant", "a:lr=1"]):
+        assert main(argv[:-4] + bad + ["--out", str(other)]) == 1 and not other.exists()
+    kept = out.read_text()  # a comparison is never written over
+    assert main(argv) == 1 and out.read_text() == kept
 
     runs = tmp_path / "runs"  # the training-time page draws and lists every variant
     (runs / "comparisons").mkdir(parents=True)

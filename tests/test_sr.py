@@ -277,7 +277,13 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
     (tmp_path / "notes.txt").write_text("not a model\n")
     save_torch({"model": {}, "optimizer": {}, "epoch": 0}, tmp_path / "checkpoint.pt")
+    state = torch.load(tiny, weights_only=True)
+    save_torch({**state, "model": {k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}},
+               tmp_path / "nan.pt")
+    save_torch({**state, "config": {**state["config"], "recursions": -3}}, tmp_path / "negative.pt")
     cases = [
+        (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
+        (["ok.png", "--scale", "3", "--model", "negative.pt"], "sizes must be at least 1, got recursions -3"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
@@ -290,7 +296,17 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
         proc = run_sr(*args, "-o", str(tmp_path / "out.png"))
         assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "notes.txt", "ok.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "nan.pt", "negative.pt",
+                                                          "notes.txt", "ok.png"]
+
+
+def test_an_image_too_large_to_open_is_one_line(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    save(pixels("RGB", 8), tmp_path / "big.png")  # 63 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # over twice Pillow's limit: refused as a decompression bomb
+    status, err = sr_in_process(capsys, str(tmp_path / "big.png"), "--scale", "3", "-o", str(tmp_path / "out.png"),
+                                "--model", str(tiny))
+    assert status == 1 and "decompression bomb" in err and len(err.strip().splitlines()) == 1
 
 
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,

@@ -176,6 +176,17 @@ def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirr
     assert same_weights(tmp_path / "model.pt", tmp_path / "fresh" / "model.pt")
 
 
+def test_a_damaged_checkpoint_is_a_clear_error_and_kept(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """A truncated checkpoint, or a model file put in its place, is never trained over."""
+    train(TINY, patches, mirror, tmp_path / "run")
+    whole = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    for damaged in (whole[:3000], (tmp_path / "run" / "model.pt").read_bytes()):
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(damaged)
+        with pytest.raises(RlcscError, match="is not a readable checkpoint of `rlcsc train`"):
+            train(TINY, patches, mirror, tmp_path / "run")
+        assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == damaged
+
+
 def test_non_finite_loss_fails_clearly_or_is_recorded(patches: Path, mirror: Path, tmp_path: Path) -> None:
     wild = replace(TINY, lr=1e12, clip=None, checkpoint_every=100, log_every=1)
     with pytest.raises(RlcscError, match="non-finite"):

@@ -10,9 +10,9 @@ All convolutions are 3x3 with zero padding; S is shared across the K recursions,
 K + 5 (eq. 13) while the parameter count does not depend on K. The paper's network has no biases:
 its counts, "about 1,329k" (Section 5.2 sizes) and "approximately 592k" (m = 128), are the weights
 alone (1,329,408 and 592,128; a bias on every convolution would add 897 and 641), its training recipe
-repeats every default of the bias-free PyTorch VDSR code, and with eq. 10's threshold at zero h is
-the plain ReLU it says it uses. `bias=True` adds a bias to every convolution, the learned thresholds
-of eq. 10 (theta = -bias).
+repeats the optimizer, schedule and clipping of the bias-free PyTorch VDSR code, and with eq. 10's
+threshold at zero h is the plain ReLU it says it uses. `bias=True` adds a bias to every convolution,
+the learned thresholds of eq. 10 (theta = -bias).
 """
 
 from __future__ import annotations
