@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,84 @@ def test_missing_augmented_folder_and_bad_params_are_clear(tmp_path: Path) -> No
         PatchParams(input_dtype="int8")
     with pytest.raises(RlcscError, match="each item one of updown, leftright, none"):
         AugmentParams(flips=("diagonal",))
+
+
+ONE_VARIANT = AugmentParams(flips=("none",), rotations=(0,), factors=(1.0,))
+
+
+@pytest.fixture
+def augmented(tiny_set: list[Path], tmp_path: Path) -> Path:
+    """The augment stage's output for the tiny set, one variant per image."""
+    augment(tiny_set, tmp_path / "aug", ONE_VARIANT, jobs=1)
+    return tmp_path / "aug"
+
+
+def test_augment_progress_bar_reaches_the_end(tiny_set: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    augment(tiny_set, tmp_path / "aug", ONE_VARIANT, jobs=1)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_out_folder_with_other_files_is_refused_and_kept(tiny_set: list[Path], augmented: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(RlcscError, match=r"mine holds files that are not augment output \(e.g. notes.txt\)"):
+        augment(tiny_set, out, ONE_VARIANT, jobs=1)
+    with pytest.raises(RlcscError, match=r"mine holds files that are not patch output \(e.g. notes.txt\)"):
+        make_patches(augmented, out, PatchParams(chunk=1), jobs=1)
+    with pytest.raises(RlcscError, match="holds files that are not patch output"):
+        make_patches(augmented, tmp_path, PatchParams(chunk=1), jobs=1)  # holds raw/ and aug/
+    assert (out / "notes.txt").read_text() == "keep" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "raw").is_dir() and (augmented / "images.u8").is_file()
+    # a previous output of the same stage is replaced, as DVC reruns need
+    augment(tiny_set, augmented, ONE_VARIANT, jobs=1)
+    make_patches(augmented, out.with_name("p"), PatchParams(chunk=1), jobs=1)
+    assert make_patches(augmented, out.with_name("p"), PatchParams(chunk=1), jobs=1)["pairs"] > 0
+
+
+def _rewrite_index(folder: Path, edit) -> None:
+    lines = (folder / "index.csv").read_text().splitlines()
+    (folder / "index.csv").write_text("\n".join(edit(lines)) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "culprit"),
+    [
+        (lambda f: (f / "images.u8").write_bytes((f / "images.u8").read_bytes()[:-100]), "images.u8"),
+        (lambda f: (f / "index.csv").write_text(""), "index.csv"),
+        (lambda f: _rewrite_index(f, lambda ls: [*ls, "T91,a.png,none,0,1.0,3,4,5,6,7"]), "index.csv"),
+        (lambda f: _rewrite_index(f, lambda ls: [ls[0].replace("height", "h"), *ls[1:]]), "index.csv"),
+        (lambda f: _rewrite_index(f, lambda ls: [ls[0], ls[1].rsplit(",", 1)[0] + ",x", *ls[2:]]), "index.csv"),
+        (lambda f: _rewrite_index(f, lambda ls: ls[:-1]), "images.u8"),
+        (lambda f: _rewrite_index(f, lambda ls: [ls[0], *ls[:0:-1]]), "index.csv"),
+    ],
+    ids=["truncated-blob", "empty-index", "extra-field", "renamed-column", "text-offset", "missing-row", "shuffled-offsets"],
+)
+def test_corrupt_augmented_folder_is_named_before_work(augmented: Path, tmp_path: Path, corrupt, culprit: str) -> None:
+    corrupt(augmented)
+    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(augmented / culprit))}: .*rerun `rlcsc augment`") as err:
+        make_patches(augmented, tmp_path / "patches", PatchParams(chunk=1), jobs=2)
+    assert "\n" not in str(err.value) and not (tmp_path / "patches").exists()
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "culprit"),
+    [
+        (lambda f: (f / "labels.npy").write_bytes((f / "labels.npy").read_bytes()[:-33]), "labels.npy"),
+        (lambda f: (f / "inputs.npy").write_bytes((f / "inputs.npy").read_bytes()[:60]), "inputs.npy"),
+        (lambda f: (f / "keep.npy").write_bytes(b"junk junk junk"), "keep.npy"),
+        (lambda f: (f / "keep.npy").write_bytes(b""), "keep.npy"),
+        (lambda f: np.save(f / "keep.npy", np.array([0, None]), allow_pickle=True), "keep.npy"),
+        (lambda f: np.save(f / "keep.npy", np.array([0, 10**6])), ""),
+        (lambda f: np.save(f / "inputs.npy", np.zeros((1, 33, 33), np.float32)), ""),
+    ],
+    ids=["truncated-labels", "truncated-header", "junk-keep", "empty-keep", "pickled-keep", "keep-out-of-range", "short-inputs"],
+)
+def test_corrupt_patch_folder_is_named_on_open(augmented: Path, tmp_path: Path, corrupt, culprit: str) -> None:
+    folder = tmp_path / "patches"
+    make_patches(augmented, folder, PatchParams(chunk=1), jobs=1)
+    corrupt(folder)
+    where = folder / culprit if culprit else folder
+    with pytest.raises(RlcscError, match=rf"^corrupt patch (file|set in) {re.escape(str(where))}: .*rerun `rlcsc patch`") as err:
+        PatchSet.open(folder)
+    assert "\n" not in str(err.value)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_integer_dtype
 
 from rlcsc.atomic import write_json
 from rlcsc.color import rgb2y
@@ -30,6 +31,9 @@ from rlcsc.manifest import paths
 from rlcsc.parallel import pmap
 
 FLIPS = ("updown", "leftright", "none")
+OUTPUTS = ("images.u8", "index.csv", "params.json")
+COLUMNS = ["dataset", "file", "flip", "rotation", "factor", "height", "width", "offset"]
+REDO = "rerun `rlcsc augment` (or `dvc repro augment`)"
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,27 @@ def _augment_one(task: tuple[Path, list[Variant]]) -> list[np.ndarray]:
     return [transform(img, v) for v in vs]
 
 
+def check_out(out: Path, outputs: Sequence[str], stage: str) -> None:
+    """Refuse an output folder that holds anything but `stage`'s own files: a previous output is
+    replaced, and anything else would be deleted with it."""
+    if out.is_file():
+        raise RlcscError(f"output folder {out} is a file; choose a new or empty folder")
+    foreign = [p.name for p in sorted(out.iterdir()) if p.name not in outputs or not p.is_file()] if out.is_dir() else []
+    if foreign:
+        raise RlcscError(f"output folder {out} holds files that are not {stage} output (e.g. {foreign[0]}); "
+                         "refusing to delete them: choose a new or empty folder")
+
+
 def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int | None = None) -> pd.DataFrame:
     """Write every variant of every image in `files` to `out` (images.u8 + index.csv), atomically.
 
     A file that cannot be read stops the stage with an error naming it; nothing is left in `out`.
+    An `out` holding anything but a previous augment output is refused before any work.
     """
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise RlcscError(f"missing training image {missing[0]}: run `rlcsc download` first")
+    check_out(out, OUTPUTS, "augment")
     vs = variants(params)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -104,12 +121,13 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
     rows, offset = [], 0
     try:
         with open(tmp / "images.u8", "wb") as blob:
-            for path, images in zip(files, pmap(_augment_one, [(p, vs) for p in files], jobs, desc="augment")):
+            # strict: zip then asks pmap for one more item, which lets its progress bar reach the end
+            for path, images in zip(files, pmap(_augment_one, [(p, vs) for p in files], jobs, desc="augment"), strict=True):
                 for v, y in zip(vs, images):
                     rows.append((path.parent.name, path.name, v.flip, v.rotation, v.factor, *y.shape, offset))
                     blob.write(y.tobytes())
                     offset += y.size
-        index = pd.DataFrame(rows, columns=["dataset", "file", "flip", "rotation", "factor", "height", "width", "offset"])
+        index = pd.DataFrame(rows, columns=COLUMNS)
         index.to_csv(tmp / "index.csv", index=False)
         write_json(asdict(params), tmp / "params.json")
         shutil.rmtree(out, ignore_errors=True)
@@ -119,9 +137,21 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
     return index
 
 
-def load_augmented(folder: Path) -> tuple[pd.DataFrame, np.memmap]:
-    """The augment stage's index and a read-only memory map of its image bytes."""
+def load_augmented(folder: Path) -> pd.DataFrame:
+    """The augment stage's index, checked against itself and against the size of `images.u8`."""
     index_path, blob = folder / "index.csv", folder / "images.u8"
     if not index_path.is_file() or not blob.is_file():
         raise RlcscError(f"no augmented images in {folder}: run `rlcsc augment` first")
-    return pd.read_csv(index_path), np.memmap(blob, dtype=np.uint8, mode="r")
+    try:
+        index = pd.read_csv(index_path)
+    except ValueError:  # pandas' ParserError and EmptyDataError, and undecodable bytes
+        raise RlcscError(f"corrupt {index_path}: not a readable CSV table; {REDO}") from None
+    if list(index.columns) != COLUMNS or not all(is_integer_dtype(index[c]) for c in ("height", "width", "offset")):
+        raise RlcscError(f"corrupt {index_path}: expected columns {COLUMNS} with integer height, width, offset; {REDO}")
+    h, w = index.height.to_numpy(), index.width.to_numpy()
+    sizes = h * w
+    if (h <= 0).any() or (w <= 0).any() or not np.array_equal(index.offset, np.cumsum(sizes) - sizes):
+        raise RlcscError(f"corrupt {index_path}: image shapes and byte offsets disagree; {REDO}")
+    if sizes.sum() != blob.stat().st_size:
+        raise RlcscError(f"corrupt {blob}: it holds {blob.stat().st_size} bytes, {index_path.name} describes {sizes.sum()}; {REDO}")
+    return index

@@ -30,13 +30,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from rlcsc.config import Checked, at_least, one_of, param
 from rlcsc.crop import modcrop
-from rlcsc.data.augment import AugmentParams, load_augmented, variant_shape, variants
+from rlcsc.data.augment import AugmentParams, check_out, load_augmented, variant_shape, variants
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import image_size
 from rlcsc.imresize import imresize
 from rlcsc.parallel import pmap
 
 ORIGIN = np.dtype([("image", "<i4"), ("scale", "u1"), ("row", "<u2"), ("col", "<u2")])
+OUTPUTS = ("labels.npy", "inputs.npy", "origin.npy", "keep.npy", "summary.json")
+REDO = "rerun `rlcsc patch` (or `dvc repro patch`)"
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ def _write_pairs(task: tuple[str, str, list[tuple[int, int, int, int, int]], Pat
 
 
 def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | None = None) -> dict:
-    """Cut, store and shuffle all pairs of the augmented images into `out`, atomically."""
-    index, _ = load_augmented(augmented)
+    """Cut, store and shuffle all pairs of the augmented images into `out`, atomically.
+
+    Corrupt augmented files, or an `out` holding anything but a previous patch output, are refused
+    before any work.
+    """
+    index = load_augmented(augmented)
+    check_out(out, OUTPUTS, "patch")
     per_image = np.array(
         [sum(count_pairs((h, w), s, params.size, params.stride) for s in params.scales)
          for h, w in zip(index.height, index.width)]
@@ -190,10 +197,21 @@ class PatchSet:
 
     @classmethod
     def open(cls, folder: Path) -> PatchSet:
-        try:
-            return cls(*(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("labels", "inputs", "keep")))
-        except FileNotFoundError as err:
-            raise RlcscError(f"no patch set in {folder} ({err.filename} missing): run `rlcsc patch` first") from None
+        """Memory-map the patch set in `folder`, checking that its files are whole and agree."""
+        arrays = []
+        for path in (folder / f"{n}.npy" for n in ("labels", "inputs", "keep")):
+            try:
+                arrays.append(np.load(path, mmap_mode="r"))
+            except FileNotFoundError:
+                raise RlcscError(f"no patch set in {folder} ({path} missing): run `rlcsc patch` first") from None
+            except (ValueError, EOFError):  # truncated, or not a plain numpy array
+                raise RlcscError(f"corrupt patch file {path}: truncated or not a numpy array; {REDO}") from None
+        labels, inputs, keep = arrays
+        if not (labels.ndim == 3 and labels.dtype == np.uint8 and inputs.shape == labels.shape
+                and inputs.dtype in (np.float16, np.float32) and keep.ndim == 1 and keep.dtype.kind in "iu"
+                and len(keep) and 0 <= keep.min() and keep.max() < len(labels)):
+            raise RlcscError(f"corrupt patch set in {folder}: labels.npy, inputs.npy and keep.npy disagree; {REDO}")
+        return cls(labels, inputs, keep)
 
     def __len__(self) -> int:
         return len(self.keep)
