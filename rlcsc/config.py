@@ -3,11 +3,12 @@
 A block's values come from up to three layers, in increasing precedence: the block itself (the
 paper's protocol), the experiment's entry under `experiments` (block `train` only), and the active
 budget's entry `budgets.<budget>.<block>`. Every value is checked where it stands, in whichever
-layer, for type and range; a bad one ends with one line naming the layer, the key, the value and
-what is allowed. A budget may not set a key that the experiment also sets (the experiment would
-silently lose it), nor a machine setting (`MACHINE`: where and in which precision the arithmetic
-runs is not part of a protocol). `resolve` keeps the layer every value came from, which
-`rlcsc params` prints and every stage announces where the budget replaced a block's value.
+layer and in every budget, active or not, for type and range; a bad one ends with one line naming
+the layer, the key, the value and what is allowed. A budget may not set a key that an experiment
+also sets (the experiment would silently lose it), nor a machine setting (`MACHINE`: where and in
+which precision the arithmetic runs is not part of a protocol); `report.main` must name an
+experiment. `resolve` keeps the layer every value came from, which `rlcsc params` prints and every
+stage announces where the budget replaced a block's value.
 """
 
 from __future__ import annotations
@@ -137,50 +138,73 @@ class Checked:
             object.__setattr__(self, f.name, check_value(type(self), f.name, getattr(self, f.name), type(self).__name__))
 
 
+def _mapping(value: Any, where: str, what: str) -> dict:
+    """`value` as a mapping (null reads as an empty one); a one-line error names `where` it stands otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RlcscError(f"{where} must be {what}, got {value!r}")
+    return value
+
+
 def check_layer(cls: type, data: Any, where: str) -> dict[str, Any]:
     """One layer of a block (a mapping of some of `cls`'s fields), every key and value checked."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RlcscError(f"{where} must be a mapping of keys to values, got {data!r}")
+    data = _mapping(data, where, "a mapping of keys to values")
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
         raise RlcscError(f"unknown key(s) {unknown} in {where}; valid keys: {names}")
     return {k: check_value(cls, k, v, where) for k, v in data.items()}
 
 
+def _check_budget(path: Path, name: Any, budget: Any) -> None:
+    """Budget `name`: a mapping of stage blocks, each a mapping that sets no machine setting."""
+    what = f"a mapping of stage blocks {list(BUDGETED)} to their overrides"
+    blocks = _mapping(budget, f"{path}: budgets.{name}", what)
+    unknown = sorted(set(blocks) - set(BUDGETED), key=str)
+    if unknown:
+        raise RlcscError(f"{path}: budgets.{name} must be {what}, got unknown block(s) {unknown}")
+    for block, values in blocks.items():
+        keys = _mapping(values, f"{path}: budgets.{name}.{block}", "a mapping of keys to values")
+        machine = sorted(set(keys) & set(MACHINE.get(block, ())))
+        if machine:
+            raise RlcscError(f"{path}: budgets.{name}.{block} sets {machine}, which say where and in which "
+                             f"precision the arithmetic runs, not what it computes; set them in `{block}`")
+
+
 def read_params(path: Path) -> dict:
-    """The whole params file as a mapping, its top-level blocks and budgets checked."""
+    """The whole params file as a mapping, its structure checked: blocks, experiments, budgets and `budget`."""
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise RlcscError(f"cannot read params file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise RlcscError(f"params file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                         f"at offset {err.start})") from None
     except yaml.YAMLError as err:
         raise RlcscError(f"params file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(params, dict):
-        raise RlcscError(f"params file {path} must hold a mapping of blocks")
-    unknown = sorted(set(params) - set(TOP_LEVEL))
+    params = _mapping(params, f"params file {path}", "a mapping of blocks")
+    unknown = sorted(set(params) - set(TOP_LEVEL), key=str)
     if unknown:
         raise RlcscError(f"unknown block(s) {unknown} in {path}; valid blocks: {list(TOP_LEVEL)}")
-    for name, budget in (params.get("budgets") or {}).items():
-        blocks = budget or {}
-        if not isinstance(blocks, dict) or set(blocks) - set(BUDGETED):
-            raise RlcscError(f"{path}: budgets.{name} must map stage blocks {list(BUDGETED)} to their overrides")
-        for block, keys in MACHINE.items():
-            machine = sorted(set(blocks.get(block) or {}) & set(keys))
-            if machine:
-                raise RlcscError(f"{path}: budgets.{name}.{block} sets {machine}, which say where and in which "
-                                 f"precision the arithmetic runs, not what it computes; set them in `{block}`")
+    for block in (*BUDGETED, "report"):
+        _mapping(params.get(block), f"{path}: {block}", "a mapping of keys to values")
+    experiments = _mapping(params.get("experiments"), f"{path}: experiments", "a mapping of names to train values")
+    for name, values in experiments.items():
+        _mapping(values, f"{path}: experiments.{name}", "a mapping of train keys to values")
+    budgets = _mapping(params.get("budgets"), f"{path}: budgets", "a mapping of names to stage blocks")
+    for name, budget in budgets.items():
+        _check_budget(path, name, budget)
+    budget_name(params, path)
     return params
 
 
 def budget_name(params: dict, path: Path) -> str | None:
-    """The active budget (None when the file names none), which must be defined under `budgets`."""
-    budget = params.get("budget")
-    if budget is not None and budget not in (params.get("budgets") or {}):
-        raise RlcscError(f"budget {budget!r} is not defined under `budgets` in {path}; "
-                         f"defined: {sorted(params.get('budgets') or {})}")
+    """The active budget (None when the file names none), which must name an entry of `budgets`."""
+    budget, budgets = params.get("budget"), params.get("budgets") or {}
+    if budget is not None and not (isinstance(budget, str) and budget in budgets):
+        raise RlcscError(f"{path}: budget = {budget!r} is not allowed; it must name an entry of `budgets`: "
+                         f"{sorted(budgets, key=str)}")
     return budget
 
 
@@ -193,29 +217,53 @@ class Setting:
     replaced: tuple[str, Any] | None = None  # (source, value) a budget overrode
 
 
+def budget_layers(params: dict, path: Path, block: str, cls: type) -> dict[str, dict[str, Any]]:
+    """Block `block` of every budget, active or not, checked: a typo is found before someone switches to it."""
+    if block not in BUDGETED:
+        return {}
+    return {name: check_layer(cls, (blocks or {}).get(block), f"{path}, budgets.{name}.{block}")
+            for name, blocks in (params.get("budgets") or {}).items()}
+
+
+def experiment_layer(params: dict, path: Path, cls: type, experiment: str) -> dict[str, Any]:
+    """The entry `experiment` of `experiments`, checked."""
+    experiments = params.get("experiments") or {}
+    if experiment not in experiments:
+        raise RlcscError(f"unknown experiment {experiment!r} in {path}; defined: {sorted(experiments, key=str)}")
+    return check_layer(cls, experiments[experiment], f"{path}, experiments.{experiment}")
+
+
+def check_main(params: dict, path: Path, main: str) -> None:
+    """`report.main` (or its default) must name an entry of `experiments`."""
+    experiments = params.get("experiments") or {}
+    if main not in experiments:
+        raise RlcscError(f"{path}, report: main = {main!r} is not allowed; it must name an entry of `experiments`: "
+                         f"{sorted(experiments, key=str)}")
+
+
 def resolve(params: dict, path: Path, block: str, cls: type, experiment: str | None = None) -> dict[str, Setting]:
     """Every field of `cls` for `block`, with the layer it came from (see the module docstring)."""
-    settings = {f.name: Setting(getattr(cls(), f.name), "default") for f in dataclasses.fields(cls)}
-    layers = [(block, params.get(block))]
+    layers = {block: check_layer(cls, params.get(block), f"{path}, {block}")}
+    budgets = budget_layers(params, path, block, cls)
     if experiment is not None:
-        experiments = params.get("experiments") or {}
-        if experiment not in experiments:
-            raise RlcscError(f"unknown experiment {experiment!r} in {path}; defined: {sorted(experiments)}")
-        layers.append((f"experiments.{experiment}", experiments[experiment]))
+        values = experiment_layer(params, path, cls, experiment)
+        layers[f"experiments.{experiment}"] = values
+        for name, budget_values in budgets.items():
+            both = sorted(set(values) & set(budget_values))
+            if both:
+                raise RlcscError(f"{path}: experiments.{experiment} and budgets.{name}.{block} both set {both}; "
+                                 "a budget may not change what an experiment is")
     budget = budget_name(params, path) if block in BUDGETED else None
     if budget is not None:
-        layers.append((f"budgets.{budget}.{block}", (params["budgets"][budget] or {}).get(block)))
-    checked = [(source, check_layer(cls, data, f"{path}, {source}")) for source, data in layers]
-    if experiment is not None and budget is not None:
-        both = sorted(set(checked[1][1]) & set(checked[2][1]))
-        if both:
-            raise RlcscError(f"{path}: experiments.{experiment} and budgets.{budget}.{block} both set {both}; "
-                             "a budget may not change what an experiment is")
-    for source, values in checked:
+        layers[f"budgets.{budget}.{block}"] = budgets[budget]
+    settings = {f.name: Setting(getattr(cls(), f.name), "default") for f in dataclasses.fields(cls)}
+    for source, values in layers.items():
         for key, value in values.items():
             old = settings[key]
             replaced = (old.source, old.value) if source.startswith("budgets.") and old.value != value else None
             settings[key] = Setting(value, source, replaced)
+    if block == "report":
+        check_main(params, path, settings["main"].value)
     return settings
 
 

@@ -93,13 +93,62 @@ def test_a_budget_may_not_change_what_an_experiment_is(tmp_path: Path, capsys) -
 def test_unknown_blocks_keys_budgets_and_yaml_errors_are_one_line(tmp_path: Path, capsys) -> None:
     cases = [(lambda p: p.update(evalute={"ifc": False}), "unknown block(s) ['evalute']"),
              (lambda p: p["train"].update(learning_rate=0.1), "unknown key(s) ['learning_rate'] in"),
-             (lambda p: p.update(budget="huge"), "budget 'huge' is not defined"),
-             (lambda p: p["budgets"]["quick"].update(report={}), "budgets.quick must map stage blocks")]
+             (lambda p: p.update(budget="huge"), "budget = 'huge' is not allowed; it must name an entry of `budgets`"),
+             (lambda p: p["budgets"]["quick"].update(report={}), "budgets.quick must be a mapping of stage blocks ["
+              "'augment', 'patch', 'train', 'evaluate'] to their overrides, got unknown block(s) ['report']")]
     for edit, message in cases:
         assert message in one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [\n")
     assert "is not valid YAML" in one_line_error(capsys, ["params", "--params", str(bad)])
+
+
+def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, capsys) -> None:
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    line = one_line_error(capsys, ["params", "--params", str(binary)])
+    assert line.endswith(f"params file {binary} is not UTF-8 text (byte 0x89 at offset 0)")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p.update(budget=["quick"]),
+     "budget = ['quick'] is not allowed; it must name an entry of `budgets`: ['fast', 'paper', 'quick']"),
+    (lambda p: p.update(budgets=["quick"]), "budgets must be a mapping of names to stage blocks, got ['quick']"),
+    (lambda p: p["budgets"].update(quick=["train"]), "budgets.quick must be a mapping of stage blocks"),
+    (lambda p: p["budgets"]["quick"].update(patch=5), "budgets.quick.patch must be a mapping of keys to values, got 5"),
+    (lambda p: p.update(experiments=["K25"]), "experiments must be a mapping of names to train values, got ['K25']"),
+    (lambda p: p["experiments"].update(K25=25), "experiments.K25 must be a mapping of train keys to values, got 25"),
+    (lambda p: p.update(report="K25"), "report must be a mapping of keys to values, got 'K25'"),
+    (lambda p: p.update({1: "x", "foo": "y"}), "unknown block(s) [1, 'foo'] in"),
+])
+def test_a_file_of_the_wrong_shape_is_one_line_naming_where(tmp_path: Path, capsys, edit, message: str) -> None:
+    path = write(tmp_path, edit)
+    for argv in (["params", "--params", str(path)],
+                 ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "o")]):
+        assert message in one_line_error(capsys, argv)
+
+
+def test_report_main_must_name_an_experiment(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, lambda p: p["report"].update(main="K99"))
+    line = one_line_error(capsys, ["params", "--params", str(path)])
+    assert "report: main = 'K99' is not allowed; it must name an entry of `experiments`: ['K15', " in line
+    argv = ["report", "table1", "--params", str(path), "--out", str(tmp_path / "o")]
+    assert "report: main = 'K99' is not allowed" in one_line_error(capsys, argv)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["budgets"]["paper"]["train"].update(lr="x"),
+     "budgets.paper.train: lr = 'x' is not allowed; it must be a number > 0"),
+    (lambda p: p["budgets"]["fast"]["train"].update(bogus=1), "unknown key(s) ['bogus'] in"),
+    (lambda p: p["budgets"]["paper"]["evaluate"].update(scales=[5]), "budgets.paper.evaluate: scales = [5]"),
+    (lambda p: p["budgets"]["fast"]["train"].update(recursions=5),
+     "and budgets.fast.train both set ['recursions']"),
+])
+def test_a_budget_that_is_not_active_is_checked_too(tmp_path: Path, capsys, edit, message: str) -> None:
+    path = write(tmp_path, edit)
+    assert yaml.safe_load(path.read_text())["budget"] == "quick"
+    assert message in one_line_error(capsys, ["params", "--params", str(path)])
 
 
 def test_yaml_numbers_without_a_dot_and_null_clip_are_read_as_meant(tmp_path: Path) -> None:
