@@ -9,7 +9,8 @@ STAMP := $(ENV)/.rlcsc-installed
 
 install: $(STAMP)
 
-# On a machine without an NVIDIA GPU, torch is pinned to the CPU build first; with a GPU, the
+# On a machine without an NVIDIA GPU, torch is pinned first (its CPU-only build where the pip index
+# serves one, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu); with a GPU, the
 # package's own `torch>=2.2` brings the CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV)
