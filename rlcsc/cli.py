@@ -102,7 +102,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     scales = tuple(dict.fromkeys(check_value(EvaluateParams, "scales", args.scales, "--scales")
                                  if args.scales else params.scales))
     with_ifc = params.ifc and not args.no_ifc
-    args.out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the scoring
     if args.model is None:
         upscale, model = bicubic, None
     else:
@@ -111,6 +110,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         model = describe_model(args.model)
         upscale = Network(args.model, pick_device("auto").type, params.precision)
+    args.out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the scoring
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
@@ -207,11 +207,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
-    text = json.dumps(result, indent=2)
     if args.out:
+        from rlcsc.atomic import write_json
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write_json(result, args.out)
+    print(json.dumps(result, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "vs float16 inputs")
     p.add_argument("--params", **params)
     p.add_argument("--experiment", default="K25")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=positive(int), default=10, help="untimed steps before the timed ones")
     p.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))

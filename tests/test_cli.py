@@ -65,6 +65,9 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
         assert "each item one of Set5, Set14, BSD100, Urban100" in capsys.readouterr().err
     assert main(argv + ["--scales", "5"]) == 1
     assert "each item one of 2, 3, 4" in capsys.readouterr().err
+    model = ["evaluate", "--model", str(tmp_path / "none.pt"), "--raw", str(tmp_path), "--out", str(tmp_path / "m")]
+    assert main(model) == 1 and "model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # nothing is made before the model is found
 
 
 def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, capsys) -> None:
@@ -97,6 +100,7 @@ def test_a_failing_report_cell_is_one_line(tmp_path: Path, capsys) -> None:
     ["compare", "--out", "x.json", "--variant", "a:", "--minutes", "nan"],
     ["evaluate", "--method", "bicubic", "--out", "x", "--jobs", "0"],
     ["download", "--jobs", "two"],
+    ["benchmark", "train", "--warmup", "-5"],
 ])
 def test_counts_must_be_above_zero(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
