@@ -1,17 +1,24 @@
-"""Files written atomically: to a temporary name beside the target, then renamed, so a crash never
-leaves a half-written file under the final name."""
+"""Files and folders written atomically: to a temporary name beside the target, then renamed, so a
+crash never leaves a half-written result under the final name."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def _atomically(write: Callable[[Path], None], path: Path) -> None:
-    """`write` to a temporary name beside `path`, then rename it; a failure leaves neither."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def temporary(path: Path) -> Path:
+    """The temporary name beside `path`: hidden, keeping its suffix (a writer may choose its format by it)."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+def atomically(write: Callable[[Path], None], path: Path) -> None:
+    """`write` to the temporary name of `path`, then rename it; a failure leaves neither."""
+    tmp = temporary(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -20,8 +27,23 @@ def _atomically(write: Callable[[Path], None], path: Path) -> None:
             tmp.unlink()
 
 
+@contextmanager
+def folder_atomically(path: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `path` to fill; when the block ends without error it replaces
+    `path` whole. A failure leaves `path` as it was and no temporary folder."""
+    tmp = temporary(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text(text: str, path: Path) -> None:
-    _atomically(lambda tmp: tmp.write_text(text), path)
+    atomically(lambda tmp: tmp.write_text(text), path)
 
 
 def write_json(obj: dict | list, path: Path) -> None:
@@ -32,4 +54,4 @@ def save_torch(obj: dict, path: Path) -> None:
     """`torch.save`, atomically (torch is imported here, so that the data stages need not load it)."""
     import torch
 
-    _atomically(lambda tmp: torch.save(obj, tmp), path)
+    atomically(lambda tmp: torch.save(obj, tmp), path)

@@ -6,7 +6,6 @@ pypng, and 16-bit TIFF through tifffile.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import png
 import tifffile
 from PIL import Image, ImageOps
 
+from rlcsc.atomic import atomically
 from rlcsc.errors import RlcscError
 from rlcsc.rounding import im2uint
 
@@ -24,6 +24,8 @@ SAVE_OPTIONS = {"JPEG": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 EXIF_ORIENTATION = 0x0112
+# What Pillow raises for a file it cannot read: damaged, not an image, or over its decompression-bomb limit.
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -32,7 +34,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.asarray(im if im.mode == "L" else im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except READ_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -41,7 +43,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except READ_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -75,7 +77,7 @@ def read_picture(path: Path) -> Picture:
         if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":  # IHDR's bit depth
             return _read_png16(path)
         return _read_pillow(path)
-    except (OSError, ValueError, SyntaxError, png.Error, Image.DecompressionBombError) as err:
+    except (*READ_ERRORS, png.Error) as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
@@ -131,13 +133,12 @@ def output_format(path: Path, mode: str, bits: int) -> str:
 
 
 def write_picture(picture: Picture, path: Path) -> None:
-    """Write `picture` rounded MATLAB-style to its bit depth, in the format `path` names, to a temporary
-    name that is then renamed, so a failure leaves nothing."""
+    """Write `picture` rounded MATLAB-style to its bit depth, in the format `path` names, atomically."""
     fmt = output_format(path, picture.mode, picture.bits)
     data = im2uint(picture.pixels, picture.bits).astype(np.uint8 if picture.bits == 8 else np.uint16)
     alpha = picture.mode.endswith("A")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         if fmt == "TIFF" and picture.bits == 16:
             tifffile.imwrite(tmp, data, photometric="minisblack" if picture.mode in ("L", "LA") else "rgb",
                              extrasamples=("unassalpha",) if alpha else None, compression="zlib", metadata=None)
@@ -147,9 +148,8 @@ def write_picture(picture: Picture, path: Path) -> None:
                            bitdepth=16).write(f, data.reshape(data.shape[0], -1))
         else:
             Image.fromarray(data).save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
-        os.replace(tmp, path)
+
+    try:
+        atomically(write, path)
     except (OSError, ValueError, png.Error) as err:
         raise RlcscError(f"cannot write {path}: {err}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -34,17 +34,25 @@ def model_state(model: torch.nn.Module) -> dict:
     return {"arch": arch, "config": asdict(model.cfg), "model": model.state_dict()}
 
 
+def load_torch(path: Path) -> object | None:
+    """What `torch.save` wrote to the file `path` (tensors and plain values only, on the CPU), or None
+    when it is not such a file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch.load raises many types for a file that is not one of its own
+        return None
+
+
 def _read_model_file(path: Path) -> dict:
     """The contents of a model file, or one clear error saying what the file is instead."""
     expected = "expected a model.pt written by `rlcsc train`"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RlcscError(f"model file not found: {path}") from None
-    except IsADirectoryError:
-        raise RlcscError(f"{path} is a folder; {expected}") from None
-    except Exception:  # torch.load raises many types for a file that is not one of its own
-        raise RlcscError(f"{path} is not a PyTorch file; {expected}") from None
+    if path.is_dir():
+        raise RlcscError(f"{path} is a folder; {expected}")
+    if not path.exists():
+        raise RlcscError(f"model file not found: {path}")
+    state = load_torch(path)
+    if state is None:
+        raise RlcscError(f"{path} is not a PyTorch file; {expected}")
     if isinstance(state, dict) and "optimizer" in state and "arch" not in state:
         raise RlcscError(f"{path} is a training checkpoint, not a model; use the model.pt beside it")
     if not isinstance(state, dict) or not {"arch", "config", "model"} <= set(state):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rlcsc.atomic import atomically
 from rlcsc.config import Checked, param, read_params
 from rlcsc.errors import RlcscError
 from rlcsc.reference import table
@@ -318,9 +319,7 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
     import nbformat
     import papermill
 
-    tmp = target.with_name(f".{target.name}.tmp.ipynb")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    def write(tmp: Path) -> None:
         try:
             papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".")
         except papermill.PapermillExecutionError as err:
@@ -332,6 +331,6 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
             if HIDDEN_TAGS & set(tags) and "remove-cell" not in tags:
                 tags.append("remove-cell")
         nbformat.write(nb, tmp)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomically(write, target)

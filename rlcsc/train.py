@@ -35,7 +35,7 @@ from rlcsc.data.patches import PatchSet
 from rlcsc.device import PRECISIONS, autocast, device_name, effective, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
-from rlcsc.inference import apply, build, model_state
+from rlcsc.inference import apply, build, load_torch, model_state
 from rlcsc.manifest import TEST_SETS, paths
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
@@ -384,7 +384,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         interrupted.restore()
         dist.close()
     if status != "completed":  # the last good checkpoint is the model; the time is until the divergence
-        model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=True)["model"])
+        model.load_state_dict(read_checkpoint(ckpt_path)["model"])
         kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
     made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
@@ -450,10 +450,7 @@ def foreign(ckpt: dict, p: TrainParams) -> list[str]:
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint written by `rlcsc train`, or one clear error: a damaged or foreign file is never
     trained over."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch.load raises many types for a file that is not one of its own
-        ckpt = None
+    ckpt = load_torch(path)
     if not isinstance(ckpt, dict) or not {"model", "optimizer", "calls", "code"} <= set(ckpt):
         raise RlcscError(f"{path} is not a readable checkpoint of `rlcsc train`; move it away to train afresh")
     return ckpt

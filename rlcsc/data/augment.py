@@ -11,8 +11,6 @@ resolved params (`params.json`).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_integer_dtype
 
-from rlcsc.atomic import write_json
+from rlcsc.atomic import folder_atomically, write_json
 from rlcsc.color import rgb2y
 from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
@@ -115,11 +113,8 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
         raise RlcscError(f"missing training image {missing[0]}: run `rlcsc download` first")
     check_out(out, OUTPUTS, "augment")
     vs = variants(params)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     rows, offset = [], 0
-    try:
+    with folder_atomically(out) as tmp:
         with open(tmp / "images.u8", "wb") as blob:
             # strict: zip then asks pmap for one more item, which lets its progress bar reach the end
             for path, images in zip(files, pmap(_augment_one, [(p, vs) for p in files], jobs, desc="augment"), strict=True):
@@ -130,10 +125,6 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
         index = pd.DataFrame(rows, columns=COLUMNS)
         index.to_csv(tmp / "index.csv", index=False)
         write_json(asdict(params), tmp / "params.json")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return index
 
 

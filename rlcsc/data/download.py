@@ -21,6 +21,7 @@ from urllib.request import urlopen
 
 from tqdm import tqdm
 
+from rlcsc.atomic import write_text
 from rlcsc.errors import RlcscError
 from rlcsc.manifest import Entry, load_manifest
 
@@ -166,6 +167,4 @@ def write_listing(path: Path, datasets: Sequence[str] | None = None) -> None:
     """
     listing = {e.relpath: e.sha256 for e in load_manifest(datasets=datasets)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n", path)

@@ -16,9 +16,7 @@ Files in the output folder (numpy `.npy`, `np.load(..., mmap_mode="r")`):
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +26,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rlcsc.atomic import folder_atomically, write_json
 from rlcsc.config import Checked, at_least, one_of, param
 from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, check_out, load_augmented, variant_shape, variants
@@ -137,10 +136,7 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
     total = int(per_image.sum())
     if kept(total, params.chunk) == 0:
         raise RlcscError(f"no training pairs: {total} pairs is less than one chunk of {params.chunk}")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_atomically(out) as tmp:
         pair = (total, params.size, params.size)
         layout = (("labels", np.uint8, pair), ("inputs", params.input_dtype, pair), ("origin", ORIGIN, (total,)))
         for name, dtype, shape in layout:  # allocated here (sparse), filled by the workers
@@ -154,11 +150,7 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         keep = rng.permutation(total)[: kept(total, params.chunk)]
         np.save(tmp / "keep.npy", keep)
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(summary, tmp / "summary.json")
     return summary
 
 
