@@ -46,6 +46,7 @@ class Run:
     recorded: bool  # made by `rlcsc record` (runs/<name>/) rather than this pipeline (models/<name>/)
     train: dict  # train.json
     metrics: dict | None  # metrics.json of the evaluation, None if it did not run
+    scores: Path  # the folder of its evaluation's files (metrics.json, per_image.csv)
     environment: dict | None = None  # environment.json (recorded runs): one entry per call
 
     @property
@@ -88,6 +89,16 @@ class Run:
         """The Set5 x3 PSNR of the final model: its evaluation's, else the monitor's last."""
         m = (self.metrics or {}).get("Set5", {}).get("x3", {})
         return m.get("psnr", self.train["curve"][-1]["psnr"] if self.train["curve"] else np.nan)
+
+    def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
+        """One test image's PSNR by the run's evaluation (`per_image.csv`), None where the evaluation did
+        not score that image at that scale."""
+        path = self.scores / "per_image.csv"
+        if not path.exists():
+            return None
+        rows = pd.read_csv(path)
+        hit = rows[(rows.dataset == dataset) & (rows.image == image) & (rows.scale == scale)]
+        return float(hit.psnr.iloc[0]) if len(hit) else None
 
     def seedless(self) -> tuple:
         """What the run is, apart from its seed: runs that share it differ by chance alone."""
@@ -138,7 +149,7 @@ def pipeline_runs(params: Path, models: Path, results: Path) -> list[Run]:
     for name in names:
         train = _json(models / name / "train.json")
         if train is not None:
-            runs.append(Run(name, False, train, _json(results / name / "metrics.json")))
+            runs.append(Run(name, False, train, _json(results / name / "metrics.json"), results / name))
     return runs
 
 
@@ -146,7 +157,7 @@ def recorded_runs(runs: Path) -> list[Run]:
     """The recorded runs under `runs/`, by name."""
     found = []
     for folder in sorted(p for p in runs.glob("*") if (p / "train.json").exists()):
-        found.append(Run(folder.name, True, _json(folder / "train.json"), _json(folder / "metrics.json"),
+        found.append(Run(folder.name, True, _json(folder / "train.json"), _json(folder / "metrics.json"), folder,
                          _json(folder / "environment.json")))
     return found
 

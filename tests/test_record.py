@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,8 +155,16 @@ def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
                                   "recipe: pairs 2400, batch 16, zero_last true, lr 0.01, lr_step 3), seed 0, ")
     assert "of 4 epochs, cpu, commit " in run.label()
     assert run.short() == f"K25-quick (quick budget, {run.train['epochs_done']:g} of 4 epochs)"  # a column's label
-    done = type(run)(run.name, True, {**run.train, "epochs_done": 4}, run.metrics)
+    done = replace(run, train={**run.train, "epochs_done": 4})
     assert done.short() == "K25-quick (quick budget)"
+
+
+def test_a_figure_reads_an_image_score_from_the_run_s_evaluation(recorded: Path) -> None:
+    (run,) = recorded_runs(recorded / "runs")
+    rows = (recorded / "runs" / "K25-quick" / "per_image.csv").read_text().splitlines()
+    dataset, image, scale, psnr = rows[1].split(",")[:4]
+    assert run.image_psnr(dataset, image, int(scale)) == float(psnr)
+    assert run.image_psnr("Urban100", image, int(scale)) is None  # the quick budget does not score Urban100
 
 
 def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:
