@@ -142,7 +142,7 @@ def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -
         summary = json.loads((runs / name / "train.json").read_text())
         (runs / name / "train.json").write_text(json.dumps({**summary, "budget": budget}))
     quick = next(r for r in recorded_runs(runs) if r.name == "K25-quick")
-    pipeline = type(quick)("K25", False, quick.train, quick.metrics)  # as if this pipeline had trained it
+    pipeline = replace(quick, name="K25", recorded=False)  # as if this pipeline had trained it
     groups = [(title, [r.name for r in group]) for title, group in panels([pipeline, *recorded_runs(runs)])]
     assert groups == [("this pipeline, quick budget", ["K25"]), ("recorded runs, fast budget", ["K15-fast", "K25-fast"]),
                       ("recorded runs, quick budget", ["K25-quick"])]
