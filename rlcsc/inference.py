@@ -89,37 +89,30 @@ def receptive_radius(model: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | None = None,
-          progress: bool = False) -> np.ndarray:
-    """The network's output (float64) for one 2-D float image, computed in overlapping tiles of `tile`
-    pixels (default: 1024 on a GPU, so a test image is one tile; 512 on the CPU); each tile carries
-    `receptive_radius` pixels of context, so the result equals the untiled computation while
-    memory stays bounded. `progress` shows a bar over the tiles."""
+          progress: bool = False, window: tuple[slice, slice] | None = None) -> np.ndarray:
+    """The network's output (float64) for one 2-D float image, or for its `window` (rows, cols) alone,
+    computed in overlapping tiles of `tile` pixels (default: 1024 on a GPU, so a test image is one
+    tile; 512 on the CPU); each tile carries `receptive_radius` pixels of context where the image has
+    them, so the result equals those pixels of the untiled computation of the whole image while memory
+    stays bounded (and a figure's crop of a large image costs only the crop). `progress` shows a bar
+    over the tiles."""
     device = next(model.parameters()).device
     tile = tile or (1024 if device.type == "cuda" else 512)
     if isinstance(ilr, np.ndarray):
         ilr = torch.from_numpy(np.ascontiguousarray(ilr))
     x = ilr.to(device, torch.float32)[None, None]
     h, w = ilr.shape
+    rows, cols = window or (slice(None), slice(None))
+    (top, bottom, _), (left, right, _) = rows.indices(h), cols.indices(w)
     pad = receptive_radius(model)
-    out = np.empty((h, w), np.float64)
-    tiles = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+    out = np.empty((bottom - top, right - left), np.float64)
+    tiles = [(r, c) for r in range(top, bottom, tile) for c in range(left, right, tile)]
     for r, c in tqdm(tiles, desc="network", unit="tile", disable=not progress):
+        rh, cw = min(tile, bottom - r), min(tile, right - c)
         r0, c0 = max(r - pad, 0), max(c - pad, 0)
-        r1, c1 = min(r + tile + pad, h), min(c + tile + pad, w)
-        y = model(x[..., r0:r1, c0:c1])[0, 0].double().cpu().numpy()
-        rh, cw = min(tile, h - r), min(tile, w - c)
-        out[r : r + rh, c : c + cw] = y[r - r0 : r - r0 + rh, c - c0 : c - c0 + cw]
+        y = model(x[..., r0 : min(r + rh + pad, h), c0 : min(c + cw + pad, w)])[0, 0].double().cpu().numpy()
+        out[r - top : r - top + rh, c - left : c - left + cw] = y[r - r0 : r - r0 + rh, c - c0 : c - c0 + cw]
     return out
-
-
-def apply_window(model: torch.nn.Module, ilr: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
-    """The network's output on the window `ilr[rows, cols]` alone: computed on the window with
-    `receptive_radius` pixels of context on each side where the image has them, so it equals the same
-    window of `apply(model, ilr)` at a fraction of its cost (a figure's crop of a large image)."""
-    pad, (h, w) = receptive_radius(model), ilr.shape
-    r0, c0 = max(rows.start - pad, 0), max(cols.start - pad, 0)
-    out = apply(model, ilr[r0 : min(rows.stop + pad, h), c0 : min(cols.stop + pad, w)])
-    return out[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
 
 
 class Network:

@@ -25,7 +25,7 @@ from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import Picture, read_picture, write_picture
 from rlcsc.imresize import imresize
-from rlcsc.inference import apply, apply_window, load_model, model_state
+from rlcsc.inference import apply, load_model, model_state
 from rlcsc.metrics import psnr
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.rounding import im2uint
@@ -104,7 +104,8 @@ def test_a_window_computed_alone_equals_that_window_of_the_whole_image() -> None
     img = np.random.default_rng(0).random((70, 53))
     whole = apply(model, img)
     for rows, cols in (np.s_[20:40, 15:30], np.s_[0:12, 40:53], np.s_[0:70, 0:53]):  # inside, at a corner, all
-        np.testing.assert_allclose(apply_window(model, img, rows, cols), whole[rows, cols], atol=1e-5)
+        np.testing.assert_allclose(apply(model, img, window=(rows, cols)), whole[rows, cols], atol=1e-5)
+        np.testing.assert_allclose(apply(model, img, tile=7, window=(rows, cols)), whole[rows, cols], atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt,mode,bits", LOSSLESS)
