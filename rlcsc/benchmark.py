@@ -15,7 +15,7 @@ from rlcsc.data.patches import PatchSet
 from rlcsc.device import autocast, device_name, effective, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, score, summarize
-from rlcsc.inference import Network, apply, build, load_model, model_state
+from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
 from rlcsc.manifest import paths
 from rlcsc.train import TrainParams, prepare
 
@@ -135,7 +135,7 @@ def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
     fp32 and on a GPU also with TF32 convolutions and under bf16 autocast."""
     device = pick_device(p.device)
     cuda = device.type == "cuda"
-    model = build(p.arch, p.model_config()).to(device).eval()
+    model = for_inference(build(p.arch, p.model_config()), device)
     x = torch.rand(1, 1, size, size, device=device)
     timer = _timer(device)
     result = {"what": "inference", "device": device_name(device),

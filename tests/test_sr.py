@@ -108,6 +108,21 @@ def test_a_window_computed_alone_equals_that_window_of_the_whole_image() -> None
         np.testing.assert_allclose(apply(model, img, tile=7, window=(rows, cols)), whole[rows, cols], atol=1e-5)
 
 
+def test_a_loaded_model_computes_on_the_cpu_what_it_was_trained_to(tmp_path: Path) -> None:
+    """A model file loads with channels-last weights on the CPU; whole, tiled or windowed, its output is the
+    network's as trained (in the default layout), up to fp32 rounding."""
+    torch.manual_seed(0)
+    trained = RLCSC(RLCSCConfig(recursions=3, features=8, codes=16)).eval()
+    save_torch(model_state(trained), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.s.weight.is_contiguous(memory_format=torch.channels_last) and not loaded.s.weight.is_contiguous()
+    img = np.random.default_rng(0).random((70, 53))
+    whole = apply(trained, img)
+    np.testing.assert_allclose(apply(loaded, img), whole, atol=1e-5)
+    np.testing.assert_allclose(apply(loaded, img, tile=16), whole, atol=1e-5)
+    np.testing.assert_allclose(apply(loaded, img, window=np.s_[20:40, 15:30]), whole[20:40, 15:30], atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt,mode,bits", LOSSLESS)
 def test_pictures_read_and_write_exactly(fmt: str, mode: str, bits: int, tmp_path: Path) -> None:
     data = pixels(mode, bits)
