@@ -14,21 +14,27 @@ _OFFSET = np.array([16.0, 128.0, 128.0])
 
 
 def _lincomb(img: np.ndarray, t: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """out[..., p] = t[p,0]*c0 + t[p,1]*c1 + t[p,2]*c2 + offset[p], as MATLAB's `imlincomb`."""
+    """out[..., p] = t[p,0]*c0 + t[p,1]*c1 + t[p,2]*c2 + offset[p] for each row p of t, as MATLAB's `imlincomb`."""
     c = np.asarray(img, dtype=np.float64)
     return np.stack(
-        [t[p, 0] * c[..., 0] + t[p, 1] * c[..., 1] + t[p, 2] * c[..., 2] + offset[p] for p in range(3)],
+        [t[p, 0] * c[..., 0] + t[p, 1] * c[..., 1] + t[p, 2] * c[..., 2] + offset[p] for p in range(len(t))],
         axis=-1,
     )
 
 
-def rgb2ycbcr(img: np.ndarray) -> np.ndarray:
-    """RGB (H, W, 3) -> YCbCr. uint8 in 0..255 -> uint8 (rounded); float in [0, 1] -> float64."""
+def _from_rgb(img: np.ndarray, rows: slice) -> np.ndarray:
+    """The channels `rows` of `rgb2ycbcr(img)`, computing only those."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"rgb2ycbcr needs an (H, W, 3) image, got shape {img.shape}")
+    t, offset = _T[rows] / 255, _OFFSET[rows]
     if img.dtype == np.uint8:
-        return to_uint8(_lincomb(img, _T / 255, _OFFSET))
-    return _lincomb(img, _T / 255, _OFFSET / 255)
+        return to_uint8(_lincomb(img, t, offset))
+    return _lincomb(img, t, offset / 255)
+
+
+def rgb2ycbcr(img: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) -> YCbCr. uint8 in 0..255 -> uint8 (rounded); float in [0, 1] -> float64."""
+    return _from_rgb(img, slice(None))
 
 
 def ycbcr2rgb(img: np.ndarray) -> np.ndarray:
@@ -45,4 +51,4 @@ def rgb2y(img: np.ndarray) -> np.ndarray:
     """Luma of an image as MATLAB `rgb2ycbcr` gives it; a single-channel image is its own Y."""
     if img.ndim == 2:
         return img
-    return rgb2ycbcr(img)[..., 0]
+    return _from_rgb(img, slice(0, 1))[..., 0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from pyrtools.pyramids.filters import parse_filter
-from scipy.ndimage import correlate, correlate1d
+from scipy.ndimage import correlate
 
 M = 3  # block size of the vector GSM model
 LEVELS = 4
@@ -26,9 +26,21 @@ _FILTERS = parse_filter("sp5_filters", normalize=False)
 
 
 def _corr(img: np.ndarray, filt: np.ndarray, step: int = 1) -> np.ndarray:
-    """`corrDn(img, filt, 'reflect1', [step step])` for an odd-sized filter."""
-    out = correlate(img, filt, mode="mirror")
-    return out[::step, ::step] if step > 1 else out
+    """`corrDn(img, filt, 'reflect1', [step step])` for an odd-sized filter.
+
+    With `step` > 1 only the kept samples are computed: the sum over the step x step phases of the
+    reflected image of its valid correlation with the same phase of the filter."""
+    if step == 1:
+        return correlate(img, filt, mode="mirror")
+    padded = np.pad(img, filt.shape[0] // 2, mode="reflect")  # reflect1: mirror about the edge pixel
+    h, w = (-(-s // step) for s in img.shape)
+    out = np.zeros((h, w))
+    for p in range(step):
+        for q in range(step):
+            f = filt[p::step, q::step]
+            r, c = f.shape[0] // 2, f.shape[1] // 2
+            out += correlate(padded[p::step, q::step], f, mode="constant")[r : r + h, c : c + w]
+    return out
 
 
 def subbands(img: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
@@ -49,10 +61,18 @@ def window_size(level: int) -> int:
 
 
 def _block_sums(x: np.ndarray, win: int) -> np.ndarray:
-    """`corrDn(x, ones(win), 'reflect1', [M M], [2 2], size - 1)`: win x win sums centred on each block."""
-    ones = np.ones(win)
-    rows = correlate1d(x, ones, axis=0, mode="mirror")[M // 2 :: M]
-    return correlate1d(rows, ones, axis=1, mode="mirror")[:, M // 2 :: M]
+    """`corrDn(x, ones(win), 'reflect1', [M M], [2 2], size - 1)`: the win x win sums centred on
+    each M x M block, adding only the rows and columns they keep."""
+    r, c = win // 2, M // 2
+    padded = np.pad(x, r, mode="reflect")
+    n, m = (len(range(c, s, M)) for s in x.shape)
+    rows = padded[c : c + M * n : M].copy()
+    for k in range(1, win):
+        rows += padded[c + k : c + k + M * n : M]
+    sums = rows[:, c : c + M * m : M].copy()
+    for k in range(1, win):
+        sums += rows[:, c + k : c + k + M * m : M]
+    return sums
 
 
 def distortion_channel(y: np.ndarray, yn: np.ndarray, win: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,11 +103,12 @@ def distortion_channel(y: np.ndarray, yn: np.ndarray, win: int) -> tuple[np.ndar
 def source_field(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """S field per non-overlapping block and the nine eigenvalues of the block covariance (`refparams_vecgsm`)."""
     h, w = y.shape
-    overlapping = np.stack(
-        [y[k : h - (M - 1 - k), j : w - (M - 1 - j)].ravel() for j in range(M) for k in range(M)]
-    )
-    centred = overlapping - overlapping.mean(axis=1, keepdims=True)
-    cu = centred @ centred.T / overlapping.shape[1]
+    centred = np.empty((M * M, h - M + 1, w - M + 1))  # the M x M neighbourhood of every pixel, column-major
+    for i, (j, k) in enumerate((j, k) for j in range(M) for k in range(M)):
+        centred[i] = y[k : h - (M - 1 - k), j : w - (M - 1 - j)]
+    centred = centred.reshape(M * M, -1)
+    centred -= centred.mean(axis=1, keepdims=True)
+    cu = centred @ centred.T / centred.shape[1]
     blocks = np.stack([y[k::M, j::M].ravel() for j in range(M) for k in range(M)])
     ss = np.sum((np.linalg.inv(cu) @ blocks) * blocks, axis=0) / (M * M)
     return ss.reshape(h // M, w // M), np.linalg.eigvalsh(cu)

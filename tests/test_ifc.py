@@ -31,14 +31,14 @@ def test_window_sizes_follow_matlab_subband_levels() -> None:
     assert [ifc.window_size(level) for level in range(4)] == [17, 9, 5, 3]
 
 
-def test_block_sums_equal_direct_reflected_sums() -> None:
+@pytest.mark.parametrize(("h", "w", "win"), [(12, 15, 5), (13, 14, 9), (30, 31, 17)])
+def test_block_sums_equal_direct_reflected_sums(h: int, w: int, win: int) -> None:
     rng = np.random.default_rng(1)
-    x = rng.random((12, 15))
-    win = 5
+    x = rng.random((h, w))
     got = ifc._block_sums(x, win)
     padded = np.pad(x, win // 2, mode="reflect")  # reflect1: mirror about the edge pixel
     want = np.array(
-        [[padded[r : r + win, c : c + win].sum() for c in range(1, 15, 3)] for r in range(1, 12, 3)]
+        [[padded[r : r + win, c : c + win].sum() for c in range(1, w, 3)] for r in range(1, h, 3)]
     )
     np.testing.assert_allclose(got, want, atol=1e-12)
 
