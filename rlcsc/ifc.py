@@ -104,7 +104,8 @@ def source_field(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """S field per non-overlapping block and the nine eigenvalues of the block covariance (`refparams_vecgsm`)."""
     h, w = y.shape
     centred = np.empty((M * M, h - M + 1, w - M + 1))  # the M x M neighbourhood of every pixel, column-major
-    for i, (j, k) in enumerate((j, k) for j in range(M) for k in range(M)):
+    for i in range(M * M):
+        j, k = divmod(i, M)
         centred[i] = y[k : h - (M - 1 - k), j : w - (M - 1 - j)]
     centred = centred.reshape(M * M, -1)
     centred -= centred.mean(axis=1, keepdims=True)
