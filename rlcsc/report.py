@@ -90,6 +90,11 @@ class Run:
         m = (self.metrics or {}).get("Set5", {}).get("x3", {})
         return m.get("psnr", self.train["curve"][-1]["psnr"] if self.train["curve"] else np.nan)
 
+    def minutes_to(self, psnr: float) -> float | None:
+        """Training minutes (a snapshot's `seconds`) at the first snapshot whose Set5 x3 PSNR reached
+        `psnr`; None if none did."""
+        return next((c["seconds"] / 60 for c in self.train["curve"] if c["psnr"] >= psnr), None)
+
     def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
         """One test image's PSNR by the run's evaluation (`per_image.csv`), None where the evaluation did
         not score that image at that scale."""
@@ -160,6 +165,18 @@ def recorded_runs(runs: Path) -> list[Run]:
         found.append(Run(folder.name, True, _json(folder / "train.json"), _json(folder / "metrics.json"), folder,
                          _json(folder / "environment.json")))
     return found
+
+
+def paper_set5_x3(run: Run) -> float | None:
+    """The paper's final Set5 x3 PSNR for the network `run` trained, where the paper reports one: the
+    endpoints of Figure 7 (Section 5.4) for its K, at Section 5.2's filter sizes (n = 128, m = 256)
+    with the residual connection and without biases; None for any other network."""
+    m = run.model
+    if not (m["arch"] == "rlcsc" and m["residual"] and not m["bias"] and (m["features"], m["codes"]) == (128, 256)):
+        return None
+    ref = table("figure7")
+    hit = ref.psnr[ref.recursions == m["recursions"]]
+    return float(hit.iloc[0]) if len(hit) else None
 
 
 def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]:

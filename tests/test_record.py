@@ -13,7 +13,7 @@ import torch
 
 from rlcsc.cli import main
 from rlcsc.provenance import source_hash
-from rlcsc.report import panels, recorded_runs, references
+from rlcsc.report import Run, panels, paper_set5_x3, recorded_runs, references
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
@@ -165,6 +165,21 @@ def test_a_figure_reads_an_image_score_from_the_run_s_evaluation(recorded: Path)
     dataset, image, scale, psnr = rows[1].split(",")[:4]
     assert run.image_psnr(dataset, image, int(scale)) == float(psnr)
     assert run.image_psnr("Urban100", image, int(scale)) is None  # the quick budget does not score Urban100
+
+
+def test_a_run_is_timed_to_the_paper_s_number_for_its_network(recorded: Path) -> None:
+    (quick,) = recorded_runs(recorded / "runs")
+    assert paper_set5_x3(quick) is None  # n = 8, m = 16: a network the paper does not report
+    curve = [{"step": s, "seconds": 60.0 * s, "psnr": psnr} for s, psnr in ((1, 33.0), (2, 34.2), (3, 34.1))]
+
+    def network(**model) -> Run:
+        return replace(quick, train={**quick.train, "curve": curve,
+                                     "model": {**quick.model, "features": 128, "codes": 256, **model}})
+
+    assert paper_set5_x3(network()) == 34.11 and paper_set5_x3(network(recursions=48)) == 34.16  # Figure 7
+    assert [paper_set5_x3(network(**m)) for m in ({"recursions": 30}, {"residual": False}, {"bias": True},
+                                                  {"codes": 128})] == [None] * 4
+    assert network().minutes_to(34.11) == 2 and network().minutes_to(34.3) is None
 
 
 def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:
