@@ -141,7 +141,7 @@ def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
     result = {"what": "inference", "device": device_name(device),
               "model": p.model_config(), "size": size}
     for mode in (("fp32", "tf32", "bf16") if cuda else ("fp32",)):
-        def step() -> None:
+        def step(mode: str = mode) -> None:
             with using_precision(device, mode), autocast(device, mode):
                 model(x)
         for _ in range(3):

@@ -17,7 +17,7 @@ READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evalu
          "evaluate": ("evaluate",), "report": ("report", "experiments")}
 
 
-def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+def positive(kind: type[int | float]) -> Callable[[str], int | float]:
     """An argparse type: a number of `kind` above zero (a count of steps, epochs, minutes or processes)."""
 
     def parse(text: str) -> int | float:

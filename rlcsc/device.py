@@ -9,8 +9,7 @@ code inside it and restores them on leaving, so no setting outlives the code tha
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -56,7 +55,7 @@ def using_precision(device: torch.device | str, mode: str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def autocast(device: torch.device | str, mode: str) -> ContextManager:
+def autocast(device: torch.device | str, mode: str) -> AbstractContextManager:
     """bf16 autocast for a forward pass on CUDA when `mode` is bf16; nothing otherwise."""
     if mode == "bf16" and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -327,7 +327,7 @@ def comparison(ref: str, metric: str, ours: dict[str, dict | None]) -> pd.DataFr
     return published
 
 
-def mark_best(frame: pd.DataFrame, digits: int) -> "pd.io.formats.style.Styler":
+def mark_best(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler:
     """Red for the best and blue for the second best value of each row, as the paper marks them."""
 
     def colours(row: pd.Series) -> list[str]:

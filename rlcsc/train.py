@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -430,7 +431,7 @@ def _snapshot(p: TrainParams, step: int, per_epoch: int, lr: float, losses: torc
 def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
     """Training speed between host syncs, leaving out the first tenth of the run (warm-up,
     compilation) and the pauses for the monitor's evaluations (the median interval)."""
-    pairs = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(syncs, syncs[1:]) if s1 > s0]
+    pairs = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in pairwise(syncs) if s1 > s0]
     if not pairs:
         return None
     warm = syncs[-1][0] / 10

@@ -8,18 +8,18 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 from urllib.error import URLError
 
 import pytest
 
 from rlcsc.data import download
 from rlcsc.data.download import MIRROR_ENV, download_all, fetch
-from rlcsc.manifest import Entry, load_manifest
 from rlcsc.errors import RlcscError
+from rlcsc.manifest import Entry, load_manifest
 
 COUNTS = {"T91": 91, "BSD200": 200, "Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
 

@@ -12,10 +12,11 @@ import hashlib
 import http.client
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from time import sleep
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
