@@ -47,10 +47,12 @@ def _load(args: argparse.Namespace, block: str, cls: type, experiment: str | Non
 
 def _download(args: argparse.Namespace) -> None:
     from rlcsc.data.download import download_all, write_listing
+    from rlcsc.manifest import MANIFEST, WEIGHTS
 
-    fetched = download_all(args.out, args.datasets, mirror=args.mirror, jobs=args.jobs)
+    manifest = WEIGHTS if args.weights else MANIFEST
+    fetched = download_all(args.out, args.datasets, mirror=args.mirror, jobs=args.jobs, manifest=manifest)
     if args.listing:
-        write_listing(args.listing, args.datasets)
+        write_listing(args.listing, args.datasets, manifest)
     print(f"{fetched} file(s) fetched; all files under {args.out} verified", file=sys.stderr)
 
 
@@ -118,6 +120,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from rlcsc.released import convert
+
+    source = convert(args.arch, args.weights, args.out)
+    print(f"{args.out}: {args.arch} from {source['group']}/{source['file']} (sha256 {source['sha256']})", file=sys.stderr)
+
+
 def _sr(args: argparse.Namespace) -> None:
     from rlcsc.sr import super_resolve_file
 
@@ -167,8 +176,13 @@ def _params(args: argparse.Namespace) -> None:
 
 
 def _record(args: argparse.Namespace) -> None:
-    from rlcsc.record import record
+    from rlcsc.record import record, record_evaluation
 
+    if args.model is not None:
+        if args.epochs or args.steps or not args.evaluate:
+            raise RlcscError("--model records an evaluation alone; --epochs, --steps and --no-evaluate are for training")
+        record_evaluation(args.params, args.budget, args.model, args.raw, args.out, args.jobs)
+        return
     record(args.params, args.budget, args.experiment, args.raw, args.out, args.work, args.epochs, args.steps,
            args.evaluate, args.jobs)
 
@@ -229,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", type=Path, help="local mirror with dataset/file layout "
                    "(default: $RLCSC_DATA_MIRROR, else the pinned URLs)")
     p.add_argument("--jobs", type=positive(int), default=8, help="parallel transfers")
+    p.add_argument("--weights", action="store_true", help="the comparison methods' released model files "
+                   "(rlcsc/weights.tsv; mirror: $RLCSC_WEIGHTS_MIRROR) instead of the images")
     p.set_defaults(func=_download)
 
     p = sub.add_parser("augment", help="flipped/rotated/downsized Y copies of the training images")
@@ -268,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("convert", help="a comparison method's released weights as a model file")
+    p.add_argument("--arch", required=True, help="its network in rlcsc/models (e.g. vdsr)")
+    p.add_argument("--weights", type=Path, required=True, help="the released file, as rlcsc/weights.tsv pins it")
+    p.add_argument("--out", type=Path, required=True, help="the model file to write")
+    p.set_defaults(func=_convert)
+
     p = sub.add_parser("sr", help="super-resolve an image file with a trained model")
     p.add_argument("input", type=Path)
     p.add_argument("--scale", type=float, required=True, help="upscaling factor, 2 to 4")
@@ -302,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="K25")
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="the images (training, and test sets)")
     p.add_argument("--out", type=Path, required=True, help="the run's folder, e.g. runs/K25-paper")
+    p.add_argument("--model", type=Path, help="record the evaluation of this model file (e.g. a converted "
+                   "comparison method) instead of training --experiment")
     p.add_argument("--work", type=Path, default=Path(".record"), help="folder for the augmented images and patches")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive(int), help="train until this many epochs are done (default: all)")

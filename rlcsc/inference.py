@@ -13,12 +13,13 @@ from rlcsc.device import using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+from rlcsc.models.vdsr import VDSR, VDSRConfig
 
-ARCHS = {"rlcsc": (RLCSC, RLCSCConfig), "drrn": (DRRN, DRRNConfig)}
+ARCHS = {"rlcsc": (RLCSC, RLCSCConfig), "drrn": (DRRN, DRRNConfig), "vdsr": (VDSR, VDSRConfig)}
 
 
 def build(arch: str, config: dict) -> torch.nn.Module:
-    """A network of architecture `arch` ("rlcsc" | "drrn") from its config fields."""
+    """A network of architecture `arch` ("rlcsc" | "drrn" | "vdsr") from its config fields."""
     if arch not in ARCHS:
         raise RlcscError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
     cls, cfg = ARCHS[arch]
@@ -62,7 +63,8 @@ def _read_model_file(path: Path) -> dict:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load a model file written by `rlcsc train`, ready for inference on `device` (`for_inference`)."""
+    """Load a model file written by `rlcsc train` or `rlcsc convert`, ready for inference on `device`
+    (`for_inference`)."""
     state = _read_model_file(path)
     try:
         model = build(state["arch"], state["config"])
@@ -84,10 +86,10 @@ def for_inference(model: torch.nn.Module, device: torch.device | str) -> torch.n
 
 def describe_model(path: Path) -> dict:
     """What a model file says of itself: network, and the experiment, budget, status and extent (epochs
-    done of those planned) of its training."""
+    done of those planned) of its training, or the released file it was converted from (`source`)."""
     state = _read_model_file(path)
-    return {"path": str(path), "arch": state["arch"], "config": state["config"],
-            **{k: state.get(k) for k in ("experiment", "budget", "status", "epochs_done", "epochs_planned")}}
+    keys = ("experiment", "budget", "status", "epochs_done", "epochs_planned", "source")
+    return {"path": str(path), "arch": state["arch"], "config": state["config"], **{k: state.get(k) for k in keys}}
 
 
 def receptive_radius(model: torch.nn.Module) -> int:

@@ -14,6 +14,10 @@ run's folder, committed as `runs/<name>/`, then holds
   commit and a hash of its source, the resolved params, the command, the date, and what the call did
   (the steps it trained, whether it evaluated).
 
+`rlcsc record --model FILE` records an evaluation alone: a model made elsewhere (a comparison
+method's released weights, converted) scored under one budget, its folder holding a copy of the model
+file and the evaluation's and environment's files.
+
 `rlcsc compare` trains variants of one experiment from the same seed for the same steps or minutes,
 one change each, and writes their curves to one JSON file.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +38,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlcsc.atomic import write_json
+from rlcsc.atomic import atomically, write_json
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, make_patches
@@ -41,6 +46,7 @@ from rlcsc.device import device_name, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, write_results
 from rlcsc.inference import Network, describe_model
+from rlcsc.manifest import file_sha256
 from rlcsc.provenance import source_hash
 from rlcsc.train import TrainParams, foreign, read_checkpoint, train
 
@@ -136,6 +142,29 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
         write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
     done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
     write_json({"calls": calls + [{**call, **done}]}, env_path)
+
+
+def record_evaluation(params_path: Path, budget: str, model: Path, raw: Path, out: Path, jobs: int | None = None) -> None:
+    """Record the evaluation of the model file `model` under `budget` into the folder `out`: a copy of
+    the model (`model.pt`), `metrics.json`, `per_image.csv`, `evaluation.json` and `environment.json`."""
+    params = {**read_params(params_path), "budget": budget}
+    e = build(EvaluateParams, resolve(params, params_path, "evaluate", EvaluateParams),
+              f"{params_path} under budget {budget}")
+    about = describe_model(model)
+    if not raw.is_dir():
+        raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
+    kept = out / "model.pt"
+    if kept.exists() and file_sha256(kept) != file_sha256(model):
+        raise RlcscError(f"{kept} is another model than {model}; record into another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not kept.exists():
+        atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
+    call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
+    write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
+    device = pick_device("auto").type
+    scores = evaluate(Network(kept, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+    write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(kept)})
+    write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
 
 
 def _checkpoint(out: Path) -> dict | None:

@@ -1,4 +1,5 @@
-"""Download stage: fetch the images listed in the packaged manifest, verified by size and SHA-256.
+"""Download stage: fetch the files of a packaged manifest (the images, or the released weights of the
+comparison methods), verified by size and SHA-256.
 
 Every file lands at ``out/<dataset>/<file>``. It is written to a hidden ``.<file>.part`` beside
 it, checked, and only then renamed, so a file under its final name is always a verified one;
@@ -24,9 +25,11 @@ from tqdm import tqdm
 
 from rlcsc.atomic import write_text
 from rlcsc.errors import RlcscError
-from rlcsc.manifest import Entry, load_manifest
+from rlcsc.manifest import MANIFEST, WEIGHTS, Entry, file_sha256, load_manifest
 
 MIRROR_ENV = "RLCSC_DATA_MIRROR"
+WEIGHTS_MIRROR_ENV = "RLCSC_WEIGHTS_MIRROR"
+MIRRORS = {MANIFEST: MIRROR_ENV, WEIGHTS: WEIGHTS_MIRROR_ENV}  # the variable naming each manifest's mirror
 TIMEOUT_S = 60.0  # per network request
 BACKOFF_S = 1.0  # first pause between network attempts; doubles after each failure
 CHUNK = 1 << 20
@@ -38,15 +41,17 @@ def download_all(
     mirror: Path | None = None,
     retries: int = 3,
     jobs: int = 8,
+    manifest: Path = MANIFEST,
 ) -> int:
-    """Fetch the manifest's files (of `datasets`, all when None) into `out`; return how many came.
+    """Fetch the files of `manifest` (of `datasets`, all when None) into `out`; return how many came.
 
     Verified files already in `out` are skipped and not counted. `mirror` defaults to the folder
-    named by $RLCSC_DATA_MIRROR when set and not empty; else files come from their URLs.
+    named by the manifest's variable ($RLCSC_DATA_MIRROR for the images, $RLCSC_WEIGHTS_MIRROR for the
+    weights) when set and not empty; else files come from their URLs.
     """
-    if mirror is None and os.environ.get(MIRROR_ENV):
-        mirror = Path(os.environ[MIRROR_ENV])
-    return fetch(load_manifest(datasets=datasets), out, mirror, retries, jobs)
+    if mirror is None and os.environ.get(MIRRORS[manifest]):
+        mirror = Path(os.environ[MIRRORS[manifest]])
+    return fetch(load_manifest(manifest, datasets), out, mirror, retries, jobs)
 
 
 def fetch(
@@ -92,7 +97,7 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
     whatever `.part` a failure leaves behind.
     """
     dest = out / entry.relpath
-    if dest.is_file() and dest.stat().st_size == entry.bytes and _sha256(dest) == entry.sha256:
+    if dest.is_file() and dest.stat().st_size == entry.bytes and file_sha256(dest) == entry.sha256:
         bar.update(entry.bytes)
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -152,20 +157,12 @@ def _stream(src: BinaryIO, part: Path, bar: tqdm) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_listing(path: Path, datasets: Sequence[str] | None = None) -> None:
+def write_listing(path: Path, datasets: Sequence[str] | None = None, manifest: Path = MANIFEST) -> None:
     """Write {"dataset/file": sha256} of the manifest's files, atomically (the download stage's output).
 
     Call it after `download_all` has verified them: downstream stages depend on this small file,
     which changes exactly when the pinned bytes do.
     """
-    listing = {e.relpath: e.sha256 for e in load_manifest(datasets=datasets)}
+    listing = {e.relpath: e.sha256 for e in load_manifest(manifest, datasets)}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n", path)
