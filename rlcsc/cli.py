@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sr", help="super-resolve an image file with a trained model")
     p.add_argument("input", type=Path)
     p.add_argument("--scale", type=float, required=True, help="upscaling factor, 2 to 4")
-    p.add_argument("--model", type=Path, help="a model file (default: the recorded K25 model)")
+    p.add_argument("--model", help="a model file, or a name: rlcsc (the default: the recorded K25 model, else "
+                   "the pipeline's) or vdsr (the VDSR authors' weights, converted)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
     p.set_defaults(func=_sr)

@@ -18,22 +18,40 @@ from rlcsc.imresize import imresize
 from rlcsc.inference import apply, describe_model, load_model
 
 REPO = Path(rlcsc.__file__).resolve().parents[1]
-# Without --model: the recorded K25 run, else the pipeline's K25 model.
-DEFAULT_MODELS = (REPO / "runs" / "K25-paper" / "model.pt", REPO / "models" / "K25" / "model.pt")
+# The models `--model NAME` names, each the recorded run's file, else the pipeline's, and the stage
+# that makes the pipeline's; without --model, rlcsc (the K25 model).
+NAMED_MODELS = {
+    "rlcsc": ((REPO / "runs" / "K25-paper" / "model.pt", REPO / "models" / "K25" / "model.pt"), "train@K25"),
+    "vdsr": ((REPO / "runs" / "VDSR-official" / "model.pt", REPO / "models" / "VDSR" / "model.pt"), "convert@VDSR"),
+}
 
 
-def default_model() -> Path:
-    """The first of `DEFAULT_MODELS` that exists, or one clear error naming them and how to get one."""
-    for path in DEFAULT_MODELS:
+def named_model(name: str = "rlcsc") -> Path:
+    """The first existing file of the model `name`, or one clear error naming them and how to get one."""
+    paths, stage = NAMED_MODELS[name]
+    for path in paths:
         if path.is_file():
             return path
-    raise RlcscError(f"no model given and none at {' or '.join(map(str, DEFAULT_MODELS))}; "
-                     "train one with `dvc repro train@K25`, or pass --model FILE")
+    raise RlcscError(f"no {name} model at {' or '.join(map(str, paths))}; make one with `dvc repro {stage}`, "
+                     "or pass --model FILE")
+
+
+def resolve_model(model: str | None) -> Path:
+    """--model as given: a file, a name of `NAMED_MODELS`, or None for the default (rlcsc)."""
+    if model is None:
+        return named_model()
+    if model in NAMED_MODELS and not Path(model).exists():
+        return named_model(model)
+    return Path(model)
 
 
 def model_summary(path: Path) -> str:
-    """What a model file is, in a few words: "K25, budget paper, 1 of 35 epochs"."""
+    """What a model file is, in a few words: "K25, budget paper, 1 of 35 epochs", or "vdsr, the released
+    VDSR/VDSR_Official.mat (sha256 f6131666...)"."""
     about = describe_model(path)
+    source = about["source"]
+    if source:
+        return f"{about['arch']}, the released {source['group']}/{source['file']} (sha256 {source['sha256'][:8]}...)"
     words = [about["experiment"] or f"unlabelled {about['arch']} model"]
     if about["budget"]:
         words.append(f"budget {about['budget']}")
@@ -72,14 +90,14 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
         raise RlcscError(f"{output} exists; pass --overwrite to replace it")
 
 
-def super_resolve_file(input: Path, output: Path, scale: float, model: Path | None, overwrite: bool) -> str:
+def super_resolve_file(input: Path, output: Path, scale: float, model: str | None, overwrite: bool) -> str:
     """Upscale image file `input` by `scale` into `output`; returns the line that says what was done."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
     _check_output(input, output, overwrite)
     picture = read_picture(input)
     output_format(output, picture.mode, picture.bits)  # can the output hold it? (before any work)
-    model = model or default_model()
+    model = resolve_model(model)
     about = model_summary(model)
     device = pick_device("auto")
     with using_precision(device, "fp32"):

@@ -47,14 +47,18 @@ def notebook_imports(path: Path) -> set[str]:
 
 
 def stages() -> list[tuple[str, dict]]:
-    """Every stage of dvc.yaml, `foreach` expanded over the experiments in params.yaml."""
+    """Every stage of dvc.yaml, `foreach` expanded over its items (the experiments in params.yaml, or
+    the mapping written in dvc.yaml)."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
     out = []
     for name, stage in pipeline.items():
         if "foreach" in stage:
-            for key in experiments:
+            items = stage["foreach"] if isinstance(stage["foreach"], dict) else experiments
+            for key, item in items.items():
                 text = json.dumps(stage["do"]).replace("${key}", key)
+                for field, value in (item or {}).items():
+                    text = text.replace(f"${{item.{field}}}", str(value))
                 out.append((f"{name}@{key}", json.loads(text)))
         else:
             out.append((name, stage))
@@ -83,6 +87,8 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(name: str, stage: dict)
         needed.add(Path("rlcsc/reference"))  # the CSV tables it reads
     if "rlcsc.manifest" in modules or Path("rlcsc/manifest.py") in needed:
         needed.add(Path("rlcsc/manifest.tsv"))
+    if "--weights" in words and words[1] == "download" or Path("rlcsc/released.py") in needed:
+        needed.add(Path("rlcsc/weights.tsv"))  # the manifest of the released model files
 
     def covered(path: Path) -> bool:
         return any(path == dep or dep in path.parents for dep in code)

@@ -238,9 +238,9 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recorded, pipeline = tmp_path / "runs" / "model.pt", tmp_path / "models" / "model.pt"
-    monkeypatch.setattr(sr, "DEFAULT_MODELS", (recorded, pipeline))
+    monkeypatch.setitem(sr.NAMED_MODELS, "rlcsc", ((recorded, pipeline), "train@K25"))
     save(pixels("L", 8), tmp_path / "in.png")
-    with pytest.raises(RlcscError, match=f"none at {recorded} or {pipeline}.*dvc repro train@K25.*--model"):
+    with pytest.raises(RlcscError, match=f"no rlcsc model at {recorded} or {pipeline}.*dvc repro train@K25.*--model"):
         sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
     assert not (tmp_path / "out.png").exists()
     pipeline.parent.mkdir()
@@ -256,6 +256,29 @@ def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypat
     save_torch({**labelled, "status": "diverged at epoch 2, step 5"}, recorded)
     line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True)
     assert line.endswith("K25, budget quick, 4 of 4 epochs, diverged at epoch 2, step 5)")
+
+
+def test_model_by_name_is_the_converted_vdsr(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """`--model vdsr` picks the recorded evaluation's file, else the pipeline's, and says what it is; a file
+    of that name in the working folder is still a file."""
+    recorded, pipeline = tmp_path / "runs" / "model.pt", tmp_path / "models" / "model.pt"
+    monkeypatch.setitem(sr.NAMED_MODELS, "vdsr", ((recorded, pipeline), "convert@VDSR"))
+    save(pixels("L", 8), tmp_path / "in.png")
+    status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", "vdsr",
+                                "-o", str(tmp_path / "out.png"))
+    assert status == 1 and "no vdsr model at" in err and "dvc repro convert@VDSR" in err
+    source = {"group": "VDSR", "file": "VDSR_Official.mat", "sha256": "f6131666" + "0" * 56, "url": "u"}
+    pipeline.parent.mkdir()
+    save_torch({**torch.load(tiny, weights_only=True), "source": source}, pipeline)
+    status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", "vdsr",
+                                "-o", str(tmp_path / "out.png"))
+    assert status == 0 and err.strip().endswith(f"(model {pipeline}: rlcsc, the released VDSR/VDSR_Official.mat "
+                                                "(sha256 f6131666...))")
+    monkeypatch.chdir(tmp_path)
+    Path("vdsr").write_bytes(b"not a model")
+    status, err = sr_in_process(capsys, "in.png", "--scale", "2", "--model", "vdsr", "-o", "out2.png")
+    assert status == 1 and "vdsr is not a PyTorch file" in err
 
 
 @pytest.fixture(scope="module")

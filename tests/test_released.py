@@ -1,0 +1,137 @@
+"""Released weights: the VDSR network, its MatConvNet layout, the pinned file, and the authors' weights
+through this package's protocol (Set5 against the paper's Table 1 VDSR column)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from rlcsc import released
+from rlcsc.cli import main
+from rlcsc.data.download import WEIGHTS_MIRROR_ENV, download_all
+from rlcsc.errors import RlcscError
+from rlcsc.evaluate import evaluate, summarize
+from rlcsc.inference import Network, describe_model, load_model
+from rlcsc.manifest import WEIGHTS, load_manifest
+from rlcsc.models.vdsr import VDSR, from_matconvnet
+from rlcsc.reference import table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def weights_mirror() -> Path:
+    """$RLCSC_WEIGHTS_MIRROR, else shared/weights in or beside the repository; skip when absent."""
+    env = os.environ.get(WEIGHTS_MIRROR_ENV)
+    candidates = [Path(env)] if env else [root / "shared" / "weights" for root in (REPO, REPO.parent)]
+    for path in candidates:
+        if (path / "VDSR").is_dir():
+            return path
+    pytest.skip(f"no weights mirror found (set {WEIGHTS_MIRROR_ENV}; tried {', '.join(map(str, candidates))})")
+
+
+def matconvnet_file(path: Path, kernels: list[np.ndarray], biases: list[np.ndarray]) -> Path:
+    """A MatConvNet-style file: struct `model` with 1 x L cells weight (H x W x C_in x C_out) and bias."""
+    cells = {name: np.empty((1, len(values)), dtype=object) for name, values in (("weight", kernels), ("bias", biases))}
+    for i, (w, b) in enumerate(zip(kernels, biases)):
+        cells["weight"][0, i], cells["bias"][0, i] = w, b
+    savemat(path, {"model": cells})
+    return path
+
+
+def vl_nnconv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MatConvNet's convolution with pad 1, written from its definition: y(i, j, o) = b(o) +
+    sum over u, v, c of w(u, v, c, o) x(i + u - 1, j + v - 1, c) (a correlation; zero outside)."""
+    h, wd, _ = x.shape
+    padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    y = np.zeros((h, wd, w.shape[3])) + b.reshape(-1)
+    for u in range(3):
+        for v in range(3):
+            y += padded[u : u + h, v : v + wd] @ w[u, v]
+    return y
+
+
+def test_vdsr_has_the_released_networks_size() -> None:
+    model = VDSR()
+    assert sum(p.numel() for p in model.parameters()) == 665_921
+    assert model.depth == 20 and len(model.convs) == 20
+
+
+def test_conversion_keeps_matconvnets_orientation(tmp_path: Path) -> None:
+    """Asymmetric kernels: a transposed (H <-> W) or flipped kernel, or C_in and C_out swapped, gives
+    another output than MatConvNet's own arithmetic."""
+    rng = np.random.default_rng(0)
+    sizes = [1, 3, 3, 1]
+    kernels = [rng.normal(0, 0.5, (3, 3, a, b)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+    biases = [rng.normal(0, 0.1, (b, 1)).astype(np.float32) for b in sizes[1:]]
+    kernels[-1] = kernels[-1][..., 0]  # MATLAB drops the trailing C_out = 1
+    net = from_matconvnet(matconvnet_file(tmp_path / "m.mat", kernels, biases))
+    assert net.cfg.layers == 3 and net.cfg.features == 3
+    x = rng.random((9, 7, 1))
+    h = x
+    for i, (w, b) in enumerate(zip(kernels, biases)):
+        h = vl_nnconv(h, w.reshape(3, 3, sizes[i], sizes[i + 1]).astype(np.float64), b.astype(np.float64))
+        h = np.maximum(h, 0) if i < len(kernels) - 1 else h
+    expected = x[..., 0] + h[..., 0]
+    with torch.no_grad():
+        got = net.double()(torch.from_numpy(x[..., 0])[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    flipped = [np.ascontiguousarray(w[::-1, ::-1]) for w in kernels]
+    wrong = from_matconvnet(matconvnet_file(tmp_path / "f.mat", flipped, biases)).double()
+    with torch.no_grad():
+        assert np.abs(wrong(torch.from_numpy(x[..., 0])[None, None])[0, 0].numpy() - expected).max() > 1e-3
+
+
+def test_a_file_that_is_not_matconvnets_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.mat").write_bytes(b"MATLAB 5.0 MAT-file, not really")
+    with pytest.raises(RlcscError, match="is not a MatConvNet VDSR file"):
+        from_matconvnet(tmp_path / "x.mat")
+
+
+def test_only_the_pinned_file_converts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "other.mat").write_bytes(b"some other weights")
+    status = main(["convert", "--arch", "vdsr", "--weights", str(tmp_path / "other.mat"), "--out", str(tmp_path / "m.pt")])
+    assert status == 1 and "is not a file that weights.tsv pins" in capsys.readouterr().err
+    status = main(["convert", "--arch", "drrn", "--weights", str(tmp_path / "other.mat"), "--out", str(tmp_path / "m.pt")])
+    assert status == 1 and "no converter for architecture 'drrn'" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_weights_manifest_matches_the_mirrors(weights_mirror: Path) -> None:
+    mirrored = {tuple(line.split("\t")[:4]) for line in (weights_mirror / "MANIFEST.tsv").read_text().splitlines()[1:]}
+    assert {(e.dataset, e.file, str(e.bytes), e.sha256) for e in load_manifest(WEIGHTS)} <= mirrored
+
+
+@pytest.fixture(scope="module")
+def vdsr_model(weights_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The VDSR authors' file fetched from the mirror (verified) and converted by `rlcsc convert`."""
+    root = tmp_path_factory.mktemp("vdsr")
+    assert download_all(root / "weights", mirror=weights_mirror, manifest=WEIGHTS) == 1
+    mat = root / "weights" / "VDSR" / "VDSR_Official.mat"
+    assert main(["convert", "--arch", "vdsr", "--weights", str(mat), "--out", str(root / "model.pt")]) == 0
+    return root / "model.pt"
+
+
+def test_converted_file_names_its_source(vdsr_model: Path) -> None:
+    about = describe_model(vdsr_model)
+    entry = load_manifest(WEIGHTS, ["VDSR"])[0]
+    assert about["arch"] == "vdsr" and about["source"] == {"group": "VDSR", "file": "VDSR_Official.mat",
+                                                            "sha256": entry.sha256, "url": entry.url}
+    assert sum(p.numel() for p in load_model(vdsr_model).parameters()) == 665_921
+    assert released.pinned_source(vdsr_model.parent / "weights" / "VDSR" / "VDSR_Official.mat")["sha256"] == entry.sha256
+
+
+def test_authors_vdsr_reproduces_the_papers_set5_column(vdsr_model: Path, mirror: Path) -> None:
+    """Set5 at x2, x3, x4: PSNR within 0.01 dB and SSIM within 0.0005 of Table 1's VDSR column. (Bicubic
+    alone cannot fail this way: it never runs a network over a whole image.)"""
+    scores = summarize(evaluate(Network(vdsr_model), mirror, ["Set5"], [2, 3, 4], with_ifc=False, jobs=2))["Set5"]
+    ref = table("table1")
+    ref = ref[(ref.dataset == "Set5") & (ref.method == "VDSR")].set_index("scale")
+    for s in (2, 3, 4):
+        assert abs(scores[f"x{s}"]["psnr"] - ref.psnr[s]) <= 0.01, (s, scores[f"x{s}"])
+        assert abs(scores[f"x{s}"]["ssim"] - ref.ssim[s]) <= 0.0005, (s, scores[f"x{s}"])
