@@ -96,14 +96,7 @@ class Run:
         return next((c["seconds"] / 60 for c in self.train["curve"] if c["psnr"] >= psnr), None)
 
     def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
-        """One test image's PSNR by the run's evaluation (`per_image.csv`), None where the evaluation did
-        not score that image at that scale."""
-        path = self.scores / "per_image.csv"
-        if not path.exists():
-            return None
-        rows = pd.read_csv(path)
-        hit = rows[(rows.dataset == dataset) & (rows.image == image) & (rows.scale == scale)]
-        return float(hit.psnr.iloc[0]) if len(hit) else None
+        return image_psnr(self.scores, dataset, image, scale)
 
     def seedless(self) -> tuple:
         """What the run is, apart from its seed: runs that share it differ by chance alone."""
@@ -140,6 +133,22 @@ class Run:
         commit = f", commit {calls[-1].get('commit') or 'unknown'}" if self.recorded else ""
         return (f"{self.name} ({kind}): {network}, {self.train.get('budget')} budget ({self.recipe()}), "
                 f"seed {self.config['seed']}, {extent}, {device}{status}{commit}")
+
+
+def image_psnr(scores: Path, dataset: str, image: str, scale: int) -> float | None:
+    """One test image's PSNR by the evaluation in the folder `scores` (its `per_image.csv`), None where the
+    evaluation did not score that image at that scale."""
+    path = scores / "per_image.csv"
+    if not path.exists():
+        return None
+    rows = pd.read_csv(path)
+    hit = rows[(rows.dataset == dataset) & (rows.image == image) & (rows.scale == scale)]
+    return float(hit.psnr.iloc[0]) if len(hit) else None
+
+
+def signed(value: float, digits: int) -> str:
+    """`value` with its sign to `digits` decimals, a difference that rounds to zero as +0.00 (never -0.00)."""
+    return f"{round(value, digits) or 0.0:+.{digits}f}"
 
 
 def _word(value: object) -> str:
@@ -183,6 +192,103 @@ def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]
     return pipeline_runs(params, models, results) + recorded_runs(runs)
 
 
+# How far a measured comparison method may lie from its published number before the page says the cell
+# needs an explanation: about the rounding of the published digits and of a test set's versions.
+EXPLAIN = {"psnr": 0.05, "ssim": 0.002, "ifc": 0.05}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A comparison method's released weights (`rlcsc convert`) evaluated by this package's protocol:
+    this pipeline's evaluation (`results/<method>/`) or a recorded one (`runs/<name>/`, `rlcsc record --model`)."""
+
+    name: str  # the folder's name
+    recorded: bool
+    evaluation: dict  # evaluation.json: the params, and the model with its `source`
+    metrics: dict
+    scores: Path  # the folder of its files
+    environment: dict | None = None  # environment.json (recorded evaluations)
+
+    @property
+    def source(self) -> dict:
+        """The released file: group (the method), file, sha256, url."""
+        return self.evaluation["model"]["source"]
+
+    @property
+    def method(self) -> str:
+        """The method's name as the paper's tables spell it (its group in `weights.tsv`)."""
+        return self.source["group"]
+
+    def cells(self) -> int:
+        return sum(len(scales) for scales in self.metrics.values())
+
+    def model_file(self, models: Path) -> Path:
+        """The model file it scored: the recorded evaluation's copy, or the pipeline's `models/<name>/model.pt`."""
+        return self.scores / "model.pt" if self.recorded else models / self.name / "model.pt"
+
+    def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
+        return image_psnr(self.scores, dataset, image, scale)
+
+    def short(self) -> str:
+        """A column's label."""
+        return f"{self.method}, authors' weights, measured here"
+
+    def label(self) -> str:
+        """What the evaluation is, in one line: the file it converted, what it scored, where and at which commit."""
+        e, src = self.evaluation, self.source
+        call = ((self.environment or {}).get("calls") or [{}])[-1]
+        machine = call.get("gpu") or (f"cpu ({call['cpu_cores']} cores)" if call.get("cpu_cores") else "cpu")
+        where = f"recorded evaluation, {machine}, commit {call.get('commit') or 'unknown'}" if self.recorded \
+            else "this pipeline"
+        return (f"{self.name} ({where}): {self.method}, the authors' released `{src['file']}` (sha256 "
+                f"{src['sha256'][:12]}...) converted by `rlcsc convert`, {e.get('budget')} budget's evaluation: "
+                f"{', '.join(e['datasets'])} at x{', x'.join(map(str, e['scales']))}{', with IFC' if e['ifc'] else ''}")
+
+
+def measured_methods(results: Path, runs: Path) -> list[Measured]:
+    """Every evaluation of a released model: this pipeline's (results/), then the recorded ones (runs/)."""
+    found = []
+    for recorded, folder in [(False, p) for p in sorted(results.glob("*"))] + [(True, p) for p in sorted(runs.glob("*"))]:
+        evaluation = _json(folder / "evaluation.json")
+        if evaluation and ((evaluation.get("model") or {}).get("source")) and (folder / "metrics.json").exists():
+            found.append(Measured(folder.name, recorded, evaluation, _json(folder / "metrics.json"), folder,
+                                  _json(folder / "environment.json")))
+    return found
+
+
+def against_paper(measured: Measured, ref: str, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Each cell of reference table `ref` for the measured method: the paper's value, the measured one and
+    their difference per metric, and whether the difference is within `EXPLAIN`."""
+    published = table(ref)
+    published = published[published.method == measured.method].set_index(["dataset", "scale"])
+    rows = {}
+    for (dataset, scale), paper in published.iterrows():
+        cell = measured.metrics.get(dataset, {}).get(f"x{scale}", {})
+        row = {}
+        for m in metrics:
+            ours = cell.get(m, np.nan)
+            row |= {f"{m} paper": paper[m], f"{m} measured": ours, f"{m} difference": ours - paper[m]}
+        rows[(dataset, scale)] = row
+    frame = pd.DataFrame(rows).T.rename_axis(["dataset", "scale"])
+    for m in metrics:
+        frame[f"{m} within"] = frame[f"{m} difference"].abs() <= EXPLAIN[m]
+    return frame
+
+
+def agreement(frame: pd.DataFrame, metric: str) -> str:
+    """One sentence on a metric's cells of `against_paper`: how many were measured, how many lie within
+    `EXPLAIN`, and the range of the differences."""
+    d = frame[f"{metric} difference"].dropna()
+    if d.empty:
+        return f"{metric.upper()}: no cell measured."
+    within = int((d.abs() <= EXPLAIN[metric]).sum())
+    digits, unit = {"psnr": (2, " dB"), "ssim": (4, ""), "ifc": (3, "")}[metric]
+    beyond = [f"{ds} x{s} ({signed(v, digits)})" for (ds, s), v in d.items() if abs(v) > EXPLAIN[metric]]
+    text = (f"{metric.upper()}: {within} of {len(d)} measured cells within {EXPLAIN[metric]:g}{unit} of the paper, "
+            f"differences {signed(d.min(), digits)} to {signed(d.max(), digits)}{unit}")
+    return text + (f"; beyond it: {', '.join(beyond)}." if beyond else ".")
+
+
 @dataclass(frozen=True)
 class Page:
     """What every report notebook starts from: the paths it was given and every run they hold."""
@@ -193,10 +299,17 @@ class Page:
     runs_dir: Path
     main: str
     runs: list[Run]
+    measured: list[Measured]
 
     def run(self, name: str) -> Run | None:
         """This pipeline's run `name`, None if it has not trained."""
         return next((r for r in self.runs if r.name == name and not r.recorded), None)
+
+    def measured_method(self, method: str) -> Measured | None:
+        """The fullest evaluation of the released `method` (most cells; a recorded one before the
+        pipeline's of as many), None when there is none."""
+        chosen = [m for m in self.measured if m.method == method]
+        return max(chosen, key=lambda m: (m.cells(), m.recorded), default=None)
 
     def bicubic(self) -> dict | None:
         return _json(self.results / "bicubic" / "metrics.json")
@@ -225,7 +338,8 @@ class Page:
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:
     """The shared setup of every report notebook (its papermill parameters in, every run out)."""
     params_, results_, models_, runs_ = Path(params), Path(results), Path(models), Path(runs)
-    return Page(params_, results_, models_, runs_, main, all_runs(params_, models_, results_, runs_))
+    return Page(params_, results_, models_, runs_, main, all_runs(params_, models_, results_, runs_),
+                measured_methods(results_, runs_))
 
 
 # What a recorded run shares with a comparison to stand beside its variants: the network, the seed,

@@ -53,7 +53,7 @@ def test_figure_pages_render_images(html: Path, name: str) -> None:
 
 
 def test_intro_methods_and_deviations_pages_exist(html: Path) -> None:
-    for name in ("index", "methods", "deviations"):
+    for name in ("index", "generated/methods", "deviations"):
         assert (html / f"{name}.html").exists()
 
 
