@@ -3,6 +3,7 @@ through this package's protocol (Set5 against the paper's Table 1 VDSR column)."
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -135,3 +136,55 @@ def test_authors_vdsr_reproduces_the_papers_set5_column(vdsr_model: Path, mirror
     for s in (2, 3, 4):
         assert abs(scores[f"x{s}"]["psnr"] - ref.psnr[s]) <= 0.01, (s, scores[f"x{s}"])
         assert abs(scores[f"x{s}"]["ssim"] - ref.ssim[s]) <= 0.0005, (s, scores[f"x{s}"])
+
+
+@pytest.fixture(scope="module")
+def recorded_vdsr(vdsr_model: Path, mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`rlcsc record --model` of the converted VDSR under the quick budget, its evaluation cut to Set5 x3."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("recorded")
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["budgets"]["quick"]["evaluate"] = {"datasets": ["Set5"], "scales": [3], "ifc": False}
+    (root / "params.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+    argv = ["record", "--params", str(root / "params.yaml"), "--budget", "quick", "--model", str(vdsr_model),
+            "--raw", str(mirror), "--out", str(root / "runs" / "VDSR-official"), "--jobs", "2"]
+    assert main(argv) == 0
+    return root / "runs" / "VDSR-official"
+
+
+def test_a_recorded_evaluation_holds_the_model_and_what_scored_it(recorded_vdsr: Path, vdsr_model: Path) -> None:
+    assert {p.name for p in recorded_vdsr.iterdir()} == {"model.pt", "metrics.json", "per_image.csv",
+                                                         "evaluation.json", "environment.json"}
+    assert (recorded_vdsr / "model.pt").read_bytes() == vdsr_model.read_bytes()
+    (call,) = json.loads((recorded_vdsr / "environment.json").read_text())["calls"]
+    assert call["evaluated"] is True and call["params"]["budget"] == "quick"
+    assert call["params"]["evaluate"]["datasets"] == ["Set5"] and call["params"]["model"]["source"]["group"] == "VDSR"
+    evaluation = json.loads((recorded_vdsr / "evaluation.json").read_text())
+    assert evaluation["scales"] == [3] and evaluation["model"]["source"]["file"] == "VDSR_Official.mat"
+
+
+def test_a_recorded_evaluation_refuses_another_model_and_training_flags(recorded_vdsr: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other.pt"
+    other.write_bytes(recorded_vdsr.joinpath("model.pt").read_bytes() + b"\0")
+    argv = ["record", "--budget", "quick", "--model", str(other), "--out", str(recorded_vdsr)]
+    assert main(argv) == 1 and "is another model than" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "2"]) == 1 and "records an evaluation alone" in capsys.readouterr().err
+
+
+def test_the_book_sets_the_measured_vdsr_beside_the_papers(recorded_vdsr: Path, tmp_path: Path) -> None:
+    from rlcsc import report
+
+    (measured,) = report.measured_methods(tmp_path / "none", recorded_vdsr.parent)
+    assert measured.method == "VDSR" and measured.recorded and measured.cells() == 1
+    assert measured.model_file(tmp_path) == recorded_vdsr / "model.pt"
+    assert "VDSR-official (recorded evaluation, cpu" in measured.label() and "Set5 at x3" in measured.label()
+    check = report.against_paper(measured, "table1", ("psnr", "ssim"))
+    assert check.loc[("Set5", 3), "psnr paper"] == 33.66 and check.loc[("Set5", 3), "psnr within"]
+    assert check["psnr measured"].notna().sum() == 1
+    sentence = report.agreement(check, "psnr")
+    assert sentence.startswith("PSNR: 1 of 1 measured cells within 0.05 dB of the paper") and "-0.00" not in sentence
+    frame = check.copy()
+    frame.loc[("Set14", 2), "psnr difference"] = 0.2
+    assert report.agreement(frame, "psnr").endswith("beyond it: Set14 x2 (+0.20).")
