@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_conversion_keeps_matconvnets_orientation(tmp_path: Path) -> None:
     another output than MatConvNet's own arithmetic."""
     rng = np.random.default_rng(0)
     sizes = [1, 3, 3, 1]
-    kernels = [rng.normal(0, 0.5, (3, 3, a, b)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+    kernels = [rng.normal(0, 0.5, (3, 3, a, b)).astype(np.float32) for a, b in pairwise(sizes)]
     biases = [rng.normal(0, 0.1, (b, 1)).astype(np.float32) for b in sizes[1:]]
     kernels[-1] = kernels[-1][..., 0]  # MATLAB drops the trailing C_out = 1
     net = from_matconvnet(matconvnet_file(tmp_path / "m.mat", kernels, biases))

@@ -16,6 +16,7 @@ Section 4 reads this network as the unfolded solver its own design replaces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class VDSR(nn.Module):
         super().__init__()
         self.cfg = cfg
         sizes = [cfg.channels] + [cfg.features] * (cfg.layers - 1) + [cfg.channels]
-        self.convs = nn.ModuleList(conv3x3(a, b, bias=True) for a, b in zip(sizes, sizes[1:]))
+        self.convs = nn.ModuleList(conv3x3(a, b, bias=True) for a, b in pairwise(sizes))
 
     @property
     def depth(self) -> int:
