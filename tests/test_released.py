@@ -165,11 +165,12 @@ def test_a_recorded_evaluation_holds_the_model_and_what_scored_it(recorded_vdsr:
     assert evaluation["scales"] == [3] and evaluation["model"]["source"]["file"] == "VDSR_Official.mat"
 
 
-def test_a_recorded_evaluation_refuses_another_model_and_training_flags(recorded_vdsr: Path, tmp_path: Path,
+def test_a_recorded_evaluation_refuses_another_model_and_training_flags(recorded_vdsr: Path, mirror: Path,
+                                                                        tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture) -> None:
     other = tmp_path / "other.pt"
     other.write_bytes(recorded_vdsr.joinpath("model.pt").read_bytes() + b"\0")
-    argv = ["record", "--budget", "quick", "--model", str(other), "--out", str(recorded_vdsr)]
+    argv = ["record", "--budget", "quick", "--model", str(other), "--raw", str(mirror), "--out", str(recorded_vdsr)]
     assert main(argv) == 1 and "is another model than" in capsys.readouterr().err
     assert main([*argv, "--epochs", "2"]) == 1 and "records an evaluation alone" in capsys.readouterr().err
 
