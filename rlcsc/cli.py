@@ -116,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
-              "budget": budget, "model": model}
+              "budget": budget, "model": model, **({} if model else {"method": "bicubic"})}
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
 
@@ -178,9 +178,10 @@ def _params(args: argparse.Namespace) -> None:
 def _record(args: argparse.Namespace) -> None:
     from rlcsc.record import record, record_evaluation
 
-    if args.model is not None:
+    if args.model is not None or args.method is not None:
         if args.epochs or args.steps or not args.evaluate:
-            raise RlcscError("--model records an evaluation alone; --epochs, --steps and --no-evaluate are for training")
+            raise RlcscError("--model and --method record an evaluation alone; --epochs, --steps and "
+                             "--no-evaluate are for training")
         record_evaluation(args.params, args.budget, args.model, args.raw, args.out, args.jobs)
         return
     record(args.params, args.budget, args.experiment, args.raw, args.out, args.work, args.epochs, args.steps,
@@ -325,8 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="K25")
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="the images (training, and test sets)")
     p.add_argument("--out", type=Path, required=True, help="the run's folder, e.g. runs/K25-paper")
-    p.add_argument("--model", type=Path, help="record the evaluation of this model file (e.g. a converted "
-                   "comparison method) instead of training --experiment")
+    evaluated = p.add_mutually_exclusive_group()
+    evaluated.add_argument("--model", type=Path, help="record the evaluation of this model file (e.g. a converted "
+                           "comparison method) instead of training --experiment")
+    evaluated.add_argument("--method", choices=["bicubic"], help="record the evaluation of a baseline instead of "
+                           "training --experiment")
     p.add_argument("--work", type=Path, default=Path(".record"), help="folder for the augmented images and patches")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive(int), help="train until this many epochs are done (default: all)")

@@ -16,7 +16,8 @@ run's folder, committed as `runs/<name>/`, then holds
 
 `rlcsc record --model FILE` records an evaluation alone: a model made elsewhere (a comparison
 method's released weights, converted) scored under one budget, its folder holding a copy of the model
-file and the evaluation's and environment's files.
+file and the evaluation's and environment's files; `rlcsc record --method bicubic` records the
+baseline's evaluation the same way (no model file).
 
 `rlcsc compare` trains variants of one experiment from the same seed for the same steps or minutes,
 one change each, and writes their curves to one JSON file.
@@ -44,7 +45,7 @@ from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.device import device_name, pick_device
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import EvaluateParams, evaluate, write_results
+from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.manifest import file_sha256
 from rlcsc.provenance import source_hash
@@ -144,26 +145,29 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     write_json({"calls": calls + [{**call, **done}]}, env_path)
 
 
-def record_evaluation(params_path: Path, budget: str, model: Path, raw: Path, out: Path, jobs: int | None = None) -> None:
-    """Record the evaluation of the model file `model` under `budget` into the folder `out`: a copy of
-    the model (`model.pt`), `metrics.json`, `per_image.csv`, `evaluation.json` and `environment.json`."""
+def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: Path, out: Path,
+                      jobs: int | None = None) -> None:
+    """Record the evaluation of the model file `model` (None: the bicubic baseline) under `budget` into
+    the folder `out`: a copy of the model (`model.pt`), `metrics.json`, `per_image.csv`,
+    `evaluation.json` and `environment.json`."""
     params = {**read_params(params_path), "budget": budget}
     e = build(EvaluateParams, resolve(params, params_path, "evaluate", EvaluateParams),
               f"{params_path} under budget {budget}")
-    about = describe_model(model)
+    about = describe_model(model) if model is not None else None
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
     kept = out / "model.pt"
-    if kept.exists() and file_sha256(kept) != file_sha256(model):
+    if model is not None and kept.exists() and file_sha256(kept) != file_sha256(model):
         raise RlcscError(f"{kept} is another model than {model}; record into another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if not kept.exists():
+    if model is not None and not kept.exists():
         atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
     call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
     write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
-    device = pick_device("auto").type
-    scores = evaluate(Network(kept, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
-    write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(kept)})
+    upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
+    scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
+    about = {"model": describe_model(kept)} if model else {"model": None, "method": "bicubic"}
+    write_results(scores, out, {**asdict(e), "budget": budget, **about})
     write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
 
 

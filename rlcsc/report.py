@@ -216,8 +216,8 @@ class Measured:
 
     @property
     def method(self) -> str:
-        """The method's name as the paper's tables spell it (its group in `weights.tsv`)."""
-        return self.source["group"]
+        """The method's name as the paper's tables spell it: its group in `weights.tsv`, or Bicubic."""
+        return "Bicubic" if self.evaluation.get("method") == "bicubic" else self.source["group"]
 
     def cells(self) -> int:
         return sum(len(scales) for scales in self.metrics.values())

@@ -172,7 +172,7 @@ def test_a_recorded_evaluation_refuses_another_model_and_training_flags(recorded
     other.write_bytes(recorded_vdsr.joinpath("model.pt").read_bytes() + b"\0")
     argv = ["record", "--budget", "quick", "--model", str(other), "--raw", str(mirror), "--out", str(recorded_vdsr)]
     assert main(argv) == 1 and "is another model than" in capsys.readouterr().err
-    assert main([*argv, "--epochs", "2"]) == 1 and "records an evaluation alone" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "2"]) == 1 and "record an evaluation alone" in capsys.readouterr().err
 
 
 def test_the_book_sets_the_measured_vdsr_beside_the_papers(recorded_vdsr: Path, tmp_path: Path) -> None:

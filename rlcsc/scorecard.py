@@ -1,0 +1,210 @@
+"""The book's first page: how much of the paper's RL-CSC numbers this package's runs reproduce.
+
+For every table and figure of the paper that reports RL-CSC numbers, the published values
+(`rlcsc/reference/*.csv`) are set against the paper-scale run of the same network that trained
+furthest (`paper` or `fast` budget, recorded or this pipeline's; a `quick` run never counts): how many
+lie within the tolerances of `params.yaml` (`report`), the range of the differences, the run and how
+far it trained. Beside them, the protocol checks (bicubic and the released comparison models
+against the paper's columns for them), and what closing the rest would cost in GPU-hours, from the
+measured ms per step of the recorded runs scaled by each network's arithmetic
+(`benchmark.forward_flops_per_pixel`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rlcsc.config import read_params
+from rlcsc.report import EXPLAIN, Measured, Page, Run, _json, against_paper, signed
+from rlcsc.reference import table
+from rlcsc.train import TrainParams
+
+UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}
+DIGITS = {"psnr": 2, "ssim": 4, "ifc": 3}
+COUNTING = ("paper", "fast")  # the budgets whose runs can match the paper
+
+
+@dataclass(frozen=True)
+class Line:
+    """One row of the scorecard: a set of published numbers against one run (or none)."""
+
+    item: str  # "Table 1, PSNR"
+    metric: str  # psnr | ssim | ifc
+    published: int  # how many numbers the paper gives
+    differences: tuple[float, ...]  # run minus paper, for each number the run has reached
+    tolerance: float
+    run: Run | None
+
+    @property
+    def matched(self) -> int:
+        return sum(abs(d) <= self.tolerance for d in self.differences)
+
+    def spread(self) -> str:
+        """The range of the differences in words ("-1.10 to -0.30 dB"; one value alone; "-")."""
+        if not self.differences:
+            return "-"
+        low, high = min(self.differences), max(self.differences)
+        digits, unit = DIGITS[self.metric], UNITS[self.metric]
+        if round(low, digits) == round(high, digits):
+            return f"{signed(low, digits)}{unit}"
+        return f"{signed(low, digits)} to {signed(high, digits)}{unit}"
+
+
+def extent(run: Run) -> str:
+    """How far a run trained: "1 of 35 epochs", or "35 epochs" for a run that ran its plan."""
+    done, planned = run.train["epochs_done"], run.train["epochs_planned"]
+    return f"{done:g} of {planned:g} epochs" if done < planned else f"{done:g} epochs"
+
+
+def counts(run: Run) -> bool:
+    """Whether a run may match the paper: trained under the paper's or the fast budget."""
+    return run.train.get("budget") in COUNTING
+
+
+def network(run: Run) -> tuple:
+    """What a run trained, for finding the run of a paper experiment: arch, K, n, m, residual, bias."""
+    m = run.model
+    return m["arch"], m["recursions"], m["features"], m["codes"], m["residual"], m["bias"]
+
+
+def furthest(runs: list[Run], k: int, n: int, m: int, residual: bool = True) -> Run | None:
+    """The counting run of the paper's RL-CSC network (K, n, m, residual; no biases) that trained the
+    most steps; None when there is none."""
+    hits = [r for r in runs if counts(r) and network(r) == ("rlcsc", k, n, m, residual, False)]
+    return max(hits, key=lambda r: (r.train["steps_done"], r.recorded), default=None)
+
+
+def epoch_psnr(run: Run) -> dict[int, float]:
+    """Set5 x3 PSNR of the monitor at each completed epoch (Table 3's points)."""
+    return {int(c["epoch"]): c["psnr"] for c in run.train["curve"] if float(c["epoch"]).is_integer()}
+
+
+def _cells(run: Run | None, ref: str, metric: str) -> tuple[int, tuple[float, ...]]:
+    published = table(ref)
+    published = published[published.method == "RL-CSC"]
+    if run is None:
+        return len(published), ()
+    diffs = [(run.metrics or {}).get(r.dataset, {}).get(f"x{r.scale}", {}).get(metric, np.nan) - getattr(r, metric)
+             for r in published.itertuples()]
+    return len(published), tuple(float(d) for d in diffs if not np.isnan(d))
+
+
+def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
+    """Every published RL-CSC number of the paper, set against the counting runs (Tables 1-3, Figures 1
+    and 7; Figure 8 and Table 4 publish no RL-CSC number but Table 1's and its memory, shown on their
+    pages)."""
+    k, n, m = page.main_network()
+    main = furthest(page.runs, k, n, m)
+    out = []
+    for ref, metric, item in (("table1", "psnr", "Table 1, PSNR"), ("table1", "ssim", "Table 1, SSIM"),
+                              ("table2", "ifc", "Table 2, IFC")):
+        published, diffs = _cells(main, ref, metric)
+        out.append(Line(item, metric, published, diffs, tolerance[metric], main))
+    t3 = table("table3")
+    for residual, words in ((True, "with the residual"), (False, "without the residual")):
+        run = furthest(page.runs, k, n, m, residual)
+        ref = t3[t3.residual == residual]
+        reached = epoch_psnr(run) if run else {}
+        diffs = tuple(reached[e] - p for e, p in zip(ref.epoch, ref.psnr) if e in reached)
+        out.append(Line(f"Table 3, {words} (Set5 x3 by epoch)", "psnr", len(ref), diffs, tolerance["psnr"], run))
+    t1 = table("table1")
+    paper = t1[(t1.method == "RL-CSC") & (t1.dataset == "Set5") & (t1.scale == 3)].psnr.iloc[0]
+    diffs = (main.last_psnr() - paper,) if main else ()
+    out.append(Line("Figure 1, RL-CSC's Set5 x3", "psnr", 1, diffs, tolerance["psnr"], main))
+    for r in table("figure7").itertuples():
+        run = furthest(page.runs, r.recursions, n, m)
+        diffs = (run.last_psnr() - r.psnr,) if run else ()
+        out.append(Line(f"Figure 7, K = {r.recursions} at 35 epochs", "psnr", 1, diffs, tolerance["psnr"], run))
+    return out
+
+
+@dataclass(frozen=True)
+class Check:
+    """A protocol check: a method measured here against the paper's column for it."""
+
+    method: str
+    source: str  # which evaluation, in words
+    frames: dict[str, pd.DataFrame]  # metric -> its cells (`against_paper` columns)
+
+    def cells(self, metric: str) -> tuple[int, int]:
+        """(within `EXPLAIN`, measured) for one metric."""
+        d = self.frames[metric][f"{metric} difference"].dropna()
+        return int((d.abs() <= EXPLAIN[metric]).sum()), len(d)
+
+
+def bicubic_measured(page: Page) -> Measured | None:
+    """The fullest bicubic evaluation: this pipeline's (`results/bicubic`) or a recorded one
+    (`runs/<name>/` made by `rlcsc record --method bicubic`), the one with more cells."""
+    found = []
+    for recorded, folder in ((False, page.results / "bicubic"), *((True, p) for p in sorted(page.runs_dir.glob("*")))):
+        evaluation, metrics = _json(folder / "evaluation.json"), _json(folder / "metrics.json")
+        if evaluation is not None and metrics is not None and evaluation.get("method") == "bicubic":
+            found.append(Measured(folder.name, recorded, evaluation, metrics, folder, _json(folder / "environment.json")))
+    return max(found, key=lambda b: (b.cells(), b.recorded), default=None)
+
+
+def checks(page: Page) -> list[Check]:
+    """Bicubic and every released comparison model, each against the paper's column for it."""
+    out = []
+    bic = bicubic_measured(page)
+    if bic is not None:
+        where = f"recorded evaluation `runs/{bic.name}`" if bic.recorded else "this pipeline's `results/bicubic`"
+        out.append(Check("Bicubic", where, _frames(bic)))
+    for method in dict.fromkeys(m.method for m in page.measured):
+        chosen = page.measured_method(method)
+        where = f"recorded evaluation `runs/{chosen.name}`" if chosen.recorded else f"this pipeline's `results/{chosen.name}`"
+        out.append(Check(method, f"the authors' released weights, {where}", _frames(chosen)))
+    return out
+
+
+def _frames(measured: Measured) -> dict[str, pd.DataFrame]:
+    return {"psnr": against_paper(measured, "table1", ("psnr",)), "ssim": against_paper(measured, "table1", ("ssim",)),
+            "ifc": against_paper(measured, "table2", ("ifc",))}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """GPU time to train one paper experiment to its plan, from where its furthest counting run stands."""
+
+    experiment: str
+    steps_left: int
+    hours: float
+    basis: str  # whose ms per step, in words
+
+
+def costs(page: Page) -> list[Cost]:
+    """For each network among the experiments of params.yaml (seeds once), the steps its paper-recipe
+    run still needs (35 epochs, or its `stop_epoch`) and their GPU-hours at the measured ms per step
+    of a recorded paper-budget run of the same network, else of the one trained furthest scaled by
+    the two networks' forward arithmetic. Empty when no paper-budget run was recorded."""
+    from rlcsc.benchmark import forward_flops_per_pixel as flops
+
+    timed = [r for r in page.runs if r.recorded and r.train.get("budget") == "paper"]
+    if not timed:
+        return []
+    base = max(timed, key=lambda r: r.train["steps_done"])
+    base_flops = flops(_train_params(base.config))
+    seen, out = set(), []
+    for name, block in (read_params(page.params).get("experiments") or {}).items():
+        p = _train_params({**(read_params(page.params).get("train") or {}), **(block or {})})
+        key = (p.arch, p.recursions, p.features, p.codes, p.residual, p.bias)
+        if key in seen:
+            continue
+        seen.add(key)
+        same = [r for r in timed if network(r) == key]
+        done = max((r.train["steps_done"] for r in same), default=0)
+        if same:
+            ms, basis = max(same, key=lambda r: r.train["steps_done"]).train["ms_per_step"], "its recorded run"
+        else:
+            ms, basis = base.train["ms_per_step"] * flops(p) / base_flops, f"{base.name}'s, scaled by arithmetic"
+        left = max(0, (p.stop_epoch or p.epochs) * base.train["steps_per_epoch"] - done)
+        out.append(Cost(name, left, left * ms / 3.6e6, f"ms per step of {basis} ({base.device})"))
+    return out
+
+
+def _train_params(block: dict) -> TrainParams:
+    """A training block (params.yaml's, or a run's resolved `train`) as TrainParams."""
+    return TrainParams(**{k: v for k, v in block.items() if k in TrainParams.__dataclass_fields__})

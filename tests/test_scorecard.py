@@ -1,0 +1,100 @@
+"""The scorecard of the book's first page: counting runs, the published numbers they reach, the protocol
+checks and the cost of the rest, all from the files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlcsc import report, scorecard
+from rlcsc.cli import main
+from rlcsc.reference import table
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = {"psnr": 0.1, "ssim": 0.002, "ifc": 0.05}
+
+
+@pytest.fixture(scope="module")
+def recorded_bicubic(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`rlcsc record --method bicubic` under the quick budget, cut to Set5 x3 without IFC."""
+    root = tmp_path_factory.mktemp("bicubic")
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["budgets"]["quick"]["evaluate"] = {"datasets": ["Set5"], "scales": [3], "ifc": False}
+    (root / "params.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+    argv = ["record", "--params", str(root / "params.yaml"), "--budget", "quick", "--method", "bicubic",
+            "--raw", str(mirror), "--out", str(root / "runs" / "bicubic"), "--jobs", "2"]
+    assert main(argv) == 0
+    return root / "runs" / "bicubic"
+
+
+def test_a_recorded_bicubic_evaluation_is_the_protocol_check(recorded_bicubic: Path, tmp_path: Path) -> None:
+    assert {p.name for p in recorded_bicubic.iterdir()} == {"metrics.json", "per_image.csv", "evaluation.json",
+                                                            "environment.json"}
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(recorded_bicubic.parent), "K25")
+    assert page.measured == []  # a baseline is not a released model
+    (check,) = scorecard.checks(page)
+    assert check.method == "Bicubic" and "runs/bicubic" in check.source
+    assert check.cells("psnr") == (1, 1) and check.cells("ifc") == (0, 0)
+    frame = check.frames["psnr"]
+    assert frame.loc[("Set5", 3), "psnr paper"] == 30.39
+
+
+def _run(root: Path, name: str, budget: str, metrics: dict | None = None, epochs: float = 1.0) -> Path:
+    """A recorded run folder made from runs/K25-paper's files, with another budget, extent or metrics."""
+    folder = root / name
+    shutil.copytree(REPO / "runs" / "K25-paper", folder, ignore=shutil.ignore_patterns("*.pt"))
+    train = json.loads((folder / "train.json").read_text())
+    train["budget"], train["epochs_done"] = budget, epochs
+    (folder / "train.json").write_text(json.dumps(train))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _paper_metrics(shift: float) -> dict:
+    """metrics.json holding the paper's RL-CSC numbers of Tables 1-2, PSNR moved by `shift`."""
+    out: dict = {}
+    for ref, metrics in (("table1", ("psnr", "ssim")), ("table2", ("ifc",))):
+        t = table(ref)
+        for r in t[t.method == "RL-CSC"].itertuples():
+            cell = out.setdefault(r.dataset, {}).setdefault(f"x{r.scale}", {})
+            cell |= {m: getattr(r, m) + (shift if m == "psnr" else 0.0) for m in metrics}
+    return out
+
+
+def test_a_quick_run_never_counts_and_a_paper_scale_one_does(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _run(runs, "K25-quick", "quick", _paper_metrics(0.0))
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    table1 = scorecard.lines(page, TOLERANCE)[0]
+    assert table1.item == "Table 1, PSNR" and table1.run is None and table1.matched == 0 and table1.spread() == "-"
+
+    _run(runs, "K25-fast", "fast", _paper_metrics(0.08), epochs=35.0)
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    psnr, ssim, ifc = scorecard.lines(page, TOLERANCE)[:3]
+    assert psnr.run.name == "K25-fast" and (psnr.published, psnr.matched) == (12, 12) and psnr.spread() == "+0.08 dB"
+    assert (ssim.matched, ifc.matched) == (12, 9) and ssim.spread() == "+0.0000"
+    assert scorecard.extent(psnr.run) == "35 epochs"
+    psnr_beyond = scorecard.lines(page, {**TOLERANCE, "psnr": 0.05})[0]
+    assert psnr_beyond.matched == 0
+
+
+def test_the_recorded_paper_run_is_scored_as_it_stands() -> None:
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(REPO / "runs"), "K25")
+    found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
+    run = found["Table 1, PSNR"].run
+    assert run.name == "K25-paper" and scorecard.extent(run) == "1 of 35 epochs"
+    metrics = json.loads((REPO / "runs" / "K25-paper" / "metrics.json").read_text())
+    t1 = table("table1").query("method == 'RL-CSC'")
+    diffs = [metrics[r.dataset][f"x{r.scale}"]["psnr"] - r.psnr for r in t1.itertuples()]
+    assert found["Table 1, PSNR"].differences == pytest.approx(diffs)
+    epoch1 = found["Table 3, with the residual (Set5 x3 by epoch)"]
+    assert len(epoch1.differences) == 1 and epoch1.published == 4
+    (cost,) = [c for c in scorecard.costs(page) if c.experiment == "K25"]
+    train = json.loads((REPO / "runs" / "K25-paper" / "train.json").read_text())
+    assert cost.steps_left == 35 * train["steps_per_epoch"] - train["steps_done"]
+    assert cost.hours == pytest.approx(cost.steps_left * train["ms_per_step"] / 3.6e6)
