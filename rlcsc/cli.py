@@ -213,6 +213,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "input-precision":
         result = benchmark.input_precision(args.model or Path("models/K25/model.pt"), args.raw)
+    elif args.what == "output-route":
+        from rlcsc.output_route import output_route
+
+        e = load_block(args.params, "evaluate", EvaluateParams)
+        result = output_route(args.model or Path("models/K25/model.pt"), args.raw, args.datasets or e.datasets,
+                              args.scales or e.scales, args.jobs)
     else:
         p = load_block(args.params, "train", TrainParams, args.experiment)
         if args.what == "train":
@@ -356,13 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
-    p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision"],
+    p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
                    "peak memory of --experiment under the current budget; inference: ms for a 288x288 image; "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
-                   "vs float16 inputs")
+                   "vs float16 inputs; output-route: PSNR, SSIM and IFC of --model by this package's protocol and "
+                   "through a saved RGB result image, on --datasets at --scales (default: the `evaluate` block's)")
     p.add_argument("--params", **params)
     p.add_argument("--experiment", default="K25")
     p.add_argument("--warmup", type=positive(int), default=10, help="untimed steps before the timed ones")
@@ -372,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
     p.add_argument("--steps", type=positive(int), help=f"steps (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
+    p.add_argument("--datasets", nargs="+", help="test sets of `output-route`")
+    p.add_argument("--scales", nargs="+", type=int, choices=(2, 3, 4), help="scales of `output-route`")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)
     return parser

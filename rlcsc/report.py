@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from rlcsc.atomic import atomically
-from rlcsc.config import Checked, param, read_params
+from rlcsc.config import Checked, above, load_block, param, read_params
 from rlcsc.errors import RlcscError
 from rlcsc.reference import table
 
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+PAPER_SCALE = ("paper", "fast")  # the budgets whose runs train the paper's networks on all its pairs
 THIS_RUN = " †"  # marks a column of this project's runs; the others are quoted from the paper
 RED, BLUE = "color: #d00000; font-weight: bold", "color: #0050d0; font-weight: bold"
 
@@ -32,6 +33,13 @@ class ReportParams(Checked):
     """Block `report` of params.yaml."""
 
     main: str = param("K25")  # the experiment shown as "RL-CSC" in Tables 1-2 and Figures 4-6
+    # How far a paper-scale run may lie from a published RL-CSC number and still match it (the scorecard)
+    psnr_tolerance: float = param(0.1, above(0))
+    ssim_tolerance: float = param(0.002, above(0))
+    ifc_tolerance: float = param(0.05, above(0))
+
+    def tolerance(self) -> dict[str, float]:
+        return {"psnr": self.psnr_tolerance, "ssim": self.ssim_tolerance, "ifc": self.ifc_tolerance}
 
 
 def _json(path: Path) -> dict | None:
@@ -82,8 +90,20 @@ class Run:
         return pd.DataFrame(self.train["curve"])
 
     @property
+    def paper_scale(self) -> bool:
+        """Trained under the paper's or the fast budget: the runs whose numbers may match the paper's (a quick
+        run is a smoke test of the pipeline, never a reproduction)."""
+        return self.train.get("budget") in PAPER_SCALE
+
+    @property
     def diverged(self) -> bool:
         return self.train["status"].startswith("diverged")
+
+    def clipped_share(self) -> float:
+        """The share of the run's steps whose gradient norm was clipped (each snapshot's `clipped_fraction` of its
+        `steps`)."""
+        curve = [c for c in self.train["curve"] if c.get("steps")]
+        return sum(c["clipped_fraction"] * c["steps"] for c in curve) / max(1, sum(c["steps"] for c in curve))
 
     def last_psnr(self) -> float:
         """The Set5 x3 PSNR of the final model: its evaluation's, else the monitor's last."""
@@ -111,28 +131,32 @@ class Run:
             return "the paper's recipe"
         return "not the paper's recipe: " + ", ".join(f"{k} {_word(v)}" for k, v in changes.items())
 
-    def short(self) -> str:
-        """The run's name with its budget, and the epochs it trained where it stopped short of its plan:
-        the label of a column, a legend entry or a row."""
+    def extent(self) -> str:
+        """How far it trained: "1 of 35 epochs" when it stopped short of its plan, else "35 epochs"."""
         done, planned = self.train["epochs_done"], self.train["epochs_planned"]
-        extent = f", {done:g} of {planned:g} epochs" if done < planned else ""
-        return f"{self.name} ({self.train.get('budget')} budget{extent})"
+        return f"{done:g} of {planned:g} epochs" if done < planned else f"{done:g} epochs"
 
-    def label(self) -> str:
-        """What the run is, in one line: K, filters, residual, biases, budget and recipe, seed, extent,
-        device and training precision, status."""
+    def state(self) -> str:
+        """How it ended: its extent, and a divergence where it diverged (never "completed" for a run
+        that stopped short of its plan)."""
+        return self.extent() + (f", {self.train['status']}" if self.diverged else "")
+
+    def short(self) -> str:
+        """A column's label, a legend entry or a row: the run's name (the runs table says what it is)."""
+        return self.name
+
+    def row(self) -> dict[str, str]:
+        """What the run is, as a row of a page's runs table."""
         n, m = self.model["features"], self.model["codes"]
-        kind = "recorded run" if self.recorded else "this pipeline"
         network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
-        network += ", biases" if self.model["bias"] else ""
-        extent = f"{self.train['epochs_done']:g} of {self.train['epochs_planned']:g} epochs"
         precision = self.train["precision"]["train"]
-        device = self.device + ("" if precision == "fp32" else f" in {precision}")
-        status = "" if self.train["status"] == "completed" else f", {self.train['status']}"
         calls = (self.environment or {}).get("calls") or [{}]
-        commit = f", commit {calls[-1].get('commit') or 'unknown'}" if self.recorded else ""
-        return (f"{self.name} ({kind}): {network}, {self.train.get('budget')} budget ({self.recipe()}), "
-                f"seed {self.config['seed']}, {extent}, {device}{status}{commit}")
+        return {"run": self.name, "made by": "`rlcsc record`" if self.recorded else "this pipeline",
+                "network": network + (", biases" if self.model["bias"] else ""),
+                "budget": f"{self.train.get('budget')} ({self.recipe()})", "seed": str(self.config["seed"]),
+                "trained": self.state(),
+                "machine": self.device + ("" if precision == "fp32" else f", {precision}"),
+                "commit": (calls[-1].get("commit") or "unknown")[:10] if self.recorded else "this one"}
 
 
 def image_psnr(scores: Path, dataset: str, image: str, scale: int) -> float | None:
@@ -230,19 +254,24 @@ class Measured:
         return image_psnr(self.scores, dataset, image, scale)
 
     def short(self) -> str:
-        """A column's label."""
-        return f"{self.method}, authors' weights, measured here"
+        """A column's label: the folder of its evaluation (the method's name for this pipeline's)."""
+        return self.name if self.name != self.method else f"{self.method} (this pipeline)"
 
-    def label(self) -> str:
-        """What the evaluation is, in one line: the file it converted, what it scored, where and at which commit."""
-        e, src = self.evaluation, self.source
+    def row(self) -> dict[str, str]:
+        """What the evaluation is, as a row of a page's runs table."""
+        e = self.evaluation
         call = ((self.environment or {}).get("calls") or [{}])[-1]
-        machine = call.get("gpu") or (f"cpu ({call['cpu_cores']} cores)" if call.get("cpu_cores") else "cpu")
-        where = f"recorded evaluation, {machine}, commit {call.get('commit') or 'unknown'}" if self.recorded \
-            else "this pipeline"
-        return (f"{self.name} ({where}): {self.method}, the authors' released `{src['file']}` (sha256 "
-                f"{src['sha256'][:12]}...) converted by `rlcsc convert`, {e.get('budget')} budget's evaluation: "
-                f"{', '.join(e['datasets'])} at x{', x'.join(map(str, e['scales']))}{', with IFC' if e['ifc'] else ''}")
+        machine = call.get("gpu") or (f"cpu, {call['cpu_cores']} cores" if call.get("cpu_cores") else "cpu")
+        if self.method == "Bicubic":
+            made, network = "`rlcsc record --method bicubic`", "bicubic interpolation (MATLAB's `imresize`)"
+        else:
+            src = self.source
+            made, network = "`rlcsc record --model`", f"{self.method}: the authors' `{src['file']}` (sha256 {src['sha256'][:10]})"
+        return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
+                "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
+                "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
+                "machine": machine if self.recorded else "this one",
+                "commit": (call.get("commit") or "unknown")[:10] if self.recorded else "this one"}
 
 
 def measured_methods(results: Path, runs: Path) -> list[Measured]:
@@ -301,6 +330,14 @@ class Page:
     runs: list[Run]
     measured: list[Measured]
 
+    @property
+    def colours(self) -> dict[str, str]:
+        """The colour of every run and measured model (by `short()`), the same on every page."""
+        from rlcsc.plots import colours
+
+        first = [r.short() for r in self.runs if r.paper_scale] + [m.short() for m in self.measured]  # the first colours
+        return colours(first + [r.short() for r in self.runs if not r.paper_scale])
+
     def run(self, name: str) -> Run | None:
         """This pipeline's run `name`, None if it has not trained."""
         return next((r for r in self.runs if r.name == name and not r.recorded), None)
@@ -311,8 +348,19 @@ class Page:
         chosen = [m for m in self.measured if m.method == method]
         return max(chosen, key=lambda m: (m.cells(), m.recorded), default=None)
 
-    def bicubic(self) -> dict | None:
-        return _json(self.results / "bicubic" / "metrics.json")
+    def bicubic(self) -> Measured | None:
+        """The fullest evaluation of bicubic: this pipeline's (`results/bicubic`) or a recorded one (`runs/<name>/`,
+        `rlcsc record --method bicubic`), the one with more cells (a recorded one before the pipeline's of as many)."""
+        found = []
+        for recorded, folder in ((False, self.results / "bicubic"), *((True, p) for p in sorted(self.runs_dir.glob("*")))):
+            evaluation, metrics = _json(folder / "evaluation.json"), _json(folder / "metrics.json")
+            if evaluation is not None and metrics is not None and evaluation.get("method") == "bicubic":
+                found.append(Measured(folder.name, recorded, evaluation, metrics, folder, _json(folder / "environment.json")))
+        return max(found, key=lambda b: (b.cells(), b.recorded), default=None)
+
+    def tolerance(self) -> dict[str, float]:
+        """How close a paper-scale run must come to a published number to match it (`report` of params.yaml)."""
+        return load_block(self.params, "report", ReportParams).tolerance()
 
     def main_network(self) -> tuple[int, int, int]:
         """(K, n, m) of the main experiment: its run's, or before it has trained, those params.yaml gives
@@ -328,11 +376,13 @@ class Page:
         """(n, m) of the main experiment, the filter sizes that Figures 1 and 7 vary K at."""
         return self.main_network()[1:]
 
-    def recorded_main(self) -> list[Run]:
-        """The recorded runs of the main experiment's network (its K and filter sizes, with the residual
-        connection): those that Tables 1-3 and Figures 4-6 set beside the paper's RL-CSC."""
+    def main_runs(self) -> list[Run]:
+        """This pipeline's run of the main experiment and every recorded run of its network (its K and filter
+        sizes, with the residual connection): the runs that Tables 1-3 and Figures 4-6 set beside the paper's
+        RL-CSC."""
         network = self.main_network()
-        return [r for r in self.runs if r.recorded and r.residual and (r.k, *r.filters) == network]
+        return [r for r in self.runs if (r.name == self.main or r.recorded) and r.residual
+                and (r.k, *r.filters) == network]
 
 
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:
@@ -372,15 +422,6 @@ def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFram
     return found
 
 
-def panels(runs: list[Run]) -> list[tuple[str, list[Run]]]:
-    """The runs in groups that compare, each with its title: this pipeline's runs, then the recorded
-    runs of each budget (a fast run and a paper-recipe run of one K are different experiments)."""
-    keys = sorted({(r.recorded, r.train.get("budget") or "") for r in runs})
-    return [(f"{'recorded runs' if recorded else 'this pipeline'}, {budget} budget",
-             [r for r in runs if (r.recorded, r.train.get("budget") or "") == (recorded, budget)])
-            for recorded, budget in keys]
-
-
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Runs grouped by everything but their seed, in first-appearance order."""
     groups: dict[tuple, list[Run]] = {}
@@ -389,11 +430,15 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
-def sources(runs: list[Run]) -> str:
-    """A list of the runs a page shows, each labelled with what it is (markdown)."""
+def sources(runs: list) -> str:
+    """The runs table of a page (markdown): one row per run or measured model it shows (its `row`)."""
     if not runs:
         return "No run of this project has reached this page yet."
-    return "Runs on this page (columns and points marked †):\n\n" + "\n".join(f"- {r.label()}" for r in runs)
+    rows = [r.row() for r in runs]
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row[k].replace("|", "/") for k in head) + " |" for row in rows]
+    return "**Runs on this page** (their columns and points are marked †):\n\n" + "\n".join(lines)
 
 
 def spread_note(runs: list[Run]) -> str:
@@ -428,31 +473,53 @@ def spread_table(group: list[Run], metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows).T.rename_axis(["dataset", "scale"])
 
 
-def comparison(ref: str, metric: str, ours: dict[str, dict | None]) -> pd.DataFrame:
-    """Published columns of reference table `ref` beside this project's columns (labels ending in
-    THIS_RUN), one row per dataset/scale; `ours` maps a label to a metrics.json mapping, or None when
-    that evaluation did not run. Cells a run did not evaluate are NaN."""
+PAPER, OURS = "paper", "this package"  # the two groups of a table's columns
+TABLE = [{"selector": "", "props": "font-size: 0.9em; margin-left: 0"}, {"selector": "th, td", "props": "padding: 0.2em 0.5em"},
+         {"selector": "td", "props": "white-space: nowrap"}]
+
+
+def beside_paper(ref: str, metric: str, ours: dict[str, dict | None]) -> pd.DataFrame:
+    """The published columns of reference table `ref` (group "paper") beside this package's (group "this
+    package", each label marked THIS_RUN), one row per dataset and scale; `ours` maps a label to a
+    metrics.json mapping. A cell a run did not evaluate is NaN; a column of ours with no cell is left out."""
     published = table(ref).pivot_table(index=["dataset", "scale"], columns="method", values=metric, sort=False)
-    published.columns = list(published.columns)
+    columns = {(PAPER, m): published[m] for m in published.columns}
     for label, m in ours.items():
-        published[f"{label}{THIS_RUN}"] = [
-            (m or {}).get(d, {}).get(f"x{s}", {}).get(metric, np.nan) for d, s in published.index
-        ]
-    return published
+        cells = [(m or {}).get(d, {}).get(f"x{s}", {}).get(metric, np.nan) for d, s in published.index]
+        if not np.isnan(cells).all():
+            columns[(OURS, label + THIS_RUN)] = pd.Series(cells, index=published.index)
+    return pd.DataFrame(columns)
 
 
-def mark_best(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler:
-    """Red for the best and blue for the second best value of each row, as the paper marks them."""
+def differences(frame: pd.DataFrame, against: dict[str, str]) -> pd.DataFrame:
+    """Each of this package's columns of `beside_paper` minus the paper's column it reproduces (`against`
+    maps a label to a published method), headed "label − method"."""
+    return pd.DataFrame({f"{label} − {method}": frame[(OURS, label + THIS_RUN)] - frame[(PAPER, method)]
+                         for label, method in against.items() if (OURS, label + THIS_RUN) in frame})
+
+
+def styled(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler:
+    """A table of numbers for a page: `digits` decimals, "not run" for a missing cell, a rule before the
+    first column of this package's group, and red for the best and blue for the second best value of each
+    row, as the paper marks them."""
 
     def colours(row: pd.Series) -> list[str]:
         order = row.dropna().sort_values(ascending=False).index
-        style = {order[0]: RED} if len(order) > 0 else {}
-        if len(order) > 1:
-            style[order[1]] = BLUE
+        style = dict(zip(order[:2], (RED, BLUE)))
         return [style.get(c, "") for c in row.index]
 
-    small = [{"selector": "", "props": "font-size: 0.85em"}]
-    return frame.style.apply(colours, axis=1).format(f"{{:.{digits}f}}", na_rep="not run").set_table_styles(small)
+    styler = frame.style.format(f"{{:.{digits}f}}", na_rep="not run").apply(colours, axis=1)
+    rules = list(TABLE)  # the type size and cell padding of every table
+    if isinstance(frame.columns, pd.MultiIndex) and OURS in frame.columns.get_level_values(0):
+        j = list(frame.columns.get_level_values(0)).index(OURS)
+        rules.append({"selector": f"th.col{j}, td.col{j}, th.level0.col_heading.col{j}",
+                      "props": "border-left: 3px solid #666"})
+    return styler.set_table_styles(rules)
+
+
+def signed_table(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler:
+    """A table of differences: each with its sign to `digits` decimals (never -0.00), "not run" for a missing cell."""
+    return frame.style.format(lambda v: signed(v, digits), na_rep="not run").set_table_styles(TABLE)
 
 
 def execute_notebook(source: Path, target: Path, parameters: dict) -> None:

@@ -24,7 +24,6 @@ from rlcsc.train import TrainParams
 
 UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}
 DIGITS = {"psnr": 2, "ssim": 4, "ifc": 3}
-COUNTING = ("paper", "fast")  # the budgets whose runs can match the paper
 
 
 @dataclass(frozen=True)
@@ -53,17 +52,6 @@ class Line:
         return f"{signed(low, digits)} to {signed(high, digits)}{unit}"
 
 
-def extent(run: Run) -> str:
-    """How far a run trained: "1 of 35 epochs", or "35 epochs" for a run that ran its plan."""
-    done, planned = run.train["epochs_done"], run.train["epochs_planned"]
-    return f"{done:g} of {planned:g} epochs" if done < planned else f"{done:g} epochs"
-
-
-def counts(run: Run) -> bool:
-    """Whether a run may match the paper: trained under the paper's or the fast budget."""
-    return run.train.get("budget") in COUNTING
-
-
 def network(run: Run) -> tuple:
     """What a run trained, for finding the run of a paper experiment: arch, K, n, m, residual, bias."""
     m = run.model
@@ -73,7 +61,7 @@ def network(run: Run) -> tuple:
 def furthest(runs: list[Run], k: int, n: int, m: int, residual: bool = True) -> Run | None:
     """The counting run of the paper's RL-CSC network (K, n, m, residual; no biases) that trained the
     most steps; None when there is none."""
-    hits = [r for r in runs if counts(r) and network(r) == ("rlcsc", k, n, m, residual, False)]
+    hits = [r for r in runs if r.paper_scale and network(r) == ("rlcsc", k, n, m, residual, False)]
     return max(hits, key=lambda r: (r.train["steps_done"], r.recorded), default=None)
 
 
@@ -104,20 +92,20 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
         published, diffs = _cells(main, ref, metric)
         out.append(Line(item, metric, published, diffs, tolerance[metric], main))
     t3 = table("table3")
-    for residual, words in ((True, "with the residual"), (False, "without the residual")):
+    for residual, words in ((True, "with residual"), (False, "no residual")):
         run = furthest(page.runs, k, n, m, residual)
         ref = t3[t3.residual == residual]
         reached = epoch_psnr(run) if run else {}
         diffs = tuple(reached[e] - p for e, p in zip(ref.epoch, ref.psnr) if e in reached)
-        out.append(Line(f"Table 3, {words} (Set5 x3 by epoch)", "psnr", len(ref), diffs, tolerance["psnr"], run))
+        out.append(Line(f"Table 3, {words}", "psnr", len(ref), diffs, tolerance["psnr"], run))
     t1 = table("table1")
     paper = t1[(t1.method == "RL-CSC") & (t1.dataset == "Set5") & (t1.scale == 3)].psnr.iloc[0]
     diffs = (main.last_psnr() - paper,) if main else ()
-    out.append(Line("Figure 1, RL-CSC's Set5 x3", "psnr", 1, diffs, tolerance["psnr"], main))
+    out.append(Line("Figure 1, RL-CSC", "psnr", 1, diffs, tolerance["psnr"], main))
     for r in table("figure7").itertuples():
         run = furthest(page.runs, r.recursions, n, m)
         diffs = (run.last_psnr() - r.psnr,) if run else ()
-        out.append(Line(f"Figure 7, K = {r.recursions} at 35 epochs", "psnr", 1, diffs, tolerance["psnr"], run))
+        out.append(Line(f"Figure 7, K = {r.recursions}", "psnr", 1, diffs, tolerance["psnr"], run))
     return out
 
 
@@ -135,21 +123,10 @@ class Check:
         return int((d.abs() <= EXPLAIN[metric]).sum()), len(d)
 
 
-def bicubic_measured(page: Page) -> Measured | None:
-    """The fullest bicubic evaluation: this pipeline's (`results/bicubic`) or a recorded one
-    (`runs/<name>/` made by `rlcsc record --method bicubic`), the one with more cells."""
-    found = []
-    for recorded, folder in ((False, page.results / "bicubic"), *((True, p) for p in sorted(page.runs_dir.glob("*")))):
-        evaluation, metrics = _json(folder / "evaluation.json"), _json(folder / "metrics.json")
-        if evaluation is not None and metrics is not None and evaluation.get("method") == "bicubic":
-            found.append(Measured(folder.name, recorded, evaluation, metrics, folder, _json(folder / "environment.json")))
-    return max(found, key=lambda b: (b.cells(), b.recorded), default=None)
-
-
 def checks(page: Page) -> list[Check]:
     """Bicubic and every released comparison model, each against the paper's column for it."""
     out = []
-    bic = bicubic_measured(page)
+    bic = page.bicubic()
     if bic is not None:
         where = f"recorded evaluation `runs/{bic.name}`" if bic.recorded else "this pipeline's `results/bicubic`"
         out.append(Check("Bicubic", where, _frames(bic)))
@@ -172,7 +149,7 @@ class Cost:
     experiment: str
     steps_left: int
     hours: float
-    basis: str  # whose ms per step, in words
+    basis: str  # whose ms per step, in words: a recorded run (and its machine), or one scaled by the arithmetic
 
 
 def costs(page: Page) -> list[Cost]:
@@ -197,11 +174,12 @@ def costs(page: Page) -> list[Cost]:
         same = [r for r in timed if network(r) == key]
         done = max((r.train["steps_done"] for r in same), default=0)
         if same:
-            ms, basis = max(same, key=lambda r: r.train["steps_done"]).train["ms_per_step"], "its recorded run"
+            run = max(same, key=lambda r: r.train["steps_done"])
+            ms, basis = run.train["ms_per_step"], f"{run.name} ({run.device})"
         else:
-            ms, basis = base.train["ms_per_step"] * flops(p) / base_flops, f"{base.name}'s, scaled by arithmetic"
+            ms, basis = base.train["ms_per_step"] * flops(p) / base_flops, f"{base.name}, scaled by the arithmetic"
         left = max(0, (p.stop_epoch or p.epochs) * base.train["steps_per_epoch"] - done)
-        out.append(Cost(name, left, left * ms / 3.6e6, f"ms per step of {basis} ({base.device})"))
+        out.append(Cost(name, left, left * ms / 3.6e6, basis))
     return out
 
 

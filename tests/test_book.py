@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,11 @@ import pytest
 from bs4 import BeautifulSoup
 from PIL import Image
 
-HTML = Path(__file__).resolve().parents[1] / "book" / "_build" / "html"
+from rlcsc import report, scorecard
+from rlcsc.config import load_block
+
+REPO = Path(__file__).resolve().parents[1]
+HTML = REPO / "book" / "_build" / "html"
 TABLES = ["table1", "table2", "table3", "table4"]
 FIGURES = ["figure1", "figure7", "figure8", "figures4_6", "training_time"]
 
@@ -53,8 +58,30 @@ def test_figure_pages_render_images(html: Path, name: str) -> None:
 
 
 def test_intro_methods_and_deviations_pages_exist(html: Path) -> None:
-    for name in ("index", "generated/methods", "deviations"):
+    for name in ("index", "generated/intro", "generated/methods", "deviations"):
         assert (html / f"{name}.html").exists()
+
+
+def test_the_scorecard_holds_the_numbers_of_the_files(html: Path) -> None:
+    """The first page's table of what is reproduced, cell by cell, against the scorecard computed now from the
+    results, the recorded runs and the reference tables: a page built from other files fails."""
+    page_ = report.page(str(REPO / "params.yaml"), str(REPO / "results"), str(REPO / "models"), str(REPO / "runs"),
+                        load_block(REPO / "params.yaml", "report", report.ReportParams).main)
+    lines = scorecard.lines(page_, page_.tolerance())
+    table = next(t for t in page(html, "intro").select("article table") if "matched" in t.get_text())
+    rows = {tr.find("th").get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")]
+            for tr in table.select("tbody tr")}
+    assert set(rows) == {line.item for line in lines}
+    for line in lines:
+        published, reached, matched, spread, run = rows[line.item][:5]
+        assert (int(published), int(reached), int(matched)) == (line.published, len(line.differences), line.matched)
+        assert spread == line.spread() and run == (line.run.name if line.run else "none yet")
+
+
+def test_no_page_calls_a_run_completed(html: Path) -> None:
+    """A run says how far it trained ("1 of 35 epochs"), never "completed", which a run short of its plan is not."""
+    for path in sorted((html / "generated").glob("*.html")):
+        assert "completed" not in BeautifulSoup(path.read_text(), "html.parser").select_one("article").get_text(), path.name
 
 
 @pytest.mark.parametrize("name", ["table1", "figure7"])
@@ -78,3 +105,36 @@ def test_pages_are_drawn_in_headless_chromium(html: Path, name: str, tmp_path: P
 def test_the_spread_over_seeds_is_shown(html: Path, name: str) -> None:
     text = page(html, name).get_text()
     assert "Spread over seeds" in text and "differ between machines" in text and "quick budget, seeds 0, 1, 2" in text
+
+
+# Measures every figure of a page as Chromium lays it out at 1400 px: its drawn width (the PNG's pixels) and
+# the width it is shown at, after opening every collapsed block; and the body text's size.
+MEASURE = """<script>window.addEventListener('load', () => {
+  document.querySelectorAll('details').forEach(d => d.open = true);
+  document.querySelectorAll('.toggle-hidden, .hide-output, .cell_output').forEach(e => e.style.display = 'block');
+  const sizes = [...document.querySelectorAll('article img')].map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width]);
+  const body = getComputedStyle(document.querySelector('article p')).fontSize;
+  const out = document.createElement('pre'); out.id = 'measured'; out.textContent = JSON.stringify({sizes, body});
+  document.body.appendChild(out);
+});</script>"""
+
+
+@pytest.mark.parametrize("name", FIGURES + ["table3"])
+def test_figures_are_shown_at_their_drawn_width(html: Path, name: str, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    source = (html / "generated" / f"{name}.html").read_text()
+    base = f'<base href="{(html / "generated").as_uri()}/">'
+    probe = tmp_path / f"{name}.html"
+    probe.write_text(source.replace("<head>", "<head>" + base, 1).replace("</body>", MEASURE + "</body>", 1))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--allow-file-access-from-files",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000", "--virtual-time-budget=10000",
+           "--dump-dom", probe.as_uri()]
+    dom = BeautifulSoup(subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout, "html.parser")
+    measured = json.loads(dom.select_one("#measured").get_text())
+    assert float(measured["body"].rstrip("px")) >= 15, measured["body"]
+    assert measured["sizes"], f"{name}: no figure measured"
+    for src, drawn, shown in measured["sizes"]:
+        assert drawn > 0 and shown >= 0.8 * drawn, f"{name}: a figure drawn {drawn} px wide is shown at {shown:.0f} px"

@@ -5,6 +5,7 @@ comparisons; how the book labels them."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,21 @@ import yaml
 
 from rlcsc.cli import main
 from rlcsc.provenance import source_hash
-from rlcsc.report import Run, panels, paper_set5_x3, recorded_runs, references
+from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
          "evaluation.json", "environment.json"}
+
+
+def tables(outputs: list[dict]) -> str:
+    """The HTML tables a notebook's outputs hold, joined."""
+    return "\n".join("".join(o["data"]["text/html"]) for o in outputs if "text/html" in o.get("data", {}))
+
+
+def row_headings(html: str) -> list[str]:
+    """The row headings of the HTML tables `html`, in order."""
+    return re.findall(r"<th>([^<]+)</th>\s*<td>", html)
 
 
 def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
@@ -147,29 +158,31 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
         shutil.copy(recorded / "runs" / "K25-quick" / name, out / name)
 
 
-def test_runs_of_other_budgets_are_drawn_apart(recorded: Path, tmp_path: Path) -> None:
-    """A fast run and a paper-recipe run of one K are different experiments: panels of their own."""
+def test_a_quick_run_stands_apart_from_the_paper_scale_ones(recorded: Path, tmp_path: Path) -> None:
+    """The book's tables and figures set paper-scale runs (paper or fast budget) beside the paper and keep the
+    quick budget's in a section of their own."""
     runs = tmp_path / "runs"
-    for name, budget in (("K25-quick", "quick"), ("K25-fast", "fast"), ("K15-fast", "fast")):
+    for name, budget in (("K25-quick", "quick"), ("K25-fast", "fast"), ("K25-paper", "paper")):
         shutil.copytree(recorded / "runs" / "K25-quick", runs / name)
         summary = json.loads((runs / name / "train.json").read_text())
         (runs / name / "train.json").write_text(json.dumps({**summary, "budget": budget}))
-    quick = next(r for r in recorded_runs(runs) if r.name == "K25-quick")
-    pipeline = replace(quick, name="K25", recorded=False)  # as if this pipeline had trained it
-    groups = [(title, [r.name for r in group]) for title, group in panels([pipeline, *recorded_runs(runs)])]
-    assert groups == [("this pipeline, quick budget", ["K25"]), ("recorded runs, fast budget", ["K15-fast", "K25-fast"]),
-                      ("recorded runs, quick budget", ["K25-quick"])]
+    assert {r.name: r.paper_scale for r in recorded_runs(runs)} == {"K25-quick": False, "K25-fast": True,
+                                                                    "K25-paper": True}
 
 
 def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
     (run,) = recorded_runs(recorded / "runs")
     assert run.recorded and run.k == 25 and run.residual and run.name == "K25-quick"
-    assert run.label().startswith("K25-quick (recorded run): K = 25, n = 8, m = 16, quick budget (not the paper's "
-                                  "recipe: pairs 2400, batch 16, zero_last true, lr 0.01, lr_step 3), seed 0, ")
-    assert "of 4 epochs, cpu, commit " in run.label()
-    assert run.short() == f"K25-quick (quick budget, {run.train['epochs_done']:g} of 4 epochs)"  # a column's label
+    row = run.row()
+    assert row["made by"] == "`rlcsc record`" and row["network"] == "K = 25, n = 8, m = 16" and row["seed"] == "0"
+    assert row["budget"] == ("quick (not the paper's recipe: pairs 2400, batch 16, zero_last true, lr 0.01, "
+                             "lr_step 3)")
+    assert row["trained"] == f"{run.train['epochs_done']:g} of 4 epochs" and row["machine"] == "cpu"
+    assert row["commit"] != "this one" and run.short() == "K25-quick"  # a column's label: the name alone
     done = replace(run, train={**run.train, "epochs_done": 4})
-    assert done.short() == "K25-quick (quick budget)"
+    assert done.row()["trained"] == "4 epochs"  # never "completed" for a run short of its plan
+    diverged = replace(run, train={**run.train, "status": "diverged at step 7"})
+    assert diverged.state().endswith(", diverged at step 7")
 
 
 def test_a_figure_reads_an_image_score_from_the_run_s_evaluation(recorded: Path) -> None:
@@ -222,11 +235,9 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
-    assert ("Each variant changes the budget as that commit had it (`environment.params` in the file); "
-            "a schedule that decays does so to zero at the last step.") in text
-    names = ("base", "again", "bias", "cosine", "half")  # the ladder's table, one row per variant, in JSON's escaping
-    assert all(f'row_heading level0 row{i}\\" >{v}</th>' in text for i, v in enumerate(names))
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the runs panel and the ladder's curves
+    assert "none (the budget as it stood)" in text  # the base variant's changes, in words
+    assert row_headings(tables(outputs)) == ["base", "again", "bias", "cosine", "half"]  # one row per variant
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the ladder's curves (no run has trained)
 
 
 def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(recorded: Path, mirror: Path,
@@ -255,9 +266,8 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     assert references(fp32, recorded_runs(runs)) == []  # trained in another precision
 
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
-    text = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
-    assert "- dashed: K25-quick (recorded run): K = 25" in text
-    assert 'row_heading level0 row2\\" >K25-quick (recorded run)</th>' in text  # after the two variants
+    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+    assert row_headings(tables(outputs))[:3] == ["base", "lr", "K25-quick † (recorded run)"]  # after the two variants
 
 
 def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
@@ -296,10 +306,11 @@ def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, m
     for name in ("table1", "table3"):
         assert main(report_argv(name, runs, mirror, tmp_path)) == 0
         outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
-        assert "K25-quick (quick budget, " in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
-    (table,) = ["".join(o["data"]["text/html"]) for o in outputs if "paper, with residual" in str(o.get("data"))]
+        assert "| K25-quick | `rlcsc record` |" in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
     last = json.loads((runs / "K25-quick" / "train.json").read_text())
-    assert f"{last['curve'][-1]['psnr']:.2f} (epoch {last['epochs_done']:g})" in table
+    quick = tables(outputs)  # Table 3's quick section: the run's last snapshot and how far it trained
+    assert "K25-quick" in row_headings(quick) and f"{last['curve'][-1]['psnr']:.2f}" in quick
+    assert f"{last['epochs_done']:g} of 4 epochs" in quick
 
 
 @pytest.mark.parametrize("name", ["table1", "table3", "figure7", "figures4_6", "training_time"])
@@ -307,9 +318,9 @@ def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path:
     """A notebook executed where the recorded run is the only run: it is shown, labelled as recorded."""
     assert main(report_argv(name, recorded / "runs", mirror, tmp_path)) == 0
     cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
-    text = json.dumps([c.get("outputs", []) for c in cells])
-    assert "K25-quick (recorded run): K = 25" in text
+    outputs = [o for c in cells for o in c.get("outputs", [])]
+    assert "| K25-quick | `rlcsc record` | K = 25, n = 8, m = 16 |" in json.dumps(outputs)  # its row in the runs table
     if name == "training_time":  # its wall clock beside its training time
         train = json.loads((recorded / "runs" / "K25-quick" / "train.json").read_text())
-        assert 'level0 col5\\" >wall minutes</th>' in text
-        assert f'data row0 col5\\" >{train["seconds_wall"] / 60:.2f}</td>' in text
+        html = tables(outputs)
+        assert "wall minutes" in html and f"<td>{train['seconds_wall'] / 60:.2f}</td>" in html

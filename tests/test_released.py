@@ -181,7 +181,9 @@ def test_the_book_sets_the_measured_vdsr_beside_the_papers(recorded_vdsr: Path, 
     (measured,) = report.measured_methods(tmp_path / "none", recorded_vdsr.parent)
     assert measured.method == "VDSR" and measured.recorded and measured.cells() == 1
     assert measured.model_file(tmp_path) == recorded_vdsr / "model.pt"
-    assert "VDSR-official (recorded evaluation, cpu" in measured.label() and "Set5 at x3" in measured.label()
+    row = measured.row()
+    assert row["run"] == "VDSR-official" and row["made by"] == "`rlcsc record --model`" and row["machine"].startswith("cpu")
+    assert row["network"].startswith("VDSR: the authors' `VDSR_Official.mat`") and row["budget"].endswith(": Set5")
     check = report.against_paper(measured, "table1", ("psnr", "ssim"))
     assert check.loc[("Set5", 3), "psnr paper"] == 33.66 and check.loc[("Set5", 3), "psnr within"]
     assert check["psnr measured"].notna().sum() == 1
