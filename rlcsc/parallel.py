@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -23,9 +26,29 @@ def share_cores(jobs: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+def end_with_parent() -> None:
+    """End this process as soon as its parent has ended (checked twice a second), so that a killed
+    command leaves no worker computing for nobody; SIGTERM ends it at once, without a traceback."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a process whose parent ends is handed to another
+            time.sleep(0.5)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _start_worker(jobs: int) -> None:
+    end_with_parent()
+    share_cores(jobs)
+
+
 def pool(jobs: int) -> ProcessPoolExecutor:
-    """A pool of `jobs` worker processes that share the cores (see `share_cores`)."""
-    return ProcessPoolExecutor(jobs, initializer=share_cores, initargs=(jobs,))
+    """A pool of `jobs` worker processes that share the cores (see `share_cores`) and end with their
+    parent (`end_with_parent`)."""
+    return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs,))
 
 
 def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, unit: str = "img") -> Iterator[R]:
@@ -37,7 +60,10 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 yield fn(task)
                 bar.update()
             return
-        with pool(jobs) as workers:
+        workers = pool(jobs)
+        try:
             for result in workers.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (8 * jobs)))):
                 yield result
                 bar.update()
+        finally:  # after an error or an interruption, the tasks not yet begun are dropped, not waited for
+            workers.shutdown(cancel_futures=True)

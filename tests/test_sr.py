@@ -225,6 +225,23 @@ def test_output_is_never_written_over_without_overwrite(tiny: Path, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt", "taken.png"]
 
 
+def test_no_file_but_the_output_is_ever_written_or_removed(tiny: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """The temporary is a new name: not the input's, not a file of the user's that looks like one."""
+    save(pixels("RGB", 8), tmp_path / ".photo.tmp.png")  # `cp photo.png .photo.tmp.png`
+    (tmp_path / ".precious.tmp.png").write_bytes(b"mine")
+    original = (tmp_path / ".photo.tmp.png").read_bytes()
+    for source, target in [(".photo.tmp.png", "photo.png"), (".photo.tmp.png", "precious.png")]:
+        status, err = sr_in_process(capsys, str(tmp_path / source), "--scale", "2", "--model", str(tiny),
+                                    "-o", str(tmp_path / target))
+        assert status == 0, err
+        assert load(tmp_path / target).shape == (18, 14, 3)
+    assert (tmp_path / ".photo.tmp.png").read_bytes() == original
+    assert (tmp_path / ".precious.tmp.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".photo.tmp.png", ".precious.tmp.png", "m.pt", "photo.png",
+                                                          "precious.png"]
+
+
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def half_write(self: Image.Image, fp: Path, *args: object, **kwargs: object) -> None:
         Path(fp).write_bytes(b"\x89PNG half")
