@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ def share_cores(jobs: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def end_with_parent() -> None:
+def _end_with_parent() -> None:
     """End this process as soon as its parent has ended (checked twice a second), so that a killed
     command leaves no worker computing for nobody; SIGTERM ends it at once, without a traceback."""
     parent = os.getppid()
@@ -41,13 +42,13 @@ def end_with_parent() -> None:
 
 
 def _start_worker(jobs: int) -> None:
-    end_with_parent()
+    _end_with_parent()
     share_cores(jobs)
 
 
 def pool(jobs: int) -> ProcessPoolExecutor:
     """A pool of `jobs` worker processes that share the cores (see `share_cores`) and end with their
-    parent (`end_with_parent`)."""
+    parent (`_end_with_parent`)."""
     return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs,))
 
 
@@ -65,5 +66,9 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
             for result in workers.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (8 * jobs)))):
                 yield result
                 bar.update()
-        finally:  # after an error or an interruption, the tasks not yet begun are dropped, not waited for
+        except BaseException:  # an error or an interruption: the workers' tasks are dropped, not waited for
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+            raise
+        finally:
             workers.shutdown(cancel_futures=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from rlcsc.data.augment import AugmentParams, Variant, augment, transform, varia
 from rlcsc.data.patches import PatchParams, PatchSet, count_from_raw, count_pairs, kept, make_pairs, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imresize import imresize
+from rlcsc.lock import writing
 
 AWKWARD = [(33, 33), (34, 100), (65, 66), (99, 131), (32, 500), (101, 37)]
 
@@ -195,3 +200,51 @@ def test_corrupt_patch_folder_is_named_on_open(augmented: Path, tmp_path: Path, 
     with pytest.raises(RlcscError, match=rf"^corrupt patch (file|set in) {re.escape(str(where))}: .*rerun `rlcsc patch`") as err:
         PatchSet.open(folder)
     assert "\n" not in str(err.value)
+
+
+def workers_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(parent) == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_an_ended_augment_leaves_no_worker_and_no_temporary(sig: int, mirror: Path, tmp_path: Path) -> None:
+    """SIGTERM ends it as Ctrl-C does; after kill -9 its workers end within a second and the next writer
+    of the folder removes its temporary."""
+    (tmp_path / "params.yaml").write_text("augment: {}\n")  # the whole protocol: minutes of work
+    out = tmp_path / "aug"
+    proc = subprocess.Popen([sys.executable, "-m", "rlcsc.cli", "augment", "--params", str(tmp_path / "params.yaml"),
+                             "--raw", str(mirror), "--out", str(out), "--jobs", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (len(workers_of(proc.pid)) == 2 and list(tmp_path.glob(".aug.*.tmp"))) and time.time() < deadline:
+        time.sleep(0.1)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2, "the workers did not start"
+    time.sleep(1)  # at work
+    proc.send_signal(sig)
+    assert proc.wait(timeout=5) == (-sig if sig == signal.SIGKILL else 130)  # at once, not after the running tasks
+    time.sleep(1.5)
+    assert not [pid for pid in workers if running(pid)]
+    if sig == signal.SIGTERM:
+        assert proc.stderr.read().strip().splitlines()[-1] == "rlcsc augment: interrupted"
+    else:
+        assert [p.name for p in tmp_path.glob(".aug*")] != []  # its temporary and its lock
+        with writing(out):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
