@@ -346,9 +346,13 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
     save_torch({**state, "model": {k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}},
                tmp_path / "nan.pt")
     save_torch({**state, "config": {**state["config"], "recursions": -3}}, tmp_path / "negative.pt")
+    save_torch({**state, "config": {**state["config"], "recursions": "25"}}, tmp_path / "text.pt")
     cases = [
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
-        (["ok.png", "--scale", "3", "--model", "negative.pt"], "sizes must be at least 1, got recursions -3"),
+        (["ok.png", "--scale", "3", "--model", "negative.pt"],
+         "negative.pt: the rlcsc network's recursions must be from 1 to 1000, got -3"),
+        (["ok.png", "--scale", "3", "--model", "text.pt"], "text.pt: the rlcsc network's recursions must be an integer, "
+                                                           "got '25'"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
@@ -366,7 +370,7 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         assert status == 1 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "nan.pt", "negative.pt",
-                                                          "notes.txt", "ok.png"]
+                                                          "notes.txt", "ok.png", "text.pt"]
 
 
 def test_an_image_too_large_to_open_is_one_line(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

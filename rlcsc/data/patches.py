@@ -27,7 +27,7 @@ from numpy.lib.format import open_memmap
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rlcsc.atomic import folder_atomically, write_json
-from rlcsc.config import Checked, at_least, one_of, param
+from rlcsc.config import Checked, at_least, one_of, param, within
 from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, check_out, load_augmented, variant_shape, variants
 from rlcsc.errors import RlcscError
@@ -48,7 +48,7 @@ class PatchParams(Checked):
     size: int = param(33, at_least(1))
     stride: int = param(33, at_least(1))
     chunk: int = param(64, at_least(1))  # keep a multiple of this many pairs; 1 keeps them all
-    seed: int = param(0, at_least(0))
+    seed: int = param(0, within(0, 2**32))
     input_dtype: str = param("float16", one_of("float16", "float32"))
 
 
