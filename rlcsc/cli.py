@@ -136,7 +136,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _sr(args: argparse.Namespace) -> None:
     from rlcsc.sr import super_resolve_file
 
-    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite), file=sys.stderr)
+    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite, args.max_memory),
+          file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the pipeline's) or vdsr (the VDSR authors' weights, converted)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
+    p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
+                   "(default: what is available); a larger image is refused from its header, before it is decoded")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")

@@ -195,6 +195,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_params(path: Path) -> dict:
     """The whole params file as a mapping, its structure checked: blocks, experiments, budgets and `budget`."""
+    if path.exists() and not path.is_file():  # a FIFO or a device would never end
+        raise RlcscError(f"params file {path} is not a regular file")
     try:
         params = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as err:

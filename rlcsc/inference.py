@@ -67,6 +67,8 @@ def _read_model_file(path: Path) -> dict:
         raise RlcscError(f"{path} is a folder; {expected}")
     if not path.exists():
         raise RlcscError(f"model file not found: {path}")
+    if not path.is_file():  # a FIFO or a device would never end
+        raise RlcscError(f"{path} is not a regular file; {expected}")
     state = load_torch(path)
     if state is None:
         raise RlcscError(f"{path} is not a PyTorch file; {expected}")
@@ -110,6 +112,9 @@ def describe_model(path: Path) -> dict:
     return {"path": str(path), "arch": state["arch"], "config": state["config"], **{k: state.get(k) for k in keys}}
 
 
+CPU_TILE, GPU_TILE = 512, 1024  # the side of the tiles `apply` computes at once
+
+
 def receptive_radius(model: torch.nn.Module) -> int:
     """Pixels of context each output needs on each side: one per 3x3 layer."""
     return model.depth
@@ -125,7 +130,7 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
     stays bounded (and a figure's crop of a large image costs only the crop). `progress` shows a bar
     over the tiles."""
     device = next(model.parameters()).device
-    tile = tile or (1024 if device.type == "cuda" else 512)
+    tile = tile or (GPU_TILE if device.type == "cuda" else CPU_TILE)
     if isinstance(ilr, np.ndarray):
         ilr = torch.from_numpy(np.ascontiguousarray(ilr))
     x = ilr.to(device, torch.float32)[None, None]

@@ -311,11 +311,16 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     def checkpoint() -> None:
         nonlocal kept
         kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
-        if dist.main:
+        if not dist.main:
+            return
+        try:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
-                         "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
-                        ckpt_path)
+                        "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
+                        "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
+                       ckpt_path)
+        except OSError as err:  # a full disk, a read-only folder: the last checkpoint written is kept whole
+            raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
+                             f"step {step}: rerun it to resume from the last checkpoint written") from None
 
     def trained() -> list[dict]:
         """The calls that trained this run, this one included once it has trained a step: steps, wall
@@ -338,6 +343,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     def reached() -> bool:
         return epoch >= p.last_epoch() or bool(p.max_steps and done() >= p.max_steps)
 
+    bar: tqdm | None = None  # the epoch's progress bar, closed however the loop ends (before an error's line)
     try:
         with using_precision(device, p.precision):
             while not (late or reached()):
@@ -391,6 +397,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     epoch, step, since = epoch + 1, 0, 0
                 checkpoint()
     finally:
+        if bar is not None:
+            bar.close()
         interrupted.restore()
         dist.close()
     if status != "completed":  # the last good checkpoint is the model; the time is until the divergence

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import signal
 import subprocess
@@ -152,6 +154,46 @@ def test_out_folder_with_other_files_is_refused_and_kept(tiny_set: list[Path], a
     augment(tiny_set, augmented, ONE_VARIANT, jobs=1)
     make_patches(augmented, out.with_name("p"), PatchParams(chunk=1), jobs=1)
     assert make_patches(augmented, out.with_name("p"), PatchParams(chunk=1), jobs=1)["pairs"] > 0
+
+
+TEST_PROCESS = os.getpid()
+
+
+def _killed(task: tuple) -> None:
+    """A patch worker that the system kills (as it does one out of memory)."""
+    if os.getpid() != TEST_PROCESS:  # a worker, never the tests' own process
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_disk_without_room_or_a_dead_worker_is_one_line_and_keeps_the_patch_set(
+        augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The patch set's space is taken before any work (else a full disk kills the worker that writes into
+    the memory map); a worker killed anyway (out of memory) is one line too. The old patch set stays."""
+    from rlcsc.cli import main
+    from rlcsc.data import patches
+
+    out = tmp_path / "patches"
+    make_patches(augmented, out, PatchParams(chunk=1), jobs=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "params.yaml").write_text("patch: {chunk: 1}\n")
+    argv = ["patch", "--params", str(tmp_path / "params.yaml"), "--augmented", str(augmented), "--out", str(out),
+            "--jobs", "2"]
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    assert main(argv) == 1
+    need = sum(len(data) for name, data in before.items() if name in ("labels.npy", "inputs.npy", "origin.npy"))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlcsc patch: error: no room for the patch set {out}: it needs {need / 1e9:.2f} GB (No space left on device)")
+    monkeypatch.undo()
+    monkeypatch.setattr(patches, "_write_pairs", _killed)
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "rlcsc patch: error: a worker process ended abruptly (the system may have run out of memory and killed it)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aug", "params.yaml", "patches", "raw"]
 
 
 def _rewrite_index(folder: Path, edit) -> None:

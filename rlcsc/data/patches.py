@@ -139,8 +139,9 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
     with folder_atomically(out) as tmp:
         pair = (total, params.size, params.size)
         layout = (("labels", np.uint8, pair), ("inputs", params.input_dtype, pair), ("origin", ORIGIN, (total,)))
-        for name, dtype, shape in layout:  # allocated here (sparse), filled by the workers
+        for name, dtype, shape in layout:  # allocated here, filled by the workers
             open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        _reserve([tmp / f"{name}.npy" for name, _, _ in layout], out)
         rows = list(zip(index.index, index.offset, index.height, index.width, starts))
         step = max(1, len(rows) // (64 * (jobs or os.cpu_count() or 1)))
         tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params) for i in range(0, len(rows), step)]
@@ -152,6 +153,22 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
         write_json(summary, tmp / "summary.json")
     return summary
+
+
+def _reserve(files: list[Path], out: Path) -> None:
+    """Give the (sparse) memory-mapped `files` their disk space now, where the system has the call: a disk
+    without room for the patch set `out` is then one clear error here, before any work, not a worker killed
+    when it writes into the map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    need = sum(f.stat().st_size for f in files)
+    for path in files:
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as err:
+                raise RlcscError(f"no room for the patch set {out}: it needs {need / 1e9:.2f} GB "
+                                 f"({err.strerror})") from None
 
 
 def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: PatchParams, folder: Path) -> dict:
