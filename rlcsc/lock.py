@@ -5,7 +5,8 @@ system releases when its process ends, however it ends: the lock of a dead proce
 construction and taken over. The file says who holds it (process id, host, command, since when), for
 the refusal of a second writer, and lists the temporaries the holder made for the output
 (`rlcsc.atomic`), so that the next writer removes what a killed one left. It is removed when its
-holder ends. A file of that name that is not such a lock is never written over nor removed.
+holder ends. A file of that name that is not such a lock is never written over nor removed (an empty
+one is taken for the lock of a process killed as it began).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ class Lock:
 
 
 _HELD: list[Lock] = []  # the locks this process holds
+_NOTING = threading.Lock()  # temporaries are made by several threads at once (the download's)
 
 
 def lock_file(path: Path) -> Path:
@@ -148,6 +151,7 @@ def note_temporary(path: Path, tmp: Path) -> None:
     path = Path(os.path.abspath(path))
     for lock in _HELD:
         if lock.path == path or lock.path in path.parents:
-            os.lseek(lock.fd, 0, os.SEEK_END)
-            os.write(lock.fd, (json.dumps(os.path.abspath(tmp)) + "\n").encode())
+            with _NOTING:
+                os.lseek(lock.fd, 0, os.SEEK_END)
+                os.write(lock.fd, (json.dumps(os.path.abspath(tmp)) + "\n").encode())
             return

@@ -81,8 +81,8 @@ def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path
             "--out", str(tmp_path / "out")]
     assert main(argv) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"rlcsc evaluate: error: test image {small} is 1x1: the protocol at x3 needs at least 54x54 (3 pixels shaved "
-        "from each border, 48 left for IFC)"]
+        (f"rlcsc evaluate: error: test image {small} is 1x1: the protocol at x3 needs at least 54x54 (3 pixels shaved "
+         "from each border, 48 left for IFC)")]
     assert not list((tmp_path / "out").iterdir())
 
 

@@ -63,8 +63,8 @@ def test_a_second_writer_ends_at_once_naming_the_holder_and_a_killed_holder_is_t
     second = sr(tmp_path)
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert second.stderr.strip().splitlines() == [
-        f"rlcsc sr: error: {tmp_path / 'out.png'} is being written by process {proc.pid} (`-c {tmp_path / 'out.png'}`, "
-        f"since {second.stderr.split('since ')[1].split(')')[0]}); wait for it to end, or write elsewhere"]
+        (f"rlcsc sr: error: {tmp_path / 'out.png'} is being written by process {proc.pid} (`-c {tmp_path / 'out.png'}`, "
+         f"since {second.stderr.split('since ')[1].split(')')[0]}); wait for it to end, or write elsewhere")]
     assert not (tmp_path / "out.png").exists() and tmp.read_text() == "half"
     proc.kill()  # kill -9: neither its temporary nor its lock file is removed by it
     proc.wait()

@@ -402,8 +402,7 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
         (["ok.png", "--scale", "3", "--model", "negative.pt"],
          "negative.pt: the rlcsc network's recursions must be from 1 to 1000, got -3"),
-        (["ok.png", "--scale", "3", "--model", "text.pt"], "text.pt: the rlcsc network's recursions must be an integer, "
-                                                           "got '25'"),
+        (["ok.png", "--scale", "3", "--model", "text.pt"], "text.pt: the rlcsc network's recursions must be an integer"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
