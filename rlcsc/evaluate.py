@@ -36,8 +36,8 @@ from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
 
 SCALES = (2, 3, 4)
-# The side a test image must keep after shaving: IFC's four pyramid levels need it (their coarsest
-# subband, an eighth of it, must hold enough 3x3 blocks); SSIM's window needs 11.
+# The side a test image must keep after shaving, for IFC's four pyramid levels (below about 42 pixels its
+# covariance of 3x3 blocks came out singular); SSIM's window needs 11.
 MIN_SHAVED = 48
 
 

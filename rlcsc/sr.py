@@ -103,10 +103,9 @@ def available_memory() -> int:
     """Bytes of memory free for a computation: Linux's estimate (MemAvailable), within the container's
     limit (cgroup v2) where there is one; elsewhere the machine's physical memory."""
     try:
-        meminfo = Path("/proc/meminfo").read_text()
-    except OSError:
+        free = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):  # not Linux
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    free = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
     try:
         cgroup = Path("/sys/fs/cgroup")
         limit, used = (cgroup / "memory.max").read_text().strip(), (cgroup / "memory.current").read_text()
