@@ -1,45 +1,91 @@
 """Files and folders written atomically: to a temporary name beside the target, then renamed, so a
-crash never leaves a half-written result under the final name."""
+crash never leaves a half-written result under the final name.
+
+A temporary is a new name from the system (`tempfile.mkstemp`/`mkdtemp`), created exclusively, so it is
+never a file of someone else's; it is removed on any exit the process lives through (an error, Ctrl-C,
+SIGTERM: `rlcsc.cli`), and noted in the lock of its output (`rlcsc.lock`), whose next writer removes
+what a killed process left. No file but the target is ever replaced or removed.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rlcsc.lock import note_temporary
 
-def temporary(path: Path) -> Path:
-    """The temporary name beside `path`: hidden, keeping its suffix (a writer may choose its format by it)."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so once, at import, before any thread runs)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
+@contextmanager
+def temporary(path: Path, folder: bool = False) -> Iterator[Path]:
+    """A new empty file (or folder) beside `path`, hidden, keeping its suffix (a writer may choose its
+    format by it), with the permissions a new file gets; removed when the block ends, unless it was
+    renamed into place."""
+    try:
+        if folder:
+            tmp = Path(tempfile.mkdtemp(".tmp", f".{path.name}.", path.parent))
+            os.chmod(tmp, 0o777 & ~UMASK)
+        else:
+            fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem}.", path.parent)
+            os.close(fd)
+            tmp = Path(name)
+            os.chmod(tmp, 0o666 & ~UMASK)
+    except OSError as err:  # a missing or read-only folder: named by the output, not the temporary
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    try:
+        note_temporary(path, tmp)
+        yield tmp
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def atomically(write: Callable[[Path], None], path: Path) -> None:
-    """`write` to the temporary name of `path`, then rename it; a failure leaves neither."""
-    tmp = temporary(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """`write` to a temporary beside `path`, then rename it to `path`; a failure leaves neither. A file
+    the system refuses (a full disk, a read-only folder) is an OSError naming `path`."""
+    with temporary(path) as tmp:
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            if err.filename not in (None, str(tmp)):
+                raise
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 @contextmanager
 def folder_atomically(path: Path) -> Iterator[Path]:
-    """A fresh temporary folder beside `path` to fill; when the block ends without error it replaces
-    `path` whole. A failure leaves `path` as it was and no temporary folder."""
-    tmp = temporary(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    """A new temporary folder beside `path` (its parent folders made) to fill; when the block ends
+    without error it replaces `path` whole. A failure leaves `path` as it was and no temporary folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with temporary(path, folder=True) as tmp:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with temporary(path, folder=True) as old:  # the previous `path` is moved here, then removed
+            existed = path.exists()
+            if existed:
+                os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if existed:
+                    os.replace(old, path)
+                raise
 
 
 def write_text(text: str, path: Path) -> None:
@@ -51,7 +97,14 @@ def write_json(obj: dict | list, path: Path) -> None:
 
 
 def save_torch(obj: dict, path: Path) -> None:
-    """`torch.save`, atomically (torch is imported here, so that the data stages need not load it)."""
+    """`torch.save`, atomically (torch is imported here, so that the data stages need not load it).
+    Through a Python file: its writes report a full disk as the OSError it is (torch's own writer turns
+    it into an obscure RuntimeError), and the archive inside is named "archive" whatever the temporary's
+    name (torch names it after the file otherwise), so the same object gives the same bytes."""
     import torch
 
-    atomically(lambda tmp: torch.save(obj, tmp), path)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomically(save, path)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from rlcsc.errors import RlcscError
+from rlcsc.lock import writing
 
 # The params a stage command reads: its block (with the experiment's and the budget's layers) and
 # single keys of other blocks. `rlcsc params` prints them; the tests check dvc.yaml against them.
 READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
          "evaluate": ("evaluate",), "report": ("report", "experiments")}
+# The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
+WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
+          "record": "out", "compare": "out"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -130,7 +136,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _sr(args: argparse.Namespace) -> None:
     from rlcsc.sr import super_resolve_file
 
-    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite), file=sys.stderr)
+    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite, args.max_memory),
+          file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -304,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the pipeline's) or vdsr (the VDSR authors' weights, converted)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
+    p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
+                   "(default: what is available); a larger image is refused from its header, before it is decoded")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
@@ -386,11 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    """What the command writes (nothing for `patch --count`; under torchrun only the first process writes;
+    `rlcsc sr` into a folder that does not exist writes nothing: it refuses)."""
+    if args.command not in WRITES or getattr(args, "count", False) or os.environ.get("RANK", "0") != "0":
+        return []
+    out = getattr(args, WRITES[args.command])
+    return [] if args.command == "sr" and not out.parent.is_dir() else [out]
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: temporaries removed, locks released
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a user's mistake ends with one line on stderr and exit status 1."""
+    """Run one subcommand, holding the lock of what it writes; a user's mistake ends with one line on
+    stderr and exit status 1."""
     args = build_parser().parse_args(argv)
+    terminate = signal.signal(signal.SIGTERM, _terminated)
     try:
-        args.func(args)
+        with writing(*_outputs(args)):
+            args.func(args)
     except RlcscError as err:
         print(f"rlcsc {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -398,9 +423,15 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    except BrokenProcessPool:
+        print(f"rlcsc {args.command}: error: a worker process ended abruptly (the system may have run out of "
+              "memory and killed it)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rlcsc {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, terminate)
     return 0
 
 

@@ -18,7 +18,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +53,11 @@ def above(n: float) -> Rule:
 def within(low: float, high: float) -> Rule:
     """low <= v < high."""
     return Rule(lambda v: low <= v < high, f"in [{low}, {high})")
+
+
+def between(low: float, high: float) -> Rule:
+    """low <= v <= high."""
+    return Rule(lambda v: low <= v <= high, f"in [{low}, {high}]")
 
 
 def one_of(*choices: Any) -> Rule:
@@ -172,10 +177,28 @@ def _check_budget(path: Path, name: Any, budget: Any) -> None:
                              f"precision the arithmetic runs, not what it computes; set them in `{block}`")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last
+    silently; DVC refuses the file)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # refused by YAML itself, or `<<`, which may repeat
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_params(path: Path) -> dict:
     """The whole params file as a mapping, its structure checked: blocks, experiments, budgets and `budget`."""
+    if path.exists() and not path.is_file():  # a FIFO or a device would never end
+        raise RlcscError(f"params file {path} is not a regular file")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise RlcscError(f"cannot read params file {path}: {err.strerror}") from None
     except UnicodeDecodeError as err:

@@ -28,7 +28,7 @@ from rlcsc.config import Checked, one_of, param
 from rlcsc.crop import modcrop, shave
 from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
-from rlcsc.imageio import read_image
+from rlcsc.imageio import image_size, read_image
 from rlcsc.imresize import imresize
 from rlcsc.manifest import TEST_SETS, paths
 from rlcsc.metrics import psnr, ssim
@@ -36,6 +36,9 @@ from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
 
 SCALES = (2, 3, 4)
+# The side a test image must keep after shaving, for IFC's four pyramid levels (below about 42 pixels its
+# covariance of 3x3 blocks came out singular); SSIM's window needs 11.
+MIN_SHAVED = 48
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,20 @@ def bicubic(ilr: np.ndarray, scale: int) -> np.ndarray:
     return ilr
 
 
+def check_size(path: Path, shape: tuple[int, ...], scale: int) -> None:
+    """One clear error naming a test image of `shape` too small for the protocol at `scale`: after
+    `modcrop` and shaving `scale` pixels from each border, `MIN_SHAVED` must be left."""
+    side = -(-(MIN_SHAVED + 2 * scale) // scale) * scale  # the smallest multiple of the scale that leaves it
+    if min(shape[:2]) < side:
+        raise RlcscError(f"test image {path} is {shape[1]}x{shape[0]}: the protocol at x{scale} needs at least "
+                         f"{side}x{side} ({scale} pixels shaved from each border, {MIN_SHAVED} left for IFC)")
+
+
 def read_y(path: Path, scale: int) -> np.ndarray:
     """Step 1 of the protocol: the uint8 Y channel of an image file, `modcrop`ped to `scale`."""
-    return modcrop(rgb2y(read_image(path)), scale)
+    y = rgb2y(read_image(path))
+    check_size(path, y.shape, scale)
+    return modcrop(y, scale)
 
 
 def ilr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +145,10 @@ def evaluate(
         for path in paths(raw, [dataset]):
             if not path.is_file():
                 raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
-            tasks += [(dataset, path, s, upscale, with_ifc) for s in scales]
+            shape = image_size(path)
+            for s in scales:
+                check_size(path, shape, s)  # from its header, before any work
+                tasks.append((dataset, path, s, upscale, with_ifc))
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
     return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)

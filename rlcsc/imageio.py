@@ -1,12 +1,17 @@
 """Reading and writing image files: uint8 arrays for the data stages, full-precision pictures for `rlcsc sr`.
 
 Pillow reads and writes 8-bit files, but reads a 16-bit colour PNG as 8-bit; so 16-bit PNG goes through
-pypng, and 16-bit TIFF through tifffile.
+pypng, and 16-bit TIFF through tifffile. A picture's size is known from its file's header before any
+pixel is decoded (`read_header`), for every reader alike: `rlcsc sr` decides from it whether the image
+fits in memory, a limit that replaces Pillow's own (which the 16-bit readers would not apply).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +31,22 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 EXIF_ORIENTATION = 0x0112
 # What Pillow raises for a file it cannot read: damaged, not an image, or over its decompression-bomb limit.
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# ... and what the 16-bit readers raise besides (pypng lets zlib's error for damaged pixel data through).
+PICTURE_ERRORS = (*READ_ERRORS, png.Error, zlib.error)
+# A PNG's tRNS chunk (one colour or grey value that is transparent) in an image without alpha: not kept.
+TRANSPARENT_COLOUR_DROPPED = "its transparent colour dropped: the output has no alpha"
+
+
+def _regular(path: Path) -> None:
+    """One clear error for a path that is not a file to read: a FIFO or a device would never end."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise RlcscError(f"{path} is {kind}; name an image file")
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image file as uint8 (H, W) if single-channel, else (H, W, 3) RGB."""
+    _regular(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -40,6 +57,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(rows, cols) of an image file, from its header alone."""
+    _regular(path)
     try:
         with Image.open(path) as im:
             return im.height, im.width
@@ -65,25 +83,79 @@ class Picture:
         return f"{w}x{h} {self.mode} {self.bits}-bit" + (f" ({self.note})" if self.note else "")
 
 
-def read_picture(path: Path) -> Picture:
-    """An image file at its full precision (8 or 16 bits): PNG, JPEG, BMP, TIFF, or another format Pillow reads."""
+@dataclass(frozen=True)
+class Header:
+    """What an image file's header says of the picture `read_picture` makes of it: its size, channels
+    (before conversions: a palette counts 3, or 4 with transparency) and bits per sample, and its frames."""
+
+    width: int
+    height: int
+    channels: int
+    bits: int
+    frames: int
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """Pillow's image of `path`, decoded only when asked, without Pillow's pixel limit: `rlcsc sr` checks
+    what an image costs from its header (`read_header`), for the 16-bit readers too."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-        if head[:4] in TIFF_MAGIC:
+        with Image.open(path) as im:
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _kind(path: Path) -> str:
+    """Which reader reads `path` at its full precision: "tiff16", "png16" or "pillow"."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:4] in TIFF_MAGIC:
+        with tifffile.TiffFile(path) as tif:
+            if tif.pages.first.bitspersample == 16:
+                return "tiff16"
+    return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
+
+
+def read_header(path: Path) -> Header:
+    """The header of image file `path`; no pixel is decoded, whatever the image's size."""
+    _regular(path)
+    try:
+        kind = _kind(path)
+        if kind == "tiff16":
             with tifffile.TiffFile(path) as tif:
-                if tif.pages.first.bitspersample == 16:
-                    return _read_tiff16(tif.pages.first)
-        if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":  # IHDR's bit depth
-            return _read_png16(path)
-        return _read_pillow(path)
-    except (*READ_ERRORS, png.Error) as err:
+                page = tif.pages.first
+                return Header(page.imagewidth, page.imagelength, page.samplesperpixel, 16, len(tif.pages))
+        with _opened(path) as im:
+            channels = (4 if im.has_transparency_data else 3) if im.mode in ("P", "PA") else len(im.getbands())
+            bits = 16 if kind == "png16" or im.mode.startswith("I;16") else 8
+            return Header(im.width, im.height, channels, bits, getattr(im, "n_frames", 1))
+    except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
+
+
+def read_picture(path: Path) -> Picture:
+    """An image file at its full precision (8 or 16 bits): PNG, JPEG, BMP, TIFF, or another format Pillow
+    reads. Of several frames, the first; the note says so, and what else reading changed or dropped."""
+    frames = read_header(path).frames
+    try:
+        kind = _kind(path)
+        if kind == "tiff16":
+            with tifffile.TiffFile(path) as tif:
+                picture = _read_tiff16(tif.pages.first)
+        else:
+            picture = _read_png16(path) if kind == "png16" else _read_pillow(path)
+    except PICTURE_ERRORS as err:
+        raise RlcscError(f"cannot read image {path}: {err}") from None
+    if frames > 1:
+        picture = replace(picture, note="; ".join(filter(None, [f"the first of its {frames} frames", picture.note])))
+    return picture
 
 
 def _read_pillow(path: Path) -> Picture:
     notes = []
-    with Image.open(path) as im:
+    with _opened(path) as im:
         if im.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):  # 1 is upright
             im = ImageOps.exif_transpose(im)
             notes.append("turned upright by its EXIF orientation")
@@ -93,6 +165,8 @@ def _read_pillow(path: Path) -> Picture:
         elif im.mode == "1":
             im = im.convert("L")
             notes.append("converted from bilevel")
+        if "transparency" in im.info and not im.mode.endswith("A"):
+            notes.append(TRANSPARENT_COLOUR_DROPPED)
         if im.mode.startswith("I;16"):
             return Picture(np.asarray(im, np.float64) / 65535, 16, "; ".join(notes))
         if im.mode not in ("L", "LA", "RGB", "RGBA"):
@@ -105,7 +179,8 @@ def _read_png16(path: Path) -> Picture:
     with open(path, "rb") as f:
         width, height, rows, info = png.Reader(file=f).read()
         x = np.vstack(list(rows)).reshape(height, width, info["planes"])
-    return Picture((x[..., 0] if info["planes"] == 1 else x) / 65535.0, 16)
+    note = TRANSPARENT_COLOUR_DROPPED if "transparent" in info else ""
+    return Picture((x[..., 0] if info["planes"] == 1 else x) / 65535.0, 16, note)
 
 
 def _read_tiff16(page: tifffile.TiffPage) -> Picture:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,16 +17,31 @@ from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.models.vdsr import VDSR, VDSRConfig
 
 ARCHS = {"rlcsc": (RLCSC, RLCSCConfig), "drrn": (DRRN, DRRNConfig), "vdsr": (VDSR, VDSRConfig)}
+# The largest networks made: recursions, units or layers, and feature maps; far above the paper's (K = 48,
+# m = 256), below what never ends or exhausts a machine. The networks restore one channel, Y.
+MAX_DEPTH, MAX_WIDTH = 1000, 4096
+MAX_SIZE = {"recursions": MAX_DEPTH, "units": MAX_DEPTH, "layers": MAX_DEPTH, "features": MAX_WIDTH,
+            "codes": MAX_WIDTH, "channels": 1}
 
 
 def build(arch: str, config: dict) -> torch.nn.Module:
-    """A network of architecture `arch` ("rlcsc" | "drrn" | "vdsr") from its config fields."""
+    """A network of architecture `arch` ("rlcsc" | "drrn" | "vdsr") from its config fields, each of its
+    type (a model file's config is checked here) and within `MAX_SIZE`."""
     if arch not in ARCHS:
         raise RlcscError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
     cls, cfg = ARCHS[arch]
-    small = [f"{k} {v}" for k, v in config.items() if type(v) is int and v < 1]
-    if small:
-        raise RlcscError(f"a network's sizes must be at least 1, got {', '.join(small)}")
+    if not isinstance(config, dict):
+        raise RlcscError(f"a network's config must be a mapping of its sizes, got {type(config).__name__}")
+    for key, hint in typing.get_type_hints(cfg).items():
+        if key not in config:
+            continue
+        value = config[key]
+        if type(value) is not hint:  # an int is not a bool, nor a bool an int
+            raise RlcscError(f"the {arch} network's {key} must be {'true or false' if hint is bool else 'an integer'}, "
+                             f"got {value!r}")
+        if hint is int and not 1 <= value <= MAX_SIZE[key]:
+            allowed = "1" if MAX_SIZE[key] == 1 else f"from 1 to {MAX_SIZE[key]}"
+            raise RlcscError(f"the {arch} network's {key} must be {allowed}, got {value}")
     return cls(cfg(**config))
 
 
@@ -51,6 +67,8 @@ def _read_model_file(path: Path) -> dict:
         raise RlcscError(f"{path} is a folder; {expected}")
     if not path.exists():
         raise RlcscError(f"model file not found: {path}")
+    if not path.is_file():  # a FIFO or a device would never end
+        raise RlcscError(f"{path} is not a regular file; {expected}")
     state = load_torch(path)
     if state is None:
         raise RlcscError(f"{path} is not a PyTorch file; {expected}")
@@ -69,6 +87,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Modul
     try:
         model = build(state["arch"], state["config"])
         model.load_state_dict(state["model"])
+    except RlcscError as err:
+        raise RlcscError(f"{path}: {err}") from None
     except (TypeError, RuntimeError) as err:
         raise RlcscError(f"{path}: its weights do not fit its network config: {' '.join(str(err).split())[:300]}") from None
     if not all(torch.isfinite(w).all() for w in state["model"].values()):
@@ -92,6 +112,9 @@ def describe_model(path: Path) -> dict:
     return {"path": str(path), "arch": state["arch"], "config": state["config"], **{k: state.get(k) for k in keys}}
 
 
+CPU_TILE, GPU_TILE = 512, 1024  # the side of the tiles `apply` computes at once
+
+
 def receptive_radius(model: torch.nn.Module) -> int:
     """Pixels of context each output needs on each side: one per 3x3 layer."""
     return model.depth
@@ -107,7 +130,7 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
     stays bounded (and a figure's crop of a large image costs only the crop). `progress` shows a bar
     over the tiles."""
     device = next(model.parameters()).device
-    tile = tile or (1024 if device.type == "cuda" else 512)
+    tile = tile or (GPU_TILE if device.type == "cuda" else CPU_TILE)
     if isinstance(ilr, np.ndarray):
         ilr = torch.from_numpy(np.ascontiguousarray(ilr))
     x = ilr.to(device, torch.float32)[None, None]

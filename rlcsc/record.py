@@ -47,6 +47,7 @@ from rlcsc.device import device_name, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
+from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
 from rlcsc.provenance import source_hash
 from rlcsc.train import TrainParams, foreign, read_checkpoint, train
@@ -85,14 +86,16 @@ def resolved(params_path: Path, budget: str, experiment: str) -> dict:
 
 
 def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
-    """Augment and patch into `work` unless it already holds them for the same params; the patch folder."""
+    """Augment and patch into `work` unless it already holds them for the same params (one writer at a
+    time: `rlcsc.lock`); the patch folder."""
     stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"])}
     stamp_path, text = work / "data.json", json.dumps(stamp, indent=2) + "\n"  # as write_json writes it
-    if not (stamp_path.exists() and stamp_path.read_text(errors="replace") == text):
-        stamp_path.unlink(missing_ok=True)
-        augment(training_files(raw, blocks["augment"]), work / "augmented", blocks["augment"], jobs)
-        make_patches(work / "augmented", work / "patches", blocks["patch"], jobs)
-        write_json(stamp, stamp_path)
+    with writing(work):
+        if not (stamp_path.exists() and stamp_path.read_text(errors="replace") == text):
+            stamp_path.unlink(missing_ok=True)
+            augment(training_files(raw, blocks["augment"]), work / "augmented", blocks["augment"], jobs)
+            make_patches(work / "augmented", work / "patches", blocks["patch"], jobs)
+            write_json(stamp, stamp_path)
     return work / "patches"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,9 +14,9 @@ import rlcsc
 from rlcsc.color import rgb2ycbcr, ycbcr2rgb
 from rlcsc.device import pick_device, using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import Picture, output_format, read_picture, write_picture
+from rlcsc.imageio import Header, Picture, output_format, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
-from rlcsc.inference import apply, describe_model, load_model
+from rlcsc.inference import CPU_TILE, apply, describe_model, load_model, receptive_radius
 
 REPO = Path(rlcsc.__file__).resolve().parents[1]
 # The models `--model NAME` names, each the recorded run's file, else the pipeline's, and the stage
@@ -90,17 +91,69 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
         raise RlcscError(f"{output} exists; pass --overwrite to replace it")
 
 
-def super_resolve_file(input: Path, output: Path, scale: float, model: str | None, overwrite: bool) -> str:
-    """Upscale image file `input` by `scale` into `output`; returns the line that says what was done."""
+# Bytes per sample of the output image (each of Y, Cb, Cr, or grey, and alpha) while `super_resolve` runs:
+# its float64 copies through `imresize` and the colour conversions (33 to 45 measured by peak memory).
+BYTES_PER_SAMPLE = 40
+# Feature maps a network holds at once per pixel of a tile, in units of its widest layer (4.5 to 5.1
+# measured on the CPU); float32.
+MAPS_PER_PIXEL = 5
+
+
+def available_memory() -> int:
+    """Bytes of memory free for a computation: Linux's estimate (MemAvailable), within the container's
+    limit (cgroup v2) where there is one; elsewhere the machine's physical memory."""
+    try:
+        free = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):  # not Linux
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit, used = (cgroup / "memory.max").read_text().strip(), (cgroup / "memory.current").read_text()
+        if limit != "max":
+            free = min(free, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit
+    return free
+
+
+def memory_needed(header: Header, scale: float, model: torch.nn.Module, device: torch.device) -> int:
+    """Bytes that super-resolving an image of `header` by `scale` takes: the output's float64 copies, and
+    on the CPU the network's feature maps of one tile."""
+    samples = math.ceil(header.height * scale) * math.ceil(header.width * scale) * header.channels
+    widest = max(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    tile = 0 if device.type == "cuda" else (CPU_TILE + 2 * receptive_radius(model)) ** 2 * MAPS_PER_PIXEL * widest * 4
+    return BYTES_PER_SAMPLE * samples + tile
+
+
+def _check_memory(input: Path, header: Header, scale: float, need: int, max_memory: float | None) -> None:
+    """One clear error, before the image is decoded, if it needs more memory than `max_memory` GiB (default:
+    what is available)."""
+    limit = available_memory() if max_memory is None else max_memory * 2**30
+    if need > limit:
+        out = f"{math.ceil(header.width * scale)}x{math.ceil(header.height * scale)}"
+        limit_words = "available" if max_memory is None else "that --max-memory allows"
+        raise RlcscError(f"{input} is {header.width}x{header.height}: at x{scale:g} ({out}) it needs about "
+                         f"{need / 2**30:.1f} GiB of memory, more than the {limit / 2**30:.1f} GiB {limit_words}; "
+                         f"pass --max-memory {math.ceil(need / 2**30)} to try anyway, or cut the image into parts")
+
+
+def super_resolve_file(input: Path, output: Path, scale: float, model: str | None, overwrite: bool,
+                       max_memory: float | None = None) -> str:
+    """Upscale image file `input` by `scale` into `output`; returns the line that says what was done. An
+    image that needs more memory than `max_memory` GiB (default: what is available) is refused from its
+    header, before it is decoded."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
     _check_output(input, output, overwrite)
-    picture = read_picture(input)
-    output_format(output, picture.mode, picture.bits)  # can the output hold it? (before any work)
+    header = read_header(input)
     model = resolve_model(model)
     about = model_summary(model)
     device = pick_device("auto")
+    network = load_model(model, device)
+    _check_memory(input, header, scale, memory_needed(header, scale, network, device), max_memory)
+    picture = read_picture(input)
+    output_format(output, picture.mode, picture.bits)  # can the output hold it? (before any work)
     with using_precision(device, "fp32"):
-        result = super_resolve(load_model(model, device), picture, scale)
+        result = super_resolve(network, picture, scale)
     write_picture(result, output)
     return f"{input} {picture} -> {output} {result} (model {model}: {about})"

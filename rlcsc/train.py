@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from rlcsc import recipe
 from rlcsc.atomic import save_torch, write_json
-from rlcsc.config import Checked, above, at_least, one_of, param, within
+from rlcsc.config import Checked, above, at_least, between, one_of, param, within
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import PRECISIONS, autocast, device_name, effective, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
-from rlcsc.inference import apply, build, load_torch, model_state
+from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, load_torch, model_state
 from rlcsc.manifest import TEST_SETS, paths
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
@@ -44,6 +44,7 @@ from rlcsc.rounding import im2uint
 # Keys that do not change what a run computes: a run resumes across changes of these.
 NOT_IDENTITY = ("stop_epoch", "max_minutes", "eval_every", "log_every", "checkpoint_every", "on_divergence",
                 "device", "compile")
+MAX_BATCH = 8192  # far above the paper's 128; a typo above it would exhaust any machine's memory
 # The keys of the training recipe (Section 5.2; TrainParams' defaults are the paper's values).
 RECIPE = ("pairs", "batch", "zero_last", "optimizer", "lr", "schedule", "lr_step", "warmup", "momentum", "weight_decay",
           "loss", "clip")
@@ -55,22 +56,22 @@ class TrainParams(Checked):
 
     # The network (Sections 3 and 5.2).
     arch: str = param("rlcsc", one_of("rlcsc", "drrn"))
-    recursions: int = param(25, at_least(1))  # K (RL-CSC)
-    features: int = param(128, at_least(1))  # n (RL-CSC), filters (DRRN)
-    codes: int = param(256, at_least(1))  # m (RL-CSC)
-    units: int = param(9, at_least(1))  # U (DRRN)
+    recursions: int = param(25, between(1, MAX_DEPTH))  # K (RL-CSC)
+    features: int = param(128, between(1, MAX_WIDTH))  # n (RL-CSC), filters (DRRN)
+    codes: int = param(256, between(1, MAX_WIDTH))  # m (RL-CSC)
+    units: int = param(9, between(1, MAX_DEPTH))  # U (DRRN)
     residual: bool = param(True)  # global residual learning (eq. 12; Table 3)
     bias: bool = param(False)  # a bias on every convolution (the paper's network has none)
     width: float = param(1.0, above(0))  # multiplies features and codes (the quick budget's miniature)
     zero_last: bool = param(False)  # start H at zero, i.e. from the interpolated input
     # The data and the run's length.
     pairs: int = param(0, at_least(0))  # train on the first `pairs` of the shuffled set (0 = all)
-    batch: int = param(128, at_least(1))
+    batch: int = param(128, between(1, MAX_BATCH))
     epochs: int = param(35, at_least(1))  # the schedule's length
     stop_epoch: int = param(0, at_least(0))  # end after this epoch (0 = after `epochs`); Table 3 stops at 14
     max_steps: int = param(0, at_least(0))  # end after this many steps in all (0 = no limit); cosine/linear decay to it
     max_minutes: float = param(0.0, at_least(0))  # end after this much training time in all (0 = no limit)
-    seed: int = param(0, at_least(0))
+    seed: int = param(0, within(0, 2**32))
     # The recipe (rlcsc.recipe).
     optimizer: str = param("sgd", one_of("sgd", "adam", "adamw"))
     lr: float = param(0.1, above(0))
@@ -93,12 +94,20 @@ class TrainParams(Checked):
     precision: str = param("bf16", one_of(*PRECISIONS))  # CUDA only; the CPU computes in fp32
     compile: bool = param(True)  # torch.compile the forward pass (CUDA only)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("features", "codes"):
+            n = round(getattr(self, key) * self.width)
+            if not 1 <= n <= MAX_WIDTH:
+                raise RlcscError(f"TrainParams: width = {self.width!r} is not allowed with {key} = {getattr(self, key)}: "
+                                 f"it makes {n} {key}, and must make from 1 to {MAX_WIDTH}")
+
     def model_config(self) -> dict:
         """Config fields of the network this run trains (widths scaled by `width`)."""
-        n = max(1, round(self.features * self.width))
+        n = round(self.features * self.width)
         if self.arch == "drrn":
             return {"units": self.units, "features": n}
-        m = max(1, round(self.codes * self.width))
+        m = round(self.codes * self.width)
         return {"recursions": self.recursions, "features": n, "codes": m, "residual": self.residual, "bias": self.bias}
 
     def identity(self) -> dict:
@@ -302,11 +311,16 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     def checkpoint() -> None:
         nonlocal kept
         kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
-        if dist.main:
+        if not dist.main:
+            return
+        try:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
-                         "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
-                        ckpt_path)
+                        "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
+                        "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
+                       ckpt_path)
+        except OSError as err:  # a full disk, a read-only folder: the last checkpoint written is kept whole
+            raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
+                             f"step {step}: rerun it to resume from the last checkpoint written") from None
 
     def trained() -> list[dict]:
         """The calls that trained this run, this one included once it has trained a step: steps, wall
@@ -329,6 +343,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     def reached() -> bool:
         return epoch >= p.last_epoch() or bool(p.max_steps and done() >= p.max_steps)
 
+    bar: tqdm | None = None  # the epoch's progress bar, closed however the loop ends (before an error's line)
     try:
         with using_precision(device, p.precision):
             while not (late or reached()):
@@ -382,6 +397,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     epoch, step, since = epoch + 1, 0, 0
                 checkpoint()
     finally:
+        if bar is not None:
+            bar.close()
         interrupted.restore()
         dist.close()
     if status != "completed":  # the last good checkpoint is the model; the time is until the divergence

@@ -1,10 +1,12 @@
 """Atomic writes: a failure leaves the target as it was and no temporary beside it."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from rlcsc.atomic import atomically, folder_atomically, temporary, write_json
+from rlcsc.atomic import atomically, folder_atomically, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
@@ -21,10 +23,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]
 
 
-def test_the_temporary_keeps_the_suffix_a_writer_may_choose_its_format_by(tmp_path: Path) -> None:
+def test_a_temporary_is_a_new_name_that_keeps_the_suffix_and_no_other_file_is_touched(tmp_path: Path) -> None:
+    mine = {".out.tmp.png": b"mine", ".out.png.part": b"mine too", ".patches.tmp": None}  # the names once used
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data) if data else (tmp_path / name).mkdir()
+    (tmp_path / ".patches.tmp" / "notes.txt").write_text("mine")
     seen = []
-    atomically(lambda tmp: seen.append(tmp.suffix) or tmp.write_text("x"), tmp_path / "table1.ipynb")
-    assert seen == [".ipynb"] and temporary(tmp_path / "out.png").name == ".out.tmp.png"
+    atomically(lambda tmp: seen.append(tmp.name) or tmp.write_bytes(b"new"), tmp_path / "out.png")
+    with folder_atomically(tmp_path / "patches") as tmp:
+        seen.append(tmp.name)
+        (tmp / "keep.npy").write_text("new")
+    assert seen[0].startswith(".out.") and seen[0].endswith(".tmp.png") and seen[0] not in mine
+    assert seen[1].startswith(".patches.") and seen[1] not in mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "out.png", "patches"])
+    assert [(tmp_path / n).read_bytes() for n, data in mine.items() if data] == [b"mine", b"mine too"]
+    assert (tmp_path / ".patches.tmp" / "notes.txt").read_text() == "mine"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask  # as a plainly created file
+    assert stat.S_IMODE((tmp_path / "patches").stat().st_mode) == 0o777 & ~umask
+    with pytest.raises(OSError) as err:
+        write_json({}, tmp_path / "missing" / "x.json")
+    assert err.value.filename == str(tmp_path / "missing" / "x.json")  # named by the output, not a temporary
 
 
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from rlcsc.cli import main
 
@@ -68,6 +70,20 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     model = ["evaluate", "--model", str(tmp_path / "none.pt"), "--raw", str(tmp_path), "--out", str(tmp_path / "m")]
     assert main(model) == 1 and "model file not found" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing is made before the model is found
+
+
+def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path: Path, capsys) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(mirror / "Set5", raw / "Set5")
+    small = sorted((raw / "Set5").iterdir())[1]
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(small, format="PNG")
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(raw), "--datasets", "Set5", "--scales", "3", "--no-ifc",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        (f"rlcsc evaluate: error: test image {small} is 1x1: the protocol at x3 needs at least 54x54 (3 pixels shaved "
+         "from each border, 48 left for IFC)")]
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, capsys) -> None:

@@ -37,21 +37,24 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("where,key,value,allowed", [
-    ("experiment", "recursions", 0, "an integer >= 1"),
-    ("experiment", "recursions", -3, "an integer >= 1"),
-    ("experiment", "recursions", "abc", "an integer >= 1"),
-    ("experiment", "recursions", 2.5, "an integer >= 1"),
+    ("experiment", "recursions", 0, "an integer in [1, 1000]"),
+    ("experiment", "recursions", -3, "an integer in [1, 1000]"),
+    ("experiment", "recursions", "abc", "an integer in [1, 1000]"),
+    ("experiment", "recursions", 2.5, "an integer in [1, 1000]"),
+    ("experiment", "recursions", 1000000000, "an integer in [1, 1000]"),  # would never end a step
+    ("block", "seed", 18446744073709551616, "an integer in [0, 4294967296)"),  # beyond what torch seeds
     ("block", "lr", -1, "a number > 0"),
     ("budget", "lr", 0, "a number > 0"),
-    ("budget", "batch", 0, "an integer >= 1"),
+    ("budget", "batch", 0, "an integer in [1, 8192]"),
+    ("budget", "batch", 1000000, "an integer in [1, 8192]"),
     ("block", "momentum", 1.0, "a number in [0, 1)"),
     ("block", "weight_decay", -0.1, "a number >= 0"),
     ("block", "epochs", 0, "an integer >= 1"),
     ("block", "clip", 0, "null or a number > 0"),
     ("block", "residual", "yes", "true or false"),
     ("block", "precision", "fp16", "one of bf16, tf32, fp32"),
-    ("experiment", "features", 0, "an integer >= 1"),
-    ("experiment", "codes", -1, "an integer >= 1"),
+    ("experiment", "features", 0, "an integer in [1, 4096]"),
+    ("experiment", "codes", -1, "an integer in [1, 4096]"),
 ])
 def test_a_bad_value_anywhere_gives_one_line_naming_layer_key_value_and_what_is_allowed(
         tmp_path: Path, capsys, where: str, key: str, value, allowed: str) -> None:
@@ -177,7 +180,28 @@ def test_no_traceback_reaches_the_user_from_a_bad_value(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"rlcsc train: error: {path}, experiments.K25: recursions = 'abc' is not "
-                                                "allowed; it must be an integer >= 1"]
+                                                "allowed; it must be an integer in [1, 1000]"]
+
+
+@pytest.mark.parametrize("width,message", [
+    (1e-300, "width = 1e-300 is not allowed with features = 128: it makes 0 features, and must make from 1 to 4096"),
+    (24, "width = 24.0 is not allowed with codes = 256: it makes 6144 codes, and must make from 1 to 4096"),
+])
+def test_a_width_that_leaves_no_feature_or_too_many_is_refused(tmp_path: Path, capsys, width: float,
+                                                               message: str) -> None:
+    path = write(tmp_path, lambda p: p.update(budget="paper") or p["train"].update(width=width))
+    line = one_line_error(capsys, ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "m")])
+    assert line == f"rlcsc train: error: {path}, train of experiment K25: TrainParams: {message}"
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("  K25: {recursions: 25}\n",
+                                                                "  K25: {recursions: 25}\n  K25: {recursions: 30}\n"))
+    line = one_line_error(capsys, ["params", "--params", str(path)])
+    assert line.startswith(f"rlcsc params: error: params file {path} is not valid YAML: found duplicate key 'K25'")
+    assert ", line 107, column 3: K25: {recursions: 30}" in line
 
 
 def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def flip_byte(path: Path, at: int = 100) -> None:
 
 
 def parts(out: Path) -> list[Path]:
-    return list(out.rglob("*.part"))
+    """The temporaries (hidden files) left in `out`."""
+    return list(out.rglob(".*"))
 
 
 def test_manifest_parses() -> None:
@@ -134,19 +135,19 @@ def test_corrupt_existing_file_is_refetched(
     assert [sha256(out / e.relpath) for e in set5] == [e.sha256 for e in set5]
 
 
-def test_stray_parts_removed_unrelated_files_kept(
+def test_files_beside_the_downloads_are_kept(
     mirror: Path, set5: list[Entry], tmp_path: Path
 ) -> None:
     out = tmp_path / "data"
     download_all(out, ["Set5"], mirror=mirror)
-    stray = out / "Set5" / f".{set5[0].file}.part"
-    stray.write_bytes(b"half a file")
-    keep = [out / "Set5" / "notes.txt", out / "Set5" / ".mine.part", out / "other.txt"]
+    (out / set5[0].relpath).unlink()
+    keep = [out / "Set5" / f".{set5[0].file}.part", out / "Set5" / f".{Path(set5[0].file).stem}.tmp.png",
+            out / "Set5" / "notes.txt", out / "other.txt"]  # the first two: the temporary names once used
     for path in keep:
         path.write_text("mine")
-    assert download_all(out, ["Set5"], mirror=mirror) == 0
-    assert not stray.exists()
+    assert download_all(out, ["Set5"], mirror=mirror) == 1
     assert all(path.read_text() == "mine" for path in keep)
+    assert sorted(parts(out)) == sorted(keep[:2])
 
 
 @pytest.fixture

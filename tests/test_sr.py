@@ -3,8 +3,13 @@ errors, and a real gain over bicubic."""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +213,52 @@ def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path,
         assert load(out).shape == shape and load(out).dtype == np.uint8
 
 
+def test_frames_and_a_transparent_colour_left_out_are_said(tiny: Path, tmp_path: Path) -> None:
+    grey, rgb = pixels("L", 8, (8, 6)), pixels("RGB", 8, (8, 6))
+    frames = [Image.fromarray(rgb + i) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:  # two 16-bit pages
+        tif.write(pixels("L", 16, (8, 6)))
+        tif.write(pixels("L", 16, (8, 6), seed=1))
+    Image.fromarray(grey).save(tmp_path / "trns.png", transparency=int(grey[0, 0]))
+    Image.fromarray(rgb).save(tmp_path / "trns-rgb.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    with open(tmp_path / "trns16.png", "wb") as f:
+        png.Writer(6, 8, greyscale=True, bitdepth=16, transparent=1234).write(f, pixels("L", 16, (8, 6)))
+    dropped = "its transparent colour dropped: the output has no alpha"
+    cases = {"anim.gif": "RGB 8-bit (the first of its 3 frames; converted from palette)",
+             "pages.tif": "L 16-bit (the first of its 2 frames)",
+             "trns.png": f"L 8-bit ({dropped})", "trns-rgb.png": f"RGB 8-bit ({dropped})",
+             "trns16.png": f"L 16-bit ({dropped})"}
+    for name, said in cases.items():
+        line = sr.super_resolve_file(tmp_path / name, tmp_path / f"out-{Path(name).stem}.png", 2, tiny, False)
+        assert f" {said} -> " in line, line
+
+
+def test_a_fifo_is_refused_not_waited_on(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    save(pixels("L", 8), tmp_path / "in.png")
+    cases = [(["sr", str(tmp_path / "fifo"), "--scale", "2", "--model", str(tiny), "-o", str(tmp_path / "o.png")],
+              "fifo is not a regular file (a FIFO, socket or device); name an image file"),
+             (["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "fifo"),
+               "-o", str(tmp_path / "o.png")], "fifo is not a regular file; expected a model.pt"),
+             (["params", "--params", str(tmp_path / "fifo")], f"params file {tmp_path / 'fifo'} is not a regular file")]
+
+    def waiting(signum: int, frame: object) -> None:
+        raise TimeoutError("waits on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, waiting)
+    try:
+        for argv, message in cases:
+            signal.alarm(20)
+            status = main(argv)
+            signal.alarm(0)
+            err = capsys.readouterr().err
+            assert status == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_output_is_never_written_over_without_overwrite(tiny: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     save(pixels("RGB", 8), tmp_path / "in.png")
@@ -223,6 +274,23 @@ def test_output_is_never_written_over_without_overwrite(tiny: Path, tmp_path: Pa
                                   "-o", str(tmp_path / target), "--overwrite")
         assert status == 0 and load(tmp_path / target).shape == (18, 14, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt", "taken.png"]
+
+
+def test_no_file_but_the_output_is_ever_written_or_removed(tiny: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """The temporary is a new name: not the input's, not a file of the user's that looks like one."""
+    save(pixels("RGB", 8), tmp_path / ".photo.tmp.png")  # `cp photo.png .photo.tmp.png`
+    (tmp_path / ".precious.tmp.png").write_bytes(b"mine")
+    original = (tmp_path / ".photo.tmp.png").read_bytes()
+    for source, target in [(".photo.tmp.png", "photo.png"), (".photo.tmp.png", "precious.png")]:
+        status, err = sr_in_process(capsys, str(tmp_path / source), "--scale", "2", "--model", str(tiny),
+                                    "-o", str(tmp_path / target))
+        assert status == 0, err
+        assert load(tmp_path / target).shape == (18, 14, 3)
+    assert (tmp_path / ".photo.tmp.png").read_bytes() == original
+    assert (tmp_path / ".precious.tmp.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".photo.tmp.png", ".precious.tmp.png", "m.pt", "photo.png",
+                                                          "precious.png"]
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,9 +397,12 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
     save_torch({**state, "model": {k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}},
                tmp_path / "nan.pt")
     save_torch({**state, "config": {**state["config"], "recursions": -3}}, tmp_path / "negative.pt")
+    save_torch({**state, "config": {**state["config"], "recursions": "25"}}, tmp_path / "text.pt")
     cases = [
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
-        (["ok.png", "--scale", "3", "--model", "negative.pt"], "sizes must be at least 1, got recursions -3"),
+        (["ok.png", "--scale", "3", "--model", "negative.pt"],
+         "negative.pt: the rlcsc network's recursions must be from 1 to 1000, got -3"),
+        (["ok.png", "--scale", "3", "--model", "text.pt"], "text.pt: the rlcsc network's recursions must be an integer"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
@@ -349,16 +420,38 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         assert status == 1 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "nan.pt", "negative.pt",
-                                                          "notes.txt", "ok.png"]
+                                                          "notes.txt", "ok.png", "text.pt"]
 
 
-def test_an_image_too_large_to_open_is_one_line(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    save(pixels("RGB", 8), tmp_path / "big.png")  # 63 pixels
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # over twice Pillow's limit: refused as a decompression bomb
-    status, err = sr_in_process(capsys, str(tmp_path / "big.png"), "--scale", "3", "-o", str(tmp_path / "out.png"),
-                                "--model", str(tiny))
-    assert status == 1 and "decompression bomb" in err and len(err.strip().splitlines()) == 1
+def png_header(path: Path, width: int, height: int, bits: int, colour: int) -> None:
+    """A PNG whose header says `width` x `height` at `bits` bits (colour type `colour`), and whose pixels are
+    not deflate data: reading its header works, decoding it fails."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not pixels") + chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_for_the_memory_is_refused_from_its_header(tiny: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """12000 x 12000 at x2: over 20 GiB of float64 samples, for the 8- and 16-bit readers alike; the limit
+    is the memory the image needs, checked before a pixel is decoded, and --max-memory moves it."""
+    png_header(tmp_path / "grey8.png", 12000, 12000, 8, 0)
+    png_header(tmp_path / "grey16.png", 12000, 12000, 16, 0)
+    png_header(tmp_path / "rgb16.png", 12000, 12000, 16, 2)
+    tifffile.imwrite(tmp_path / "grey16.tif", shape=(12000, 12000), dtype=np.uint16)  # a sparse file of zeros
+    for name, gib in [("grey8.png", 21.5), ("grey16.png", 21.5), ("rgb16.png", 64.4), ("grey16.tif", 21.5)]:
+        args = (str(tmp_path / name), "--scale", "2", "--model", str(tiny), "-o", str(tmp_path / "out.png"))
+        status, err = sr_in_process(capsys, *args, "--max-memory", "8")
+        assert status == 1 and err.strip() == (
+            f"rlcsc sr: error: {tmp_path / name} is 12000x12000: at x2 (24000x24000) it needs about {gib} GiB of "
+            f"memory, more than the 8.0 GiB that --max-memory allows; pass --max-memory {math.ceil(gib)} to try "
+            "anyway, or cut the image into parts"), err
+        if name.endswith(".png"):  # allowed, it is decoded, and its pixels are found damaged
+            status, err = sr_in_process(capsys, *args, "--max-memory", "100")
+            assert status == 1 and "cannot read image" in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
 
 
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -117,6 +119,45 @@ def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirro
     assert resumed["status"] == "completed"
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
     assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+
+
+@pytest.mark.parametrize("refusal", [errno.ENOSPC, errno.EROFS], ids=["disk full", "read-only folder"])
+def test_a_full_disk_or_a_read_only_folder_is_one_line_and_keeps_the_last_checkpoint(
+        refusal: int, patches: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The second checkpoint (epoch 1, step 4) cannot be written: the disk fills while it is written, or no
+    file can be made."""
+    from rlcsc.cli import main
+
+    params, out = tmp_path / "params.yaml", tmp_path / "run"
+    params.write_text(yaml.safe_dump({"train": vars(TINY), "experiments": {"tiny": {}}}))
+    saves, save, mkstemp = [], torch.save, tempfile.mkstemp
+
+    def full(obj: dict, f, *args, **kwargs) -> None:
+        saves.append(obj["step"])
+        if len(saves) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(obj, f, *args, **kwargs)
+
+    def read_only(suffix: str, prefix: str, dir: str) -> tuple[int, str]:
+        saves.append(prefix)
+        if len(saves) == 2:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / prefix))
+        return mkstemp(suffix, prefix, dir)
+
+    if refusal == errno.ENOSPC:
+        monkeypatch.setattr(torch, "save", full)
+    else:
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    argv = ["train", "--params", str(params), "--experiment", "tiny", "--patches", str(patches), "--raw", str(mirror),
+            "--out", str(out)]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlcsc train: error: cannot write {out / 'checkpoint.pt'}: {os.strerror(refusal)}; training stopped at epoch 1, "
+        "step 4: rerun it to resume from the last checkpoint written")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock left
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]  # no temporary
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 0  # the first, whole
 
 
 def test_a_checkpoint_of_other_training_code_is_not_resumed(patches: Path, mirror: Path, tmp_path: Path,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ from rlcsc.data.augment import AugmentParams, Variant, augment, transform, varia
 from rlcsc.data.patches import PatchParams, PatchSet, count_from_raw, count_pairs, kept, make_pairs, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imresize import imresize
+from rlcsc.lock import writing
 
 AWKWARD = [(33, 33), (34, 100), (65, 66), (99, 131), (32, 500), (101, 37)]
 
@@ -149,6 +156,46 @@ def test_out_folder_with_other_files_is_refused_and_kept(tiny_set: list[Path], a
     assert make_patches(augmented, out.with_name("p"), PatchParams(chunk=1), jobs=1)["pairs"] > 0
 
 
+TEST_PROCESS = os.getpid()
+
+
+def _killed(task: tuple) -> None:
+    """A patch worker that the system kills (as it does one out of memory)."""
+    if os.getpid() != TEST_PROCESS:  # a worker, never the tests' own process
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_disk_without_room_or_a_dead_worker_is_one_line_and_keeps_the_patch_set(
+        augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The patch set's space is taken before any work (else a full disk kills the worker that writes into
+    the memory map); a worker killed anyway (out of memory) is one line too. The old patch set stays."""
+    from rlcsc.cli import main
+    from rlcsc.data import patches
+
+    out = tmp_path / "patches"
+    make_patches(augmented, out, PatchParams(chunk=1), jobs=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "params.yaml").write_text("patch: {chunk: 1}\n")
+    argv = ["patch", "--params", str(tmp_path / "params.yaml"), "--augmented", str(augmented), "--out", str(out),
+            "--jobs", "2"]
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    assert main(argv) == 1
+    need = sum(len(data) for name, data in before.items() if name in ("labels.npy", "inputs.npy", "origin.npy"))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlcsc patch: error: no room for the patch set {out}: it needs {need / 1e9:.2f} GB (No space left on device)")
+    monkeypatch.undo()
+    monkeypatch.setattr(patches, "_write_pairs", _killed)
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "rlcsc patch: error: a worker process ended abruptly (the system may have run out of memory and killed it)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aug", "params.yaml", "patches", "raw"]
+
+
 def _rewrite_index(folder: Path, edit) -> None:
     lines = (folder / "index.csv").read_text().splitlines()
     (folder / "index.csv").write_text("\n".join(edit(lines)) + "\n")
@@ -195,3 +242,51 @@ def test_corrupt_patch_folder_is_named_on_open(augmented: Path, tmp_path: Path, 
     with pytest.raises(RlcscError, match=rf"^corrupt patch (file|set in) {re.escape(str(where))}: .*rerun `rlcsc patch`") as err:
         PatchSet.open(folder)
     assert "\n" not in str(err.value)
+
+
+def workers_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(parent) == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_an_ended_augment_leaves_no_worker_and_no_temporary(sig: int, mirror: Path, tmp_path: Path) -> None:
+    """SIGTERM ends it as Ctrl-C does; after kill -9 its workers end within a second and the next writer
+    of the folder removes its temporary."""
+    (tmp_path / "params.yaml").write_text("augment: {}\n")  # the whole protocol: minutes of work
+    out = tmp_path / "aug"
+    proc = subprocess.Popen([sys.executable, "-m", "rlcsc.cli", "augment", "--params", str(tmp_path / "params.yaml"),
+                             "--raw", str(mirror), "--out", str(out), "--jobs", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (len(workers_of(proc.pid)) == 2 and list(tmp_path.glob(".aug.*.tmp"))) and time.time() < deadline:
+        time.sleep(0.1)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2, "the workers did not start"
+    time.sleep(1)  # at work
+    proc.send_signal(sig)
+    assert proc.wait(timeout=5) == (-sig if sig == signal.SIGKILL else 130)  # at once, not after the running tasks
+    time.sleep(1.5)
+    assert not [pid for pid in workers if running(pid)]
+    if sig == signal.SIGTERM:
+        assert proc.stderr.read().strip().splitlines()[-1] == "rlcsc augment: interrupted"
+    else:
+        assert [p.name for p in tmp_path.glob(".aug*")] != []  # its temporary and its lock
+        with writing(out):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,9 +1,9 @@
 """Download stage: fetch the files of a packaged manifest (the images, or the released weights of the
 comparison methods), verified by size and SHA-256.
 
-Every file lands at ``out/<dataset>/<file>``. It is written to a hidden ``.<file>.part`` beside
-it, checked, and only then renamed, so a file under its final name is always a verified one;
-files already present and verified are skipped. The source is either a local mirror laid out
+Every file lands at ``out/<dataset>/<file>``. It is written to a temporary beside it
+(`rlcsc.atomic`), checked, and only then renamed, so a file under its final name is always a verified
+one; files already present and verified are skipped. The source is either a local mirror laid out
 the same way (``mirror/<dataset>/<file>``) or the pinned URL of each entry.
 """
 
@@ -23,7 +23,7 @@ from urllib.request import urlopen
 
 from tqdm import tqdm
 
-from rlcsc.atomic import write_text
+from rlcsc.atomic import atomically, write_text
 from rlcsc.errors import RlcscError
 from rlcsc.manifest import MANIFEST, WEIGHTS, Entry, file_sha256, load_manifest
 
@@ -71,55 +71,46 @@ def fetch(
     if mirror is not None and not mirror.is_dir():
         raise RlcscError(f"data mirror not found: {mirror}")
     fetched = 0
-    try:
-        total = sum(e.bytes for e in entries)
-        with (
-            tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar,
-            ThreadPoolExecutor(max_workers=jobs) as pool,
-        ):
-            futures = [pool.submit(_fetch_one, e, out, mirror, retries, bar) for e in entries]
-            try:
-                for done, future in enumerate(as_completed(futures), 1):
-                    fetched += future.result()
-                    bar.set_postfix_str(f"{done}/{len(entries)} files", refresh=False)
-            finally:
-                pool.shutdown(cancel_futures=True)
-    finally:
-        for e in entries:  # left by a failure or a killed run; only the manifest's own names
-            _part(out / e.relpath).unlink(missing_ok=True)
+    total = sum(e.bytes for e in entries)
+    with (
+        tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar,
+        ThreadPoolExecutor(max_workers=jobs) as pool,
+    ):
+        futures = [pool.submit(_fetch_one, e, out, mirror, retries, bar) for e in entries]
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                fetched += future.result()
+                bar.set_postfix_str(f"{done}/{len(entries)} files", refresh=False)
+        finally:
+            pool.shutdown(cancel_futures=True)
     return fetched
 
 
 def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm) -> bool:
-    """Bring one file into place; False when a verified copy was already there.
-
-    The file is written to its `.part` name and renamed only once verified; `fetch` removes
-    whatever `.part` a failure leaves behind.
-    """
+    """Bring one file into place, renamed there only once verified; False when a verified copy was
+    already there."""
     dest = out / entry.relpath
     if dest.is_file() and dest.stat().st_size == entry.bytes and file_sha256(dest) == entry.sha256:
         bar.update(entry.bytes)
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = _part(dest)
-    if mirror is not None:
-        size, digest = _copy(entry, mirror, part, bar)
-    else:
-        size, digest = _download(entry, part, retries, bar)
-    if size != entry.bytes:
-        raise RlcscError(
-            f"size mismatch for {entry.relpath}: expected {entry.bytes} bytes, got {size}"
-        )
-    if digest != entry.sha256:
-        raise RlcscError(
-            f"checksum mismatch for {entry.relpath}: expected sha256 {entry.sha256}, got {digest}"
-        )
-    os.replace(part, dest)
+
+    def fetch_verified(part: Path) -> None:
+        if mirror is not None:
+            size, digest = _copy(entry, mirror, part, bar)
+        else:
+            size, digest = _download(entry, part, retries, bar)
+        if size != entry.bytes:
+            raise RlcscError(
+                f"size mismatch for {entry.relpath}: expected {entry.bytes} bytes, got {size}"
+            )
+        if digest != entry.sha256:
+            raise RlcscError(
+                f"checksum mismatch for {entry.relpath}: expected sha256 {entry.sha256}, got {digest}"
+            )
+
+    atomically(fetch_verified, dest)
     return True
-
-
-def _part(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.part")
 
 
 def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm) -> tuple[int, str]:

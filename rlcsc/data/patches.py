@@ -27,7 +27,7 @@ from numpy.lib.format import open_memmap
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rlcsc.atomic import folder_atomically, write_json
-from rlcsc.config import Checked, at_least, one_of, param
+from rlcsc.config import Checked, at_least, one_of, param, within
 from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, check_out, load_augmented, variant_shape, variants
 from rlcsc.errors import RlcscError
@@ -48,7 +48,7 @@ class PatchParams(Checked):
     size: int = param(33, at_least(1))
     stride: int = param(33, at_least(1))
     chunk: int = param(64, at_least(1))  # keep a multiple of this many pairs; 1 keeps them all
-    seed: int = param(0, at_least(0))
+    seed: int = param(0, within(0, 2**32))
     input_dtype: str = param("float16", one_of("float16", "float32"))
 
 
@@ -139,8 +139,9 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
     with folder_atomically(out) as tmp:
         pair = (total, params.size, params.size)
         layout = (("labels", np.uint8, pair), ("inputs", params.input_dtype, pair), ("origin", ORIGIN, (total,)))
-        for name, dtype, shape in layout:  # allocated here (sparse), filled by the workers
+        for name, dtype, shape in layout:  # allocated here, filled by the workers
             open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        _reserve([tmp / f"{name}.npy" for name, _, _ in layout], out)
         rows = list(zip(index.index, index.offset, index.height, index.width, starts))
         step = max(1, len(rows) // (64 * (jobs or os.cpu_count() or 1)))
         tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params) for i in range(0, len(rows), step)]
@@ -152,6 +153,22 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
         write_json(summary, tmp / "summary.json")
     return summary
+
+
+def _reserve(files: list[Path], out: Path) -> None:
+    """Give the (sparse) memory-mapped `files` their disk space now, where the system has the call: a disk
+    without room for the patch set `out` is then one clear error here, before any work, not a worker killed
+    when it writes into the map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    need = sum(f.stat().st_size for f in files)
+    for path in files:
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as err:
+                raise RlcscError(f"no room for the patch set {out}: it needs {need / 1e9:.2f} GB "
+                                 f"({err.strerror})") from None
 
 
 def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: PatchParams, folder: Path) -> dict:

@@ -1,0 +1,157 @@
+"""One writer per output: a command holds a lock on what it writes, and a second writer ends at once.
+
+The lock of an output `path` is the file `.<name>.lock` beside it, locked with `flock`, which the
+system releases when its process ends, however it ends: the lock of a dead process is stale by
+construction and taken over. The file says who holds it (process id, host, command, since when), for
+the refusal of a second writer, and lists the temporaries the holder made for the output
+(`rlcsc.atomic`), so that the next writer removes what a killed one left. It is removed when its
+holder ends. A file of that name that is not such a lock is never written over nor removed (an empty
+one is taken for the lock of a process killed as it began).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlcsc.errors import RlcscError
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A held lock: the output it guards, its file and the open descriptor that holds it."""
+
+    path: Path
+    file: Path
+    fd: int
+
+
+_HELD: list[Lock] = []  # the locks this process holds
+_NOTING = threading.Lock()  # temporaries are made by several threads at once (the download's)
+
+
+def lock_file(path: Path) -> Path:
+    """The lock file of output `path`: hidden, beside it."""
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def writing(*paths: Path) -> Iterator[None]:
+    """Hold the lock of every output in `paths` for the block (one this process already holds is
+    held once), making the folder each lies in; one clear error naming the holder if another process
+    writes one of them."""
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            stack.enter_context(_holding(Path(os.path.abspath(path))))
+        yield
+
+
+@contextmanager
+def _holding(path: Path) -> Iterator[None]:
+    if any(lock.path == path for lock in _HELD):
+        yield
+        return
+    lock = _acquire(path)
+    _HELD.append(lock)
+    try:
+        yield
+    finally:
+        _HELD.remove(lock)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock.file, follow_symlinks=False).st_ino == os.fstat(lock.fd).st_ino:
+                lock.file.unlink()  # while still holding it: a writer waiting on it then finds it gone
+        os.close(lock.fd)
+
+
+def _acquire(path: Path) -> Lock:
+    file = lock_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd, created = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RlcscError(f"{file} (the lock of {path}) is not a file; move it away")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RlcscError(f"{path} is being written by {_holder(fd)}; wait for it to end, "
+                                 "or write elsewhere") from None
+            if os.stat(file, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)  # its holder ended and removed it meanwhile: take a fresh one
+                continue
+            if not created:
+                _clean_up_after(path, file, fd)
+            record = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            return Lock(path, file, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _lines(fd: int) -> list[str]:
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace").splitlines()
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock open at `fd`, in words."""
+    try:
+        record = json.loads(_lines(fd)[0])
+        where = "" if record["host"] == socket.gethostname() else f" on {record['host']}"
+        return f"process {record['pid']}{where} (`{record['command']}`, since {record['since']})"
+    except (IndexError, ValueError, KeyError, TypeError):
+        return "another process"  # it has just begun, and not yet said who it is
+
+
+def _clean_up_after(path: Path, file: Path, fd: int) -> None:
+    """The stale lock of a process that ended without releasing it (killed): remove the temporaries
+    it lists. A file that is not such a lock is refused, never written over."""
+    lines = _lines(fd)
+    if not lines:
+        return  # its holder was killed as it began
+    try:
+        json.loads(lines[0])["pid"]
+    except (ValueError, KeyError, TypeError):
+        raise RlcscError(f"{file} is in the way of the lock of {path} and is not one; move it away") from None
+    for line in lines[1:]:
+        try:
+            tmp = Path(json.loads(line))
+        except (ValueError, TypeError):
+            continue  # the last line, cut short by the kill
+        if not (tmp.name.startswith(".") and ".tmp" in tmp.name and (tmp.parent == path.parent or path in tmp.parents)):
+            continue  # only a temporary of this output, where `rlcsc.atomic` makes them
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def note_temporary(path: Path, tmp: Path) -> None:
+    """Record `tmp`, a temporary made for output `path`, in the lock that guards `path` (itself or a
+    folder above it), if this process holds one."""
+    path = Path(os.path.abspath(path))
+    for lock in _HELD:
+        if lock.path == path or lock.path in path.parents:
+            with _NOTING:
+                os.lseek(lock.fd, 0, os.SEEK_END)
+                os.write(lock.fd, (json.dumps(os.path.abspath(tmp)) + "\n").encode())
+            return

@@ -1,0 +1,114 @@
+"""One writer per output: a second writer ends at once naming the holder, the lock of a killed process is
+taken over with its temporaries removed, and a user's file is never taken for a lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlcsc.atomic import save_torch
+from rlcsc.cli import main
+from rlcsc.errors import RlcscError
+from rlcsc.inference import model_state
+from rlcsc.lock import lock_file, writing
+from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+
+REPO = Path(__file__).resolve().parents[1]
+# Holds the lock of argv[1] while writing it, its temporary half written, until killed.
+HOLD = """
+import sys, time
+from pathlib import Path
+from rlcsc.atomic import atomically
+from rlcsc.lock import writing
+
+def write(tmp):
+    tmp.write_text("half")
+    print(tmp, flush=True)
+    time.sleep(600)
+
+with writing(Path(sys.argv[1])):
+    atomically(write, Path(sys.argv[1]))
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """Another process writing tmp_path/out.png: the process and its temporary."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out.png")], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.is_file(), "the holding process did not start"
+    yield proc, tmp
+    proc.kill()
+    proc.wait()
+
+
+def sr(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlcsc.cli", "sr", str(tmp_path / "in.png"), "--scale", "2",
+                           "--model", str(tmp_path / "m.pt"), "-o", str(tmp_path / "out.png"), *args],
+                          capture_output=True, text=True, check=False, cwd=REPO)
+
+
+def test_a_second_writer_ends_at_once_naming_the_holder_and_a_killed_holder_is_taken_over(
+        holder: tuple[subprocess.Popen, Path], tmp_path: Path) -> None:
+    proc, tmp = holder
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=2, codes=2))), tmp_path / "m.pt")
+    second = sr(tmp_path)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines() == [
+        (f"rlcsc sr: error: {tmp_path / 'out.png'} is being written by process {proc.pid} (`-c {tmp_path / 'out.png'}`, "
+         f"since {second.stderr.split('since ')[1].split(')')[0]}); wait for it to end, or write elsewhere")]
+    assert not (tmp_path / "out.png").exists() and tmp.read_text() == "half"
+    proc.kill()  # kill -9: neither its temporary nor its lock file is removed by it
+    proc.wait()
+    assert tmp.exists() and lock_file(tmp_path / "out.png").exists()
+    third = sr(tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert Image.open(tmp_path / "out.png").size == (16, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt", "out.png"]  # no temporary, no lock
+
+
+@pytest.mark.parametrize("argv", [
+    ["download", "--out", "{out}"],
+    ["augment", "--out", "{out}"],
+    ["patch", "--out", "{out}"],
+    ["train", "--experiment", "K25", "--out", "{out}"],
+    ["evaluate", "--method", "bicubic", "--out", "{out}"],
+    ["record", "--out", "{out}"],
+    ["compare", "--variant", "a:", "--steps", "1", "--out", "{out}"],
+    ["record", "--budget", "quick", "--raw", "{raw}", "--work", "{out}", "--out", "{tmp}/run"],
+    ["compare", "--budget", "quick", "--raw", "{raw}", "--work", "{out}", "--variant", "a:", "--steps", "1", "--out",
+     "{tmp}/c.json"],
+], ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")))
+def test_every_writer_of_a_folder_takes_its_lock(argv: list[str], holder: tuple[subprocess.Popen, Path],
+                                                  mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the project's params.yaml
+    proc, _ = holder
+    fill = {"out": str(tmp_path / "out.png"), "raw": str(mirror), "tmp": str(tmp_path)}
+    assert main([a.format(**fill) for a in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: {tmp_path / 'out.png'} is being written by process {proc.pid} "
+                            f"(`-c {tmp_path / 'out.png'}`, since {err[-1].split('since ')[1]}")
+    assert not (tmp_path / "out.png").is_file() and not (tmp_path / "c.json").exists()  # --work is made, left empty
+    assert not (tmp_path / "out.png").exists() or not any((tmp_path / "out.png").iterdir())
+
+
+def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> None:
+    lock = lock_file(tmp_path / "out.png")
+    lock.write_text("my notes\n")
+    with pytest.raises(RlcscError, match="is in the way of the lock of .*out.png and is not one; move it away"):
+        with writing(tmp_path / "out.png"):
+            pass
+    assert lock.read_text() == "my notes\n"
+    lock.unlink()
+    with writing(tmp_path / "out.png"), writing(tmp_path / "out.png"):  # held once by one process
+        assert lock.exists()
+    assert not lock.exists()
