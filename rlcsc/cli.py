@@ -156,23 +156,34 @@ def _memory(args: argparse.Namespace) -> None:
 
 
 def _params(args: argparse.Namespace) -> None:
-    from rlcsc.config import read_params, resolve
+    from rlcsc.config import build, read_params, resolve
+
+    params = read_params(args.params)  # the file's shape and names, before the slower imports below
     from rlcsc.data.augment import AugmentParams
     from rlcsc.data.patches import PatchParams
     from rlcsc.evaluate import EvaluateParams
     from rlcsc.report import ReportParams
     from rlcsc.train import TrainParams
 
-    params = read_params(args.params)
     stages = [("augment", "augment", AugmentParams, None), ("patch", "patch", PatchParams, None),
               ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
     stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
-    print(f"budget: {params.get('budget')}")
+    lines = [f"budget: {params.get('budget')}"]
     for stage, block, cls, experiment in stages:
-        print(f"\n{stage}")
-        for key, s in resolve(params, args.params, block, cls, experiment).items():
+        settings = resolve(params, args.params, block, cls, experiment)
+        build(cls, settings, f"{args.params}, {stage}")
+        lines.append(f"\n{stage}")
+        for key, s in settings.items():
             was = f"  (replaces {s.replaced[0]}: {json.dumps(s.replaced[1])})" if s.replaced else ""
-            print(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
+            lines.append(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
+    if args.checked is None:
+        print("\n".join(lines))
+        return
+    from rlcsc.atomic import write_text
+
+    args.checked.parent.mkdir(parents=True, exist_ok=True)
+    write_text(f"every value of {args.params} checked\n", args.checked)  # the same bytes whatever the values
+    print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
 
 
 def _record(args: argparse.Namespace) -> None:
@@ -317,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="every value each stage resolves from the params file, and its source")
     p.add_argument("--params", **params)
+    p.add_argument("--checked", type=Path, help="instead of listing the values, write this file once every value "
+                   "is checked (the check_params stage, which every stage that reads the params file depends on)")
     p.set_defaults(func=_params)
 
     p = sub.add_parser("record", help="a recorded run: data, training and evaluation of one experiment under "
