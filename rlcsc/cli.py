@@ -134,9 +134,12 @@ def _sr(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from rlcsc.checksums import verify_run
     from rlcsc.report import ReportParams, execute_notebook
 
     params = _load(args, "report", ReportParams)
+    for run in sorted(p for p in args.runs.glob("*") if p.is_dir()):  # no number from an edited run
+        verify_run(run)
     parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
                   "runs": str(args.runs), "raw": str(args.raw), "main": params.main}
     source = args.notebooks / f"{args.name}.ipynb"
@@ -144,6 +147,19 @@ def _report(args: argparse.Namespace) -> None:
         names = sorted(p.stem for p in args.notebooks.glob("*.ipynb"))
         raise RlcscError(f"no notebook {source}; available: {names}")
     execute_notebook(source, args.out / f"{args.name}.ipynb", parameters)
+
+
+def _checksums(args: argparse.Namespace) -> None:
+    from rlcsc.checksums import SUMS, seal, verify_run
+
+    for folder in args.folders:
+        if not folder.is_dir():
+            raise RlcscError(f"{folder} is not a folder")
+        if args.check:
+            verify_run(folder)
+        else:
+            seal(folder)
+    print(f"{len(args.folders)} folder(s) {'verified' if args.check else 'sealed'}: {SUMS} in each", file=sys.stderr)
 
 
 def _memory(args: argparse.Namespace) -> None:
@@ -367,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the comparison's JSON file")
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("checksums", help="seal a recorded run's folder: write its SHA256SUMS (`rlcsc record` and "
+                       "`rlcsc compare` do it themselves; for a folder written before they did)")
+    p.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="e.g. runs/K25-paper")
+    p.add_argument("--check", action="store_true", help="verify each folder against its SHA256SUMS instead, as "
+                   "`rlcsc report` does with every folder of --runs")
+    p.set_defaults(func=_checksums)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision"],

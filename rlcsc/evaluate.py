@@ -30,7 +30,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
-from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.metrics import psnr, ssim
 from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
@@ -118,7 +118,8 @@ def evaluate(
     with_ifc: bool = True,
     jobs: int | None = None,
 ) -> list[ImageScore]:
-    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes.
+    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes, once
+    every file is checked against the manifest.
 
     An upscaler marked `in_process` (a network on a GPU) is called in this process with the ILR
     image as a float64 tensor on its `device`; every other upscaler runs in the workers on numpy.
@@ -128,10 +129,7 @@ def evaluate(
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
     tasks = []
     for dataset in datasets:
-        for path in paths(raw, [dataset]):
-            if not path.is_file():
-                raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
-            tasks += [(dataset, path, s, upscale, with_ifc) for s in scales]
+        tasks += [(dataset, path, s, upscale, with_ifc) for path in checked_images(raw, [dataset]) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
     return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)
