@@ -157,3 +157,17 @@ def test_no_experiment_may_take_the_folder_of_another_stage_s_output() -> None:
     released = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["convert"]["foreach"]
     weights = [line.split("\t")[0] for line in (PACKAGE / "weights.tsv").read_text().splitlines()[1:]]
     assert {"bicubic", *released, *weights} <= {n for n in RESERVED} | {n.upper() for n in RESERVED}
+
+
+def test_every_stage_that_reads_the_test_images_depends_on_them() -> None:
+    """A test image replaced since makes DVC rerun `download` (which fetches it again) before these
+    stages, rather than call them up to date; the images' folder is `download`'s output."""
+    from rlcsc.manifest import TEST_SETS
+
+    readers = [(name, stage) for name, stage in stages() if "--raw" in (rlcsc_command(stage) or [])
+               and "rlcsc/evaluate.py" in stage["deps"]]
+    assert {n.split("@")[0] for n, _ in readers} >= {"evaluate_bicubic", "evaluate", "train", "notebook_table3"}
+    for name, stage in readers:
+        assert {f"data/raw/{d}" for d in TEST_SETS} <= set(stage["deps"]), name
+    download = dict(stages())["download"]
+    assert {"data/raw": {"cache": False, "persist": True}} in download["outs"]

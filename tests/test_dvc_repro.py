@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rlcsc.manifest import TEST_SETS
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ("check_params", "train", "evaluate")
@@ -22,7 +24,7 @@ TYPO = ("K25: {recursions: 25}", "K25: {recursions: abc}")
 
 def run(workspace: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run(args, cwd=workspace, capture_output=True, text=True, env=env)
+    return subprocess.run(args, cwd=workspace, capture_output=True, text=True, env=env, check=False)
 
 
 def snapshot(workspace: Path) -> dict[str, bytes]:
@@ -44,7 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in STAGES}}, sort_keys=False))
     experiments = yaml.safe_load((root / "params.yaml").read_text())["experiments"]
-    files = ["data/params.checked", "data/raw.json", "data/patches/keep.npy"]
+    files = ["data/params.checked", "data/patches/keep.npy", *(f"data/raw/{d}/1.png" for d in TEST_SETS)]
     for e in experiments:
         files += [f"models/{e}/{n}" for n in ("model.pt", "checkpoint.pt", "train.json", "train_metrics.json")]
         files += [f"results/{e}/{n}" for n in ("per_image.csv", "evaluation.json", "metrics.json")]
