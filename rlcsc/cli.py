@@ -80,12 +80,13 @@ def _patch(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from rlcsc.config import load_block, read_params
+
+    label = {"experiment": args.experiment, "budget": read_params(args.params).get("budget")}  # before torch loads
     from rlcsc.evaluate import EvaluateParams
     from rlcsc.train import TrainParams, train
 
     params = _load(args, "train", TrainParams, args.experiment)
     eval_precision = load_block(args.params, "evaluate", EvaluateParams).precision
-    label = {"experiment": args.experiment, "budget": read_params(args.params).get("budget")}
     summary = train(params, args.patches, args.raw, args.out, eval_precision, label)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt

@@ -1,6 +1,6 @@
 """`dvc repro` and `dvc exp run` with a bad params.yaml, on a miniature workspace: this project's
-dvc.yaml (its check_params, train and evaluate stages) and params.yaml over stand-in files that
-`dvc commit` records as built. A bad value stops at check_params, before DVC removes any output; an
+dvc.yaml (its check_params, train and evaluate stages) and params.yaml (with two of its experiments)
+over stand-in files that `dvc commit` records as built. A bad value stops at check_params, before DVC removes any output; an
 experiment's name reaches the shell only quoted."""
 
 from __future__ import annotations
@@ -38,14 +38,19 @@ CHECKED = "every value of params.yaml checked\n"  # what check_params writes
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git and DVC repository with this project's params.yaml, the stages STAGES of its dvc.yaml and
-    their code, and a stand-in for every dependency and output, committed by DVC as built."""
+    """A git and DVC repository with this project's params.yaml (experiments K25 and K48), the stages
+    STAGES of its dvc.yaml and their code, and a stand-in for every dependency and output, committed by
+    DVC as built."""
     root = tmp_path_factory.mktemp("dvc") / "ws"
     shutil.copytree(REPO / "rlcsc", root / "rlcsc", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "params.yaml", root)
+    params = (REPO / "params.yaml").read_text()  # but two experiments, the fewer stages for DVC to hash
+    start, end = params.index("\nexperiments:\n"), params.index("\n\n", params.index("\nexperiments:\n"))
+    (root / "params.yaml").write_text(params[:start] + "\nexperiments:\n  K25: {recursions: 25}\n  K48: {recursions: 48}"
+                                      + params[end:])
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in STAGES}}, sort_keys=False))
     experiments = yaml.safe_load((root / "params.yaml").read_text())["experiments"]
+    assert list(experiments) == ["K25", "K48"]
     files = ["data/params.checked", "data/patches/keep.npy", *(f"data/raw/{d}/1.png" for d in TEST_SETS)]
     for e in experiments:
         files += [f"models/{e}/{n}" for n in ("model.pt", "checkpoint.pt", "train.json", "train_metrics.json")]
