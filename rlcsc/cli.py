@@ -86,12 +86,13 @@ def _patch(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from rlcsc.config import load_block, read_params
+
+    label = {"experiment": args.experiment, "budget": read_params(args.params).get("budget")}  # before torch loads
     from rlcsc.evaluate import EvaluateParams
     from rlcsc.train import TrainParams, train
 
     params = _load(args, "train", TrainParams, args.experiment)
     eval_precision = load_block(args.params, "evaluate", EvaluateParams).precision
-    label = {"experiment": args.experiment, "budget": read_params(args.params).get("budget")}
     summary = train(params, args.patches, args.raw, args.out, eval_precision, label)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
@@ -141,9 +142,12 @@ def _sr(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from rlcsc.checksums import verify_run
     from rlcsc.report import ReportParams, execute_notebook
 
     params = _load(args, "report", ReportParams)
+    for run in sorted(p for p in args.runs.glob("*") if p.is_dir()):  # no number from an edited run
+        verify_run(run)
     parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
                   "runs": str(args.runs), "raw": str(args.raw), "main": params.main}
     source = args.notebooks / f"{args.name}.ipynb"
@@ -151,6 +155,19 @@ def _report(args: argparse.Namespace) -> None:
         names = sorted(p.stem for p in args.notebooks.glob("*.ipynb"))
         raise RlcscError(f"no notebook {source}; available: {names}")
     execute_notebook(source, args.out / f"{args.name}.ipynb", parameters)
+
+
+def _checksums(args: argparse.Namespace) -> None:
+    from rlcsc.checksums import SUMS, seal, verify_run
+
+    for folder in args.folders:
+        if not folder.is_dir():
+            raise RlcscError(f"{folder} is not a folder")
+        if args.check:
+            verify_run(folder)
+        else:
+            seal(folder)
+    print(f"{len(args.folders)} folder(s) {'verified' if args.check else 'sealed'}: {SUMS} in each", file=sys.stderr)
 
 
 def _memory(args: argparse.Namespace) -> None:
@@ -163,23 +180,34 @@ def _memory(args: argparse.Namespace) -> None:
 
 
 def _params(args: argparse.Namespace) -> None:
-    from rlcsc.config import read_params, resolve
+    from rlcsc.config import build, read_params, resolve
+
+    params = read_params(args.params)  # the file's shape and names, before the slower imports below
     from rlcsc.data.augment import AugmentParams
     from rlcsc.data.patches import PatchParams
     from rlcsc.evaluate import EvaluateParams
     from rlcsc.report import ReportParams
     from rlcsc.train import TrainParams
 
-    params = read_params(args.params)
     stages = [("augment", "augment", AugmentParams, None), ("patch", "patch", PatchParams, None),
               ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
     stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
-    print(f"budget: {params.get('budget')}")
+    lines = [f"budget: {params.get('budget')}"]
     for stage, block, cls, experiment in stages:
-        print(f"\n{stage}")
-        for key, s in resolve(params, args.params, block, cls, experiment).items():
+        settings = resolve(params, args.params, block, cls, experiment)
+        build(cls, settings, f"{args.params}, {stage}")
+        lines.append(f"\n{stage}")
+        for key, s in settings.items():
             was = f"  (replaces {s.replaced[0]}: {json.dumps(s.replaced[1])})" if s.replaced else ""
-            print(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
+            lines.append(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
+    if args.checked is None:
+        print("\n".join(lines))
+        return
+    from rlcsc.atomic import write_text
+
+    args.checked.parent.mkdir(parents=True, exist_ok=True)
+    write_text(f"every value of {args.params} checked\n", args.checked)  # the same bytes whatever the values
+    print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
 
 
 def _record(args: argparse.Namespace) -> None:
@@ -332,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="every value each stage resolves from the params file, and its source")
     p.add_argument("--params", **params)
+    p.add_argument("--checked", type=Path, help="instead of listing the values, write this file once every value "
+                   "is checked (the check_params stage, which every stage that reads the params file depends on)")
     p.set_defaults(func=_params)
 
     p = sub.add_parser("record", help="a recorded run: data, training and evaluation of one experiment under "
@@ -369,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the comparison's JSON file")
     p.add_argument("--jobs", **jobs)
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("checksums", help="seal a recorded run's folder: write its SHA256SUMS (`rlcsc record` and "
+                       "`rlcsc compare` do it themselves; for a folder written before they did)")
+    p.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="e.g. runs/K25-paper")
+    p.add_argument("--check", action="store_true", help="verify each folder against its SHA256SUMS instead, as "
+                   "`rlcsc report` does with every folder of --runs")
+    p.set_defaults(func=_checksums)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],

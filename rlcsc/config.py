@@ -7,7 +7,8 @@ layer and in every budget, active or not, for type and range; a bad one ends wit
 the layer, the key, the value and what is allowed. A budget may not set a key that an experiment
 also sets (the experiment would silently lose it), nor a machine setting (`MACHINE`: where and in
 which precision the arithmetic runs is not part of a protocol); `report.main` must name an
-experiment. `resolve` keeps the layer every value came from, which `rlcsc params` prints and every
+experiment. An experiment's name becomes part of DVC stage names, shell commands and folder names, so
+it must match `NAME` and be none of `RESERVED`. `resolve` keeps the layer every value came from, which `rlcsc params` prints and every
 stage announces where the budget replaced a block's value.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Hashable
@@ -32,6 +34,14 @@ T = TypeVar("T")
 BUDGETED = ("augment", "patch", "train", "evaluate")  # the blocks a budget may change
 TOP_LEVEL = ("budget", "budgets", "experiments", *BUDGETED, "report")
 MACHINE = {"train": ("device", "precision", "compile"), "evaluate": ("precision",)}
+# An experiment's name: a letter, then letters, digits, _ or - (no "." either: DVC reads the params
+# key `experiments.<name>` as a path of keys).
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# Names that match but are refused: what YAML 1.1 (PyYAML, which reads params.yaml here) reads as a
+# boolean or null unquoted while DVC reads a string, and the folders of models/ and results/ that other
+# stages write (the bicubic baseline and the released methods of dvc.yaml's `convert`). Compared in
+# lower case, as a case-insensitive file system compares folder names.
+RESERVED = ("y", "n", "yes", "no", "on", "off", "true", "false", "null", "bicubic", "vdsr")
 
 
 @dataclass(frozen=True)
@@ -214,12 +224,26 @@ def read_params(path: Path) -> dict:
         _mapping(params.get(block), f"{path}: {block}", "a mapping of keys to values")
     experiments = _mapping(params.get("experiments"), f"{path}: experiments", "a mapping of names to train values")
     for name, values in experiments.items():
+        check_name(name, path, experiments)
         _mapping(values, f"{path}: experiments.{name}", "a mapping of train keys to values")
     budgets = _mapping(params.get("budgets"), f"{path}: budgets", "a mapping of names to stage blocks")
     for name, budget in budgets.items():
         _check_budget(path, name, budget)
     budget_name(params, path)
     return params
+
+
+def check_name(name: Any, path: Path, experiments: dict) -> None:
+    """An experiment's name matches `NAME` and is not `RESERVED`, and no earlier name of `experiments`
+    differs from it in letter case alone (on a case-insensitive file system their folders are one)."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)) or name.lower() in RESERVED:
+        raise RlcscError(f"{path}: experiment name {name!r} is not allowed; a name is a letter, then letters, "
+                         f"digits, _ or -, and none of {list(RESERVED)} in any case (see README, \"Parameters, "
+                         "budgets and experiments\")")
+    twin = next(n for n in experiments if str(n).lower() == name.lower())
+    if twin != name:
+        raise RlcscError(f"{path}: experiment names {twin!r} and {name!r} differ in letter case alone; their "
+                         "folders would be one on a case-insensitive file system")
 
 
 def budget_name(params: dict, path: Path) -> str | None:

@@ -30,7 +30,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
 from rlcsc.imageio import image_size, read_image
 from rlcsc.imresize import imresize
-from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.metrics import psnr, ssim
 from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
@@ -132,7 +132,8 @@ def evaluate(
     with_ifc: bool = True,
     jobs: int | None = None,
 ) -> list[ImageScore]:
-    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes.
+    """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes, once
+    every file is checked against the manifest.
 
     An upscaler marked `in_process` (a network on a GPU) is called in this process with the ILR
     image as a float64 tensor on its `device`; every other upscaler runs in the workers on numpy.
@@ -142,9 +143,7 @@ def evaluate(
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
     tasks = []
     for dataset in datasets:
-        for path in paths(raw, [dataset]):
-            if not path.is_file():
-                raise RlcscError(f"missing test image {path}: run `rlcsc download` first")
+        for path in checked_images(raw, [dataset]):
             shape = image_size(path)
             for s in scales:
                 check_size(path, shape, s)  # from its header, before any work

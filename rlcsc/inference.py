@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import typing
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rlcsc.checksums import SUMS, read_sums, verify_file
 from rlcsc.device import using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
@@ -45,10 +48,23 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     return cls(cfg(**config))
 
 
+def network_sha256(arch: str, config: dict, model: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 of what a network computes: its architecture, its config and every weight of `model`
+    (name, type, shape and bytes, whatever the memory layout)."""
+    digest = hashlib.sha256(json.dumps([arch, config], sort_keys=True).encode())
+    for name in sorted(model):
+        w = model[name].detach().cpu().contiguous()
+        digest.update(f"{name} {w.dtype} {list(w.shape)}\n".encode())
+        digest.update(w.flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def model_state(model: torch.nn.Module) -> dict:
-    """What a model file holds: architecture name, config fields and weights (plain tensors)."""
+    """What a model file holds: architecture name, config fields, weights (plain tensors), and their
+    `network_sha256`, which every load verifies."""
     arch = next(name for name, (cls, _) in ARCHS.items() if isinstance(model, cls))
-    return {"arch": arch, "config": asdict(model.cfg), "model": model.state_dict()}
+    state = {"arch": arch, "config": asdict(model.cfg), "model": model.state_dict()}
+    return {**state, "network_sha256": network_sha256(**state)}
 
 
 def load_torch(path: Path) -> object | None:
@@ -77,7 +93,40 @@ def _read_model_file(path: Path) -> dict:
     if not isinstance(state, dict) or not {"arch", "config", "model"} <= set(state):
         what = f"a mapping of {sorted(state)[:6]}" if isinstance(state, dict) else type(state).__name__
         raise RlcscError(f"{path} holds {what}, not a model; {expected}")
+    _check_sha256(path, state)
     return state
+
+
+def _check_sha256(path: Path, state: dict) -> None:
+    """The network in `state` is the one whose `network_sha256` the file carries; a file written before
+    model files carried one (a recorded run's) must match the `SHA256SUMS` beside it instead."""
+    remedy = _remedy(path, state)
+    digest = state.get("network_sha256")
+    if digest is None:
+        sums = read_sums(path.parent)
+        if path.name not in sums:
+            raise RlcscError(f"{path} carries no SHA-256 of its network (written before model files had one) and "
+                             f"no {SUMS} beside it lists it; {remedy}")
+        verify_file(path, sums[path.name], remedy)
+        return
+    try:
+        actual = network_sha256(state["arch"], state["config"], state["model"])
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # a damaged config or weights of another kind
+        actual = None
+    if actual != digest:
+        raise RlcscError(f"corrupt {path}: its network differs from the SHA-256 it carries; {remedy}")
+
+
+def _remedy(path: Path, state: dict) -> str:
+    """What writes the model file `path` again, as far as the file says."""
+    source, experiment = state.get("source"), state.get("experiment")
+    if (path.parent / SUMS).is_file():
+        return f"restore it from the commit that recorded it (`git checkout -- {path}`)"
+    if isinstance(source, dict) and isinstance(source.get("group"), str):
+        return f"convert it again (`dvc repro convert@{source['group']}`)"
+    if isinstance(experiment, str):
+        return f"train it again (`dvc repro train@{experiment}`)"
+    return "write it again (`rlcsc train` or `rlcsc convert`)"
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Module:

@@ -12,7 +12,9 @@ run's folder, committed as `runs/<name>/`, then holds
 - `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it;
 - `environment.json`: one entry per call that made or extended the run: GPU, versions, the project's
   commit and a hash of its source, the resolved params, the command, the date, and what the call did
-  (the steps it trained, whether it evaluated).
+  (the steps it trained, whether it evaluated);
+- `SHA256SUMS`: the SHA-256 of each, written at the end of every call (also one cut short), which the
+  report verifies before it reads the run.
 
 `rlcsc record --model FILE` records an evaluation alone: a model made elsewhere (a comparison
 method's released weights, converted) scored under one budget, its folder holding a copy of the model
@@ -20,7 +22,8 @@ file and the evaluation's and environment's files; `rlcsc record --method bicubi
 baseline's evaluation the same way (no model file).
 
 `rlcsc compare` trains variants of one experiment from the same seed for the same steps or minutes,
-one change each, and writes their curves to one JSON file.
+one change each, and writes their curves to one JSON file, whose SHA-256 it adds to the `SHA256SUMS` of
+the file's folder.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 import yaml
 
 from rlcsc.atomic import atomically, write_json
+from rlcsc.checksums import seal
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, make_patches
@@ -49,7 +53,7 @@ from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
-from rlcsc.provenance import source_hash
+from rlcsc.provenance import code_hash, source_hash
 from rlcsc.train import TrainParams, foreign, read_checkpoint, train
 
 SOURCE = Path(__file__).parent
@@ -86,9 +90,10 @@ def resolved(params_path: Path, budget: str, experiment: str) -> dict:
 
 
 def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
-    """Augment and patch into `work` unless it already holds them for the same params (one writer at a
-    time: `rlcsc.lock`); the patch folder."""
-    stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"])}
+    """Augment and patch into `work` unless it already holds them for the same params, made by the same
+    code (one writer at a time: `rlcsc.lock`); the patch folder."""
+    stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"]),
+             "code": code_hash("rlcsc.data.patches")}
     stamp_path, text = work / "data.json", json.dumps(stamp, indent=2) + "\n"  # as write_json writes it
     with writing(work):
         if not (stamp_path.exists() and stamp_path.read_text(errors="replace") == text):
@@ -136,16 +141,20 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     if needs_training and ckpt:
         _check_resumable(out, ckpt, p, calls)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
-    if needs_training:
-        patches = prepare_data(blocks, raw, work, jobs)
-        summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
-        if summary["status"] == "interrupted":
-            raise KeyboardInterrupt
-    if evaluate_after:
-        scores = evaluate(Network(out / "model.pt", pick_device(p.device).type, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
-        write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
-    done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
-    write_json({"calls": calls + [{**call, **done}]}, env_path)
+    try:
+        if needs_training:
+            patches = prepare_data(blocks, raw, work, jobs)
+            summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
+            if summary["status"] == "interrupted":
+                raise KeyboardInterrupt
+        if evaluate_after:
+            scores = evaluate(Network(out / "model.pt", pick_device(p.device).type, e.precision), raw, e.datasets,
+                              e.scales, e.ifc, jobs)
+            write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
+        done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
+        write_json({"calls": calls + [{**call, **done}]}, env_path)
+    finally:
+        seal(out)  # what this call wrote, also when it was cut short
 
 
 def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: Path, out: Path,
@@ -163,15 +172,18 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     if model is not None and kept.exists() and file_sha256(kept) != file_sha256(model):
         raise RlcscError(f"{kept} is another model than {model}; record into another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if model is not None and not kept.exists():
-        atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
-    call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
-    write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
-    upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
-    scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
-    about = {"model": describe_model(kept)} if model else {"model": None, "method": "bicubic"}
-    write_results(scores, out, {**asdict(e), "budget": budget, **about})
-    write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
+    try:
+        if model is not None and not kept.exists():
+            atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
+        call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
+        write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
+        upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
+        scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
+        about = {"model": describe_model(kept)} if model else {"model": None, "method": "bicubic"}
+        write_results(scores, out, {**asdict(e), "budget": budget, **about})
+        write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
+    finally:
+        seal(out)
 
 
 def _checkpoint(out: Path) -> dict | None:
@@ -253,4 +265,5 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
         keep = ("status", "steps_done", "epochs_done", "ms_per_step", "seconds_training", "precision", "model", "curve")
         result["variants"].append({"name": name, "changes": changes, **{k: summary[k] for k in keep}})
         write_json(result, out)  # after every variant: a run cut short keeps what it measured
+        seal(out.parent, [out.name])
     return result

@@ -37,7 +37,7 @@ from rlcsc.device import PRECISIONS, autocast, device_name, effective, pick_devi
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
 from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, load_torch, model_state
-from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
 
@@ -252,7 +252,7 @@ class Monitor:
 
     def __init__(self, raw: Path, dataset: str, scale: int, precision: str) -> None:
         self.scale, self.precision = scale, precision
-        self.pairs = [ilr_pair(path, scale) for path in paths(raw, [dataset])]
+        self.pairs = [ilr_pair(path, scale) for path in checked_images(raw, [dataset])]
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float | None]:

@@ -215,3 +215,36 @@ def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path
                      "'Urban100') -> ('Set5', 'Set14') (`rlcsc params` lists every value and where it comes from)"]
     record = yaml.safe_load((tmp_path / "o" / "evaluation.json").read_text())
     assert record["datasets"] == ["Set5", "Set14"] and record["ifc"] is False and record["budget"] == "quick"
+
+
+@pytest.mark.parametrize("name", ["$(touch pwned)", "a;touch pwned", "K25'", "models/K25", "..", "K25 x", "train@K25",
+                                  "K2.5", "_K25", "25", "bicubic", "VDSR", "null", "Yes", "off"])
+def test_an_experiment_name_that_could_reach_a_shell_or_another_output_is_refused(tmp_path: Path, capsys, name: str) -> None:
+    """Names become stage names, shell words and folders: K25_seed1 and K25-fast are fine; a name that
+    holds anything else, reads as a YAML boolean or null, or takes another stage's folder is refused by
+    every command that reads params.yaml."""
+    path = write(tmp_path, lambda p: p["experiments"].update({name: {"recursions": 5}}))
+    for argv in (["params", "--params", str(path)], ["augment", "--params", str(path), "--out", str(tmp_path / "a")],
+                 ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "o")]):
+        assert f"experiment name {name!r} is not allowed; a name is a letter, then " in one_line_error(capsys, argv)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
+
+
+def test_an_unquoted_yaml_boolean_as_a_name_is_refused(tmp_path: Path, capsys) -> None:
+    """PyYAML reads `yes:` as true, DVC as the string "yes": such a name means two things."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("  K25: {recursions: 25}\n",
+                                                                "  K25: {recursions: 25}\n  yes: {recursions: 5}\n"))
+    assert "experiment name True is not allowed" in one_line_error(capsys, ["params", "--params", str(path)])
+
+
+def test_two_names_that_differ_in_case_alone_are_refused(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, lambda p: p["experiments"].update({"k25": {"recursions": 5}}))
+    assert "experiment names 'K25' and 'k25' differ in letter case alone" in one_line_error(
+        capsys, ["params", "--params", str(path)])
+
+
+def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, lambda p: p["experiments"].update({"K25-fast_2": {"recursions": 5}, "Nope": {}}))
+    assert main(["params", "--params", str(path)]) == 0
+    assert "train@K25-fast_2\n" in capsys.readouterr().out

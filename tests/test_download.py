@@ -125,14 +125,17 @@ def test_missing_mirror_file_named_and_mirror_taken_from_env(
 
 
 def test_corrupt_existing_file_is_refetched(
-    mirror: Path, set5: list[Entry], tmp_path: Path
+    mirror: Path, set5: list[Entry], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "data"
     download_all(out, ["Set5"], mirror=mirror)
     flip_byte(out / set5[1].relpath)
     (out / set5[3].relpath).write_bytes(b"")
+    capsys.readouterr()
     assert download_all(out, ["Set5"], mirror=mirror) == 2
     assert [sha256(out / e.relpath) for e in set5] == [e.sha256 for e in set5]
+    err = capsys.readouterr().err
+    assert all(f"{out / set5[i].relpath} is not the file the manifest pins: fetching it again" in err for i in (1, 3))
 
 
 def test_files_beside_the_downloads_are_kept(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def stages() -> list[tuple[str, dict]]:
 
 
 def rlcsc_command(stage: dict) -> list[str] | None:
-    words = stage["cmd"].split()
+    words = shlex.split(stage["cmd"])
     return words if words[0] == "rlcsc" else None
 
 
@@ -112,8 +113,7 @@ def test_every_stage_lists_the_params_it_reads_and_their_budget_layers(name: str
         if item in BUDGETED:
             expected |= {"budget"} | {f"budgets.{b}.{item}" for b in budgets}
     if words and words[1] == "train":
-        experiment = re.search(r"--experiment (\S+)", stage["cmd"]).group(1)
-        expected.add(f"experiments.{experiment}")
+        expected.add(f"experiments.{words[words.index('--experiment') + 1]}")
     assert set(stage.get("params", [])) == expected
 
 
@@ -130,3 +130,44 @@ def test_every_notebook_has_a_stage_and_a_page() -> None:
     toc = (REPO / "book" / "_toc.yml").read_text()
     assert names == stage_names
     assert all(f"generated/{n}" in toc for n in names)
+
+
+def test_every_stage_that_reads_params_yaml_runs_after_its_check() -> None:
+    """DVC removes a stage's outputs before its command runs: a bad value must stop `dvc repro` at
+    check_params, which reads the whole file, before any stage that reads it has lost anything."""
+    for name, stage in stages():
+        words = rlcsc_command(stage)
+        if words and "--params" in words and name != "check_params":
+            assert "data/params.checked" in stage["deps"], name
+    check = dict(stages())["check_params"]
+    assert "params.yaml" in check["deps"] and check["outs"] == ["data/params.checked"]
+
+
+def test_every_value_dvc_puts_into_a_command_is_quoted() -> None:
+    """An experiment's name (a key of params.yaml) reaches the shell only as one quoted word."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = [s["do"]["cmd"] for s in pipeline.values() if "foreach" in s]
+    assert commands and all(re.fullmatch(r"'[^' ]*\$\{[^' ]*'", w) for c in commands for w in c.split() if "${" in w)
+
+
+def test_no_experiment_may_take_the_folder_of_another_stage_s_output() -> None:
+    """`bicubic` and the released methods write results/<name> (and models/<name>), as an experiment would."""
+    from rlcsc.config import RESERVED
+
+    released = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["convert"]["foreach"]
+    weights = [line.split("\t")[0] for line in (PACKAGE / "weights.tsv").read_text().splitlines()[1:]]
+    assert {"bicubic", *released, *weights} <= {n for n in RESERVED} | {n.upper() for n in RESERVED}
+
+
+def test_every_stage_that_reads_the_test_images_depends_on_them() -> None:
+    """A test image replaced since makes DVC rerun `download` (which fetches it again) before these
+    stages, rather than call them up to date; the images' folder is `download`'s output."""
+    from rlcsc.manifest import TEST_SETS
+
+    readers = [(name, stage) for name, stage in stages() if "--raw" in (rlcsc_command(stage) or [])
+               and "rlcsc/evaluate.py" in stage["deps"]]
+    assert {n.split("@")[0] for n, _ in readers} >= {"evaluate_bicubic", "evaluate", "train", "notebook_table3"}
+    for name, stage in readers:
+        assert {f"data/raw/{d}" for d in TEST_SETS} <= set(stage["deps"]), name
+    download = dict(stages())["download"]
+    assert {"data/raw": {"cache": False, "persist": True}} in download["outs"]

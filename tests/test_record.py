@@ -14,13 +14,14 @@ import pytest
 import torch
 import yaml
 
+from rlcsc.checksums import seal
 from rlcsc.cli import main
 from rlcsc.provenance import source_hash
 from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
-         "evaluation.json", "environment.json"}
+         "evaluation.json", "environment.json", "SHA256SUMS"}
 
 
 def tables(outputs: list[dict]) -> str:
@@ -231,6 +232,7 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     runs = tmp_path / "runs"  # the training-time page draws and lists every variant
     (runs / "comparisons").mkdir(parents=True)
     out.rename(runs / "comparisons" / "ladder.json")
+    seal(runs / "comparisons")  # its checksum moves with it
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
     outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
@@ -289,6 +291,7 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     runs = tmp_path / "runs"  # the page names the variants the comparison did not reach
     (runs / "comparisons").mkdir(parents=True)
     out.rename(runs / "comparisons" / "cut.json")
+    seal(runs / "comparisons")
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
     text = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
     assert "Not measured (the comparison ended before them): fast, never." in text
@@ -303,6 +306,7 @@ def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, m
     train = json.loads((runs / "K15-quick" / "train.json").read_text())
     train["model"]["recursions"] = train["train"]["recursions"] = 15
     (runs / "K15-quick" / "train.json").write_text(json.dumps(train))
+    seal(runs / "K15-quick")  # a run recorded so, not one edited since
     for name in ("table1", "table3"):
         assert main(report_argv(name, runs, mirror, tmp_path)) == 0
         outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] for o in c.get("outputs", [])]

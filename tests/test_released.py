@@ -156,7 +156,7 @@ def recorded_vdsr(vdsr_model: Path, mirror: Path, tmp_path_factory: pytest.TempP
 
 def test_a_recorded_evaluation_holds_the_model_and_what_scored_it(recorded_vdsr: Path, vdsr_model: Path) -> None:
     assert {p.name for p in recorded_vdsr.iterdir()} == {"model.pt", "metrics.json", "per_image.csv",
-                                                         "evaluation.json", "environment.json"}
+                                                         "evaluation.json", "environment.json", "SHA256SUMS"}
     assert (recorded_vdsr / "model.pt").read_bytes() == vdsr_model.read_bytes()
     (call,) = json.loads((recorded_vdsr / "environment.json").read_text())["calls"]
     assert call["evaluated"] is True and call["params"]["budget"] == "quick"

@@ -30,7 +30,7 @@ from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import Picture, read_picture, write_picture
 from rlcsc.imresize import imresize
-from rlcsc.inference import apply, load_model, model_state
+from rlcsc.inference import apply, load_model, model_state, network_sha256
 from rlcsc.metrics import psnr
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.rounding import im2uint
@@ -394,10 +394,15 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "notes.txt").write_text("not a model\n")
     save_torch({"model": {}, "optimizer": {}, "epoch": 0}, tmp_path / "checkpoint.pt")
     state = torch.load(tiny, weights_only=True)
-    save_torch({**state, "model": {k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}},
-               tmp_path / "nan.pt")
-    save_torch({**state, "config": {**state["config"], "recursions": -3}}, tmp_path / "negative.pt")
-    save_torch({**state, "config": {**state["config"], "recursions": "25"}}, tmp_path / "text.pt")
+
+    def sealed(**changes) -> dict:
+        """`state` changed and carrying the checksum of what it holds: made so, not damaged since."""
+        made = {**state, **changes}
+        return {**made, "network_sha256": network_sha256(made["arch"], made["config"], made["model"])}
+
+    save_torch(sealed(model={k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}), tmp_path / "nan.pt")
+    save_torch(sealed(config={**state["config"], "recursions": -3}), tmp_path / "negative.pt")
+    save_torch(sealed(config={**state["config"], "recursions": "25"}), tmp_path / "text.pt")
     cases = [
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
         (["ok.png", "--scale", "3", "--model", "negative.pt"],

@@ -20,6 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
+from rlcsc.checksums import seal
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
@@ -283,6 +284,7 @@ def test_ddp_processes_agree_when_only_one_sees_a_non_finite_loss(patches: Path,
     first_batch = epoch_order(TINY.seed, 0, len(rows))[: TINY.batch]
     inputs[rows[first_batch[1]]] = np.nan  # position 1 of the batch goes to process 1 (rank::world)
     inputs.flush()
+    seal(poisoned)  # a patch set made so, not one damaged since
     p = replace(TINY, log_every=1, on_divergence="record")
     proc = torchrun(tmp_path, p, poisoned, mirror, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,8 +5,9 @@ of operations: flip, rotate (counter-clockwise, as MATLAB's `imrotate`), `imresi
 image by the factor, convert to YCbCr and keep Y (uint8). A grey image is its own Y.
 
 The result is one flat uint8 file of all Y images (`images.u8`), an index (`index.csv`) with each
-image's source, variant, shape and byte offset, so the patch stage can memory-map it, and the
-resolved params (`params.json`).
+image's source, variant, shape and byte offset, so the patch stage can memory-map it, the
+resolved params (`params.json`), and the SHA-256 of each (`SHA256SUMS`), which the patch stage
+verifies before it reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from pandas.api.types import is_integer_dtype
 
 from rlcsc.atomic import folder_atomically, write_json
+from rlcsc.checksums import SUMS, seal, verify
 from rlcsc.color import rgb2y
 from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
@@ -29,7 +31,7 @@ from rlcsc.manifest import paths
 from rlcsc.parallel import pmap
 
 FLIPS = ("updown", "leftright", "none")
-OUTPUTS = ("images.u8", "index.csv", "params.json")
+OUTPUTS = ("images.u8", "index.csv", "params.json", SUMS)
 COLUMNS = ["dataset", "file", "flip", "rotation", "factor", "height", "width", "offset"]
 REDO = "rerun `rlcsc augment` (or `dvc repro augment`)"
 
@@ -125,11 +127,13 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
         index = pd.DataFrame(rows, columns=COLUMNS)
         index.to_csv(tmp / "index.csv", index=False)
         write_json(asdict(params), tmp / "params.json")
+        seal(tmp)
     return index
 
 
 def load_augmented(folder: Path) -> pd.DataFrame:
-    """The augment stage's index, checked against itself and against the size of `images.u8`."""
+    """The augment stage's index, checked against itself and against the size of `images.u8`, and every
+    file against its SHA-256."""
     index_path, blob = folder / "index.csv", folder / "images.u8"
     if not index_path.is_file() or not blob.is_file():
         raise RlcscError(f"no augmented images in {folder}: run `rlcsc augment` first")
@@ -145,4 +149,5 @@ def load_augmented(folder: Path) -> pd.DataFrame:
         raise RlcscError(f"corrupt {index_path}: image shapes and byte offsets disagree; {REDO}")
     if sizes.sum() != blob.stat().st_size:
         raise RlcscError(f"corrupt {blob}: it holds {blob.stat().st_size} bytes, {index_path.name} describes {sizes.sum()}; {REDO}")
+    verify(folder, REDO)
     return index

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -90,9 +91,11 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
     """Bring one file into place, renamed there only once verified; False when a verified copy was
     already there."""
     dest = out / entry.relpath
-    if dest.is_file() and dest.stat().st_size == entry.bytes and file_sha256(dest) == entry.sha256:
-        bar.update(entry.bytes)
-        return False
+    if dest.is_file():
+        if dest.stat().st_size == entry.bytes and file_sha256(dest) == entry.sha256:
+            bar.update(entry.bytes)
+            return False
+        bar.write(f"{dest} is not the file the manifest pins: fetching it again", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def fetch_verified(part: Path) -> None:

@@ -11,7 +11,8 @@ Files in the output folder (numpy `.npy`, `np.load(..., mmap_mode="r")`):
 - `inputs.npy`  (N, size, size) float16 (or float32): the interpolated inputs;
 - `origin.npy`  (N,) records: augmented image, scale, row, col of each pair;
 - `keep.npy`    (M,) int64: the shuffled, truncated indices that form the training set;
-- `summary.json`: counts per scale and per downsizing factor, shapes, dtypes, seed, bytes.
+- `summary.json`: counts per scale and per downsizing factor, shapes, dtypes, seed, bytes;
+- `SHA256SUMS`: the SHA-256 of each, which training verifies once, before its first batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from numpy.lib.format import open_memmap
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rlcsc.atomic import folder_atomically, write_json
+from rlcsc.checksums import SUMS, seal, verify
 from rlcsc.config import Checked, at_least, one_of, param, within
 from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, check_out, load_augmented, variant_shape, variants
@@ -36,7 +38,7 @@ from rlcsc.imresize import imresize
 from rlcsc.parallel import pmap
 
 ORIGIN = np.dtype([("image", "<i4"), ("scale", "u1"), ("row", "<u2"), ("col", "<u2")])
-OUTPUTS = ("labels.npy", "inputs.npy", "origin.npy", "keep.npy", "summary.json")
+OUTPUTS = ("labels.npy", "inputs.npy", "origin.npy", "keep.npy", "summary.json", SUMS)
 REDO = "rerun `rlcsc patch` (or `dvc repro patch`)"
 
 
@@ -152,6 +154,7 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         np.save(tmp / "keep.npy", keep)
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
         write_json(summary, tmp / "summary.json")
+        seal(tmp)
     return summary
 
 
@@ -206,7 +209,8 @@ class PatchSet:
 
     @classmethod
     def open(cls, folder: Path) -> PatchSet:
-        """Memory-map the patch set in `folder`, checking that its files are whole and agree."""
+        """Memory-map the patch set in `folder`, checking that its files are whole and agree, and that each
+        has the SHA-256 the patch stage recorded (read once, here)."""
         arrays = []
         for path in (folder / f"{n}.npy" for n in ("labels", "inputs", "keep")):
             try:
@@ -220,6 +224,7 @@ class PatchSet:
                 and inputs.dtype in (np.float16, np.float32) and keep.ndim == 1 and keep.dtype.kind in "iu"
                 and len(keep) and 0 <= keep.min() and keep.max() < len(labels)):
             raise RlcscError(f"corrupt patch set in {folder}: labels.npy, inputs.npy and keep.npy disagree; {REDO}")
+        verify(folder, REDO)
         return cls(labels, inputs, keep)
 
     def __len__(self) -> int:

@@ -1,0 +1,73 @@
+"""Checksum files: `SHA256SUMS` beside the files a command wrote, in the format of `sha256sum` (so
+`sha256sum -c SHA256SUMS` checks a folder by hand too).
+
+The augment and patch stages seal their output folders, and the stages that read them verify every
+file once before using it; a recorded run (`runs/<name>/`) is sealed by `rlcsc record` and `rlcsc
+compare` (or `rlcsc checksums` for a folder written before) and verified before the report reads it.
+A file changed since, added or missing is named in one line, never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from rlcsc.atomic import write_text
+from rlcsc.errors import RlcscError
+from rlcsc.manifest import file_sha256
+
+SUMS = "SHA256SUMS"
+
+
+def files(folder: Path) -> list[str]:
+    """The names of the files a folder's checksums cover: its regular files but hidden ones (temporary
+    names) and the checksum file itself, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != SUMS)
+
+
+def read_sums(folder: Path) -> dict[str, str]:
+    """{name: sha256} of `folder/SHA256SUMS`; empty when there is none."""
+    path = folder / SUMS
+    if not path.is_file():
+        return {}
+    sums = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    return sums
+
+
+def seal(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Write `folder/SHA256SUMS` with the SHA-256 of the files `names` as they are now (default: all of
+    `files`, and no other line); the lines of other files are kept."""
+    sums = read_sums(folder) if names is not None else {}
+    sums.update({name: file_sha256(folder / name) for name in (files(folder) if names is None else names)})
+    write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())), folder / SUMS)
+
+
+def verify(folder: Path, redo: str) -> None:
+    """Every file of `folder` is listed in its `SHA256SUMS` and matches it, and every file listed is
+    there; else one clear error naming the first that is not, and `redo` (what rebuilds it)."""
+    sums = read_sums(folder)
+    if not sums:
+        raise RlcscError(f"corrupt {folder}: no {SUMS} holds the checksums of its files (written before they had "
+                         f"them, or damaged); {redo}")
+    for name in files(folder):
+        if name not in sums:
+            raise RlcscError(f"corrupt {folder / name}: {folder / SUMS} does not list it; {redo}")
+    for name, digest in sums.items():
+        verify_file(folder / name, digest, redo)
+
+
+def verify_run(folder: Path) -> None:
+    """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged."""
+    verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is "
+                   "sealed by its next call)")
+
+
+def verify_file(path: Path, digest: str, redo: str) -> None:
+    """The file `path` exists and has SHA-256 `digest`; else one clear error naming it and `redo`."""
+    if not path.is_file():
+        raise RlcscError(f"corrupt {path.parent}: {path.name} is missing, which {path.parent / SUMS} lists; {redo}")
+    if file_sha256(path) != digest:
+        raise RlcscError(f"corrupt {path}: its bytes differ from the SHA-256 that {path.parent / SUMS} holds; {redo}")

@@ -1,0 +1,182 @@
+"""Damaged inputs are named, never used: a model file carries the SHA-256 of its network, the
+augmented images and the patch set a SHA256SUMS that their readers verify, the test images the
+SHA-256 of the manifest, and a recorded run's folder a SHA256SUMS that the report verifies. Each
+refusal is one line naming the file and what writes it again."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlcsc.atomic import save_torch
+from rlcsc.checksums import SUMS, seal, verify, verify_run
+from rlcsc.cli import main
+from rlcsc.data.augment import AugmentParams, augment
+from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.errors import RlcscError
+from rlcsc.inference import build, load_model, model_state
+from rlcsc.train import Monitor, TrainParams, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = TrainParams(recursions=1, features=2, codes=4, pairs=8, batch=4, epochs=1, compile=False, device="cpu")
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def flip_exponent(path: Path, weight: torch.Tensor) -> None:
+    """Flip the high bit of the exponent of `weight`'s first value where the file stores it."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weight.flatten()[:4].numpy().tobytes())
+    assert at > 0
+    data[at + 3] ^= 0x40  # little-endian float32: byte 3 holds the sign and the exponent's high bits
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Augmented images and a patch set cut from two small synthetic images."""
+    root = tmp_path_factory.mktemp("sums")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(root / f"{i}.png")
+    augment([root / "0.png", root / "1.png"], root / "augmented", AugmentParams(flips=("none",), factors=(1.0,)), jobs=1)
+    make_patches(root / "augmented", root / "patches", PatchParams(chunk=1), jobs=1)
+    return root
+
+
+def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
+    save_torch({**model_state(model), "experiment": "K25"}, tmp_path / "model.pt")
+    load_model(tmp_path / "model.pt")
+    flip_exponent(tmp_path / "model.pt", model.state_dict()["f0.weight"])
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
+    argv = ["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "model.pt"), "-o", str(tmp_path / "o.png")]
+    assert one_line_error(capsys, argv).endswith(f"corrupt {tmp_path / 'model.pt'}: its network differs from the "
+                                                 "SHA-256 it carries; train it again (`dvc repro train@K25`)")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_model_file_from_before_checksums_loads_as_its_run_sealed_it(tmp_path: Path) -> None:
+    model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    state = model_state(model)
+    del state["network_sha256"]
+    save_torch(state, run / "model.pt")
+    with pytest.raises(RlcscError, match="model.pt carries no SHA-256 of its network .* and no SHA256SUMS beside it"):
+        load_model(run / "model.pt")
+    seal(run)
+    load_model(run / "model.pt")
+    flip_exponent(run / "model.pt", model.state_dict()["f0.weight"])
+    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(run / 'model.pt'))}: its bytes differ from the "
+                       r"SHA-256 that .*SHA256SUMS holds; restore it from the commit that recorded it"):
+        load_model(run / "model.pt")
+
+
+def test_the_recorded_runs_are_sealed_and_their_models_load() -> None:
+    """The committed runs/ folders were sealed by `rlcsc checksums`; their model files, written before
+    model files carried a checksum, load by it."""
+    runs = sorted(p for p in (REPO / "runs").iterdir() if p.is_dir())
+    for folder in runs:
+        verify_run(folder)
+    assert [load_model(p) for p in (REPO / "runs").glob("*/model.pt")]
+
+
+@pytest.mark.parametrize("name,damage", [
+    ("keep.npy", lambda a: a.__setitem__(slice(0, 2), a[1::-1].copy())),  # two pairs swapped: still valid indices
+    ("inputs.npy", lambda a: a.__setitem__((0, 0, 0), np.nan)),  # a NaN, blamed on training before
+    ("labels.npy", lambda a: a.__setitem__((0, 0, 0), a[0, 0, 0] ^ 1)),
+])
+def test_a_changed_value_in_the_patch_set_is_named_before_training(folders: Path, tmp_path: Path, name: str,
+                                                                   damage) -> None:
+    patches = tmp_path / "patches"
+    shutil.copytree(folders / "patches", patches)
+    array = np.load(patches / name, mmap_mode="r+")
+    damage(array)
+    array.flush()
+    del array
+    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(patches / name))}: its bytes differ from the "
+                       r"SHA-256 that .*SHA256SUMS holds; rerun `rlcsc patch`") as err:
+        train(TINY, patches, tmp_path / "raw", tmp_path / "run")
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+def test_a_changed_byte_in_the_augmented_images_is_named_before_patching(folders: Path, tmp_path: Path) -> None:
+    augmented = tmp_path / "augmented"
+    shutil.copytree(folders / "augmented", augmented)
+    blob = bytearray((augmented / "images.u8").read_bytes())
+    blob[100] ^= 1
+    (augmented / "images.u8").write_bytes(bytes(blob))
+    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(augmented / 'images.u8'))}: .*rerun `rlcsc augment`"):
+        make_patches(augmented, tmp_path / "patches", PatchParams(chunk=1), jobs=1)
+    assert not (tmp_path / "patches").exists()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: (f / SUMS).unlink(), r"^corrupt {f}: no SHA256SUMS holds the checksums of its files"),
+    (lambda f: (f / "notes.txt").write_text("x"), r"^corrupt {f}/notes.txt: {f}/SHA256SUMS does not list it"),
+    (lambda f: (f / "summary.json").unlink(), r"^corrupt {f}: summary.json is missing, which {f}/SHA256SUMS lists"),
+])
+def test_a_folder_whose_files_and_checksums_disagree_is_named(folders: Path, tmp_path: Path, damage, message) -> None:
+    patches = tmp_path / "patches"
+    shutil.copytree(folders / "patches", patches)
+    verify(patches, "redo")
+    damage(patches)
+    with pytest.raises(RlcscError, match=message.format(f=re.escape(str(patches)))):
+        verify(patches, "redo")
+
+
+def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(mirror / "Set5", raw / "Set5")
+    shutil.copy(raw / "Set5" / "img_002_SRF_2_HR.png", raw / "Set5" / "img_001_SRF_2_HR.png")
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(raw), "--datasets", "Set5", "--scales", "3", "--no-ifc",
+            "--out", str(tmp_path / "o")]
+    expected = (f"corrupt {raw / 'Set5' / 'img_001_SRF_2_HR.png'}: not the file manifest.tsv pins (its SHA-256 "
+                f"differs); fetch it again with `rlcsc download --out {raw}`")
+    assert one_line_error(capsys, argv).endswith(expected)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+    with pytest.raises(RlcscError, match=re.escape(expected)):
+        Monitor(raw, "Set5", 3, "fp32")  # training's Set5 x3 scores
+
+
+def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A changed digit of runs/K25-paper/metrics.json would go straight into Table 1."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "runs" / "K25-paper", runs / "K25-paper")
+    metrics = runs / "K25-paper" / "metrics.json"
+    text = metrics.read_text()
+    metrics.write_text(text.replace("33.", "81.", 1))
+    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out", str(tmp_path / "book")]
+    expected = (f"corrupt {metrics}: its bytes differ from the SHA-256 that {runs / 'K25-paper' / SUMS} holds; restore "
+                f"it with `git checkout -- {runs / 'K25-paper'}` (a run whose `rlcsc record` was cut short is sealed "
+                "by its next call)")
+    assert one_line_error(capsys, argv).endswith(expected)
+    assert not (tmp_path / "book").exists()
+    assert one_line_error(capsys, ["checksums", "--check", str(runs / "K25-paper")]).endswith(expected)
+    metrics.write_text(text)
+    assert main(["checksums", "--check", str(runs / "K25-paper")]) == 0
+
+
+def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}\n")
+    with pytest.raises(RlcscError, match="no SHA256SUMS"):
+        verify_run(run)
+    assert main(["checksums", str(run)]) == 0
+    verify_run(run)
+    assert (run / SUMS).read_text() == "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356  metrics.json\n"
