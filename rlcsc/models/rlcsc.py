@@ -69,19 +69,23 @@ class RLCSC(nn.Module):
             nn.init.zeros_(t)
 
     def sparse_codes(self, x: torch.Tensor, keep_all: bool = False) -> list[torch.Tensor]:
-        """z_K (eq. 9), or all of z_0 .. z_K when `keep_all` (to inspect their sparsity)."""
-        y = F.relu(self.f1(F.relu(self.f0(x))))  # eq. 8
+        """z_K (eq. 9), or all of z_0 .. z_K when `keep_all` (to inspect their sparsity).
+
+        Sums and ReLUs work in place on each convolution's fresh output: the same numbers as
+        `F.relu(wy + self.s(z))`, one new tensor per recursion instead of three.
+        """
+        y = self.f1(self.f0(x).relu_()).relu_()  # eq. 8
         wy = self.w1(y)  # W1 * y is computed once and reused by every recursion
         z = F.relu(wy)
         codes = [z]
         for _ in range(self.cfg.recursions):
-            z = F.relu(wy + self.s(z))
+            z = self.s(z).add_(wy).relu_()  # eqs. 9-10
             codes = codes + [z] if keep_all else [z]
         return codes
 
     def residual_image(self, x: torch.Tensor) -> torch.Tensor:
         """R of eq. 11: the output before the identity branch is added."""
-        return self.h(F.relu(self.w2(self.sparse_codes(x)[-1])))
+        return self.h(self.w2(self.sparse_codes(x)[-1]).relu_())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.residual_image(x)

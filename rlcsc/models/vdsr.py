@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rlcsc.errors import RlcscError
 from rlcsc.models.rlcsc import conv3x3
@@ -59,7 +58,7 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv in self.convs[:-1]:
-            h = F.relu(conv(h))
+            h = conv(h).relu_()  # in place on the convolution's fresh output: the same numbers, one tensor fewer
         return x + self.convs[-1](h)
 
 
