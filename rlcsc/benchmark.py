@@ -165,13 +165,14 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
         if model is None:
             model = Path(tmp) / "untrained.pt"
             torch.save(model_state(build(p.arch, p.model_config())), model)
+        network = Network(model, device, e.precision)
         start = time.perf_counter()
-        scores = evaluate(Network(model, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+        scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)
         seconds = time.perf_counter() - start
         result = {"what": "evaluation", "device": device_name(device),
                   "model": label,
                   "datasets": list(e.datasets), "scales": list(e.scales), "ifc": e.ifc,
-                  "precision": effective(device, e.precision), "images": len(scores),
+                  "precision": network.precision, "images": len(scores),
                   "seconds": seconds, "images_per_s": len(scores) / seconds}
         small = [d for d in ("Set5", "Set14") if d in e.datasets]
         if device == "cuda" and e.precision == "tf32" and small:

@@ -116,7 +116,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
-              "budget": budget, "model": model, **({} if model else {"method": "bicubic"})}
+              "budget": budget, "model": model,
+              **({"computed_in": upscale.precision} if model else {"method": "bicubic"})}
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
 
@@ -128,9 +129,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _sr(args: argparse.Namespace) -> None:
-    from rlcsc.sr import super_resolve_file
+    from rlcsc.sr import PRECISION, super_resolve_file
 
-    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite), file=sys.stderr)
+    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite,
+                             args.precision or PRECISION), file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -298,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the pipeline's) or vdsr (the VDSR authors' weights, converted)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
+    p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
+                   "write the image in bfloat16, where the CPU or GPU computes it natively, else fp32) or fp32 "
+                   "(exact)")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")

@@ -71,7 +71,7 @@ def test_the_in_place_forward_is_the_out_of_place_one_bit_for_bit() -> None:
     x = torch.rand(2, 1, 23, 19)
     for model in (RLCSC(RLCSCConfig(recursions=3, features=8, codes=16)), VDSR(VDSRConfig(layers=5, features=8))):
         grads = []
-        for forward in (model, lambda x: out_of_place(model, x)):
+        for forward in (model, lambda x, model=model: out_of_place(model, x)):
             model.zero_grad()
             forward(x).square().sum().backward()
             grads.append([p.grad.clone() for p in model.parameters()])

@@ -63,6 +63,11 @@ class RLCSC(nn.Module):
         """Number of convolution layers on the longest path: K + 5 (eq. 13)."""
         return self.cfg.recursions + 5
 
+    def inner_layers(self) -> tuple[nn.Module, ...]:
+        """The convolutional LISTA (W1, S, W2 of eqs. 9-11), between the layers that read and write the
+        image (F0, F1 of eq. 8, H of eq. 11): what bf16 inference rounds (`rlcsc.device.bf16_inside`)."""
+        return self.w1, self.s, self.w2
+
     def zero_last_layer(self) -> None:
         """Set H to zero: the network then starts as the identity (residual) or zero map."""
         for t in self.h.parameters():

@@ -50,6 +50,11 @@ class VDSR(nn.Module):
         """Convolution layers on the longest path: D."""
         return self.cfg.layers
 
+    def inner_layers(self) -> tuple[nn.Module, ...]:
+        """Every convolution but the first and the last, which read and write the image: what bf16
+        inference rounds (`rlcsc.device.bf16_inside`)."""
+        return tuple(self.convs[1:-1])
+
     def zero_last_layer(self) -> None:
         """Set the last convolution to zero: the network then starts as the identity."""
         for t in self.convs[-1].parameters():
