@@ -201,7 +201,7 @@ def _compare(args: argparse.Namespace) -> None:
               f"Set5 x3 {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
 
 
-BENCHMARK_STEPS = {"train": 100, "read": 500}
+BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5}
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -220,7 +220,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         if args.what == "train":
             result = benchmark.train_step(p, steps, args.warmup)
         elif args.what == "inference":
-            result = benchmark.inference(p)
+            result = benchmark.inference(p, args.raw, args.model, steps)
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
-                   "peak memory of --experiment under the current budget; inference: ms for a 288x288 image; "
+                   "peak memory of --experiment under the current budget; inference: each precision the device runs "
+                   "natively, alternated: ms per 288x288 tile, GFLOP/s, speed and Set5 x3 PSNR against fp32, of "
+                   "--model (default: an untrained --experiment network); "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
     p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
-    p.add_argument("--steps", type=positive(int), help=f"steps (default: {BENCHMARK_STEPS})")
+    p.add_argument("--steps", type=positive(int), help=f"steps, or inference's rounds (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)

@@ -142,3 +142,27 @@ def test_the_training_monitor_scores_in_bf16_on_a_copy(tiny: Path, mirror: Path,
     assert exact["psnr"] != fast["psnr"] and abs(exact["psnr"] - fast["psnr"]) < 0.01
     assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in model.state_dict().items())
     assert Network(tiny, "cpu", "bf16").precision == "bf16"
+
+
+def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path: Path, mirror: Path,
+                                                            native) -> None:
+    native(True)
+    out = tmp_path / "inference.json"
+    argv = ["benchmark", "inference", "--raw", str(mirror), "--steps", "1", "--out", str(out)]
+    assert main(argv + ["--model", str(tiny)]) == 0
+    result = json.loads(out.read_text())
+    fp32, bf16 = result["variants"]["fp32"], result["variants"]["bf16"]
+    assert set(result["variants"]) == {"fp32", "bf16"} and result["not_native"] == {"tf32": "runs as fp32 on this cpu"}
+    # 9 (1*4 + 4*4 + 4*8 + 1*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, on a 288x288 tile
+    assert result["gflop_per_tile"] == pytest.approx(2 * 9 * 152 * 288 * 288 / 1e9)
+    assert fp32["speed_vs_fp32"] == 1 and fp32["psnr_change_db"] == 0 and fp32["max_grey_difference"] == 0
+    assert bf16["gflops"] == pytest.approx(result["gflop_per_tile"] / bf16["ms_per_tile"] * 1000)
+    assert bf16["speed_vs_fp32"] == pytest.approx(fp32["ms_per_tile"] / bf16["ms_per_tile"])
+    assert 0 < abs(bf16["psnr_change_db"]) < 0.01 and 1 <= bf16["max_grey_difference"] <= 2
+    native(False)  # and an untrained network of --experiment
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {recursions: 2, features: 4, codes: 8, device: cpu}\nexperiments: {tiny: {}}\n")
+    assert main(argv + ["--params", str(params), "--experiment", "tiny"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"fp32"} and result["not_native"]["bf16"] == "runs as fp32 on this cpu"
+    assert result["model"].startswith("untrained") and np.isfinite(result["variants"]["fp32"]["psnr"])
