@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import resource
 import statistics
 import tempfile
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import autocast, device_name, effective, pick_device, using_precision
+from rlcsc.device import device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, score, summarize
-from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
+from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, quantize, score, summarize
+from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
 from rlcsc.manifest import paths
 from rlcsc.train import TrainParams, prepare
 
@@ -62,15 +64,22 @@ def input_precision(model_path: Path, raw: Path, dataset: str = "Set5", scale: i
 
 
 def forward_flops_per_pixel(p: TrainParams) -> float:
+    """Floating-point operations (2 per multiply-add) of one forward pass of the network `p` trains, per
+    output pixel (`network_flops_per_pixel`)."""
+    return network_flops_per_pixel(p.arch, p.model_config())
+
+
+def network_flops_per_pixel(arch: str, cfg: dict) -> float:
     """Floating-point operations (2 per multiply-add) of one forward pass, per output pixel.
 
     RL-CSC: 9 (c n + n n + n m + K m m + m n + n c) multiply-adds (W1 * y computed once);
-    DRRN: 9 (c n + 2 U n n + n c).
+    DRRN: 9 (c n + 2 U n n + n c); VDSR: 9 (c n + (D - 2) n n + n c).
     """
-    cfg, c = p.model_config(), 1
-    n = cfg["features"]
-    if p.arch == "drrn":
+    c, n = cfg.get("channels", 1), cfg["features"]
+    if arch == "drrn":
         macs = 9 * (c * n + 2 * cfg["units"] * n * n + n * c)
+    elif arch == "vdsr":
+        macs = 9 * (c * n + (cfg["layers"] - 2) * n * n + n * c)
     else:
         m, k = cfg["codes"], cfg["recursions"]
         macs = 9 * (c * n + n * n + n * m + k * m * m + m * n + n * c)
@@ -130,24 +139,60 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 
 
 @torch.no_grad()
-def inference(p: TrainParams, size: int = 288, repeats: int = 10) -> dict:
-    """Median time to super-resolve one `size` x `size` image (the paper: 0.15 s for 288 x 288), in
-    fp32 and on a GPU also with TF32 convolutions and under bf16 autocast."""
+@torch.no_grad()
+def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int = 5, size: int = 288,
+              dataset: str = "Set5", scale: int = 3) -> dict:
+    """Every inference precision the device runs natively (fp32; on a GPU tf32; bf16 where native:
+    `rlcsc.device.inference_precision`) on the model file `model` or, without one, an untrained network of
+    `p`: the median ms of a forward pass over a `size` x `size` tile (the paper: 0.15 s for 288 x 288),
+    the variants alternated in each of `repeats` rounds so that a load on the machine falls on all of them
+    alike; GFLOP/s, speed against fp32; and the `dataset` x`scale` PSNR by the evaluation protocol, its
+    change against fp32 and the largest difference of an output pixel from fp32's in grey levels."""
     device = pick_device(p.device)
-    cuda = device.type == "cuda"
-    model = for_inference(build(p.arch, p.model_config()), device)
+    pairs = _test_pairs(raw, dataset, scale)
+    if model is not None:
+        about = describe_model(model)
+        base, label, arch, config = load_model(model, device), str(model), about["arch"], about["config"]
+    else:
+        arch, config = p.arch, p.model_config()
+        base, label = for_inference(build(arch, config), device), f"untrained {config}"
+    modes = [m for m in ("fp32", "tf32", "bf16") if inference_precision(device, m) == m]
+    missing = {m: f"runs as {inference_precision(device, m)} on this {device.type}"
+               for m in ("tf32", "bf16") if m not in modes}
+    nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
-    timer = _timer(device)
-    result = {"what": "inference", "device": device_name(device),
-              "model": p.model_config(), "size": size}
-    for mode in (("fp32", "tf32", "bf16") if cuda else ("fp32",)):
-        def step(mode: str = mode) -> None:
-            with using_precision(device, mode), autocast(device, mode):
-                model(x)
-        for _ in range(3):
-            timer(step)
-        result[f"ms_{mode}"] = statistics.median(timer(step) for _ in range(repeats))
-    return result
+    timer, times = _timer(device), {m: [] for m in modes}
+    for i in tqdm(range(repeats + 1), desc="timing", unit="round"):  # round 0 untimed
+        for m in modes:
+            with using_precision(device, m):
+                ms = timer(lambda m=m: nets[m](x))
+            if i:
+                times[m].append(ms)
+    outs = {}
+    for m in modes:
+        with using_precision(device, m):
+            outs[m] = [apply(nets[m], ilr) for _, ilr in tqdm(pairs, desc=f"{dataset} x{scale} {m}", unit="img")]
+    gflop = network_flops_per_pixel(arch, config) * size * size / 1e9
+    psnr = {m: float(np.mean([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, outs[m])]))
+            for m in modes}
+    ms = {m: statistics.median(times[m]) for m in modes}
+    variants = {m: {"ms_per_tile": ms[m], "gflops": gflop / (ms[m] / 1000), "speed_vs_fp32": ms["fp32"] / ms[m],
+                    "psnr": psnr[m], "psnr_change_db": psnr[m] - psnr["fp32"],
+                    "max_grey_difference": max(int(np.abs(quantize(a, scale).astype(int) - quantize(b, scale)).max())
+                                               for a, b in zip(outs[m], outs["fp32"]))}
+                for m in modes}
+    return {"what": "inference", "device": device_name(device), "model": label, "arch": arch, "config": config,
+            "tile": size, "gflop_per_tile": gflop, "rounds": repeats, "psnr_on": f"{dataset} x{scale}",
+            "variants": variants, "not_native": missing}
+
+
+def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR Y, ILR Y) of every image of `dataset` (steps 1-2 of the evaluation protocol)."""
+    files = paths(raw, [dataset])
+    absent = [f for f in files if not f.is_file()]
+    if absent:
+        raise RlcscError(f"missing test image {absent[0]}: run `rlcsc download` first, or pass --raw")
+    return [ilr_pair(f, scale) for f in files]
 
 
 def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None, jobs: int | None = None) -> dict:
@@ -165,13 +210,14 @@ def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None 
         if model is None:
             model = Path(tmp) / "untrained.pt"
             torch.save(model_state(build(p.arch, p.model_config())), model)
+        network = Network(model, device, e.precision)
         start = time.perf_counter()
-        scores = evaluate(Network(model, device, e.precision), raw, e.datasets, e.scales, e.ifc, jobs)
+        scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)
         seconds = time.perf_counter() - start
         result = {"what": "evaluation", "device": device_name(device),
                   "model": label,
                   "datasets": list(e.datasets), "scales": list(e.scales), "ifc": e.ifc,
-                  "precision": effective(device, e.precision), "images": len(scores),
+                  "precision": network.precision, "images": len(scores),
                   "seconds": seconds, "images_per_s": len(scores) / seconds}
         small = [d for d in ("Set5", "Set14") if d in e.datasets]
         if device == "cuda" and e.precision == "tf32" and small:

@@ -123,7 +123,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
-              "budget": budget, "model": model, **({} if model else {"method": "bicubic"})}
+              "budget": budget, "model": model,
+              **({"computed_in": upscale.precision} if model else {"method": "bicubic"})}
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
 
@@ -135,10 +136,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _sr(args: argparse.Namespace) -> None:
-    from rlcsc.sr import super_resolve_file
+    from rlcsc.sr import PRECISION, super_resolve_file
 
-    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite, args.max_memory),
-          file=sys.stderr)
+    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite, args.max_memory,
+                             args.precision or PRECISION), file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -234,7 +235,7 @@ def _compare(args: argparse.Namespace) -> None:
               f"Set5 x3 {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
 
 
-BENCHMARK_STEPS = {"train": 100, "read": 500}
+BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5}
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -259,7 +260,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         if args.what == "train":
             result = benchmark.train_step(p, steps, args.warmup)
         elif args.what == "inference":
-            result = benchmark.inference(p)
+            result = benchmark.inference(p, args.raw, args.model, steps)
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
     p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
+    p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
+                   "write the image in bfloat16, where the CPU or GPU computes it natively, else fp32) or fp32 "
+                   "(exact)")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
@@ -410,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
-                   "peak memory of --experiment under the current budget; inference: ms for a 288x288 image; "
+                   "peak memory of --experiment under the current budget; inference: each precision the device runs "
+                   "natively, alternated: ms per 288x288 tile, GFLOP/s, speed and Set5 x3 PSNR against fp32, of "
+                   "--model (default: an untrained --experiment network); "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
@@ -423,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
     p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
-    p.add_argument("--steps", type=positive(int), help=f"steps (default: {BENCHMARK_STEPS})")
+    p.add_argument("--steps", type=positive(int), help=f"steps, or inference's rounds (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
     p.add_argument("--datasets", nargs="+", help="test sets of `output-route`")
     p.add_argument("--scales", nargs="+", type=int, choices=(2, 3, 4), help="scales of `output-route`")

@@ -1,17 +1,28 @@
 """Where the arithmetic runs and in which precision: the one policy for training, evaluation and benchmarks.
 
-Precisions: `fp32` (plain float32), `tf32` (float32 tensors, TF32 matrix units in convolutions
-and matrix products) and `bf16` (autocast to bfloat16 in the forward pass, on top of TF32). They
-apply on CUDA only; the CPU always computes in fp32. `using_precision` sets the TF32 switches for the
-code inside it and restores them on leaving, so no setting outlives the code that asked for it.
+Training (`train.precision`, CUDA only; the CPU trains in fp32): `fp32` (plain float32), `tf32`
+(float32 tensors, TF32 matrix units in convolutions and matrix products) and `bf16` (autocast to
+bfloat16 in the forward pass, on top of TF32). `using_precision` sets the TF32 switches for the code
+inside it and restores them on leaving, so no setting outlives the code that asked for it.
+
+Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; fp32 on the CPU) and
+`bf16`: the convolutions between the image and the image in bfloat16 (for RL-CSC W1, the K
+applications of S and W2, 95% of its arithmetic), those that read or write the image (F0, F1 and H)
+and the residual sum in fp32 (`bf16_inside`; rounding the image itself to bf16 costs tenths of a grey
+level). `inference_precision` says what really runs: bf16 needs a device that computes it natively
+(a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than fp32), and
+falls back to fp32 where there is none, saying so once.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+from torch import nn
 
 from rlcsc.errors import RlcscError
 
@@ -32,8 +43,52 @@ def device_name(device: torch.device | str) -> str:
 
 
 def effective(device: torch.device | str, mode: str) -> str:
-    """The precision that really applies on `device`: `mode` on CUDA, fp32 elsewhere."""
+    """The training precision that really applies on `device`: `mode` on CUDA, fp32 elsewhere."""
     return mode if torch.device(device).type == "cuda" else "fp32"
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU with bf16 units, or a CPU with AVX-512 BF16
+    or AMX."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def inference_precision(device: torch.device | str, mode: str) -> str:
+    """The precision a network runs in on `device` when `mode` is asked for: `mode` on CUDA, fp32 for
+    tf32 on the CPU, and fp32 for bf16 where the device lacks native bf16 (said once on stderr)."""
+    if mode not in PRECISIONS:
+        raise RlcscError(f"precision must be one of {', '.join(PRECISIONS)}, got {mode!r}")
+    cuda = torch.device(device).type == "cuda"
+    if mode == "bf16" and not native_bf16(device):
+        what = "this GPU has no bf16 units" if cuda else "this CPU has no AVX-512 BF16 or AMX"
+        _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in fp32")
+        return "fp32"
+    return mode if cuda or mode == "bf16" else "fp32"
+
+
+def _input_as_weights(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A convolution's input in its weights' dtype (a forward pre-hook)."""
+    return (args[0].to(conv.weight.dtype), *args[1:])
+
+
+def bf16_inside(model: nn.Module) -> nn.Module:
+    """`model` (in place) with the convolutions of its `inner_layers` in bfloat16 and the rest in fp32,
+    each convolution casting its input to its own weights' dtype: the image goes in and comes out in
+    fp32, and only what lies between its first and last layers is rounded to bf16."""
+    inner = set(model.inner_layers())
+    for conv in model.modules():
+        if isinstance(conv, nn.Conv2d):
+            if conv in inner:
+                conv.to(torch.bfloat16)
+            conv.register_forward_pre_hook(_input_as_weights)
+    return model
 
 
 @contextmanager
@@ -56,7 +111,7 @@ def using_precision(device: torch.device | str, mode: str) -> Iterator[None]:
 
 
 def autocast(device: torch.device | str, mode: str) -> AbstractContextManager:
-    """bf16 autocast for a forward pass on CUDA when `mode` is bf16; nothing otherwise."""
+    """bf16 autocast for a training forward pass on CUDA when `mode` is bf16; nothing otherwise."""
     if mode == "bf16" and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from rlcsc.checksums import SUMS, read_sums, verify_file
-from rlcsc.device import using_precision
+from rlcsc.device import bf16_inside, inference_precision, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
@@ -129,9 +129,9 @@ def _remedy(path: Path, state: dict) -> str:
     return "write it again (`rlcsc train` or `rlcsc convert`)"
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load a model file written by `rlcsc train` or `rlcsc convert`, ready for inference on `device`
-    (`for_inference`)."""
+def load_model(path: Path, device: torch.device | str = "cpu", precision: str = "fp32") -> torch.nn.Module:
+    """Load a model file written by `rlcsc train` or `rlcsc convert`, ready for inference on `device` in
+    `precision` (`for_inference`)."""
     state = _read_model_file(path)
     try:
         model = build(state["arch"], state["config"])
@@ -142,15 +142,17 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> torch.nn.Modul
         raise RlcscError(f"{path}: its weights do not fit its network config: {' '.join(str(err).split())[:300]}") from None
     if not all(torch.isfinite(w).all() for w in state["model"].values()):
         raise RlcscError(f"{path}: its weights are not all finite; expected a model.pt written by `rlcsc train`")
-    return for_inference(model, device)
+    return for_inference(model, device, precision)
 
 
-def for_inference(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """`model` in eval mode on `device`; on the CPU with its weights channels-last, a layout whose
-    convolutions oneDNN runs faster there (the same sums up to fp32 rounding; `rlcsc benchmark
-    evaluate` times a whole evaluation)."""
+def for_inference(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> torch.nn.Module:
+    """`model` in eval mode on `device`, its inner layers in bfloat16 when `precision` is bf16
+    (`rlcsc.device.bf16_inside`; which precision a device should run is `inference_precision`'s to say);
+    on the CPU with its weights channels-last, a layout whose convolutions oneDNN runs faster there (the
+    same sums up to fp32 rounding; `rlcsc benchmark evaluate` times a whole evaluation)."""
     cpu = torch.device(device).type == "cpu"
-    return model.to(device, memory_format=torch.channels_last if cpu else torch.preserve_format).eval()
+    model = model.to(device, memory_format=torch.channels_last if cpu else torch.preserve_format).eval()
+    return bf16_inside(model) if precision == "bf16" else model
 
 
 def describe_model(path: Path) -> dict:
@@ -198,15 +200,16 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
 
 
 class Network:
-    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use).
+    """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use) in the precision
+    that `precision` gives on `device` (`rlcsc.device.inference_precision`, resolved here, once): on the
+    CPU fp32 unless bf16 is asked for and native; on a GPU TF32 convolutions unless "fp32".
 
-    On the CPU it runs inside the evaluation's worker processes, in fp32; on a GPU (`in_process`)
-    the forward passes run in the calling process, with TF32 convolutions unless `precision` is
-    "fp32", and only the metrics are spread over processes.
+    On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the forward
+    passes run in the calling process, and only the metrics are spread over processes.
     """
 
     def __init__(self, path: Path, device: str = "cpu", precision: str = "tf32") -> None:
-        self.path, self.device, self.precision = Path(path), device, precision
+        self.path, self.device, self.precision = Path(path), device, inference_precision(device, precision)
         self._model: torch.nn.Module | None = None
 
     @property
@@ -218,7 +221,7 @@ class Network:
 
     def __call__(self, ilr: np.ndarray, scale: int) -> np.ndarray:
         if self._model is None:
-            self._model = load_model(self.path, self.device)
+            self._model = load_model(self.path, self.device, self.precision)
         with using_precision(self.device, self.precision):
             return apply(self._model, ilr)
 

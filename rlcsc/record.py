@@ -148,9 +148,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
             if summary["status"] == "interrupted":
                 raise KeyboardInterrupt
         if evaluate_after:
-            scores = evaluate(Network(out / "model.pt", pick_device(p.device).type, e.precision), raw, e.datasets,
-                              e.scales, e.ifc, jobs)
-            write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt")})
+            network = Network(out / "model.pt", pick_device(p.device).type, e.precision)
+            scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)
+            write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt"),
+                                        "computed_in": network.precision})
         done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
         write_json({"calls": calls + [{**call, **done}]}, env_path)
     finally:
@@ -179,7 +180,8 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
-        about = {"model": describe_model(kept)} if model else {"model": None, "method": "bicubic"}
+        about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
+                 else {"model": None, "method": "bicubic"})
         write_results(scores, out, {**asdict(e), "budget": budget, **about})
         write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
     finally:

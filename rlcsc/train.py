@@ -15,6 +15,7 @@ divergence and interruption, so all stop together.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
@@ -33,10 +34,10 @@ from rlcsc import recipe
 from rlcsc.atomic import save_torch, write_json
 from rlcsc.config import Checked, above, at_least, between, one_of, param, within
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import PRECISIONS, autocast, device_name, effective, pick_device, using_precision
+from rlcsc.device import PRECISIONS, autocast, device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import ilr_pair, score
-from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, load_torch, model_state
+from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
 from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
@@ -245,7 +246,8 @@ class Batches:
 
 
 class Monitor:
-    """One test set at one scale (Set5 x3) scored by the evaluation protocol in `precision`, with the
+    """One test set at one scale (Set5 x3) scored by the evaluation protocol in `precision` (as
+    `rlcsc.device.inference_precision` resolved it; bf16 on a copy of the model made for it), with the
     mean of the residual image R (eq. 11: the output minus the input, or the whole output without the
     identity branch), the fraction of output pixels that round to 0, and H's mean bias (None without
     biases)."""
@@ -259,8 +261,9 @@ class Monitor:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        net = for_inference(copy.deepcopy(model), device, "bf16") if self.precision == "bf16" else model
         with using_precision(device, self.precision):
-            outs = [apply(model, ilr) for _, ilr in self.pairs]
+            outs = [apply(net, ilr) for _, ilr in self.pairs]
         model.train(was_training)
         scores = np.array([score(hr, out, self.scale, with_ifc=False)[:2] for (hr, _), out in zip(self.pairs, outs)])
         residual = getattr(model.cfg, "residual", True)
@@ -283,6 +286,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     """
     started = time.time()
     device = pick_device(p.device)
+    eval_precision = inference_precision(device, eval_precision)
     dist = Distributed(device)
     if p.batch % dist.world:
         raise RlcscError(f"train.batch {p.batch} is not divisible by the {dist.world} processes")
@@ -327,7 +331,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         seconds from the start of the call, ms/step, and where and in which precision they ran."""
         if not this_call:
             return calls
-        precision = {"train": effective(device, p.precision), "monitor": effective(device, eval_precision)}
+        precision = {"train": effective(device, p.precision), "monitor": eval_precision}
         return calls + [{"steps": this_call, "seconds": round(time.time() - started, 1),
                          "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
                          "precision": precision}]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from rlcsc.inference import for_inference
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+from rlcsc.models.vdsr import VDSR, VDSRConfig
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -45,6 +47,38 @@ def test_forward_equals_unrolled_equations_8_to_12() -> None:
     got = model.sparse_codes(x, keep_all=True)
     assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(got, codes))
     assert all((c >= 0).all() for c in got)
+
+
+def out_of_place(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """RL-CSC's eqs. 8-12 or VDSR's layers as written before their sums and ReLUs worked in place."""
+    if isinstance(model, VDSR):
+        h = x
+        for conv in model.convs[:-1]:
+            h = F.relu(conv(h))
+        return x + model.convs[-1](h)
+    y = F.relu(model.f1(F.relu(model.f0(x))))
+    wy = model.w1(y)
+    z = F.relu(wy)
+    for _ in range(model.cfg.recursions):
+        z = F.relu(wy + model.s(z))
+    return x + model.h(F.relu(model.w2(z)))
+
+
+def test_the_in_place_forward_is_the_out_of_place_one_bit_for_bit() -> None:
+    """The in-place sums and ReLUs change no bit of RL-CSC's or VDSR's output, in fp32 channels-last as the
+    CPU runs inference, nor of the gradients that training computes through them."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 23, 19)
+    for model in (RLCSC(RLCSCConfig(recursions=3, features=8, codes=16)), VDSR(VDSRConfig(layers=5, features=8))):
+        grads = []
+        for forward in (model, lambda x, model=model: out_of_place(model, x)):
+            model.zero_grad()
+            forward(x).square().sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+        model = for_inference(model, "cpu")
+        with torch.no_grad():
+            assert torch.equal(model(x), out_of_place(model, x))
 
 
 def test_without_biases_every_convolution_is_bias_free() -> None:

@@ -47,6 +47,11 @@ class DRRN(nn.Module):
         """Convolution layers on the longest path: 2U + 2."""
         return 2 * self.cfg.units + 2
 
+    def inner_layers(self) -> tuple[nn.Module, ...]:
+        """The recursive block's two shared convolutions, between the entry and exit layers that read and
+        write the image: what bf16 inference rounds (`rlcsc.device.bf16_inside`)."""
+        return self.conv_a, self.conv_b
+
     def zero_last_layer(self) -> None:
         """Set the exit convolution to zero: the network then starts as the identity."""
         for t in self.exit[-1].parameters():

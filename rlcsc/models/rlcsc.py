@@ -63,25 +63,34 @@ class RLCSC(nn.Module):
         """Number of convolution layers on the longest path: K + 5 (eq. 13)."""
         return self.cfg.recursions + 5
 
+    def inner_layers(self) -> tuple[nn.Module, ...]:
+        """The convolutional LISTA (W1, S, W2 of eqs. 9-11), between the layers that read and write the
+        image (F0, F1 of eq. 8, H of eq. 11): what bf16 inference rounds (`rlcsc.device.bf16_inside`)."""
+        return self.w1, self.s, self.w2
+
     def zero_last_layer(self) -> None:
         """Set H to zero: the network then starts as the identity (residual) or zero map."""
         for t in self.h.parameters():
             nn.init.zeros_(t)
 
     def sparse_codes(self, x: torch.Tensor, keep_all: bool = False) -> list[torch.Tensor]:
-        """z_K (eq. 9), or all of z_0 .. z_K when `keep_all` (to inspect their sparsity)."""
-        y = F.relu(self.f1(F.relu(self.f0(x))))  # eq. 8
+        """z_K (eq. 9), or all of z_0 .. z_K when `keep_all` (to inspect their sparsity).
+
+        Sums and ReLUs work in place on each convolution's fresh output: the same numbers as
+        `F.relu(wy + self.s(z))`, one new tensor per recursion instead of three.
+        """
+        y = self.f1(self.f0(x).relu_()).relu_()  # eq. 8
         wy = self.w1(y)  # W1 * y is computed once and reused by every recursion
         z = F.relu(wy)
         codes = [z]
         for _ in range(self.cfg.recursions):
-            z = F.relu(wy + self.s(z))
+            z = self.s(z).add_(wy).relu_()  # eqs. 9-10
             codes = codes + [z] if keep_all else [z]
         return codes
 
     def residual_image(self, x: torch.Tensor) -> torch.Tensor:
         """R of eq. 11: the output before the identity branch is added."""
-        return self.h(F.relu(self.w2(self.sparse_codes(x)[-1])))
+        return self.h(self.w2(self.sparse_codes(x)[-1]).relu_())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.residual_image(x)

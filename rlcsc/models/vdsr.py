@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rlcsc.errors import RlcscError
 from rlcsc.models.rlcsc import conv3x3
@@ -51,6 +50,11 @@ class VDSR(nn.Module):
         """Convolution layers on the longest path: D."""
         return self.cfg.layers
 
+    def inner_layers(self) -> tuple[nn.Module, ...]:
+        """Every convolution but the first and the last, which read and write the image: what bf16
+        inference rounds (`rlcsc.device.bf16_inside`)."""
+        return tuple(self.convs[1:-1])
+
     def zero_last_layer(self) -> None:
         """Set the last convolution to zero: the network then starts as the identity."""
         for t in self.convs[-1].parameters():
@@ -59,7 +63,7 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv in self.convs[:-1]:
-            h = F.relu(conv(h))
+            h = conv(h).relu_()  # in place on the convolution's fresh output: the same numbers, one tensor fewer
         return x + self.convs[-1](h)
 
 

@@ -1,0 +1,168 @@
+"""Inference precisions: the in-place fp32 forward, bf16 against fp32, the fallback where bf16 is not native,
+`rlcsc sr --precision`, `evaluate.precision` and `rlcsc benchmark inference`, on tiny networks and images."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from rlcsc import device
+from rlcsc.atomic import save_torch
+from rlcsc.cli import main
+from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
+from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+from rlcsc.train import Monitor
+
+NETWORKS = [("rlcsc", {"recursions": 3, "features": 8, "codes": 16}), ("vdsr", {"layers": 5, "features": 8}),
+            ("drrn", {"units": 2, "features": 8})]
+PHOTO = skdata.camera()[200:264, 200:264] / 255.0  # a 64x64 crop: edges and flat areas
+
+
+def small_residual(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its last layer scaled so that its residual on `PHOTO` reaches 0.05, as a trained network's
+    on a photo does (an untrained one's is far larger)."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        r = np.abs(apply(model.eval(), PHOTO) - PHOTO).max()
+        for t in last.parameters():
+            t.mul_(0.05 / r)
+    return model
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch):
+    """Make the CPU look as if it had (True) or lacked (False) native bf16: torch's own CPU checks answer."""
+    def set_native(answer: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: answer)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: answer)
+        device._say_once.cache_clear()
+    return set_native
+
+
+@pytest.mark.parametrize("arch,config", NETWORKS)
+def test_bf16_is_fp32_up_to_rounding_its_inner_layers(arch: str, config: dict) -> None:
+    """bf16 rounds only the layers between the image's first and last: on a network whose residual reaches
+    0.05 it stays within a quarter of a grey level of fp32; rounding the image itself (what casting the
+    whole network does) goes past that."""
+    torch.manual_seed(0)
+    model = small_residual(build(arch, config))
+    exact = apply(for_inference(copy.deepcopy(model), "cpu"), PHOTO)
+    fast = for_inference(copy.deepcopy(model), "cpu", "bf16")
+    inner = {id(m) for m in fast.inner_layers()}
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.weight.dtype for m in convs] == [torch.bfloat16 if id(m) in inner else torch.float32 for m in convs]
+    assert convs[0].weight.dtype == convs[-1].weight.dtype == torch.float32 and inner
+    tolerance = 0.25 / 255
+    error = np.abs(apply(fast, PHOTO) - exact).max()
+    assert 0 < error < tolerance, error
+    rounded_image = torch.from_numpy(PHOTO).bfloat16().double()
+    assert np.abs(apply(fast, rounded_image) - exact).max() > tolerance
+
+
+def test_bf16_falls_back_to_fp32_where_it_is_not_native_and_says_so_once(native, capsys) -> None:
+    native(False)
+    assert [device.inference_precision("cpu", m) for m in ("bf16", "bf16", "tf32", "fp32")] == ["fp32"] * 4
+    assert capsys.readouterr().err == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where bf16 "
+                                       "runs slower than fp32: computing in fp32\n")
+    native(True)
+    assert [device.inference_precision("cpu", m) for m in ("bf16", "tf32", "fp32")] == ["bf16", "fp32", "fp32"]
+    assert capsys.readouterr().err == ""
+    with pytest.raises(device.RlcscError, match="precision must be one of bf16, tf32, fp32, got 'int4'"):
+        device.inference_precision("cpu", "int4")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    save_torch(model_state(small_residual(RLCSC(RLCSCConfig(recursions=1, features=4, codes=8)))), tmp_path / "m.pt")
+    Image.fromarray(skdata.astronaut()[100:124, 200:230]).save(tmp_path / "in.png")
+    return tmp_path / "m.pt"
+
+
+def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
+    """--precision fp32 is the network as it always ran; bf16 (the default) differs from it by rounding where
+    native and is fp32 where not, saying so; anything else is one line, and nothing is written."""
+    def sr(out: str, *precision: str) -> tuple[int, list[str]]:
+        """Exit status and the lines said on stderr (the progress bar left out)."""
+        status = main(["sr", str(tmp_path / "in.png"), "--scale", "3", "--model", str(tiny), "-o",
+                       str(tmp_path / out), *precision])
+        said = capsys.readouterr().err.replace("\r", "\n").splitlines()
+        return status, [line for line in said if line.strip() and not line.startswith("network:")]
+
+    native(False)
+    status, said = sr("fp32.png", "--precision", "fp32")
+    assert status == 0 and len(said) == 1 and said[0].endswith(") in fp32")
+    status, said = sr("fallback.png")
+    assert status == 0 and said[0] == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where "
+                                       "bf16 runs slower than fp32: computing in fp32")
+    assert len(said) == 2 and said[1].endswith(") in fp32")
+    exact = np.asarray(Image.open(tmp_path / "fp32.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "fallback.png")), exact)
+    native(True)
+    status, said = sr("bf16.png", "--precision", "bf16")
+    assert status == 0 and len(said) == 1 and said[0].endswith(") in bf16")
+    fast = np.asarray(Image.open(tmp_path / "bf16.png")).astype(int)
+    assert 0 < np.abs(fast - exact).max() <= 2
+    for bad in ("fp16", "tf32", "int8"):
+        status, said = sr(f"{bad}.png", "--precision", bad)
+        assert status == 1 and said == [f"rlcsc sr: error: --precision must be one of bf16, fp32, got '{bad}'"]
+        assert not (tmp_path / f"{bad}.png").exists()
+
+
+def test_evaluate_precision_bf16_is_recorded_as_computed(tiny: Path, tmp_path: Path, mirror: Path, native) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {precision: bf16, ifc: false}\n")
+    for answer, computed in ((True, "bf16"), (False, "fp32")):
+        native(answer)
+        out = tmp_path / f"o-{computed}"
+        argv = ["evaluate", "--model", str(tiny), "--params", str(params), "--raw", str(mirror), "--out", str(out),
+                "--datasets", "Set5", "--scales", "3", "--jobs", "1"]
+        assert main(argv) == 0
+        record = json.loads((out / "evaluation.json").read_text())
+        assert record["precision"] == "bf16" and record["computed_in"] == computed
+    exact, fast = (json.loads((tmp_path / f"o-{c}" / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
+                   for c in ("fp32", "bf16"))
+    assert exact != fast and abs(exact - fast) < 0.01
+    assert Network(tiny, "cpu", "tf32").precision == "fp32"  # the default evaluate.precision, on the CPU
+
+
+def test_the_training_monitor_scores_in_bf16_on_a_copy(tiny: Path, mirror: Path, native) -> None:
+    native(True)
+    model = build("rlcsc", {"recursions": 1, "features": 4, "codes": 8})
+    model.load_state_dict(load_model(tiny).state_dict())
+    before = copy.deepcopy(model.state_dict())
+    exact, fast = Monitor(mirror, "Set5", 3, "fp32")(model), Monitor(mirror, "Set5", 3, "bf16")(model)
+    assert exact["psnr"] != fast["psnr"] and abs(exact["psnr"] - fast["psnr"]) < 0.01
+    assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in model.state_dict().items())
+    assert Network(tiny, "cpu", "bf16").precision == "bf16"
+
+
+def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path: Path, mirror: Path,
+                                                            native) -> None:
+    native(True)
+    out = tmp_path / "inference.json"
+    argv = ["benchmark", "inference", "--raw", str(mirror), "--steps", "1", "--out", str(out)]
+    assert main(argv + ["--model", str(tiny)]) == 0
+    result = json.loads(out.read_text())
+    fp32, bf16 = result["variants"]["fp32"], result["variants"]["bf16"]
+    assert set(result["variants"]) == {"fp32", "bf16"} and result["not_native"] == {"tf32": "runs as fp32 on this cpu"}
+    # 9 (1*4 + 4*4 + 4*8 + 1*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, on a 288x288 tile
+    assert result["gflop_per_tile"] == pytest.approx(2 * 9 * 152 * 288 * 288 / 1e9)
+    assert fp32["speed_vs_fp32"] == 1 and fp32["psnr_change_db"] == 0 and fp32["max_grey_difference"] == 0
+    assert bf16["gflops"] == pytest.approx(result["gflop_per_tile"] / bf16["ms_per_tile"] * 1000)
+    assert bf16["speed_vs_fp32"] == pytest.approx(fp32["ms_per_tile"] / bf16["ms_per_tile"])
+    assert 0 < abs(bf16["psnr_change_db"]) < 0.01 and 1 <= bf16["max_grey_difference"] <= 2
+    native(False)  # and an untrained network of --experiment
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {recursions: 2, features: 4, codes: 8, device: cpu}\nexperiments: {tiny: {}}\n")
+    assert main(argv + ["--params", str(params), "--experiment", "tiny"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"fp32"} and result["not_native"]["bf16"] == "runs as fp32 on this cpu"
+    assert result["model"].startswith("untrained") and np.isfinite(result["variants"]["fp32"]["psnr"])
