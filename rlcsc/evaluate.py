@@ -28,7 +28,7 @@ from rlcsc.config import Checked, one_of, param
 from rlcsc.crop import modcrop, shave
 from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
-from rlcsc.imageio import image_size, read_image
+from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.metrics import psnr, ssim
@@ -144,11 +144,7 @@ def evaluate(
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
     tasks = []
     for dataset in datasets:
-        for path in checked_images(raw, [dataset]):
-            shape = image_size(path)
-            for s in scales:
-                check_size(path, shape, s)  # from its header, before any work
-                tasks.append((dataset, path, s, upscale, with_ifc))
+        tasks += [(dataset, path, s, upscale, with_ifc) for path in checked_images(raw, [dataset]) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
     return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)

@@ -15,6 +15,8 @@ import yaml
 from PIL import Image
 
 from rlcsc.cli import main
+from rlcsc.errors import RlcscError
+from rlcsc.evaluate import read_y
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,11 +82,13 @@ def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(small, format="PNG")
     argv = ["evaluate", "--method", "bicubic", "--raw", str(raw), "--datasets", "Set5", "--scales", "3", "--no-ifc",
             "--out", str(tmp_path / "out")]
-    assert main(argv) == 1
-    assert capsys.readouterr().err.strip().splitlines() == [
-        (f"rlcsc evaluate: error: test image {small} is 1x1: the protocol at x3 needs at least 54x54 (3 pixels shaved "
-         "from each border, 48 left for IFC)")]
+    assert main(argv) == 1  # a pinned test image replaced by a tiny one is not the pinned file: named, nothing scored
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"rlcsc evaluate: error: corrupt {small}: not the file manifest.tsv pins")
     assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(RlcscError, match=r"is 1x1: the protocol at x3 needs at least 54x54 \(3 pixels shaved from each "
+                                         r"border, 48 left for IFC\)"):
+        read_y(small, 3)  # read elsewhere (the figures, the benchmarks), its size is named
 
 
 def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, capsys) -> None:

@@ -165,7 +165,7 @@ def test_8bit_rgb_output_is_unchanged(tiny: Path, tmp_path: Path) -> None:
     """Bit-identical to what `rlcsc sr` has always done with an 8-bit RGB image."""
     img = pixels("RGB", 8, (20, 17))
     Image.fromarray(img).save(tmp_path / "in.png")
-    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, "fp32")
+    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
     ycc = imresize(rgb2ycbcr(img / 255.0), 3)
     ycc[..., 0] = apply(load_model(tiny), ycc[..., 0])
     before = np.clip(np.floor(ycbcr2rgb(ycc) * 255 + 0.5), 0, 255).astype(np.uint8)
@@ -176,7 +176,7 @@ def test_16bit_input_is_processed_at_full_precision(tiny: Path, tmp_path: Path) 
     data = pixels("RGB", 16, (20, 17))
     assert np.any(data % 257)
     save(data, tmp_path / "in.png")
-    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, "fp32")
+    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
     out = load(tmp_path / "out.png")
     model = load_model(tiny)
     full = sr.super_resolve(model, Picture(data / 65535.0, 16), 3)
@@ -315,14 +315,14 @@ def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypat
     labelled = {**torch.load(tiny, weights_only=True), "experiment": "K25", "budget": "quick", "status": "completed",
                 "epochs_done": 4.0, "epochs_planned": 4.0}
     save_torch(labelled, pipeline)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False, "fp32")
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False, precision="fp32")
     assert line.endswith(f"(model {pipeline}: K25, budget quick, 4 of 4 epochs) in fp32")
     recorded.parent.mkdir()
     save_torch({**labelled, "budget": "paper", "epochs_done": 1.0, "epochs_planned": 35.0}, recorded)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, "fp32")
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
     assert line.endswith(f"(model {recorded}: K25, budget paper, 1 of 35 epochs) in fp32")
     save_torch({**labelled, "status": "diverged at epoch 2, step 5"}, recorded)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, "fp32")
+    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
     assert line.endswith("K25, budget quick, 4 of 4 epochs, diverged at epoch 2, step 5) in fp32")
 
 
