@@ -69,8 +69,8 @@ def test_the_scorecard_holds_the_numbers_of_the_files(html: Path) -> None:
                         load_block(REPO / "params.yaml", "report", report.ReportParams).main)
     lines = scorecard.lines(page_, page_.tolerance())
     table = next(t for t in page(html, "intro").select("article table") if "matched" in t.get_text())
-    rows = {tr.find("th").get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")]
-            for tr in table.select("tbody tr")}
+    cells = [[c.get_text(strip=True) for c in tr.find_all(["th", "td"])] for tr in table.select("tbody tr")]
+    rows = {row[0]: row[1:] for row in cells}
     assert set(rows) == {line.item for line in lines}
     for line in lines:
         published, reached, matched, spread, run = rows[line.item][:5]
