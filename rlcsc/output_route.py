@@ -20,11 +20,11 @@ import pandas as pd
 from rlcsc.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from rlcsc.crop import modcrop
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import compare, quantize
+from rlcsc.evaluate import compare, ilr_pair, quantize
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.inference import Network
-from rlcsc.manifest import TEST_SETS, paths
+from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.parallel import pmap
 from rlcsc.rounding import im2uint
 
@@ -44,10 +44,9 @@ def through_rgb(rgb: np.ndarray, sr: np.ndarray, scale: int) -> np.ndarray:
 
 def _score(task: tuple[str, Path, int, Network]) -> dict:
     dataset, path, scale, network = task
-    rgb = modcrop(read_image(path), scale)
-    hr = rgb2y(rgb) / 255
-    ilr = imresize(imresize(hr, 1 / scale), scale)
+    hr, ilr = ilr_pair(path, scale)
     sr = network(ilr, scale)
+    rgb = modcrop(read_image(path), scale)
     ref = quantize(hr, scale)
     routes = {"y": quantize(sr, scale), "rgb": through_rgb(rgb, sr, scale)[scale:-scale, scale:-scale]}
     row = {"dataset": dataset, "image": path.name, "scale": scale}
@@ -64,10 +63,8 @@ def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequen
     unknown = [d for d in datasets if d not in TEST_SETS]
     if unknown:
         raise RlcscError(f"unknown test set {unknown[0]!r}; choose from {list(TEST_SETS)}")
-    tasks = [(d, path, s, Network(model)) for d in datasets for path in paths(raw, [d]) for s in scales]
-    missing = [str(t[1]) for t in tasks if not t[1].is_file()]
-    if missing:
-        raise RlcscError(f"missing test image {missing[0]}: run `rlcsc download` first")
+    network = Network(model)
+    tasks = [(d, path, s, network) for d in datasets for path in checked_images(raw, [d]) for s in scales]
     rows = pd.DataFrame(list(pmap(_score, tasks, jobs, desc="output route")))
     cells: dict = {}
     for (dataset, scale), group in rows.groupby(["dataset", "scale"], sort=False):
