@@ -7,12 +7,14 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from rlcsc import int8
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
@@ -139,17 +141,18 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 
 
 @torch.no_grad()
-@torch.no_grad()
 def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int = 5, size: int = 288,
-              dataset: str = "Set5", scale: int = 3) -> dict:
+              datasets: Sequence[str] = ("Set5",), scale: int = 3) -> dict:
     """Every inference precision the device runs natively (fp32; on a GPU tf32; bf16 where native:
-    `rlcsc.device.inference_precision`) on the model file `model` or, without one, an untrained network of
-    `p`: the median ms of a forward pass over a `size` x `size` tile (the paper: 0.15 s for 288 x 288),
-    the variants alternated in each of `repeats` rounds so that a load on the machine falls on all of them
-    alike; GFLOP/s, speed against fp32; and the `dataset` x`scale` PSNR by the evaluation protocol, its
-    change against fp32 and the largest difference of an output pixel from fp32's in grey levels."""
+    `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8: `rlcsc.int8`) on the model file
+    `model` or, without one, an untrained network of `p`: the median ms of a forward pass over a `size` x
+    `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats` rounds so
+    that a load on the machine falls on all of them alike; GFLOP/s, speed against fp32; and on each of
+    `datasets` at x`scale`, by the evaluation protocol: the PSNR, its change against fp32 (of the mean,
+    and the largest of one image), the largest difference of an output pixel from fp32's in grey levels
+    and the share of pixels more than 1 grey level from it."""
     device = pick_device(p.device)
-    pairs = _test_pairs(raw, dataset, scale)
+    pairs = {d: _test_pairs(raw, d, scale) for d in datasets}
     if model is not None:
         about = describe_model(model)
         base, label, arch, config = load_model(model, device), str(model), about["arch"], about["config"]
@@ -161,29 +164,62 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
                for m in ("tf32", "bf16") if m not in modes}
     nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
-    timer, times = _timer(device), {m: [] for m in modes}
-    for i in tqdm(range(repeats + 1), desc="timing", unit="round"):  # round 0 untimed
+    steps = {m: (lambda m=m: nets[m](x)) for m in modes}
+    upscalers = {m: (lambda ilr, m=m: apply(nets[m], ilr)) for m in modes}
+    calibration = None
+    if device.type != "cpu":
+        missing["int8"] = f"runs on a CPU only, not on this {device.type}"
+    elif not int8.available():
+        missing["int8"] = "needs ONNX Runtime: pip install 'rlcsc[int8]'"
+    with tempfile.TemporaryDirectory(prefix="rlcsc-int8-") as tmp:
+        if "int8" not in missing:
+            calibration = int8.calibration_inputs(raw)
+            int8.quantize(base, calibration, Path(tmp) / "int8.onnx")
+            quantized, tile = int8.Int8Network(Path(tmp) / "int8.onnx"), x[0, 0].double().cpu().numpy()
+            upscalers["int8"], steps["int8"] = (lambda ilr: quantized(ilr, scale)), (lambda: quantized(tile, scale))
+            modes.append("int8")
+        timer, times = _timer(device), {m: [] for m in modes}
+        for i in tqdm(range(repeats + 1), desc="timing", unit="round"):  # round 0 untimed
+            for m in modes:
+                with using_precision(device, _torch_precision(m)):
+                    ms = timer(steps[m])
+                if i:
+                    times[m].append(ms)
+        outs = {}
         for m in modes:
-            with using_precision(device, m):
-                ms = timer(lambda m=m: nets[m](x))
-            if i:
-                times[m].append(ms)
-    outs = {}
-    for m in modes:
-        with using_precision(device, m):
-            outs[m] = [apply(nets[m], ilr) for _, ilr in tqdm(pairs, desc=f"{dataset} x{scale} {m}", unit="img")]
+            with using_precision(device, _torch_precision(m)):
+                outs[m] = {d: [upscalers[m](ilr) for _, ilr in tqdm(pairs[d], desc=f"{d} x{scale} {m}", unit="img")]
+                           for d in datasets}
     gflop = network_flops_per_pixel(arch, config) * size * size / 1e9
-    psnr = {m: float(np.mean([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, outs[m])]))
-            for m in modes}
     ms = {m: statistics.median(times[m]) for m in modes}
     variants = {m: {"ms_per_tile": ms[m], "gflops": gflop / (ms[m] / 1000), "speed_vs_fp32": ms["fp32"] / ms[m],
-                    "psnr": psnr[m], "psnr_change_db": psnr[m] - psnr["fp32"],
-                    "max_grey_difference": max(int(np.abs(quantize(a, scale).astype(int) - quantize(b, scale)).max())
-                                               for a, b in zip(outs[m], outs["fp32"]))}
+                    "quality": {d: _quality(pairs[d], outs[m][d], outs["fp32"][d], scale) for d in datasets}}
                 for m in modes}
-    return {"what": "inference", "device": device_name(device), "model": label, "arch": arch, "config": config,
-            "tile": size, "gflop_per_tile": gflop, "rounds": repeats, "psnr_on": f"{dataset} x{scale}",
-            "variants": variants, "not_native": missing}
+    result = {"what": "inference", "device": device_name(device), "model": label, "arch": arch, "config": config,
+              "tile": size, "gflop_per_tile": gflop, "rounds": repeats, "scale": scale, "variants": variants,
+              "not_native": missing}
+    if calibration is not None:
+        result["int8_calibration"] = {"pairs": len(calibration), "size": calibration.shape[-1], "scales": [2, 3, 4],
+                                      "percentile": int8.PERCENTILE, "training_sets": list(int8.TRAINING_SETS)}
+    return result
+
+
+def _torch_precision(variant: str) -> str:
+    """The torch precision around a variant's forward passes (int8 runs outside torch)."""
+    return "fp32" if variant == "int8" else variant
+
+
+def _quality(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray], exact: list[np.ndarray],
+             scale: int) -> dict:
+    """A variant's outputs `outs` of the images `pairs` against fp32's `exact`, by the protocol."""
+    psnr = np.array([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, outs)])
+    psnr_exact = np.array([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, exact)])
+    grey = [np.abs(quantize(a, scale).astype(int) - quantize(b, scale)) for a, b in zip(outs, exact)]
+    change = psnr - psnr_exact
+    return {"psnr": float(psnr.mean()), "psnr_change_db": float(change.mean()),
+            "largest_image_change_db": float(change[np.abs(change).argmax()]),
+            "max_grey_difference": max(int(g.max()) for g in grey),
+            "share_over_1_grey": float(sum(int((g > 1).sum()) for g in grey) / sum(g.size for g in grey))}
 
 
 def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rlcsc.errors import RlcscError
 from rlcsc.lock import writing
+from rlcsc.manifest import TEST_SETS
 
 # The params a stage command reads: its block (with the experiment's and the budget's layers) and
 # single keys of other blocks. `rlcsc params` prints them; the tests check dvc.yaml against them.
@@ -260,7 +261,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         if args.what == "train":
             result = benchmark.train_step(p, steps, args.warmup)
         elif args.what == "inference":
-            result = benchmark.inference(p, args.raw, args.model, steps)
+            result = benchmark.inference(p, args.raw, args.model, steps, datasets=args.datasets or ("Set5",))
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
@@ -415,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
                    "peak memory of --experiment under the current budget; inference: each precision the device runs "
-                   "natively, alternated: ms per 288x288 tile, GFLOP/s, speed and Set5 x3 PSNR against fp32, of "
+                   "natively (and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 tile, GFLOP/s, "
+                   "speed and x3 PSNR and grey levels against fp32 on --datasets (default Set5), of "
                    "--model (default: an untrained --experiment network); "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "
@@ -431,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
     p.add_argument("--steps", type=positive(int), help=f"steps, or inference's rounds (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
-    p.add_argument("--datasets", nargs="+", help="test sets of `output-route`")
+    p.add_argument("--datasets", nargs="+", choices=TEST_SETS, help="test sets of `inference` and `output-route`")
     p.add_argument("--scales", nargs="+", type=int, choices=(2, 3, 4), help="scales of `output-route`")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)

@@ -59,13 +59,14 @@ def paths(raw: Path, datasets: Sequence[str]) -> list[Path]:
 
 
 def checked_images(raw: Path, datasets: Sequence[str]) -> list[Path]:
-    """`paths`, each file checked against its SHA-256 in the manifest first (the test images, before
-    they are scored): one clear error names the first that is missing or holds other bytes."""
+    """`paths`, each file checked against its SHA-256 in the manifest first (test images before they are
+    scored, training images before int8 calibration): one clear error names the first that is missing
+    or holds other bytes."""
     found = []
     for e in load_manifest(datasets=datasets):
         path = raw / e.relpath
         if not path.is_file():
-            raise RlcscError(f"missing test image {path}: run `rlcsc download --out {raw}` first")
+            raise RlcscError(f"missing image {path}: run `rlcsc download --out {raw}` first")
         if file_sha256(path) != e.sha256:
             raise RlcscError(f"corrupt {path}: not the file {MANIFEST.name} pins (its SHA-256 differs); fetch it "
                              f"again with `rlcsc download --out {raw}`")

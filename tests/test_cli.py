@@ -58,7 +58,7 @@ def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_pat
 def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) -> None:
     argv = ["evaluate", "--method", "bicubic", "--raw", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(argv + ["--datasets", "Set5"]) == 1
-    assert f"missing test image {tmp_path}/Set5/img_001_SRF_2_HR.png: run `rlcsc download --out {tmp_path}` first" \
+    assert f"missing image {tmp_path}/Set5/img_001_SRF_2_HR.png: run `rlcsc download --out {tmp_path}` first" \
         in capsys.readouterr().err
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  datasets: [Set5]\n  scale: [2]\n")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from rlcsc import device
+from rlcsc import device, int8
 from rlcsc.atomic import save_torch
 from rlcsc.cli import main
 from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
@@ -149,20 +149,32 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     native(True)
     out = tmp_path / "inference.json"
     argv = ["benchmark", "inference", "--raw", str(mirror), "--steps", "1", "--out", str(out)]
-    assert main(argv + ["--model", str(tiny)]) == 0
+    assert main(argv + ["--model", str(tiny), "--datasets", "Set5", "Set14"]) == 0
     result = json.loads(out.read_text())
     fp32, bf16 = result["variants"]["fp32"], result["variants"]["bf16"]
-    assert set(result["variants"]) == {"fp32", "bf16"} and result["not_native"] == {"tf32": "runs as fp32 on this cpu"}
+    quantized = {"int8"} if int8.available() else set()
+    assert set(result["variants"]) == {"fp32", "bf16"} | quantized
+    assert result["not_native"]["tf32"] == "runs as fp32 on this cpu"
+    assert ("int8" in result["not_native"]) != bool(quantized)
     # 9 (1*4 + 4*4 + 4*8 + 1*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, on a 288x288 tile
     assert result["gflop_per_tile"] == pytest.approx(2 * 9 * 152 * 288 * 288 / 1e9)
-    assert fp32["speed_vs_fp32"] == 1 and fp32["psnr_change_db"] == 0 and fp32["max_grey_difference"] == 0
+    assert fp32["speed_vs_fp32"] == 1 and set(fp32["quality"]) == {"Set5", "Set14"}
+    assert all(q["psnr_change_db"] == q["largest_image_change_db"] == q["max_grey_difference"] == 0
+               and q["share_over_1_grey"] == 0 for q in fp32["quality"].values())
     assert bf16["gflops"] == pytest.approx(result["gflop_per_tile"] / bf16["ms_per_tile"] * 1000)
     assert bf16["speed_vs_fp32"] == pytest.approx(fp32["ms_per_tile"] / bf16["ms_per_tile"])
-    assert 0 < abs(bf16["psnr_change_db"]) < 0.01 and 1 <= bf16["max_grey_difference"] <= 2
+    for name in {"bf16"} | quantized:
+        for q in result["variants"][name]["quality"].values():
+            assert 0 < abs(q["psnr_change_db"]) <= abs(q["largest_image_change_db"]) < 0.05
+            assert 1 <= q["max_grey_difference"] <= 3 and 0 <= q["share_over_1_grey"] < 0.05
+    if quantized:
+        assert result["int8_calibration"] == {"pairs": 256, "size": 33, "scales": [2, 3, 4], "percentile": 99.999,
+                                              "training_sets": ["T91", "BSD200"]}
     native(False)  # and an untrained network of --experiment
     params = tmp_path / "params.yaml"
     params.write_text("train: {recursions: 2, features: 4, codes: 8, device: cpu}\nexperiments: {tiny: {}}\n")
     assert main(argv + ["--params", str(params), "--experiment", "tiny"]) == 0
     result = json.loads(out.read_text())
-    assert set(result["variants"]) == {"fp32"} and result["not_native"]["bf16"] == "runs as fp32 on this cpu"
-    assert result["model"].startswith("untrained") and np.isfinite(result["variants"]["fp32"]["psnr"])
+    assert set(result["variants"]) == {"fp32"} | quantized
+    assert result["not_native"]["bf16"] == "runs as fp32 on this cpu" and result["model"].startswith("untrained")
+    assert np.isfinite(result["variants"]["fp32"]["quality"]["Set5"]["psnr"])
