@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +18,12 @@ from tqdm import tqdm
 
 from rlcsc import int8
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import device_name, effective, inference_precision, pick_device, using_precision
+from rlcsc.device import cpu_description, device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, quantize, score, summarize
+from rlcsc.provenance import commit
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
-from rlcsc.manifest import paths
+from rlcsc.manifest import checked_images
 from rlcsc.train import TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
@@ -55,7 +58,7 @@ def input_precision(model_path: Path, raw: Path, dataset: str = "Set5", scale: i
     """PSNR cost of storing training inputs as float16: the model's output on float32 inputs vs
     on the same inputs rounded to float16, scored by the evaluation protocol."""
     model = load_model(model_path)
-    pairs = [ilr_pair(path, scale) for path in paths(raw, [dataset])]
+    pairs = _test_pairs(raw, dataset, scale)
     psnr = {}
     for name, dtype in (("float32", np.float32), ("float16", np.float16)):
         scores = [score(hr, apply(model, ilr.astype(dtype).astype(np.float64)), scale, False) for hr, ilr in pairs]
@@ -171,6 +174,7 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
         missing["int8"] = f"runs on a CPU only, not on this {device.type}"
     elif not int8.available():
         missing["int8"] = "needs ONNX Runtime: pip install 'rlcsc[int8]'"
+    machine = _machine(device, "int8" not in missing)  # the commit as the measurement starts
     with tempfile.TemporaryDirectory(prefix="rlcsc-int8-") as tmp:
         if "int8" not in missing:
             calibration = int8.calibration_inputs(raw)
@@ -195,13 +199,22 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     variants = {m: {"ms_per_tile": ms[m], "gflops": gflop / (ms[m] / 1000), "speed_vs_fp32": ms["fp32"] / ms[m],
                     "quality": {d: _quality(pairs[d], outs[m][d], outs["fp32"][d], scale) for d in datasets}}
                 for m in modes}
-    result = {"what": "inference", "device": device_name(device), "model": label, "arch": arch, "config": config,
-              "tile": size, "gflop_per_tile": gflop, "rounds": repeats, "scale": scale, "variants": variants,
-              "not_native": missing}
+    result = {"what": "inference", "device": device_name(device), "machine": machine,
+              "model": label, "arch": arch, "config": config, "tile": size, "gflop_per_tile": gflop, "rounds": repeats,
+              "scale": scale, "variants": variants, "not_native": missing}
     if calibration is not None:
         result["int8_calibration"] = {"pairs": len(calibration), "size": calibration.shape[-1], "scales": [2, 3, 4],
                                       "percentile": int8.PERCENTILE, "training_sets": list(int8.TRAINING_SETS)}
     return result
+
+
+def _machine(device: torch.device, with_int8: bool) -> dict:
+    """What an inference measurement ran on and with: the processor, its cores and torch's threads, the
+    versions of torch (and of ONNX Runtime when int8 ran), the code's commit and the date."""
+    runtime = {"onnxruntime": int8.version()} if with_int8 else {}
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": device_name(device) if device.type == "cuda" else None, "torch": torch.__version__, **runtime,
+            "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _torch_precision(variant: str) -> str:
@@ -224,11 +237,7 @@ def _quality(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray],
 
 def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(HR Y, ILR Y) of every image of `dataset` (steps 1-2 of the evaluation protocol)."""
-    files = paths(raw, [dataset])
-    absent = [f for f in files if not f.is_file()]
-    if absent:
-        raise RlcscError(f"missing test image {absent[0]}: run `rlcsc download` first, or pass --raw")
-    return [ilr_pair(f, scale) for f in files]
+    return [ilr_pair(f, scale) for f in checked_images(raw, [dataset])]
 
 
 def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None, jobs: int | None = None) -> dict:

@@ -17,9 +17,11 @@ falls back to fp32 where there is none, saying so once.
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,6 +42,20 @@ def device_name(device: torch.device | str) -> str:
     """The GPU's name, or "cpu"."""
     device = torch.device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the instruction sets that decide its inference speed (AVX2, AVX-512, its
+    BF16 and VNNI, AMX), as Linux reports them; the platform's processor string elsewhere."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    have = set(fields.get("flags", "").split())
+    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in have]
+    return f"{fields.get('model name', 'unknown CPU')} ({', '.join(flags) or 'no AVX2'})"
 
 
 def effective(device: torch.device | str, mode: str) -> str:

@@ -52,6 +52,11 @@ def _onnxruntime():  # noqa: ANN202 (the module, or one clear error)
     return onnxruntime
 
 
+def version() -> str:
+    """ONNX Runtime's version."""
+    return _onnxruntime().__version__
+
+
 def available() -> bool:
     """Whether ONNX Runtime (the `int8` extra) is installed, with a torch that exports to it."""
     try:

@@ -1,4 +1,5 @@
-"""Which code computed a result: the import closure of a module inside the package, and its hash.
+"""Which code computed a result: the import closure of a module inside the package, its hash, and the
+git commit.
 
 A checkpoint carries the hash of the training code's closure, so that a run resumes only with the
 code that began it; `tests/test_dvc.py` checks every stage's dependencies against the same closure.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -70,3 +73,14 @@ def code_hash(module: str) -> str:
 def source_hash() -> str:
     """The hash of the package's whole source and data (.py, .tsv, .csv)."""
     return digest({p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".csv")})
+
+
+def commit() -> str | None:
+    """The project's git commit (with "-dirty" for uncommitted changes), else $RLCSC_COMMIT, else None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=PACKAGE.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("RLCSC_COMMIT")

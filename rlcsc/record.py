@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -53,22 +52,8 @@ from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
-from rlcsc.provenance import code_hash, source_hash
+from rlcsc.provenance import code_hash, commit, source_hash
 from rlcsc.train import TrainParams, foreign, read_checkpoint, train
-
-SOURCE = Path(__file__).parent
-
-
-def commit() -> str | None:
-    """The project's git commit (with "-dirty" for uncommitted changes), else $RLCSC_COMMIT, else None."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=SOURCE.parent,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("RLCSC_COMMIT")
-
 
 def environment(params: dict) -> dict:
     """Where and with what a run was made."""
