@@ -21,9 +21,9 @@ from rlcsc.data.patches import PatchSet
 from rlcsc.device import cpu_description, device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, quantize, score, summarize
-from rlcsc.provenance import commit
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
 from rlcsc.manifest import checked_images
+from rlcsc.provenance import commit
 from rlcsc.train import TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
@@ -196,8 +196,9 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
                            for d in datasets}
     gflop = network_flops_per_pixel(arch, config) * size * size / 1e9
     ms = {m: statistics.median(times[m]) for m in modes}
+    exact = {d: _psnr(pairs[d], outs["fp32"][d], scale) for d in datasets}
     variants = {m: {"ms_per_tile": ms[m], "gflops": gflop / (ms[m] / 1000), "speed_vs_fp32": ms["fp32"] / ms[m],
-                    "quality": {d: _quality(pairs[d], outs[m][d], outs["fp32"][d], scale) for d in datasets}}
+                    "quality": {d: _quality(pairs[d], outs[m][d], outs["fp32"][d], exact[d], scale) for d in datasets}}
                 for m in modes}
     result = {"what": "inference", "device": device_name(device), "machine": machine,
               "model": label, "arch": arch, "config": config, "tile": size, "gflop_per_tile": gflop, "rounds": repeats,
@@ -222,11 +223,15 @@ def _torch_precision(variant: str) -> str:
     return "fp32" if variant == "int8" else variant
 
 
+def _psnr(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray], scale: int) -> np.ndarray:
+    """The PSNR of each output in `outs` of the images `pairs`, by the protocol."""
+    return np.array([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, outs)])
+
+
 def _quality(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray], exact: list[np.ndarray],
-             scale: int) -> dict:
-    """A variant's outputs `outs` of the images `pairs` against fp32's `exact`, by the protocol."""
-    psnr = np.array([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, outs)])
-    psnr_exact = np.array([score(hr, out, scale, False)[0] for (hr, _), out in zip(pairs, exact)])
+             psnr_exact: np.ndarray, scale: int) -> dict:
+    """A variant's outputs `outs` of the images `pairs` against fp32's `exact` (of PSNR `psnr_exact`)."""
+    psnr = _psnr(pairs, outs, scale)
     grey = [np.abs(quantize(a, scale).astype(int) - quantize(b, scale)) for a, b in zip(outs, exact)]
     change = psnr - psnr_exact
     return {"psnr": float(psnr.mean()), "psnr_change_db": float(change.mean()),
