@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-import os
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,12 @@ from tqdm import tqdm
 
 from rlcsc import int8
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import cpu_description, device_name, effective, inference_precision, pick_device, using_precision
+from rlcsc.device import device_name, effective, inference_precision, machine, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
 from rlcsc.manifest import checked_images
-from rlcsc.provenance import commit
+from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
@@ -210,12 +208,10 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
 
 
 def _machine(device: torch.device, with_int8: bool) -> dict:
-    """What an inference measurement ran on and with: the processor, its cores and torch's threads, the
-    versions of torch (and of ONNX Runtime when int8 ran), the code's commit and the date."""
+    """What an inference measurement ran on and with (`device.machine`), ONNX Runtime's version when int8
+    ran, the code's commit and the date."""
     runtime = {"onnxruntime": int8.version()} if with_int8 else {}
-    return {"cpu": cpu_description(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "gpu": device_name(device) if device.type == "cuda" else None, "torch": torch.__version__, **runtime,
-            "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {**machine(device), **runtime, **stamp()}
 
 
 def _torch_precision(variant: str) -> str:

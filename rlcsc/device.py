@@ -17,6 +17,7 @@ falls back to fp32 where there is none, saying so once.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -56,6 +57,18 @@ def cpu_description() -> str:
     have = set(fields.get("flags", "").split())
     flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in have]
     return f"{fields.get('model name', 'unknown CPU')} ({', '.join(flags) or 'no AVX2'})"
+
+
+def machine(device: torch.device | str) -> dict:
+    """What a computation runs on and with: the GPU when `device` is CUDA (and how many there are), the
+    CPU with its vector instructions, its cores and torch's threads, and the versions of torch, CUDA,
+    cuDNN, Python and the platform."""
+    cuda = torch.device(device).type == "cuda"
+    return {"gpu": device_name(device) if cuda else None, "gpus": torch.cuda.device_count(),
+            "cpu": cpu_description(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def effective(device: torch.device | str, mode: str) -> str:

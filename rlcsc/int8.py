@@ -106,8 +106,13 @@ def quantize(model: nn.Module, calibration: np.ndarray, out: Path) -> None:
     """Write to `out` the int8 ONNX graph of `model` (see the module's docstring), its activations
     calibrated on `calibration` ((N, 1, h, w) float32 inputs)."""
     _onnxruntime()
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Batches(CalibrationDataReader):
         """The calibration inputs in batches of `BATCH`, calibrated one batch at a time (`set_range`), so

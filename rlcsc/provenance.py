@@ -11,6 +11,7 @@ import ast
 import hashlib
 import os
 import subprocess
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
@@ -84,3 +85,8 @@ def commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("RLCSC_COMMIT")
+
+
+def stamp() -> dict:
+    """When and from which code a result is made: the commit (see `commit`) and the UTC date."""
+    return {"commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -29,13 +29,10 @@ the file's folder.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -46,23 +43,21 @@ from rlcsc.checksums import seal
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, make_patches
-from rlcsc.device import device_name, pick_device
+from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
-from rlcsc.provenance import code_hash, commit, source_hash
+from rlcsc.provenance import code_hash, source_hash, stamp
 from rlcsc.train import TrainParams, foreign, read_checkpoint, train
 
+
 def environment(params: dict) -> dict:
-    """Where and with what a run was made."""
-    cuda = torch.cuda.is_available()
-    return {"gpu": device_name("cuda") if cuda else None, "gpus": torch.cuda.device_count(),
-            "cpu_cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if cuda else None, "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit(), "source_sha256": source_hash(),
-            "command": sys.argv, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "params": params}
+    """Where and with what a run was made: the machine (its GPU when there is one), the code (commit and
+    source hash), the command, the date and the resolved params."""
+    return {**machine("cuda" if torch.cuda.is_available() else "cpu"), **stamp(), "source_sha256": source_hash(),
+            "command": sys.argv, "params": params}
 
 
 def resolved(params_path: Path, budget: str, experiment: str) -> dict:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from rlcsc.config import read_params
-from rlcsc.report import EXPLAIN, Measured, Page, Run, _json, against_paper, signed
 from rlcsc.reference import table
+from rlcsc.report import EXPLAIN, Measured, Page, Run, against_paper, signed
 from rlcsc.train import TrainParams
 
 UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}

@@ -13,6 +13,7 @@ import torch
 from rlcsc import int8
 from rlcsc.errors import RlcscError
 from rlcsc.inference import apply, build, for_inference
+
 from test_precision import NETWORKS, PHOTO, small_residual
 
 

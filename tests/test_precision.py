@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,8 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
             assert 0 < abs(q["psnr_change_db"]) <= abs(q["largest_image_change_db"]) < 0.05
             assert 1 <= q["max_grey_difference"] <= 3 and 0 <= q["share_over_1_grey"] < 0.05
     machine = result["machine"]
-    assert machine["cpu"] and machine["threads"] == torch.get_num_threads() and machine["gpu"] is None
+    assert machine["cpu"] == device.cpu_description() and machine["threads"] == torch.get_num_threads()
+    assert machine["gpu"] is None and machine["cpu_cores"] == os.cpu_count() and machine["commit"] and machine["date"]
     assert ("onnxruntime" in machine) == bool(quantized)
     if quantized:
         assert result["int8_calibration"] == {"pairs": 256, "size": 33, "scales": [2, 3, 4], "percentile": 99.999,

@@ -5,6 +5,7 @@ comparisons; how the book labels them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -16,6 +17,7 @@ import yaml
 
 from rlcsc.checksums import seal
 from rlcsc.cli import main
+from rlcsc.device import cpu_description
 from rlcsc.provenance import source_hash
 from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
 
@@ -70,6 +72,7 @@ def test_a_recorded_run_holds_everything_the_program_wrote(recorded: Path) -> No
     assert env["params"]["budget"] == "quick" and env["params"]["experiment"] == "K25"
     assert env["params"]["train"]["max_steps"] == 40 and env["params"]["train"]["recursions"] == 25
     assert env["params"]["evaluate"]["datasets"] == ["Set5"] and env["gpu"] is None
+    assert env["cpu"] == cpu_description() and env["cpu_cores"] == os.cpu_count() and env["commit"] and env["date"]
     train = json.loads((out / "train.json").read_text())
     assert train["steps_done"] == 40 and train["budget"] == "quick" and train["experiment"] == "K25"
     assert [c["step"] for c in train["curve"]] == [40]
