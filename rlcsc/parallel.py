@@ -1,15 +1,26 @@
-"""One way to spread independent work over processes: an ordered map with a progress bar."""
+"""One way to spread independent work over processes: an ordered map with a progress bar.
+
+An interrupted map ends its workers at once. A worker killed while it writes a result into the pool's
+result pipe would leave part of a message there, and the pool's manager thread would wait for the
+rest forever (and the process with it, at exit). So each result travels as a file, and the pipe
+carries only the task's number: a message far below the pipe's atomic write size (PIPE_BUF), which is
+there whole or not at all.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -52,6 +63,23 @@ def pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs,))
 
 
+def _to_file(fn: Callable[[T], R], folder: str, numbered: tuple[int, T]) -> int:
+    """Worker: write `fn(task)` to `folder/<i>.pickle`; return the task's number `i`."""
+    i, task = numbered
+    with open(Path(folder) / f"{i}.pickle", "wb") as f:
+        pickle.dump(fn(task), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return i
+
+
+def _from_file(folder: str, i: int) -> object:
+    """The result that `_to_file` wrote for task `i`, its file removed."""
+    path = Path(folder) / f"{i}.pickle"
+    with open(path, "rb") as f:
+        result = pickle.load(f)
+    path.unlink()
+    return result
+
+
 def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, unit: str = "img") -> Iterator[R]:
     """Yield `fn(task)` for each task, in order, computed on `jobs` processes (default: all cores)."""
     jobs = jobs or os.cpu_count() or 1
@@ -61,14 +89,16 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 yield fn(task)
                 bar.update()
             return
-        workers = pool(jobs)
-        try:
-            for result in workers.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (8 * jobs)))):
-                yield result
-                bar.update()
-        except BaseException:  # an error or an interruption: the workers' tasks are dropped, not waited for
-            for worker in multiprocessing.active_children():
-                worker.terminate()
-            raise
-        finally:
-            workers.shutdown(cancel_futures=True)
+        with tempfile.TemporaryDirectory(prefix="rlcsc-results-") as folder:
+            workers = pool(jobs)
+            try:
+                chunk = max(1, min(8, len(tasks) // (8 * jobs)))
+                for i in workers.map(partial(_to_file, fn, folder), enumerate(tasks), chunksize=chunk):
+                    yield _from_file(folder, i)
+                    bar.update()
+            except BaseException:  # an error or an interruption: the workers' tasks are dropped, not waited for
+                for worker in multiprocessing.active_children():
+                    worker.terminate()
+                raise
+            finally:
+                workers.shutdown(cancel_futures=True)
