@@ -10,7 +10,7 @@ run's folder, committed as `runs/<name>/`, then holds
 - `train.json`: the curve (the monitor's snapshots with loss and gradient norms), steps and epochs
   done, ms/step, wall time; `train_metrics.json`: its summary;
 - `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it;
-- `environment.json`: one entry per call that made or extended the run: GPU, versions, the project's
+- `environment.json`: one entry per call that made or extended the run: GPU, CPU, versions, the project's
   commit and a hash of its source, the resolved params, the command, the date, and what the call did
   (the steps it trained, whether it evaluated);
 - `SHA256SUMS`: the SHA-256 of each, written at the end of every call (also one cut short), which the
