@@ -172,7 +172,7 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
         missing["int8"] = f"runs on a CPU only, not on this {device.type}"
     elif not int8.available():
         missing["int8"] = "needs ONNX Runtime: pip install 'rlcsc[int8]'"
-    machine = _machine(device, "int8" not in missing)  # the commit as the measurement starts
+    ran_on = _machine(device, "int8" not in missing)  # the commit as the measurement starts
     with tempfile.TemporaryDirectory(prefix="rlcsc-int8-") as tmp:
         if "int8" not in missing:
             calibration = int8.calibration_inputs(raw)
@@ -198,7 +198,7 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     variants = {m: {"ms_per_tile": ms[m], "gflops": gflop / (ms[m] / 1000), "speed_vs_fp32": ms["fp32"] / ms[m],
                     "quality": {d: _quality(pairs[d], outs[m][d], outs["fp32"][d], exact[d], scale) for d in datasets}}
                 for m in modes}
-    result = {"what": "inference", "device": device_name(device), "machine": machine,
+    result = {"what": "inference", "device": device_name(device), "machine": ran_on,
               "model": label, "arch": arch, "config": config, "tile": size, "gflop_per_tile": gflop, "rounds": repeats,
               "scale": scale, "variants": variants, "not_native": missing}
     if calibration is not None:
