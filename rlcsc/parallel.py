@@ -1,6 +1,7 @@
 """One way to spread independent work over processes: an ordered map with a progress bar.
 
-An interrupted map ends its workers at once. A worker killed while it writes a result into the pool's
+An interrupted map ends its workers at once (its own only: a child process started before it keeps
+running). A worker killed while it writes a result into the pool's
 result pipe would leave part of a message there, and the pool's manager thread would wait for the
 rest forever (and the process with it, at exit). So each result travels as a file, and the pipe
 carries only the task's number: a message far below the pipe's atomic write size (PIPE_BUF), which is
@@ -110,6 +111,7 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 bar.update()
             return
         with tempfile.TemporaryDirectory(prefix="rlcsc-results-") as folder:
+            others = set(multiprocessing.active_children())  # children that are not this map's workers
             workers = pool(jobs)
             try:
                 chunk = max(1, min(8, len(tasks) // (8 * jobs)))
@@ -117,7 +119,7 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                     yield _from_file(folder, i)
                     bar.update()
             except BaseException:  # an error or an interruption: the workers' tasks are dropped, not waited for
-                for worker in multiprocessing.active_children():
+                for worker in set(multiprocessing.active_children()) - others:
                     worker.terminate()
                 raise
             finally:

@@ -1,8 +1,10 @@
 """The ordered process map: its results, in order, an interruption that ends it at once however large
-the results are that the workers are handing back, and memory freed by the map kept for reuse."""
+the results are that the workers are handing back and leaves other child processes running, and memory
+freed by the map kept for reuse."""
 
 from __future__ import annotations
 
+import multiprocessing
 import platform
 import signal
 import subprocess
@@ -58,6 +60,28 @@ def test_the_map_keeps_the_order_and_leaves_no_result_file(tmp_path: Path, monke
     tasks = list(range(100, 0, -1))  # the first tasks take longest: the map must still yield them first
     assert list(pmap(bytes, tasks, 2, "test")) == [bytes(n) for n in tasks]
     assert list(tmp_path.iterdir()) == []
+
+
+def failing(n: int) -> int:
+    """A task that fails when it is the fourth."""
+    if n == 3:
+        raise ValueError("task 3")
+    time.sleep(0.05)
+    return n
+
+
+def test_a_failed_map_ends_its_own_workers_and_no_other_child() -> None:
+    bystander = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
+    bystander.start()
+    try:
+        with pytest.raises(ValueError, match="task 3"):
+            list(pmap(failing, range(40), 2, "test"))
+        time.sleep(0.5)
+        assert bystander.is_alive()
+        assert multiprocessing.active_children() == [bystander]  # the map's workers are gone
+    finally:
+        bystander.terminate()
+        bystander.join()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
