@@ -137,10 +137,11 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _sr(args: argparse.Namespace) -> None:
-    from rlcsc.sr import PRECISION, super_resolve_file
+    from rlcsc.sr import PRECISION, super_resolve_files
 
-    print(super_resolve_file(args.input, args.output, args.scale, args.model, args.overwrite, args.max_memory,
-                             args.precision or PRECISION), file=sys.stderr)
+    for line in super_resolve_files(args.inputs, args.output, args.scale, args.model, args.overwrite,
+                                    args.max_memory, args.precision or PRECISION):
+        print(line, file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -334,12 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the model file to write")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("sr", help="super-resolve an image file with a trained model")
-    p.add_argument("input", type=Path)
+    p = sub.add_parser("sr", help="super-resolve image files with a trained model")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="input", help="image files")
     p.add_argument("--scale", type=float, required=True, help="upscaling factor, 2 to 4")
     p.add_argument("--model", help="a model file, or a name: rlcsc (the default: the recorded K25 model, else "
                    "the pipeline's) or vdsr (the VDSR authors' weights, converted)")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the output file, or an existing folder "
+                   "where each result takes its image's name (the only choice for several images)")
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
     p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
@@ -442,11 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count`; under torchrun only the first process writes;
-    `rlcsc sr` into a folder that does not exist writes nothing: it refuses)."""
+    `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it refuses)."""
     if args.command not in WRITES or getattr(args, "count", False) or os.environ.get("RANK", "0") != "0":
         return []
-    out = getattr(args, WRITES[args.command])
-    return [] if args.command == "sr" and not out.parent.is_dir() else [out]
+    if args.command == "sr":
+        from rlcsc.sr import output_paths
+
+        return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
+    return [getattr(args, WRITES[args.command])]
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -195,11 +195,17 @@ def _read_tiff16(page: tifffile.TiffPage) -> Picture:
     return Picture((x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / 65535.0, 16)
 
 
-def output_format(path: Path, mode: str, bits: int) -> str:
-    """The format that `path`'s suffix names, or one clear error if it cannot hold a `mode` picture of `bits` bits."""
+def format_of(path: Path) -> str:
+    """The format that `path`'s suffix names, or one clear error."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise RlcscError(f"cannot tell an image format from the name {path.name}; end it in .png, .jpg, .bmp or .tif")
+    return fmt
+
+
+def output_format(path: Path, mode: str, bits: int) -> str:
+    """The format that `path`'s suffix names, or one clear error if it cannot hold a `mode` picture of `bits` bits."""
+    fmt = format_of(path)
     if fmt in ("JPEG", "BMP") and mode.endswith("A"):
         raise RlcscError(f"{fmt} cannot hold the alpha channel of this {mode} image; write .png or .tif instead")
     if fmt in ("JPEG", "BMP") and bits == 16:

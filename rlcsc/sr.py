@@ -1,9 +1,10 @@
-"""`rlcsc sr`: super-resolve one image file, keeping its mode (grey, alpha) and bit depth."""
+"""`rlcsc sr`: super-resolve image files, keeping each one's mode (grey, alpha) and bit depth."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import rlcsc
 from rlcsc.color import rgb2ycbcr, ycbcr2rgb
 from rlcsc.device import inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import Header, Picture, output_format, read_header, read_picture, write_picture
+from rlcsc.imageio import Header, Picture, format_of, output_format, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
 from rlcsc.inference import CPU_TILE, apply, describe_model, for_inference, load_model, receptive_radius
 
@@ -85,12 +86,28 @@ def super_resolve(model: torch.nn.Module, picture: Picture, scale: float) -> Pic
     return replace(picture, pixels=out, note="")
 
 
+def output_paths(inputs: list[Path], output: Path) -> list[Path]:
+    """Where each input's result goes: `output` itself for one input, unless it is a folder; else
+    `<output>/<the input's name>`, in the format the name says, with `output` an existing folder."""
+    if len(inputs) == 1 and not output.is_dir():
+        return [output]
+    if not output.is_dir():
+        raise RlcscError(f"-o {output} is not a folder; with {len(inputs)} images, name the existing folder "
+                         "their results go to")
+    names = [i.name for i in inputs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise RlcscError(f"two images are named {twice}; each result takes its image's name in {output}, "
+                         "so give them different names")
+    return [output / name for name in names]
+
+
 def _check_output(input: Path, output: Path, overwrite: bool) -> None:
-    """One clear error if `output` cannot or should not be written: a folder, a missing folder, an existing file."""
-    if output.is_dir():
-        raise RlcscError(f"-o {output} is a folder; name the output file")
+    """One clear error if `output` cannot or should not be written: a missing folder, a name that says no
+    format, an existing file."""
     if not output.parent.is_dir():
         raise RlcscError(f"folder {output.parent} (of -o {output}) does not exist")
+    format_of(output)
     if output.exists() and not overwrite:
         if input.exists() and os.path.samefile(input, output):
             raise RlcscError(f"-o {output} is the input file; name another file, or pass --overwrite to replace it")
@@ -143,27 +160,34 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
                          f"pass --max-memory {math.ceil(need / 2**30)} to try anyway, or cut the image into parts")
 
 
-def super_resolve_file(input: Path, output: Path, scale: float, model: str | None, overwrite: bool,
-                       max_memory: float | None = None, precision: str = PRECISION) -> str:
-    """Upscale image file `input` by `scale` into `output` with the network in `precision` (fp32 where bf16
-    is not native: `rlcsc.device.inference_precision`); returns the line that says what was done. An image
-    that needs more memory than `max_memory` GiB (default: what is available) is refused from its header,
-    before it is decoded."""
+def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,
+                        max_memory: float | None = None, precision: str = PRECISION) -> Iterator[str]:
+    """Upscale each image file of `inputs` by `scale` into `output_paths(inputs, output)` with the network
+    in `precision` (fp32 where bf16 is not native: `rlcsc.device.inference_precision`), yielding a line
+    that says what was done as each is written. What can be checked before any work is checked for
+    every image first: the outputs, the headers, the model, and the memory each image takes (more than
+    `max_memory` GiB, default what is available, is refused from its header, before it is decoded)."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
     if precision not in SR_PRECISIONS:
         raise RlcscError(f"--precision must be one of {', '.join(SR_PRECISIONS)}, got {precision!r}")
-    _check_output(input, output, overwrite)
-    header = read_header(input)
+    outputs = output_paths(inputs, output)
+    for input, out in zip(inputs, outputs):
+        _check_output(input, out, overwrite)
+    headers = [read_header(input) for input in inputs]
     model = resolve_model(model)
     about = model_summary(model)
     device = pick_device("auto")
     network = load_model(model, device)  # checked before anything is said of the precision
-    _check_memory(input, header, scale, memory_needed(header, scale, network, device), max_memory)
-    picture = read_picture(input)
-    output_format(output, picture.mode, picture.bits)  # can the output hold it? (before any work)
+    for input, header in zip(inputs, headers):
+        _check_memory(input, header, scale, memory_needed(header, scale, network, device), max_memory)
     precision = inference_precision(device, precision)
-    with using_precision(device, "fp32"):  # the layers bf16 leaves in fp32 stay exact on a GPU too
-        result = super_resolve(for_inference(network, device, precision), picture, scale)
-    write_picture(result, output)
-    return f"{input} {picture} -> {output} {result} (model {model}: {about}) in {precision}"
+    network = for_inference(network, device, precision)
+    for i, (input, out) in enumerate(zip(inputs, outputs), 1):
+        picture = read_picture(input)
+        output_format(out, picture.mode, picture.bits)  # can the output hold it? (before any work on it)
+        with using_precision(device, "fp32"):  # the layers bf16 leaves in fp32 stay exact on a GPU too
+            result = super_resolve(network, picture, scale)
+        write_picture(result, out)
+        count = f"{i}/{len(inputs)} " if len(inputs) > 1 else ""
+        yield f"{count}{input} {picture} -> {out} {result} (model {model}: {about}) in {precision}"

@@ -52,6 +52,12 @@ def sr_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
+def sr_file(input: Path, output: Path, *args: object, **kwargs: object) -> str:
+    """`sr.super_resolve_files` of one image: the line it says."""
+    (line,) = sr.super_resolve_files([input], output, *args, **kwargs)
+    return line
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """An untrained miniature model file."""
@@ -153,7 +159,7 @@ def test_planar_16bit_tiff_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt,mode,bits", ALL)
 def test_sr_keeps_mode_and_bit_depth(fmt: str, mode: str, bits: int, tiny: Path, tmp_path: Path) -> None:
     save(pixels(mode, bits), tmp_path / f"in.{fmt}")
-    line = sr.super_resolve_file(tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}", 3, tiny, False)
+    line = sr_file(tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}", 3, tiny, False)
     out = load(tmp_path / f"out.{fmt}")
     assert out.shape[:2] == (27, 21) and out.dtype == (np.uint8 if bits == 8 else np.uint16)
     assert out.shape[2:] == (() if CHANNELS[mode] is None else (CHANNELS[mode],))
@@ -165,7 +171,7 @@ def test_8bit_rgb_output_is_unchanged(tiny: Path, tmp_path: Path) -> None:
     """Bit-identical to what `rlcsc sr` has always done with an 8-bit RGB image."""
     img = pixels("RGB", 8, (20, 17))
     Image.fromarray(img).save(tmp_path / "in.png")
-    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
+    sr_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
     ycc = imresize(rgb2ycbcr(img / 255.0), 3)
     ycc[..., 0] = apply(load_model(tiny), ycc[..., 0])
     before = np.clip(np.floor(ycbcr2rgb(ycc) * 255 + 0.5), 0, 255).astype(np.uint8)
@@ -176,7 +182,7 @@ def test_16bit_input_is_processed_at_full_precision(tiny: Path, tmp_path: Path) 
     data = pixels("RGB", 16, (20, 17))
     assert np.any(data % 257)
     save(data, tmp_path / "in.png")
-    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
+    sr_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False, precision="fp32")
     out = load(tmp_path / "out.png")
     model = load_model(tiny)
     full = sr.super_resolve(model, Picture(data / 65535.0, 16), 3)
@@ -189,7 +195,7 @@ def test_16bit_input_is_processed_at_full_precision(tiny: Path, tmp_path: Path) 
 def test_alpha_is_bicubic(mode: str, bits: int, tiny: Path, tmp_path: Path) -> None:
     data = pixels(mode, bits, (12, 10))
     save(data, tmp_path / "in.png")
-    sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False)
+    sr_file(tmp_path / "in.png", tmp_path / "out.png", 3, tiny, False)
     alpha = load(tmp_path / "out.png")[..., -1]
     np.testing.assert_array_equal(alpha, im2uint(imresize(data[..., -1] / (2**bits - 1.0), 3), bits))
 
@@ -208,7 +214,7 @@ def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path,
              "r.jpg": ("RGB", "turned upright by its EXIF orientation", (18, 24, 3))}
     for name, (mode, note, shape) in cases.items():
         out = tmp_path / f"out-{Path(name).stem}.png"
-        line = sr.super_resolve_file(tmp_path / name, out, 3, tiny, False)
+        line = sr_file(tmp_path / name, out, 3, tiny, False)
         assert f"{mode} 8-bit ({note}) -> " in line and line.count(f"{mode} 8-bit") == 2, line
         assert load(out).shape == shape and load(out).dtype == np.uint8
 
@@ -230,7 +236,7 @@ def test_frames_and_a_transparent_colour_left_out_are_said(tiny: Path, tmp_path:
              "trns.png": f"L 8-bit ({dropped})", "trns-rgb.png": f"RGB 8-bit ({dropped})",
              "trns16.png": f"L 16-bit ({dropped})"}
     for name, said in cases.items():
-        line = sr.super_resolve_file(tmp_path / name, tmp_path / f"out-{Path(name).stem}.png", 2, tiny, False)
+        line = sr_file(tmp_path / name, tmp_path / f"out-{Path(name).stem}.png", 2, tiny, False)
         assert f" {said} -> " in line, line
 
 
@@ -309,20 +315,20 @@ def test_default_model_is_the_recorded_k25(tiny: Path, tmp_path: Path, monkeypat
     monkeypatch.setitem(sr.NAMED_MODELS, "rlcsc", ((recorded, pipeline), "train@K25"))
     save(pixels("L", 8), tmp_path / "in.png")
     with pytest.raises(RlcscError, match=f"no rlcsc model at {recorded} or {pipeline}.*dvc repro train@K25.*--model"):
-        sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
+        sr_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False)
     assert not (tmp_path / "out.png").exists()
     pipeline.parent.mkdir()
     labelled = {**torch.load(tiny, weights_only=True), "experiment": "K25", "budget": "quick", "status": "completed",
                 "epochs_done": 4.0, "epochs_planned": 4.0}
     save_torch(labelled, pipeline)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False, precision="fp32")
+    line = sr_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, False, precision="fp32")
     assert line.endswith(f"(model {pipeline}: K25, budget quick, 4 of 4 epochs) in fp32")
     recorded.parent.mkdir()
     save_torch({**labelled, "budget": "paper", "epochs_done": 1.0, "epochs_planned": 35.0}, recorded)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
+    line = sr_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
     assert line.endswith(f"(model {recorded}: K25, budget paper, 1 of 35 epochs) in fp32")
     save_torch({**labelled, "status": "diverged at epoch 2, step 5"}, recorded)
-    line = sr.super_resolve_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
+    line = sr_file(tmp_path / "in.png", tmp_path / "out.png", 2, None, True, precision="fp32")
     assert line.endswith("K25, budget quick, 4 of 4 epochs, diverged at epoch 2, step 5) in fp32")
 
 
@@ -480,3 +486,61 @@ def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: P
         status, err = sr_in_process(capsys, str(tmp_path / name), "--scale", "3", "-o", str(tmp_path / out), *rest)
         assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (name, out, err)
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
+
+
+def test_several_images_go_into_a_folder_each_under_its_name(tiny: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """The results of several images are those of each image alone, in the folder under the images' names;
+    one image with a folder for -o goes there too."""
+    images = {"a.png": ("RGB", 8), "b.tif": ("LA", 16), "c.jpg": ("L", 8)}
+    for name, (mode, bits) in images.items():
+        save(pixels(mode, bits, seed=len(name) + ord(name[0])), tmp_path / name)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in images:
+        sr_file(tmp_path / name, alone / name, 3, tiny, False, precision="fp32")
+    together = tmp_path / "together"
+    together.mkdir()
+    status, err = sr_in_process(capsys, *(str(tmp_path / n) for n in images), "--scale", "3", "--model", str(tiny),
+                                "-o", str(together), "--precision", "fp32")
+    lines = [line for line in err.splitlines() if " -> " in line]  # the lines said, not the progress bars
+    assert status == 0 and [line.split()[0] for line in lines] == ["1/3", "2/3", "3/3"], err
+    assert [line.split()[1] for line in lines] == [str(tmp_path / n) for n in images]
+    assert sorted(p.name for p in together.iterdir()) == sorted(images)
+    for name in images:
+        assert np.array_equal(load(together / name), load(alone / name)), name
+    one = tmp_path / "one"
+    one.mkdir()
+    status, err = sr_in_process(capsys, str(tmp_path / "a.png"), "--scale", "3", "--model", str(tiny), "-o", str(one),
+                                "--precision", "fp32")
+    assert status == 0 and f"-> {one / 'a.png'} " in err and not err.startswith("1/1")
+    assert (one / "a.png").read_bytes() == (together / "a.png").read_bytes()
+
+
+def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A mistake about any image is one line before the first is computed: nothing is written."""
+    for name in ("a.png", "b.png", "sub/b.png", "in/a.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        save(pixels("RGB", 8), tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    png_header(tmp_path / "huge.png", 12000, 12000, 8, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "empty").mkdir()
+    (out / "b.png").write_bytes(b"keep me")
+    cases = [
+        (["a.png", "b.png"], "file.png", "is not a folder; with 2 images, name the existing folder"),
+        (["a.png", "sub/b.png", "b.png"], "out", "two images are named b.png"),
+        (["a.png", "b.png"], "out", "b.png exists; pass --overwrite"),
+        (["a.png", "bad.png"], "empty", "cannot read image"),
+        (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),
+        (["in/a.png"], "in", "is the input file"),
+    ]
+    for names, target, message in cases:
+        status, err = sr_in_process(capsys, *(str(tmp_path / n) for n in names), "--scale", "2", "--model", str(tiny),
+                                    "-o", str(tmp_path / target), "--max-memory", "8")
+        assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (names, err)
+    assert [p.name for p in out.iterdir()] == ["b.png"] and (out / "b.png").read_bytes() == b"keep me"
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.png"] and not list((tmp_path / "empty").iterdir())
+    assert not (tmp_path / "file.png").exists()
