@@ -88,7 +88,11 @@ def super_resolve(model: torch.nn.Module, picture: Picture, scale: float) -> Pic
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     """Where each input's result goes: `output` itself for one input, unless it is a folder; else
-    `<output>/<the input's name>`, in the format the name says, with `output` an existing folder."""
+    `<output>/<the input's name>`, in the format the name says, with `output` an existing folder. An input
+    that is a folder is one clear error."""
+    folder = next((i for i in inputs if i.is_dir()), None)
+    if folder:
+        raise RlcscError(f"{folder} is a folder; name the image files in it (e.g. {folder / '*.png'})")
     if len(inputs) == 1 and not output.is_dir():
         return [output]
     if not output.is_dir():

@@ -536,6 +536,7 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         (["a.png", "bad.png"], "empty", "cannot read image"),
         (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),
         (["in/a.png"], "in", "is the input file"),
+        (["a.png", "in"], "out", f"{tmp_path / 'in'} is a folder; name the image files in it"),
     ]
     for names, target, message in cases:
         status, err = sr_in_process(capsys, *(str(tmp_path / n) for n in names), "--scale", "2", "--model", str(tiny),
