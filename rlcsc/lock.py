@@ -12,7 +12,6 @@ one is taken for the lock of a process killed as it began).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -28,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlcsc.errors import RlcscError
+
+try:
+    import fcntl
+except ModuleNotFoundError:  # Windows
+    raise SystemExit("rlcsc: error: the package locks its outputs with POSIX file locks (fcntl), which this "
+                     "system lacks; run it on Linux, or on Windows under WSL") from None
 
 
 @dataclass(frozen=True)

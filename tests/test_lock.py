@@ -112,3 +112,12 @@ def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> No
     with writing(tmp_path / "out.png"), writing(tmp_path / "out.png"):  # held once by one process
         assert lock.exists()
     assert not lock.exists()
+
+
+def test_a_system_without_posix_file_locks_is_told_so_in_one_line() -> None:
+    """Where `fcntl` does not exist (Windows), the command ends with one line saying what to do instead."""
+    code = "import sys; sys.modules['fcntl'] = None; from rlcsc.cli import main; main(['params'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "rlcsc: error: the package locks its outputs with POSIX file locks (fcntl), which this system lacks; "
+        "run it on Linux, or on Windows under WSL"], proc.stderr
