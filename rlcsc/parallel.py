@@ -1,12 +1,12 @@
 """One way to spread independent work over processes: an ordered map with a progress bar.
 
 An interrupted map ends its workers at once (its own only: a child process started before it keeps
-running). A worker killed while it writes a result into the pool's
-result pipe would leave part of a message there, and the pool's manager thread would wait for the
-rest forever (and the process with it, at exit). So each result travels as a file, and the pipe
-carries only the task's number: a message far below the pipe's atomic write size (PIPE_BUF), which is
-there whole or not at all. Workers, and the map when it runs in the calling process, keep the memory
-they free for reuse (`keep_freed_memory`).
+running), and a killed one leaves none behind, however they were started (`_end_with`). A worker
+killed while it writes a result into the pool's result pipe would leave part of a message there, and
+the pool's manager thread would wait for the rest forever (and the process with it, at exit). So each
+result travels as a file, and the pipe carries only the task's number: a message far below the pipe's
+atomic write size (PIPE_BUF), which is there whole or not at all. Workers, and the map when it runs in
+the calling process, keep the memory they free for reuse (`keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import ctypes
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import tempfile
@@ -57,30 +58,45 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
-def _end_with_parent() -> None:
-    """End this process as soon as its parent has ended (checked twice a second), so that a killed
-    command leaves no worker computing for nobody; SIGTERM ends it at once, without a traceback."""
-    parent = os.getppid()
+def _end_with(creator: int) -> None:
+    """End this process as soon as process `creator`, which made its pool, has ended, so that a killed
+    command leaves no worker computing for nobody; SIGTERM ends it at once, without a traceback.
+
+    A worker started by a fork server is not its creator's child, and holds (as every worker of it does)
+    the pipe by which the server would learn that the creator has ended: its creator is watched through
+    a pidfd (Linux), readable once that process has ended. Without pidfds the workers are the creator's
+    children (fork or spawn) and wait for their parent to change (checked twice a second)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        ended = os.pidfd_open(creator)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfds here
+        if os.getppid() != creator:
+            return  # neither way of watching it: the worker ends with its pool only
+        ended = None
 
     def watch() -> None:
-        while os.getppid() == parent:  # a process whose parent ends is handed to another
-            time.sleep(0.5)
+        if ended is None:
+            while os.getppid() == creator:  # a process whose parent ends is handed to another
+                time.sleep(0.5)
+        else:
+            select.select([ended], [], [])
         os._exit(1)
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _start_worker(jobs: int) -> None:
-    _end_with_parent()
+def _start_worker(jobs: int, creator: int) -> None:
+    _end_with(creator)
     keep_freed_memory()
     share_cores(jobs)
 
 
 def pool(jobs: int) -> ProcessPoolExecutor:
     """A pool of `jobs` worker processes that share the cores (see `share_cores`), keep the memory they
-    free (`keep_freed_memory`) and end with their parent (`_end_with_parent`)."""
-    return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs,))
+    free (`keep_freed_memory`) and end with the process that made them (`_end_with`)."""
+    return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs, os.getpid()))
 
 
 def _to_file(fn: Callable[[T], R], folder: str, numbered: tuple[int, T]) -> int:

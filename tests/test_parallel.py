@@ -34,6 +34,17 @@ LARGE = textwrap.dedent("""
         sys.exit(130)
 """)
 
+# Two workers started by `argv[1]` (fork, spawn or a fork server) sleeping in a map: the first task ends
+# at once, so that a line says they are at work, and the others take a minute.
+SLEEPING = textwrap.dedent("""
+    import multiprocessing, sys, time
+    multiprocessing.set_start_method(sys.argv[1])
+    from rlcsc.parallel import pmap
+
+    for _ in pmap(time.sleep, [0] + [60] * 4, 2, "sleep"):
+        print("at work", flush=True)
+""")
+
 # Three 8 MiB arrays made and freed, four times: the page faults of the last three rounds. By default
 # glibc hands the freed memory back to the system and takes it again page by page.
 FAULTS = textwrap.dedent("""
@@ -101,6 +112,39 @@ def test_an_interrupted_map_of_large_results_ends_at_once(round_: int, tmp_path:
     time.sleep(1)
     assert not [pid for pid in workers if running(pid)]
     assert list(tmp_path.iterdir()) == []
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below `pid`: its children, theirs, and so on."""
+    from test_training_data import workers_of
+
+    found, todo = [], [pid]
+    while todo:
+        children = workers_of(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_killed_map_leaves_no_process_behind(method: str) -> None:
+    """kill -9 of the process that maps: its workers end within seconds, and with them a fork server's
+    process and the resource tracker, however the workers were started (a fork server's are not the
+    killed process's children; the default start method of Python 3.14 on Linux)."""
+    from test_training_data import running
+
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPING, method], stdout=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.stdout.readline().strip() == "at work"
+    below = descendants(proc.pid)
+    assert len(below) >= 2
+    proc.kill()
+    proc.wait(timeout=5)
+    deadline = time.time() + 5
+    while [pid for pid in below if running(pid)] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in below if running(pid)]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
