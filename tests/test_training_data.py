@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +167,19 @@ def _killed(task: tuple) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.fixture
+def forked() -> Iterator[None]:
+    """Pool workers started by fork, so that they run what the test patched (those of a fork server,
+    Python 3.14's default on Linux, or of spawn import the code afresh)."""
+    method = multiprocessing.get_start_method()
+    multiprocessing.set_start_method("fork", force=True)
+    yield
+    multiprocessing.set_start_method(method, force=True)
+
+
 def test_a_disk_without_room_or_a_dead_worker_is_one_line_and_keeps_the_patch_set(
-        augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+        augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        forked: None) -> None:
     """The patch set's space is taken before any work (else a full disk kills the worker that writes into
     the memory map); a worker killed anyway (out of memory) is one line too. The old patch set stays."""
     from rlcsc.cli import main
