@@ -7,7 +7,7 @@ inside it and restores them on leaving, so no setting outlives the code that ask
 
 Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; fp32 on the CPU) and
 `bf16`: the convolutions between the image and the image in bfloat16 (for RL-CSC W1, the K
-applications of S and W2, 95% of its arithmetic), those that read or write the image (F0, F1 and H)
+applications of S and W2, 99% of its arithmetic), those that read or write the image (F0, F1 and H)
 and the residual sum in fp32 (`bf16_inside`; rounding the image itself to bf16 costs tenths of a grey
 level). `inference_precision` says what really runs: bf16 needs a device that computes it natively
 (a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than fp32), and
