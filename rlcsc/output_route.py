@@ -19,6 +19,7 @@ import pandas as pd
 
 from rlcsc.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from rlcsc.crop import modcrop
+from rlcsc.device import machine
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import compare, ilr_pair, quantize
 from rlcsc.imageio import read_image
@@ -26,6 +27,7 @@ from rlcsc.imresize import imresize
 from rlcsc.inference import Network
 from rlcsc.manifest import TEST_SETS, checked_images
 from rlcsc.parallel import pmap
+from rlcsc.provenance import stamp
 from rlcsc.rounding import im2uint
 
 ROUTES = ("y", "rgb")
@@ -57,13 +59,14 @@ def _score(task: tuple[str, Path, int, Network]) -> dict:
 
 def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequence[int], jobs: int | None = None) -> dict:
     """Mean PSNR, SSIM and IFC of the network in `model` on each dataset and scale by both routes (`y`: this
-    package's protocol; `rgb`: through a saved RGB result image), and the rgb route minus the y route."""
+    package's protocol; `rgb`: through a saved RGB result image), the rgb route minus the y route, and the
+    machine, commit and date of the measurement."""
     if not model.is_file():
         raise RlcscError(f"model file not found: {model}")
     unknown = [d for d in datasets if d not in TEST_SETS]
     if unknown:
         raise RlcscError(f"unknown test set {unknown[0]!r}; choose from {list(TEST_SETS)}")
-    network = Network(model)
+    network, ran_on = Network(model), {**machine("cpu"), **stamp()}  # the commit as the measurement starts
     tasks = [(d, path, s, network) for d in datasets for path in checked_images(raw, [d]) for s in scales]
     rows = pd.DataFrame(list(pmap(_score, tasks, jobs, desc="output route")))
     cells: dict = {}
@@ -73,4 +76,4 @@ def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequen
         cells.setdefault(dataset, {})[f"x{scale}"] = cell | {"images": len(group)}
     return {"what": "output route", "model": str(model), "routes": {"y": "this package's protocol: the network's Y "
             "rounded once", "rgb": "the Y joined to bicubic Cb, Cr, written as an RGB uint8 image and read back"},
-            "metrics": cells}
+            "machine": ran_on, "metrics": cells}

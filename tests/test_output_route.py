@@ -35,10 +35,12 @@ def test_an_rgb_result_image_rounds_y_a_second_time() -> None:
 def test_the_y_route_is_the_protocol(mirror: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), model)
-    result = output_route(model, mirror, ["Set5"], [3], jobs=1)["metrics"]["Set5"]["x3"]
+    recorded = output_route(model, mirror, ["Set5"], [3], jobs=1)
+    result = recorded["metrics"]["Set5"]["x3"]
     protocol = summarize(evaluate(Network(model), mirror, ["Set5"], [3], True, jobs=1))["Set5"]["x3"]
     assert result["images"] == 5
     for metric in ("psnr", "ssim", "ifc"):
         assert result[f"{metric}_y"] == pytest.approx(protocol[metric], abs=1e-12)
         assert result[f"{metric}_rgb_minus_y"] == pytest.approx(result[f"{metric}_rgb"] - result[f"{metric}_y"])
     assert result["psnr_rgb_minus_y"] != 0
+    assert recorded["machine"]["cpu_cores"] and recorded["machine"]["date"]  # where and when it was measured
