@@ -78,6 +78,20 @@ def test_the_scorecard_holds_the_numbers_of_the_files(html: Path) -> None:
         assert spread == line.spread() and run == (line.run.name if line.run else "none yet")
 
 
+def test_the_output_route_sentence_holds_the_file(html: Path) -> None:
+    """The methods page counts, from VDSR's output-route file and the paper's Table 2, the cells whose IFC lies
+    nearer the protocol's route than the RGB route's, and names the route only when every cell agrees."""
+    from rlcsc.reference import table
+
+    route = json.loads((REPO / "runs" / "VDSR-official" / "output_route.json").read_text())["metrics"]
+    paper = table("table2").query("method == 'VDSR'")
+    cells = [(row.ifc, route[row.dataset][f"x{row.scale}"]) for row in paper.itertuples()]
+    nearer = sum(abs(p - c["ifc_y"]) < abs(p - c["ifc_rgb"]) for p, c in cells)
+    text = " ".join(page(html, "methods").get_text().split())
+    assert f"than the RGB route’s in {nearer} of {len(cells)} cells" in text
+    assert ("scored VDSR’s Y directly" in text) == (nearer == len(cells))
+
+
 def test_no_page_calls_a_run_completed(html: Path) -> None:
     """A run says how far it trained ("1 of 35 epochs"), never "completed", which a run short of its plan is not."""
     for path in sorted((html / "generated").glob("*.html")):
