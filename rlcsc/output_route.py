@@ -66,7 +66,8 @@ def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequen
     unknown = [d for d in datasets if d not in TEST_SETS]
     if unknown:
         raise RlcscError(f"unknown test set {unknown[0]!r}; choose from {list(TEST_SETS)}")
-    network, ran_on = Network(model), {**machine("cpu"), **stamp()}  # the commit as the measurement starts
+    network = Network(model)
+    ran_on = {**machine(network.device), **stamp()}  # the commit as the measurement starts
     tasks = [(d, path, s, network) for d in datasets for path in checked_images(raw, [d]) for s in scales]
     rows = pd.DataFrame(list(pmap(_score, tasks, jobs, desc="output route")))
     cells: dict = {}
