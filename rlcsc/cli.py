@@ -15,10 +15,6 @@ from rlcsc.errors import RlcscError
 from rlcsc.lock import writing
 from rlcsc.manifest import TEST_SETS
 
-# The params a stage command reads: its block (with the experiment's and the budget's layers) and
-# single keys of other blocks. `rlcsc params` prints them; the tests check dvc.yaml against them.
-READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
-         "evaluate": ("evaluate",), "report": ("report", "experiments")}
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
           "record": "out", "compare": "out"}

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlcsc.cli import READS
 from rlcsc.config import BUDGETED
 from rlcsc.provenance import closure, imported
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rlcsc"
+# The params each stage command reads: its block (with the experiment's and the budget's layers) and
+# single keys of other blocks (`train` reads `evaluate.precision` for its Set5 x3 monitor).
+READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
+         "evaluate": ("evaluate",), "report": ("report", "experiments")}
 
 
 def holds_code(path: Path) -> bool:
