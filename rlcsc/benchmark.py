@@ -18,9 +18,8 @@ from rlcsc import int8
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import device_name, effective, inference_precision, machine, pick_device, using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pair, quantize, score, summarize
+from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
-from rlcsc.manifest import checked_images
 from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
 
@@ -238,7 +237,7 @@ def _quality(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray],
 
 def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(HR Y, ILR Y) of every image of `dataset` (steps 1-2 of the evaluation protocol)."""
-    return [ilr_pair(f, scale) for f in checked_images(raw, [dataset])]
+    return [ilr_pair(f, scale) for f in checked_test_images(raw, [dataset])]
 
 
 def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None, jobs: int | None = None) -> dict:

@@ -12,6 +12,7 @@ Every method goes through `evaluate`, so a network's numbers and bicubic's are c
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.ifc import ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
-from rlcsc.manifest import TEST_SETS, checked_images
+from rlcsc.manifest import TEST_SETS, Entry, checked_images
 from rlcsc.metrics import psnr, ssim
 from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
@@ -70,6 +71,29 @@ def check_size(path: Path, shape: tuple[int, ...], scale: int) -> None:
     if min(shape[:2]) < side:
         raise RlcscError(f"test image {path} is {shape[1]}x{shape[0]}: the protocol at x{scale} needs at least "
                          f"{side}x{side} ({scale} pixels shaved from each border, {MIN_SHAVED} left for IFC)")
+
+
+def y_sha256(y: np.ndarray) -> str:
+    """The SHA-256 of a uint8 Y channel: its height and width, then its rows (`manifest.tsv`'s `y_sha256`)."""
+    digest = hashlib.sha256(f"{y.shape[0]}x{y.shape[1]}\n".encode())
+    digest.update(np.ascontiguousarray(y, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def _same_y(path: Path, entry: Entry) -> bool:
+    """Whether the image file at `path` holds the Y channel of the test image `entry` pins (in any lossless
+    form: the file itself, or a single-channel image of its Y), which is all that step 1 reads of it."""
+    try:
+        y = rgb2y(read_image(path))
+    except RlcscError:
+        return False
+    return y.ndim == 2 and y.dtype == np.uint8 and y_sha256(y) == entry.y_sha256
+
+
+def checked_test_images(raw: Path, datasets: Sequence[str]) -> list[Path]:
+    """The images of the test sets `datasets` under `raw`, each checked before any is scored: the file
+    `manifest.tsv` pins (its SHA-256), or an image of the same Y channel (its `y_sha256`)."""
+    return checked_images(raw, datasets, _same_y)
 
 
 def read_y(path: Path, scale: int) -> np.ndarray:
@@ -134,7 +158,7 @@ def evaluate(
     jobs: int | None = None,
 ) -> list[ImageScore]:
     """Score every image of `datasets` under `raw/<dataset>/` at every scale, on `jobs` processes, once
-    every file is checked against the manifest.
+    every image is checked against the manifest (`checked_test_images`).
 
     An upscaler marked `in_process` (a network on a GPU) is called in this process with the ILR
     image as a float64 tensor on its `device`; every other upscaler runs in the workers on numpy.
@@ -144,7 +168,7 @@ def evaluate(
         raise RlcscError(f"scales must be among {list(SCALES)}, got {bad}")
     tasks = []
     for dataset in datasets:
-        tasks += [(dataset, path, s, upscale, with_ifc) for path in checked_images(raw, [dataset]) for s in scales]
+        tasks += [(dataset, path, s, upscale, with_ifc) for path in checked_test_images(raw, [dataset]) for s in scales]
     if not getattr(upscale, "in_process", False):
         return list(pmap(_score_file, tasks, jobs, desc="evaluate"))
     return _evaluate_in_process(upscale, tasks, jobs or os.cpu_count() or 1)

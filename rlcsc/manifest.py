@@ -1,16 +1,18 @@
 """The manifests: every file the pipeline fetches, its size, SHA-256 and pinned URL.
 
 `manifest.tsv` lists T91 and BSD200 (the 291 training images of Section 5.1) and the test sets
-Set5, Set14, BSD100 and Urban100. Every stage finds an image as `raw/<dataset>/<file>`; `paths`
-is the one place that layout is written. `weights.tsv` lists the comparison methods' released model
-files the same way (group, file, bytes, SHA-256, URL), one group per method.
+Set5, Set14, BSD100 and Urban100; for a test image it also pins the SHA-256 of its Y channel
+(`y_sha256`: `rlcsc.evaluate.y_sha256`), all that the evaluation protocol reads of it. Every stage
+finds an image as `raw/<dataset>/<file>`; `paths` is the one place that layout is written.
+`weights.tsv` lists the comparison methods' released model files the same way (group, file, bytes,
+SHA-256, URL), one group per method.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +25,15 @@ TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 
 @dataclass(frozen=True)
 class Entry:
-    """One manifest row: a file of a dataset (or of a method's weights), its size and SHA-256, and the URL
-    it comes from."""
+    """One manifest row: a file of a dataset (or of a method's weights), its size and SHA-256, the URL
+    it comes from, and for a test image the SHA-256 of its Y channel."""
 
     dataset: str
     file: str
     bytes: int
     sha256: str
     url: str
+    y_sha256: str = ""
 
     @property
     def relpath(self) -> str:
@@ -39,11 +42,14 @@ class Entry:
 
 
 def load_manifest(path: Path = MANIFEST, datasets: Sequence[str] | None = None) -> list[Entry]:
-    """Read a manifest (its columns: dataset or group, file, bytes, sha256, url), keeping only `datasets`
-    (all when None), in file order."""
+    """Read a manifest (its columns, by their header: dataset or group, file, bytes, sha256, url, and
+    optionally y_sha256), keeping only `datasets` (all when None), in file order."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-        entries = [Entry(group, file, int(size), sha256, url) for group, file, size, sha256, url in rows]
+        header, *rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    entries = []
+    for group, *rest in rows:
+        cells = dict(zip(header[1:], rest, strict=True))
+        entries.append(Entry(group, cells.pop("file"), int(cells.pop("bytes")), **cells))
     if datasets is None:
         return entries
     known = list(dict.fromkeys(e.dataset for e in entries))
@@ -58,18 +64,21 @@ def paths(raw: Path, datasets: Sequence[str]) -> list[Path]:
     return [raw / e.dataset / e.file for e in load_manifest(datasets=datasets)]
 
 
-def checked_images(raw: Path, datasets: Sequence[str]) -> list[Path]:
-    """`paths`, each file checked against its SHA-256 in the manifest first (test images before they are
-    scored, training images before int8 calibration): one clear error names the first that is missing
-    or holds other bytes."""
+def checked_images(raw: Path, datasets: Sequence[str], same: Callable[[Path, Entry], bool] | None = None
+                   ) -> list[Path]:
+    """`paths`, each file checked against its SHA-256 in the manifest first (training images before int8
+    calibration), or, where its bytes differ, by `same` (test images before they are scored: an image of
+    the pinned one's Y channel, `rlcsc.evaluate.checked_test_images`): one clear error names the first that is
+    missing or neither."""
     found = []
     for e in load_manifest(datasets=datasets):
         path = raw / e.relpath
         if not path.is_file():
             raise RlcscError(f"missing image {path}: run `rlcsc download --out {raw}` first")
-        if file_sha256(path) != e.sha256:
-            raise RlcscError(f"corrupt {path}: not the file {MANIFEST.name} pins (its SHA-256 differs); fetch it "
-                             f"again with `rlcsc download --out {raw}`")
+        if file_sha256(path) != e.sha256 and not (same and same(path, e)):
+            nor = ", nor an image of its Y channel" if same else ""
+            raise RlcscError(f"corrupt {path}: not the file {MANIFEST.name} pins (its SHA-256 differs){nor}; fetch "
+                             f"it again with `rlcsc download --out {raw}`")
         found.append(path)
     return found
 

@@ -36,9 +36,9 @@ from rlcsc.config import Checked, above, at_least, between, one_of, param, withi
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import PRECISIONS, autocast, device_name, effective, inference_precision, pick_device, using_precision
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import ilr_pair, score
+from rlcsc.evaluate import checked_test_images, ilr_pair, score
 from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
-from rlcsc.manifest import TEST_SETS, checked_images
+from rlcsc.manifest import TEST_SETS
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
 
@@ -254,7 +254,7 @@ class Monitor:
 
     def __init__(self, raw: Path, dataset: str, scale: int, precision: str) -> None:
         self.scale, self.precision = scale, precision
-        self.pairs = [ilr_pair(path, scale) for path in checked_images(raw, [dataset])]
+        self.pairs = [ilr_pair(path, scale) for path in checked_test_images(raw, [dataset])]
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float | None]:

@@ -1,6 +1,6 @@
 """Damaged inputs are named, never used: a model file carries the SHA-256 of its network, the
 augmented images and the patch set a SHA256SUMS that their readers verify, the test images the
-SHA-256 of the manifest, and a recorded run's folder a SHA256SUMS that the report verifies. Each
+SHA-256 of the manifest (of the file, or of the Y channel that the protocol reads), and a recorded run's folder a SHA256SUMS that the report verifies. Each
 refusal is one line naming the file and what writes it again."""
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from PIL import Image
 from rlcsc.atomic import save_torch
 from rlcsc.checksums import SUMS, seal, verify, verify_run
 from rlcsc.cli import main
+from rlcsc.color import rgb2y
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
+from rlcsc.imageio import read_image
 from rlcsc.inference import build, load_model, model_state
 from rlcsc.train import Monitor, TrainParams, train
 
@@ -146,11 +148,34 @@ def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path,
     argv = ["evaluate", "--method", "bicubic", "--raw", str(raw), "--datasets", "Set5", "--scales", "3", "--no-ifc",
             "--out", str(tmp_path / "o")]
     expected = (f"corrupt {raw / 'Set5' / 'img_001_SRF_2_HR.png'}: not the file manifest.tsv pins (its SHA-256 "
-                f"differs); fetch it again with `rlcsc download --out {raw}`")
+                f"differs), nor an image of its Y channel; fetch it again with `rlcsc download --out {raw}`")
     assert one_line_error(capsys, argv).endswith(expected)
     assert not (tmp_path / "o" / "metrics.json").exists()
     with pytest.raises(RlcscError, match=re.escape(expected)):
         Monitor(raw, "Set5", 3, "fp32")  # training's Set5 x3 scores
+
+
+def test_a_test_image_in_another_lossless_form_of_its_y_is_scored_alike(mirror: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """The protocol reads only Y: a test set brought as its Y channel alone (a grey PNG of each image) is
+    accepted by its Y's SHA-256 and scores bit for bit as the pinned files do; one grey level off is not."""
+    argv = ["evaluate", "--method", "bicubic", "--datasets", "Set5", "--scales", "3", "--no-ifc"]
+    assert main(argv + ["--raw", str(mirror), "--out", str(tmp_path / "pinned")]) == 0
+    raw = tmp_path / "raw"
+    for image in sorted((mirror / "Set5").iterdir()):
+        (raw / "Set5").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb2y(read_image(image))).save(raw / "Set5" / image.name, format="PNG")
+    assert main(argv + ["--raw", str(raw), "--out", str(tmp_path / "y")]) == 0
+    for name in ("metrics.json", "per_image.csv"):
+        assert (tmp_path / "y" / name).read_bytes() == (tmp_path / "pinned" / name).read_bytes()
+    Monitor(raw, "Set5", 3, "fp32")  # training's Set5 x3 scores take it too
+    grey = raw / "Set5" / "img_003_SRF_2_HR.png"
+    y = np.asarray(Image.open(grey)).copy()
+    y[10, 10] ^= 1
+    Image.fromarray(y).save(grey, format="PNG")
+    assert one_line_error(capsys, argv + ["--raw", str(raw), "--out", str(tmp_path / "o")]).endswith(
+        f"corrupt {grey}: not the file manifest.tsv pins (its SHA-256 differs), nor an image of its Y channel; "
+        f"fetch it again with `rlcsc download --out {raw}`")
 
 
 def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

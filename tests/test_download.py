@@ -16,10 +16,13 @@ from urllib.error import URLError
 
 import pytest
 
+from rlcsc.color import rgb2y
 from rlcsc.data import download
 from rlcsc.data.download import MIRROR_ENV, download_all, fetch
 from rlcsc.errors import RlcscError
-from rlcsc.manifest import Entry, load_manifest
+from rlcsc.evaluate import y_sha256
+from rlcsc.imageio import read_image
+from rlcsc.manifest import TEST_SETS, Entry, load_manifest
 
 COUNTS = {"T91": 91, "BSD200": 200, "Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
 
@@ -61,6 +64,17 @@ def test_manifest_parses() -> None:
         assert re.fullmatch(r"[0-9a-f]{64}", e.sha256), e
         assert e.url.startswith("https://") and re.search(r"/[0-9a-f]{40}/", e.url), e
         assert e.bytes > 0 and e.relpath == f"{e.dataset}/{e.file}"
+
+
+def test_every_test_image_pins_the_sha256_of_its_y(mirror: Path) -> None:
+    """`y_sha256` (what the evaluation accepts in place of the file's bytes) is that of the Y channel of the
+    very file the manifest pins; training images, whose every channel the augmentation reads, pin none."""
+    for e in load_manifest():
+        if e.dataset not in TEST_SETS:
+            assert e.y_sha256 == "", e
+            continue
+        assert sha256(mirror / e.relpath) == e.sha256, e
+        assert y_sha256(rgb2y(read_image(mirror / e.relpath))) == e.y_sha256, e
 
 
 def test_manifest_filters_and_rejects_unknown_datasets() -> None:
