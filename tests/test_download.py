@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
+import os
 import re
 import shutil
 import threading
@@ -15,6 +18,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
+from tqdm import tqdm
 
 from rlcsc.color import rgb2y
 from rlcsc.data import download
@@ -249,3 +253,66 @@ def test_network_download_over_loopback(
         fetch([missing], out, retries=2)
     assert fetch(entries, out) == 0
     assert parts(out) == []
+
+
+DATA = bytes(range(256)) * 40
+PINNED = Entry("Set5", "x.bin", len(DATA), hashlib.sha256(DATA).hexdigest(), "https://example.org/x.bin")
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every network request returns `DATA`, without a pause between attempts; returns the URLs."""
+    calls: list[str] = []
+
+    def serve(url: str, timeout: float) -> io.BytesIO:
+        calls.append(url)
+        return io.BytesIO(DATA)
+
+    monkeypatch.setattr(download, "urlopen", serve)
+    monkeypatch.setattr(download, "sleep", lambda s: None)
+    return calls
+
+
+def test_a_full_disk_is_not_retried_and_names_the_file(
+    served: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Full(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(download, "open", lambda path, mode: Full(), raising=False)
+    with pytest.raises(OSError) as err:
+        fetch([PINNED], tmp_path, retries=3)
+    assert served == [PINNED.url]
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(tmp_path / PINNED.relpath))
+    assert not (tmp_path / PINNED.relpath).exists() and parts(tmp_path) == []
+
+
+def test_retries_count_each_byte_once_on_the_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Reset(io.BytesIO):
+        """A response whose connection breaks after its first 1000 bytes."""
+
+        def read(self, size: int = -1) -> bytes:
+            if self.tell():
+                raise ConnectionResetError("connection reset")
+            return super().read(1000)
+
+    calls: list[str] = []
+
+    def flaky(url: str, timeout: float) -> io.BytesIO:
+        calls.append(url)
+        return Reset(DATA) if len(calls) < 3 else io.BytesIO(DATA)
+
+    bars: list[tqdm] = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(download, "urlopen", flaky)
+    monkeypatch.setattr(download, "sleep", lambda s: None)
+    monkeypatch.setattr(download, "tqdm", Recorded)
+    assert fetch([PINNED], tmp_path, retries=3) == 1
+    assert calls == [PINNED.url] * 3 and sha256(tmp_path / PINNED.relpath) == PINNED.sha256
+    assert bars[0].n == bars[0].total == len(DATA)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from rlcsc.color import rgb2ycbcr
 from rlcsc.crop import modcrop
-from rlcsc.data.augment import AugmentParams, Variant, augment, transform, variant_shape, variants
+from rlcsc.data.augment import AugmentParams, Variant, augment, load_augmented, transform, variant_shape, variants
 from rlcsc.data.patches import PatchParams, PatchSet, count_from_raw, count_pairs, kept, make_pairs, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imresize import imresize
@@ -175,6 +175,33 @@ def forked() -> Iterator[None]:
     multiprocessing.set_start_method("fork", force=True)
     yield
     multiprocessing.set_start_method(method, force=True)
+
+
+def _stored_labels_match(augmented: Path, patches: Path) -> bool:
+    """Whether every stored label is its patch of the images now in `augmented` (read without a map)."""
+    index = load_augmented(augmented)
+    blob = np.fromfile(augmented / "images.u8", np.uint8)
+    labels, origin = np.load(patches / "labels.npy"), np.load(patches / "origin.npy")
+    for label, (image, scale, row, col) in zip(labels, origin.tolist()):
+        offset, h, w = index.loc[image, ["offset", "height", "width"]]
+        y = modcrop(blob[offset : offset + h * w].reshape(h, w), scale)
+        if not np.array_equal(label, y[row : row + 33, col : col + 33]):
+            return False
+    return True
+
+
+def test_patches_of_a_re_augmented_folder_come_from_its_new_images(
+        tiny_set: list[Path], augmented: Path, tmp_path: Path, forked: None) -> None:
+    """A folder that `augment` replaced is read anew by a later `make_patches` in the same process, and by
+    the workers forked from it, whose pixels are the same size as before but not the same."""
+    make_patches(augmented, tmp_path / "before", PatchParams(chunk=1), jobs=1)
+    for path in tiny_set:
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    augment(tiny_set, augmented, ONE_VARIANT, jobs=1)
+    for jobs in (1, 2):
+        make_patches(augmented, tmp_path / f"after{jobs}", PatchParams(chunk=1), jobs=jobs)
+        assert _stored_labels_match(augmented, tmp_path / f"after{jobs}"), f"jobs={jobs}"
+    assert not _stored_labels_match(augmented, tmp_path / "before")
 
 
 def test_a_disk_without_room_or_a_dead_worker_is_one_line_and_keeps_the_patch_set(

@@ -14,11 +14,10 @@ import http.client
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from time import sleep
-from typing import BinaryIO
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
@@ -122,32 +121,52 @@ def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm) -> tuple[int, str]:
     except FileNotFoundError:
         raise RlcscError(f"missing in data mirror {mirror}: {entry.relpath}") from None
     with src:
-        return _stream(src, part, bar)
+        return _stream(iter(lambda: src.read(CHUNK), b""), part, bar)
+
+
+class _NetworkError(Exception):
+    """A request or a read that failed on the network (its reason the message): worth another attempt."""
+
+
+def _body(url: str) -> Iterator[bytes]:
+    """The bytes at `url`, in chunks; a failure of the request or of a read is a `_NetworkError`."""
+    try:
+        with urlopen(url, timeout=TIMEOUT_S) as response:
+            while chunk := response.read(CHUNK):
+                yield chunk
+    except HTTPError as err:
+        raise _NetworkError(f"HTTP {err.code} {err.reason}") from None
+    except (OSError, http.client.HTTPException) as err:  # URLError, timeout, reset, short read
+        raise _NetworkError(getattr(err, "reason", None) or err) from None
 
 
 def _download(entry: Entry, part: Path, retries: int, bar: tqdm) -> tuple[int, str]:
+    """Fetch `entry` into `part`, up to `retries` times on network failures; an error writing `part` (a full
+    disk) is raised at once."""
     for attempt in range(retries):
         if attempt:
             sleep(BACKOFF_S * 2 ** (attempt - 1))
         try:
-            with urlopen(entry.url, timeout=TIMEOUT_S) as response:
-                return _stream(response, part, bar)
-        except HTTPError as err:
-            reason = f"HTTP {err.code} {err.reason}"
-        except (OSError, http.client.HTTPException) as err:  # URLError, timeout, reset, short read
-            reason = getattr(err, "reason", None) or err
+            return _stream(_body(entry.url), part, bar)
+        except _NetworkError as err:
+            reason = err
     raise RlcscError(f"download failed after {retries} attempts: {entry.url}: {reason}")
 
 
-def _stream(src: BinaryIO, part: Path, bar: tqdm) -> tuple[int, str]:
-    """Copy `src` into `part`; return its size and SHA-256."""
+def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm) -> tuple[int, str]:
+    """Write `chunks` into `part`; return its size and SHA-256. The bytes count on `bar` as they come, and
+    are taken back if the copy fails (a next attempt counts them again)."""
     digest, size = hashlib.sha256(), 0
-    with open(part, "wb") as dst:
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            bar.update(len(chunk))
+    try:
+        with open(part, "wb") as dst:
+            for chunk in chunks:
+                dst.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                bar.update(len(chunk))
+    except BaseException:
+        bar.update(-size)
+        raise
     return size, digest.hexdigest()
 
 

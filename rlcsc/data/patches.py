@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -96,15 +95,12 @@ def kept(total: int, chunk: int) -> int:
     return total - total % chunk
 
 
-@lru_cache(maxsize=1)
-def _blob(path: str) -> np.memmap:
-    return np.memmap(path, dtype=np.uint8, mode="r")
-
-
 def _write_pairs(task: tuple[str, str, list[tuple[int, int, int, int, int]], PatchParams]) -> None:
-    """Worker: cut the pairs of a run of augmented images and write them at their rows."""
+    """Worker: cut the pairs of a run of augmented images and write them at their rows. The images file is
+    mapped afresh for each run, never kept: a later call, or a worker forked from it, then reads the file now
+    at that path, not one an `rlcsc augment` has replaced since."""
     blob_path, tmp, images, params = task
-    blob = _blob(blob_path)
+    blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
     dtype = np.dtype(params.input_dtype)
     files = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r+") for name in ("labels", "inputs", "origin")}
     for image, offset, h, w, start in images:
