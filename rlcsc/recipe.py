@@ -2,7 +2,8 @@
 
 The paper's (Section 5.2): the loss of eq. 14 (squared error summed over the pixels of each patch,
 averaged over the batch), SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.1 divided by
-10 every 10 epochs, gradients clipped to a global L2 norm of 0.4. A budget may choose another
+10 every 10 epochs, gradients clipped with theta = 0.4 ("to [-theta, theta]", read here as their global L2
+norm clipped to 0.4: the deviations page gives the reasons). A budget may choose another
 (`loss`, `optimizer`, `schedule`, `warmup`, `clip` in `params.yaml`); the deviations page lists
 every choice that differs from the paper's.
 """
@@ -53,6 +54,7 @@ def learning_rate(p: TrainParams, step: int, steps_per_epoch: int) -> float:
 
 
 def clip(p: TrainParams, params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Clip the gradients' global L2 norm to `clip` (theta = 0.4, Section 5.2; None: no clipping);
+    """Clip the gradients' global L2 norm to `clip` (the paper's theta = 0.4 of Section 5.2, read as a norm;
+    None: no clipping);
     return the norm before clipping."""
     return torch.nn.utils.clip_grad_norm_(params, p.clip if p.clip is not None else math.inf, foreach=True)

@@ -9,7 +9,8 @@ bias of H when there is one. These snapshots are the curve in `train.json`.
 Checkpoints are written atomically at the start, every `checkpoint_every` steps, at every epoch's
 end and on interruption; a run restarted with the same result-affecting parameters (`identity`)
 resumes from the last one and ends with the same weights as an uninterrupted run (the data order
-is a function of seed and epoch). Under `torchrun` the processes agree at every host sync on
+is a function of seed and epoch; on a GPU, up to the run-to-run differences of its convolution
+kernels, which are not deterministic). Under `torchrun` the processes agree at every host sync on
 divergence and interruption, so all stop together.
 """
 
@@ -342,7 +343,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     syncs: list[tuple[int, float]] = []  # (steps done in this call, seconds) at each host sync
     interrupted = _InterruptFlag()
     bad = torch.zeros((), dtype=torch.bool, device=device)
-    lr, late = recipe.learning_rate(p, done(), per_epoch), False
+    lr = recipe.learning_rate(p, done(), per_epoch)
+    late = bool(p.max_minutes) and elapsed >= 60 * p.max_minutes  # a run its time limit ended trains no further
 
     def reached() -> bool:
         return epoch >= p.last_epoch() or bool(p.max_steps and done() >= p.max_steps)

@@ -209,6 +209,17 @@ def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Pat
     assert {k: again[k] for k in keep} == {k: first[k] for k in keep}
 
 
+def test_a_run_its_time_limit_ended_trains_no_further(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """`max_minutes` bounds the run's training time in all: a call that finds it spent trains nothing."""
+    timed = replace(TINY, epochs=50, max_minutes=1e-6)
+    first = train(timed, patches, mirror, tmp_path)
+    assert first["status"] == "completed" and first["steps_done"] == TINY.log_every
+    again = train(timed, patches, mirror, tmp_path)
+    assert again["steps_done"] == first["steps_done"] and again["calls"] == first["calls"]
+    more = train(replace(timed, max_minutes=1.0, epochs=1), patches, mirror, tmp_path)  # a longer limit extends it
+    assert more["steps_done"] == more["steps_per_epoch"] and len(more["calls"]) == 2
+
+
 def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path, capsys) -> None:
     train(TINY, patches, mirror, tmp_path, stop_after=3)
     other = train(replace(TINY, lr=0.02, epochs=1), patches, mirror, tmp_path)
