@@ -42,7 +42,7 @@ from rlcsc.atomic import atomically, write_json
 from rlcsc.checksums import seal
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
-from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.data.patches import PatchParams, made_by, make_patches
 from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
@@ -119,7 +119,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     done = {"steps_before": _steps_done(out, ckpt), "evaluated": False}
     needs_training = _needs_training(out, p)
     if needs_training and ckpt:
-        _check_resumable(out, ckpt, p, calls)
+        _check_resumable(out, ckpt, p, made_by(asdict(blocks["augment"]), asdict(blocks["patch"])), calls)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     try:
         if needs_training:
@@ -174,10 +174,11 @@ def _checkpoint(out: Path) -> dict | None:
     return read_checkpoint(path) if path.exists() else None
 
 
-def _check_resumable(out: Path, ckpt: dict, p: TrainParams, calls: list[dict]) -> None:
+def _check_resumable(out: Path, ckpt: dict, p: TrainParams, pairs: dict, calls: list[dict]) -> None:
     """A recorded run is extended, never trained afresh over: one clear error if its checkpoint belongs
-    to another run (other params, or other training code), before anything is written."""
-    differ = foreign(ckpt, p)
+    to another run (other params, training pairs made by other params, or other training code), before
+    anything is written."""
+    differ = foreign(ckpt, p, pairs)
     if differ:
         made = calls[-1].get("commit") if calls else None
         raise RlcscError(f"{out / 'checkpoint.pt'} belongs to a run with other {', '.join(differ)}"

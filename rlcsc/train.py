@@ -299,7 +299,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     model, optimizer, step_fn = prepare(p, device, dist.wrap)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    state = _resume(ckpt_path, p, model, optimizer, per_epoch)
+    state = _resume(ckpt_path, p, data.made_by, model, optimizer, per_epoch)
     epoch, step, curve, elapsed, calls = state["epoch"], state["step"], state["curve"], state["elapsed"], state["calls"]
     monitor = Monitor(raw, p.eval_dataset, p.eval_scale, eval_precision) if dist.main else None
     batches = Batches(data, n, device)
@@ -321,7 +321,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         try:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                         "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
-                        "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "code": code_hash(__name__)},
+                        "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "pairs": data.made_by,
+                        "code": code_hash(__name__)},
                        ckpt_path)
         except OSError as err:  # a full disk, a read-only folder: the last checkpoint written is kept whole
             raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
@@ -463,11 +464,13 @@ def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
     return round(rates[len(rates) // 2], 3)
 
 
-def foreign(ckpt: dict, p: TrainParams) -> list[str]:
-    """What makes checkpoint `ckpt` another run's than `p`'s: the params of `identity` that differ, and
-    "training code" when the code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
+def foreign(ckpt: dict, p: TrainParams, pairs: dict) -> list[str]:
+    """What makes checkpoint `ckpt` another run's than `p`'s on the training pairs `pairs` (their `made_by`):
+    the params of `identity` that differ, "training pairs" when other params made its pairs, and "training
+    code" when the code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
     theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
     differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
+    differ += ["training pairs"] if ckpt.get("pairs") != pairs else []
     return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])
 
 
@@ -480,15 +483,16 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _resume(path: Path, p: TrainParams, model: nn.Module, optimizer: torch.optim.Optimizer, per_epoch: int) -> dict:
-    """Load `path` into model and optimizer if it belongs to this run (same `identity`, and the same
-    training code: `code_hash`); else a fresh start."""
+def _resume(path: Path, p: TrainParams, pairs: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+            per_epoch: int) -> dict:
+    """Load `path` into model and optimizer if it belongs to this run (same `identity`, training pairs made
+    by the same params, and the same training code: `foreign`); else a fresh start."""
     fresh = {"epoch": 0, "step": 0, "curve": [], "since": 0, "losses": torch.zeros(0), "norms": torch.zeros(0),
              "elapsed": 0.0, "calls": [], "fresh": True}
     if not path.exists():
         return fresh
     ckpt = read_checkpoint(path)
-    differ = foreign(ckpt, p)
+    differ = foreign(ckpt, p, pairs)
     if differ:
         tqdm.write(f"{path} belongs to a run with other {', '.join(differ)}: starting afresh", file=sys.stderr)
         return fresh

@@ -140,6 +140,14 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
                    f"{commit}): extend it with that code and those params, or record into another --out")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not even environment.json
     monkeypatch.undo()
+    other = yaml.safe_load(params.read_text())
+    other["budgets"]["quick"]["patch"] = {**(other["budgets"]["quick"]["patch"] or {}), "seed": 1}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    other_argv = [argv[0], "--params", str(tmp_path / "other.yaml"), *argv[3:]]
+    assert main(other_argv) == 1
+    assert capsys.readouterr().err.startswith(f"rlcsc record: error: {out / 'checkpoint.pt'} belongs to a run with "
+                                              "other training pairs (made at commit ")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main([*argv[:-4], "--steps", str(done), "--jobs", "2"]) == 0  # evaluating it again needs no training
 
 

@@ -229,6 +229,18 @@ def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirr
     assert same_weights(tmp_path / "model.pt", tmp_path / "fresh" / "model.pt")
 
 
+def test_pairs_made_by_other_params_do_not_resume_a_run(patches: Path, mirror: Path, tmp_path: Path, capsys) -> None:
+    """An edit of the augment or patch params makes other pairs: a finished run on the old ones is trained
+    afresh on the new, not kept."""
+    other = tmp_path / "patches"
+    make_patches(patches.parent / "aug", other, PatchParams(chunk=8, seed=1), jobs=1)
+    train(TINY, patches, mirror, tmp_path / "run")
+    again = train(TINY, other, mirror, tmp_path / "run")
+    assert "other training pairs" in capsys.readouterr().err and len(again["calls"]) == 1
+    train(TINY, other, mirror, tmp_path / "fresh")
+    assert same_weights(tmp_path / "run" / "model.pt", tmp_path / "fresh" / "model.pt")
+
+
 def test_a_damaged_checkpoint_is_a_clear_error_and_kept(patches: Path, mirror: Path, tmp_path: Path) -> None:
     """A truncated checkpoint, or a model file put in its place, is never trained over."""
     train(TINY, patches, mirror, tmp_path / "run")

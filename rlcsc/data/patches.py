@@ -11,12 +11,14 @@ Files in the output folder (numpy `.npy`, `np.load(..., mmap_mode="r")`):
 - `inputs.npy`  (N, size, size) float16 (or float32): the interpolated inputs;
 - `origin.npy`  (N,) records: augmented image, scale, row, col of each pair;
 - `keep.npy`    (M,) int64: the shuffled, truncated indices that form the training set;
-- `summary.json`: counts per scale and per downsizing factor, shapes, dtypes, seed, bytes;
+- `summary.json`: counts per scale and per downsizing factor, shapes, dtypes, bytes, and what decides
+  the pairs (`made_by`: the augment and patch params);
 - `SHA256SUMS`: the SHA-256 of each, which training verifies once, before its first batch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,7 +150,9 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         rng = np.random.default_rng(params.seed)
         keep = rng.permutation(total)[: kept(total, params.chunk)]
         np.save(tmp / "keep.npy", keep)
+        augmented_by = json.loads((augmented / "params.json").read_text())  # checked by `load_augmented`
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
+        summary["made_by"] = made_by(augmented_by, asdict(params))
         write_json(summary, tmp / "summary.json")
         seal(tmp)
     return summary
@@ -168,6 +172,12 @@ def _reserve(files: list[Path], out: Path) -> None:
             except OSError as err:
                 raise RlcscError(f"no room for the patch set {out}: it needs {need / 1e9:.2f} GB "
                                  f"({err.strerror})") from None
+
+
+def made_by(augment: dict, patch: dict) -> dict:
+    """What decides a patch set's pairs, as its `summary.json` holds it: the params of the augment and patch
+    stages (the images are the manifest's, and the code is in the training code's hash)."""
+    return json.loads(json.dumps({"augment": augment, "patch": patch}))
 
 
 def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: PatchParams, folder: Path) -> dict:
@@ -197,11 +207,13 @@ def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: 
 
 @dataclass(frozen=True)
 class PatchSet:
-    """The stored pairs, memory-mapped; `batch` gathers training pairs by position in `keep`."""
+    """The stored pairs, memory-mapped, and what decides them (`made_by`); `batch` gathers training pairs
+    by position in `keep`."""
 
     labels: np.ndarray
     inputs: np.ndarray
     keep: np.ndarray
+    made_by: dict
 
     @classmethod
     def open(cls, folder: Path) -> PatchSet:
@@ -221,7 +233,10 @@ class PatchSet:
                 and len(keep) and 0 <= keep.min() and keep.max() < len(labels)):
             raise RlcscError(f"corrupt patch set in {folder}: labels.npy, inputs.npy and keep.npy disagree; {REDO}")
         verify(folder, REDO)
-        return cls(labels, inputs, keep)
+        summary = json.loads((folder / "summary.json").read_text())
+        if "made_by" not in summary:
+            raise RlcscError(f"the patch set in {folder} does not say what made its pairs (an older patch stage's); {REDO}")
+        return cls(labels, inputs, keep, summary["made_by"])
 
     def __len__(self) -> int:
         return len(self.keep)
