@@ -321,8 +321,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         try:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                         "step": step, "curve": curve, "since": since, "losses": losses[since:step].cpu(),
-                        "norms": norms[since:step].cpu(), **kept, "config": asdict(p), "pairs": data.made_by,
-                        "code": code_hash(__name__)},
+                        "norms": norms[since:step].cpu(), **kept, "status": status, "config": asdict(p),
+                        "pairs": data.made_by, "code": code_hash(__name__)},
                        ckpt_path)
         except OSError as err:  # a full disk, a read-only folder: the last checkpoint written is kept whole
             raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
@@ -338,7 +338,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                          "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
                          "precision": precision}]
 
-    clock, status, this_call = time.time(), "completed", 0
+    clock, status, this_call = time.time(), state["status"], 0  # a run that diverged is finished
     if state["fresh"]:
         checkpoint()  # the initial weights: what a run that diverges before any other checkpoint keeps
     syncs: list[tuple[int, float]] = []  # (steps done in this call, seconds) at each host sync
@@ -353,7 +353,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     bar: tqdm | None = None  # the epoch's progress bar, closed however the loop ends (before an error's line)
     try:
         with using_precision(device, p.precision):
-            while not (late or reached()):
+            while status == "completed" and not (late or reached()):
                 order = batches.order(p.seed, epoch)
                 bar = tqdm(total=per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
                            disable=not dist.main, unit="step")
@@ -408,9 +408,12 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             bar.close()
         interrupted.restore()
         dist.close()
-    if status != "completed":  # the last good checkpoint is the model; the time is until the divergence
-        model.load_state_dict(read_checkpoint(ckpt_path)["model"])
-        kept = {"elapsed": elapsed + time.time() - clock, "calls": trained()}
+    if status != "completed" and this_call:  # diverged now: the last good checkpoint's weights are the model,
+        good = read_checkpoint(ckpt_path)      # and the checkpoint then says where the run ended
+        model.load_state_dict(good["model"])
+        optimizer.load_state_dict(good["optimizer"])
+        status += f"; the weights of step {good['epoch'] * per_epoch + good['step']} kept"
+        checkpoint()
     made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
@@ -488,7 +491,7 @@ def _resume(path: Path, p: TrainParams, pairs: dict, model: nn.Module, optimizer
     """Load `path` into model and optimizer if it belongs to this run (same `identity`, training pairs made
     by the same params, and the same training code: `foreign`); else a fresh start."""
     fresh = {"epoch": 0, "step": 0, "curve": [], "since": 0, "losses": torch.zeros(0), "norms": torch.zeros(0),
-             "elapsed": 0.0, "calls": [], "fresh": True}
+             "elapsed": 0.0, "calls": [], "status": "completed", "fresh": True}
     if not path.exists():
         return fresh
     ckpt = read_checkpoint(path)
@@ -498,8 +501,11 @@ def _resume(path: Path, p: TrainParams, pairs: dict, model: nn.Module, optimizer
         return fresh
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    tqdm.write(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']} of {per_epoch}", file=sys.stderr)
-    return {**{k: ckpt[k] for k in fresh if k != "fresh"}, "fresh": False}
+    status = ckpt.get("status", "completed")
+    where = f"epoch {ckpt['epoch'] + 1}, step {ckpt['step']} of {per_epoch}"
+    tqdm.write(f"resuming from {path}: {where}" if status == "completed" else f"{path}: the run {status}",
+               file=sys.stderr)
+    return {**{k: ckpt[k] for k in fresh if k not in ("status", "fresh")}, "status": status, "fresh": False}
 
 
 def _diverged(p: TrainParams, epoch: int, step: int, ckpt_path: Path) -> str:

@@ -268,6 +268,17 @@ def test_non_finite_loss_fails_clearly_or_is_recorded(patches: Path, mirror: Pat
     assert json.loads((tmp_path / "record" / "train_metrics.json").read_text())["status"] == result["status"]
 
 
+def test_a_diverged_run_keeps_its_last_good_weights_and_is_finished(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """The status names the step the kept weights come from; a later call trains nothing and loses nothing."""
+    wild = replace(TINY, lr=1e12, clip=None, log_every=1, on_divergence="record")
+    result = train(wild, patches, mirror, tmp_path)
+    assert result["status"] == f"diverged at epoch 1, step {result['steps_done']}; the weights of step 0 kept"
+    again = train(wild, patches, mirror, tmp_path)
+    keep = ("status", "calls", "steps_done", "curve", "seconds_training")
+    assert {k: again[k] for k in keep} == {k: result[k] for k in keep}
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["status"] == result["status"]
+
+
 def test_cuda_requested_without_gpu_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -312,7 +323,7 @@ def test_ddp_processes_agree_when_only_one_sees_a_non_finite_loss(patches: Path,
     proc = torchrun(tmp_path, p, poisoned, mirror, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "train.json").read_text())
-    assert summary["status"] == "diverged at epoch 1, step 1"
+    assert summary["status"] == "diverged at epoch 1, step 1; the weights of step 0 kept"
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "out" / "model.pt").values())
 
 
