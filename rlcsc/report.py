@@ -156,7 +156,36 @@ class Run:
                 "budget": f"{self.train.get('budget')} ({self.recipe()})", "seed": str(self.config["seed"]),
                 "trained": self.state(),
                 "machine": self.device + ("" if precision == "fp32" else f", {precision}"),
-                "commit": (calls[-1].get("commit") or "unknown")[:10] if self.recorded else "this one"}
+                "commit": commit(calls[-1]) if self.recorded else "this one"}
+
+    def evaluated_in(self) -> str | None:
+        """The precision its evaluation computed in (`evaluated_in`), None if it was not evaluated."""
+        return evaluated_in(self.scores, self.environment)
+
+
+def commit(call: dict) -> str:
+    """A call's commit for a runs table: its first 10 hex digits, with "-dirty" kept where the call ran code
+    with uncommitted changes; "unknown" where it recorded none."""
+    full = call.get("commit") or "unknown"
+    head = full.removesuffix("-dirty")
+    return head[:10] + full[len(head):]
+
+
+def evaluated_in(scores: Path, environment: dict | None) -> str | None:
+    """The precision a network's evaluation in the folder `scores` computed in: its `evaluation.json`'s
+    `computed_in`; for a file written before that key, the precision it asked for as the device computes it
+    (`rlcsc.device.inference_precision`: tf32 is fp32 on the CPU) on the machine of the last call in
+    `environment` that evaluated. None where no network was evaluated there (no file, or bicubic)."""
+    e = _json(scores / "evaluation.json")
+    if e is None or e.get("method") == "bicubic":
+        return None
+    if "computed_in" in e:
+        return e["computed_in"]
+    calls = (environment or {}).get("calls") or []
+    call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else {})
+    if call.get("gpu") or e["precision"] == "fp32":
+        return e["precision"]
+    return "fp32" if e["precision"] == "tf32" else f"{e['precision']} if the CPU computed it natively, else fp32"
 
 
 def image_psnr(scores: Path, dataset: str, image: str, scale: int) -> float | None:
@@ -271,7 +300,11 @@ class Measured:
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
                 "machine": machine if self.recorded else "this one",
-                "commit": (call.get("commit") or "unknown")[:10] if self.recorded else "this one"}
+                "commit": commit(call) if self.recorded else "this one"}
+
+    def evaluated_in(self) -> str | None:
+        """The precision its evaluation computed in (`evaluated_in`)."""
+        return evaluated_in(self.scores, self.environment)
 
 
 def measured_methods(results: Path, runs: Path) -> list[Measured]:
@@ -438,7 +471,10 @@ def sources(runs: list) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row[k].replace("|", "/") for k in head) + " |" for row in rows]
-    return "**Runs on this page** (their columns and points are marked †):\n\n" + "\n".join(lines)
+    dirty = any(row.get("commit", "").endswith("-dirty") for row in rows)
+    note = "\n\nA commit marked -dirty: the call ran that commit with uncommitted changes to its code."
+    head = "**Runs on this page** (their columns and points are marked †):\n\n"
+    return head + "\n".join(lines) + (note if dirty else "")
 
 
 def spread_note(runs: list[Run]) -> str:

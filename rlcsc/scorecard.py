@@ -32,10 +32,16 @@ class Line:
 
     item: str  # "Table 1, PSNR"
     metric: str  # psnr | ssim | ifc
-    published: int  # how many numbers the paper gives
+    numbers: tuple[tuple, ...]  # what each published number measures (`number`), one per number the paper gives
+    reached: tuple[tuple, ...]  # those the run has reached, in the order of `differences`
     differences: tuple[float, ...]  # run minus paper, for each number the run has reached
     tolerance: float
     run: Run | None
+
+    @property
+    def published(self) -> int:
+        """How many numbers the paper gives."""
+        return len(self.numbers)
 
     @property
     def matched(self) -> int:
@@ -50,6 +56,14 @@ class Line:
         if round(low, digits) == round(high, digits):
             return f"{signed(low, digits)}{unit}"
         return f"{signed(low, digits)} to {signed(high, digits)}{unit}"
+
+
+def number(depth: int, dataset: str, scale: int, metric: str, epoch: int | None = None, residual: bool = True) -> tuple:
+    """What a published RL-CSC number measures: the network (its depth, with or without the residual), the test
+    set, scale and metric, and the epoch (None: the end of its training). Two places that print the same
+    measurement (Table 1's Set5 x3 PSNR, Figure 1's RL-CSC point and Figure 7's point of the same depth) give
+    the same key, so that `totals` counts the number once."""
+    return depth, residual, dataset, scale, metric, epoch
 
 
 def network(run: Run) -> tuple:
@@ -70,14 +84,18 @@ def epoch_psnr(run: Run) -> dict[int, float]:
     return {int(c["epoch"]): c["psnr"] for c in run.train["curve"] if float(c["epoch"]).is_integer()}
 
 
-def _cells(run: Run | None, ref: str, metric: str) -> tuple[int, tuple[float, ...]]:
+def _cells(run: Run | None, ref: str, metric: str, depth: int) -> tuple[tuple, tuple, tuple[float, ...]]:
+    """The published RL-CSC numbers of `metric` in reference table `ref` (keys), those `run` reached and its
+    differences."""
     published = table(ref)
     published = published[published.method == "RL-CSC"]
+    keys = tuple(number(depth, r.dataset, r.scale, metric) for r in published.itertuples())
     if run is None:
-        return len(published), ()
+        return keys, (), ()
     diffs = [(run.metrics or {}).get(r.dataset, {}).get(f"x{r.scale}", {}).get(metric, np.nan) - getattr(r, metric)
              for r in published.itertuples()]
-    return len(published), tuple(float(d) for d in diffs if not np.isnan(d))
+    hits = [(key, float(d)) for key, d in zip(keys, diffs) if not np.isnan(d)]
+    return keys, tuple(k for k, _ in hits), tuple(d for _, d in hits)
 
 
 def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
@@ -86,27 +104,57 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     pages)."""
     k, n, m = page.main_network()
     main = furthest(page.runs, k, n, m)
+    f1 = table("figure1")
+    depth = int(f1[f1.model == "RL-CSC"].layers.iloc[0])  # the paper's RL-CSC network, whose numbers Tables 1-3 give
     out = []
     for ref, metric, item in (("table1", "psnr", "Table 1, PSNR"), ("table1", "ssim", "Table 1, SSIM"),
                               ("table2", "ifc", "Table 2, IFC")):
-        published, diffs = _cells(main, ref, metric)
-        out.append(Line(item, metric, published, diffs, tolerance[metric], main))
+        keys, reached, diffs = _cells(main, ref, metric, depth)
+        out.append(Line(item, metric, keys, reached, diffs, tolerance[metric], main))
     t3 = table("table3")
     for residual, words in ((True, "with residual"), (False, "no residual")):
         run = furthest(page.runs, k, n, m, residual)
         ref = t3[t3.residual == residual]
-        reached = epoch_psnr(run) if run else {}
-        diffs = tuple(reached[e] - p for e, p in zip(ref.epoch, ref.psnr) if e in reached)
-        out.append(Line(f"Table 3, {words}", "psnr", len(ref), diffs, tolerance["psnr"], run))
+        at = epoch_psnr(run) if run else {}
+        keys = tuple(number(depth, "Set5", 3, "psnr", e, residual) for e in ref.epoch)
+        hits = [(key, at[e] - p) for key, e, p in zip(keys, ref.epoch, ref.psnr) if e in at]
+        out.append(Line(f"Table 3, {words}", "psnr", keys, tuple(key for key, _ in hits), tuple(d for _, d in hits),
+                        tolerance["psnr"], run))
     t1 = table("table1")
     paper = t1[(t1.method == "RL-CSC") & (t1.dataset == "Set5") & (t1.scale == 3)].psnr.iloc[0]
+    key = number(depth, "Set5", 3, "psnr")
     diffs = (main.last_psnr() - paper,) if main else ()
-    out.append(Line("Figure 1, RL-CSC", "psnr", 1, diffs, tolerance["psnr"], main))
+    out.append(Line("Figure 1, RL-CSC", "psnr", (key,), (key,) if main else (), diffs, tolerance["psnr"], main))
     for r in table("figure7").itertuples():
         run = furthest(page.runs, r.recursions, n, m)
-        diffs = (run.last_psnr() - r.psnr,) if run else ()
-        out.append(Line(f"Figure 7, K = {r.recursions}", "psnr", 1, diffs, tolerance["psnr"], run))
+        key = number(int(r.depth), "Set5", 3, "psnr")
+        out.append(Line(f"Figure 7, K = {r.recursions}", "psnr", (key,), (key,) if run else (),
+                        (run.last_psnr() - r.psnr,) if run else (), tolerance["psnr"], run))
     return out
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The scorecard's headline: each distinct published number counted once, however many of its lines print it."""
+
+    published: int  # distinct published numbers
+    reached: int  # of those, the ones a counting run has reached
+    matched: int  # of those, the ones within the tolerance (by the first line that reached it)
+    shared: tuple[tuple[tuple, tuple[str, ...]], ...]  # each number printed in several places: key, items of its lines
+
+
+def totals(lines: list[Line]) -> Totals:
+    """Count `lines`' published numbers once each (by `number`): a number is reached where a line reached it, and
+    matched where the first line that reached it lies within its tolerance."""
+    items: dict[tuple, list[str]] = {}
+    first: dict[tuple, bool] = {}
+    for line in lines:
+        for key in line.numbers:
+            items.setdefault(key, []).append(line.item)
+        for key, d in zip(line.reached, line.differences):
+            first.setdefault(key, abs(d) <= line.tolerance)
+    return Totals(len(items), len(first), sum(first.values()),
+                  tuple((key, tuple(names)) for key, names in items.items() if len(names) > 1))
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,29 @@ def test_a_quick_run_never_counts_and_a_paper_scale_one_does(tmp_path: Path) -> 
     assert psnr_beyond.matched == 0
 
 
+def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(tmp_path: Path) -> None:
+    """Table 1's Set5 x3 PSNR of RL-CSC is also Figure 1's RL-CSC point and Figure 7's K = 25 point: each of those
+    rows counts it, the totals once."""
+    t1, f1, f7 = table("table1"), table("figure1"), table("figure7")
+    set5_x3 = t1.query("method == 'RL-CSC' and dataset == 'Set5' and scale == 3").psnr.iloc[0]
+    assert set5_x3 == f1.query("model == 'RL-CSC'").psnr.iloc[0] == f7.query("recursions == 25").psnr.iloc[0]
+    runs = tmp_path / "runs"
+    _run(runs, "K25-fast", "fast", _paper_metrics(0.0), epochs=35.0)
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    lines = scorecard.lines(page, TOLERANCE)
+    found = {line.item: line for line in lines}
+    assert found["Figure 1, RL-CSC"].matched == found["Figure 7, K = 25"].matched == 1
+    totals = scorecard.totals(lines)
+    assert totals.published == sum(line.published for line in lines) - 2
+    assert totals.reached == sum(len(line.differences) for line in lines) - 2
+    assert totals.matched == sum(line.matched for line in lines) - 2
+    assert [items for _, items in totals.shared] == [("Table 1, PSNR", "Figure 1, RL-CSC", "Figure 7, K = 25")]
+    t2, t3 = table("table2"), table("table3")
+    # Figure 1's RL-CSC point and Figure 7's K = 25 point add nothing to Table 1's numbers
+    distinct = 2 * len(t1.query("method == 'RL-CSC'")) + len(t2.query("method == 'RL-CSC'")) + len(t3) + len(f7) - 1
+    assert totals.published == distinct
+
+
 def test_the_recorded_paper_run_is_scored_as_it_stands() -> None:
     page = report.page(str(REPO / "params.yaml"), "none", "none", str(REPO / "runs"), "K25")
     found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
