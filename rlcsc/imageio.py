@@ -8,6 +8,7 @@ fits in memory, a limit that replaces Pillow's own (which the 16-bit readers wou
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,21 @@ from rlcsc.errors import RlcscError
 from rlcsc.rounding import im2uint
 
 MODES = {2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> mode; (H, W) pixels are "L"
+# The Pillow modes `read_picture` reads (palette and bilevel converted), besides 16-bit grey ("I;16...").
+PILLOW_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 EXIF_ORIENTATION = 0x0112
-# What Pillow raises for a file it cannot read: damaged, not an image, or over its decompression-bomb limit.
-READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-# ... and what the 16-bit readers raise besides (pypng lets zlib's error for damaged pixel data through).
-PICTURE_ERRORS = (*READ_ERRORS, png.Error, zlib.error)
+# What Pillow and tifffile raise for a file they cannot read: damaged (tags of the wrong type or count, offsets
+# out of range, no first page), not an image, or over Pillow's decompression-bomb limit.
+READ_ERRORS = (OSError, ValueError, SyntaxError, LookupError, TypeError, ArithmeticError, Image.DecompressionBombError)
+# ... and what the 16-bit readers raise besides: pypng lets zlib's error for damaged pixel data through, and
+# tifffile allocates what a damaged strip's byte count says.
+PICTURE_ERRORS = (*READ_ERRORS, png.Error, zlib.error, MemoryError)
+# tifffile logs on stderr what it finds wrong in a file; what makes a file unreadable is one error line here.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 # A PNG's tRNS chunk (one colour or grey value that is transparent) in an image without alpha: not kept.
 TRANSPARENT_COLOUR_DROPPED = "its transparent colour dropped: the output has no alpha"
 
@@ -113,22 +120,49 @@ def _kind(path: Path) -> str:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
         with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise ValueError("it holds no readable image")
             if tif.pages.first.bitspersample == 16:
                 return "tiff16"
     return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
 
 
+def _png_planes(path: Path) -> int:
+    """The planes of the PNG file `path` as pypng reads them, from its header."""
+    with open(path, "rb") as f:
+        reader = png.Reader(file=f)
+        reader.preamble()
+        return reader.planes
+
+
+def _check_tiff16(page: tifffile.TiffPage) -> None:
+    """One error for a 16-bit TIFF page that `_read_tiff16` cannot read, from its tags alone."""
+    channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4)}.get(page.photometric, ())
+    if page.dtype != np.uint16 or page.samplesperpixel not in channels:
+        photometric = getattr(page.photometric, "name", page.photometric)
+        raise ValueError(f"16-bit TIFF of {page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric "
+                         f"{photometric}, is not supported; save it as grey or RGB, with or without alpha")
+
+
 def read_header(path: Path) -> Header:
-    """The header of image file `path`; no pixel is decoded, whatever the image's size."""
+    """The header of image file `path`; no pixel is decoded, whatever the image's size. A picture that
+    `read_picture` cannot make of it (its mode is not supported) is one error here already."""
     _regular(path)
     try:
         kind = _kind(path)
         if kind == "tiff16":
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
+                _check_tiff16(page)
                 return Header(page.imagewidth, page.imagelength, page.samplesperpixel, 16, len(tif.pages))
         with _opened(path) as im:
-            channels = (4 if im.has_transparency_data else 3) if im.mode in ("P", "PA") else len(im.getbands())
+            if kind == "png16":  # read by pypng; Pillow opens 16-bit grey+alpha as RGBA
+                channels = _png_planes(path)
+            elif im.mode in PILLOW_MODES or im.mode.startswith("I;16"):
+                channels = (4 if im.has_transparency_data else 3) if im.mode in ("P", "PA") else len(im.getbands())
+            else:
+                raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
+                                 "8 or 16 bits per channel")
             bits = 16 if kind == "png16" or im.mode.startswith("I;16") else 8
             return Header(im.width, im.height, channels, bits, getattr(im, "n_frames", 1))
     except PICTURE_ERRORS as err:
@@ -169,9 +203,6 @@ def _read_pillow(path: Path) -> Picture:
             notes.append(TRANSPARENT_COLOUR_DROPPED)
         if im.mode.startswith("I;16"):
             return Picture(np.asarray(im, np.float64) / 65535, 16, "; ".join(notes))
-        if im.mode not in ("L", "LA", "RGB", "RGBA"):
-            raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
-                             "8 or 16 bits per channel")
         return Picture(np.asarray(im) / 255.0, 8, "; ".join(notes))
 
 
@@ -184,11 +215,6 @@ def _read_png16(path: Path) -> Picture:
 
 
 def _read_tiff16(page: tifffile.TiffPage) -> Picture:
-    channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4)}.get(page.photometric, ())
-    if page.dtype != np.uint16 or page.samplesperpixel not in channels:
-        photometric = getattr(page.photometric, "name", page.photometric)
-        raise ValueError(f"16-bit TIFF of {page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric "
-                         f"{photometric}, is not supported; save it as grey or RGB, with or without alpha")
     x = page.asarray()
     if "S" in page.axes:
         x = np.moveaxis(x, page.axes.index("S"), -1)

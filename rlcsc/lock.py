@@ -88,7 +88,10 @@ def _acquire(path: Path) -> Lock:
         try:
             fd, created = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
         except FileExistsError:
-            fd, created = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), False
+            try:
+                fd, created = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), False
+            except FileNotFoundError:
+                continue  # its holder ended and removed it meanwhile: take a fresh one
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RlcscError(f"{file} (the lock of {path}) is not a file; move it away")
@@ -97,7 +100,7 @@ def _acquire(path: Path) -> Lock:
             except BlockingIOError:
                 raise RlcscError(f"{path} is being written by {_holder(fd)}; wait for it to end, "
                                  "or write elsewhere") from None
-            if os.stat(file, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+            if not _names(file, fd):
                 os.close(fd)  # its holder ended and removed it meanwhile: take a fresh one
                 continue
             if not created:
@@ -111,6 +114,14 @@ def _acquire(path: Path) -> Lock:
         except BaseException:
             os.close(fd)
             raise
+
+
+def _names(file: Path, fd: int) -> bool:
+    """Whether `file` is still the file open at `fd`, not removed or replaced since it was opened."""
+    try:
+        return os.stat(file, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _lines(fd: int) -> list[str]:

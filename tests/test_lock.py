@@ -3,6 +3,9 @@ taken over with its temporaries removed, and a user's file is never taken for a 
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -111,6 +114,42 @@ def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> No
     lock.unlink()
     with writing(tmp_path / "out.png"), writing(tmp_path / "out.png"):  # held once by one process
         assert lock.exists()
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("moment", ["open", "flock"])
+def test_a_lock_its_holder_removes_meanwhile_is_taken_afresh(moment: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder of a lock ends, removing it, after this writer finds it and before it opens it, or after it
+    opens it and before it locks it: the writer takes a fresh lock."""
+    lock = lock_file(tmp_path / "out.png")
+    lock.write_text("")
+    ended = []
+
+    def end_holder() -> None:
+        if not ended:
+            lock.unlink()
+            ended.append(moment)
+
+    if moment == "open":
+        real_open = os.open
+
+        def open_(path: Path, flags: int, *args: int) -> int:
+            if not flags & os.O_CREAT:  # the open of a lock that exists
+                end_holder()
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(os, "open", open_)
+    else:
+        real_flock = fcntl.flock
+
+        def flock(fd: int, operation: int) -> None:
+            end_holder()
+            real_flock(fd, operation)
+
+        monkeypatch.setattr(fcntl, "flock", flock)
+    with writing(tmp_path / "out.png"):
+        assert ended == [moment] and json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 
 

@@ -28,7 +28,7 @@ from rlcsc.crop import shave
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import Picture, read_picture, write_picture
+from rlcsc.imageio import Picture, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
 from rlcsc.inference import apply, load_model, model_state, network_sha256
 from rlcsc.metrics import psnr
@@ -140,6 +140,7 @@ def test_pictures_read_and_write_exactly(fmt: str, mode: str, bits: int, tmp_pat
     save(data, tmp_path / f"in.{fmt}")
     picture = read_picture(tmp_path / f"in.{fmt}")
     assert (picture.mode, picture.bits, picture.note) == (mode, bits, "")
+    assert read_header(tmp_path / f"in.{fmt}").channels == (1 if data.ndim == 2 else data.shape[2])
     np.testing.assert_array_equal(picture.pixels, data / (2**bits - 1))
     write_picture(picture, tmp_path / f"out.{fmt}")
     out = load(tmp_path / f"out.{fmt}")
@@ -434,6 +435,39 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
                                                           "notes.txt", "ok.png", "text.pt"]
 
 
+def retype(path: Path, page: int, tag: int) -> None:
+    """Damage little-endian TIFF `path`: tag `tag` of its page `page` said to be text, not a number."""
+    data = bytearray(path.read_bytes())
+    offset = struct.unpack_from("<I", data, 4)[0]
+    for _ in range(page):
+        offset = struct.unpack_from("<I", data, offset + 2 + 12 * struct.unpack_from("<H", data, offset)[0])[0]
+    entries = [offset + 2 + 12 * i for i in range(struct.unpack_from("<H", data, offset)[0])]
+    (entry,) = [e for e in entries if struct.unpack_from("<H", data, e)[0] == tag]
+    struct.pack_into("<H", data, entry + 2, 2)  # TIFF type 2: ASCII
+    path.write_bytes(data)
+
+
+def test_a_damaged_tiff_is_one_line(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Damage that the readers meet as an index or type error is said as any other unreadable file is."""
+    (tmp_path / "no-page.tif").write_bytes(b"II*\x00\x08\x00\x00\x00")  # its first page lies past its end
+    tifffile.imwrite(tmp_path / "grey16.tif", pixels("L", 16))
+    retype(tmp_path / "grey16.tif", 0, 257)  # ImageLength: tifffile fails on it
+    Image.fromarray(pixels("L", 8)).save(tmp_path / "frames.tif", save_all=True,
+                                         append_images=[Image.fromarray(pixels("L", 8, seed=1))])
+    retype(tmp_path / "frames.tif", 1, 278)  # RowsPerStrip of the second frame: Pillow fails counting frames
+    for name in ("no-page.tif", "grey16.tif", "frames.tif"):
+        args = (str(tmp_path / name), "--scale", "2", "--model", str(tiny), "-o", str(tmp_path / "out.png"))
+        if name == "no-page.tif":  # in a fresh interpreter, whose stderr tifffile's log would write to
+            proc = run_sr(*args)
+            status, err = proc.returncode, proc.stderr
+        else:
+            status, err = sr_in_process(capsys, *args)
+        assert status == 1 and len(err.strip().splitlines()) == 1, (name, err)
+        assert err.startswith(f"rlcsc sr: error: cannot read image {tmp_path / name}: "), err
+    assert "it holds no readable image" in proc.stderr
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
+
+
 def png_header(path: Path, width: int, height: int, bits: int, colour: int) -> None:
     """A PNG whose header says `width` x `height` at `bits` bits (colour type `colour`), and whose pixels are
     not deflate data: reading its header works, decoding it fails."""
@@ -525,6 +559,9 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         save(pixels("RGB", 8), tmp_path / name)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     png_header(tmp_path / "huge.png", 12000, 12000, 8, 0)
+    Image.fromarray(pixels("RGB", 8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    tifffile.imwrite(tmp_path / "float.tif", np.random.default_rng(0).random((9, 7), np.float32))
+    tifffile.imwrite(tmp_path / "signed16.tif", pixels("L", 16).astype(np.int16))
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "empty").mkdir()
@@ -535,6 +572,10 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         (["a.png", "b.png"], "out", "b.png exists; pass --overwrite"),
         (["a.png", "bad.png"], "empty", "cannot read image"),
         (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),
+        (["a.png", "cmyk.jpg"], "empty", "mode CMYK is not supported"),
+        (["a.png", "float.tif"], "empty", "mode F is not supported"),
+        (["a.png", "signed16.tif"], "empty", "16-bit TIFF of 1 int16 sample(s) per pixel, photometric MINISBLACK, "
+                                             "is not supported"),
         (["in/a.png"], "in", "is the input file"),
         (["a.png", "in"], "out", f"{tmp_path / 'in'} is a folder; name the image files in it"),
     ]
