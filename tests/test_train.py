@@ -115,7 +115,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirro
     first = train(TINY, patches, mirror, tmp_path / "b", stop_after=5)  # killed mid-epoch
     assert first == {"status": "interrupted", "epoch": 0, "step": 5}
     assert not (tmp_path / "b" / "model.pt").exists()
-    # logging, checkpointing, device and compile settings may change between calls of one run
+    # logging, checkpointing and compile settings may change between calls of one run (not its identity)
     resumed = train(replace(TINY, log_every=1, checkpoint_every=3, compile=True), patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed"
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
@@ -361,7 +361,7 @@ def test_a_cut_fast_run_resumes_to_the_same_weights(patches: Path, mirror: Path,
     assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
 
 
-def test_precision_is_set_for_the_code_that_asks_and_restored_after_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_precision_is_set_for_the_code_that_asks_and_restored_after_it() -> None:
     from rlcsc.device import using_precision
 
     def flags() -> tuple[bool, bool]:
@@ -376,6 +376,4 @@ def test_precision_is_set_for_the_code_that_asks_and_restored_after_it(patches: 
     assert flags() == before
     with pytest.raises(RuntimeError), using_precision("cuda", "bf16"):
         raise RuntimeError
-    assert flags() == before
-    train(replace(TINY, max_steps=2, precision="tf32"), patches, mirror, tmp_path, eval_precision="tf32")
     assert flags() == before
