@@ -82,8 +82,11 @@ class Run:
 
     @property
     def device(self) -> str:
-        """The device it trained on (a GPU's name, or cpu)."""
-        return self.train["device"]
+        """The device it trained on: a GPU's name, or the CPU's with its cores where the run recorded them."""
+        call = self.train["calls"][-1] if self.train.get("calls") else {}
+        if self.train["device"] != "cpu" or "cpu" not in call:
+            return self.train["device"]
+        return f"cpu: {call['cpu']}, {call['cpu_cores']} cores"
 
     @property
     def curve(self) -> pd.DataFrame:

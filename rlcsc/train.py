@@ -35,7 +35,16 @@ from rlcsc import recipe
 from rlcsc.atomic import save_torch, write_json
 from rlcsc.config import Checked, above, at_least, between, one_of, param, within
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import PRECISIONS, autocast, device_name, effective, inference_precision, pick_device, using_precision
+from rlcsc.device import (
+    PRECISIONS,
+    autocast,
+    cpu_description,
+    device_name,
+    effective,
+    inference_precision,
+    pick_device,
+    using_precision,
+)
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import checked_test_images, ilr_pair, score
 from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
@@ -336,6 +345,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         precision = {"train": effective(device, p.precision), "monitor": eval_precision}
         return calls + [{"steps": this_call, "seconds": round(time.time() - started, 1),
                          "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
+                         "cpu": cpu_description(), "cpu_cores": os.cpu_count(),
                          "precision": precision}]
 
     clock, status, this_call = time.time(), state["status"], 0  # a run that diverged is finished

@@ -189,7 +189,8 @@ def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
     assert row["made by"] == "`rlcsc record`" and row["network"] == "K = 25, n = 8, m = 16" and row["seed"] == "0"
     assert row["budget"] == ("quick (not the paper's recipe: pairs 2400, batch 16, zero_last true, lr 0.01, "
                              "lr_step 3)")
-    assert row["trained"] == f"{run.train['epochs_done']:g} of 4 epochs" and row["machine"] == "cpu"
+    assert row["trained"] == f"{run.train['epochs_done']:g} of 4 epochs"
+    assert row["machine"] == f"cpu: {cpu_description()}, {os.cpu_count()} cores"  # the machine its last call ran on
     assert row["commit"] != "this one" and run.short() == "K25-quick"  # a column's label: the name alone
     done = replace(run, train={**run.train, "epochs_done": 4})
     assert done.row()["trained"] == "4 epochs"  # never "completed" for a run short of its plan

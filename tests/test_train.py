@@ -23,6 +23,7 @@ from PIL import Image
 from rlcsc.checksums import seal
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
 from rlcsc.recipe import learning_rate
 from rlcsc.train import TrainParams, epoch_order, prepare, train
@@ -189,6 +190,7 @@ def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Pat
     assert [c["steps"] for c in rest["calls"]] == [per_epoch, 2 * per_epoch]
     assert rest["seconds_wall"] == pytest.approx(sum(c["seconds"] for c in rest["calls"]), abs=0.11)
     assert rest["ms_per_step"] == rest["calls"][1]["ms_per_step"] and rest["calls"][1]["device"] == "cpu"
+    assert rest["calls"][1]["cpu"] == cpu_description() and rest["calls"][1]["cpu_cores"] == os.cpu_count()
 
 
 def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Path, tmp_path: Path,
