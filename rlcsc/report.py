@@ -466,8 +466,9 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
-def sources(runs: list) -> str:
-    """The runs table of a page (markdown): one row per run or measured model it shows (its `row`)."""
+def sources(runs: list, marked: bool = True) -> str:
+    """The runs table of a page (markdown): one row per run or measured model it shows (its `row`); `marked`
+    where the page's tables and figures mark their columns and points with †."""
     if not runs:
         return "No run of this project has reached this page yet."
     rows = [r.row() for r in runs]
@@ -476,7 +477,7 @@ def sources(runs: list) -> str:
     lines += ["| " + " | ".join(row[k].replace("|", "/") for k in head) + " |" for row in rows]
     dirty = any(row.get("commit", "").endswith("-dirty") for row in rows)
     note = "\n\nA commit marked -dirty: the call ran that commit with uncommitted changes to its code."
-    head = "**Runs on this page** (their columns and points are marked †):\n\n"
+    head = f"**Runs on this page**{' (their columns and points are marked †)' if marked else ''}:\n\n"
     return head + "\n".join(lines) + (note if dirty else "")
 
 

@@ -164,6 +164,7 @@ class Check:
     method: str
     source: str  # which evaluation, in words
     frames: dict[str, pd.DataFrame]  # metric -> its cells (`against_paper` columns)
+    measured: Measured  # the evaluation itself (a row of the page's runs table)
 
     def cells(self, metric: str) -> tuple[int, int]:
         """(within `EXPLAIN`, measured) for one metric."""
@@ -177,11 +178,11 @@ def checks(page: Page) -> list[Check]:
     bic = page.bicubic()
     if bic is not None:
         where = f"recorded evaluation `runs/{bic.name}`" if bic.recorded else "this pipeline's `results/bicubic`"
-        out.append(Check("Bicubic", where, _frames(bic)))
+        out.append(Check("Bicubic", where, _frames(bic), bic))
     for method in dict.fromkeys(m.method for m in page.measured):
         chosen = page.measured_method(method)
         where = f"recorded evaluation `runs/{chosen.name}`" if chosen.recorded else f"this pipeline's `results/{chosen.name}`"
-        out.append(Check(method, f"the authors' released weights, {where}", _frames(chosen)))
+        out.append(Check(method, f"the authors' released weights, {where}", _frames(chosen), chosen))
     return out
 
 
