@@ -142,6 +142,10 @@ def _check_tiff16(page: tifffile.TiffPage) -> None:
         photometric = getattr(page.photometric, "name", page.photometric)
         raise ValueError(f"16-bit TIFF of {page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric "
                          f"{photometric}, is not supported; save it as grey or RGB, with or without alpha")
+    if page.compression not in tifffile.TIFF.DECOMPRESSORS:  # LZW, JPEG and others need `imagecodecs`
+        compression = getattr(page.compression, "name", page.compression)
+        raise ValueError(f"its {compression} compression needs the imagecodecs package (pip install imagecodecs); "
+                         "or save it uncompressed or deflate-compressed")
 
 
 def read_header(path: Path) -> Header:

@@ -3,6 +3,7 @@ errors, and a real gain over bicubic."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import signal
@@ -562,6 +563,7 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
     Image.fromarray(pixels("RGB", 8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
     tifffile.imwrite(tmp_path / "float.tif", np.random.default_rng(0).random((9, 7), np.float32))
     tifffile.imwrite(tmp_path / "signed16.tif", pixels("L", 16).astype(np.int16))
+    Image.fromarray(pixels("L", 16).astype(np.uint16)).save(tmp_path / "lzw16.tif", compression="tiff_lzw")
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "empty").mkdir()
@@ -576,6 +578,8 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         (["a.png", "float.tif"], "empty", "mode F is not supported"),
         (["a.png", "signed16.tif"], "empty", "16-bit TIFF of 1 int16 sample(s) per pixel, photometric MINISBLACK, "
                                              "is not supported"),
+        *([(["a.png", "lzw16.tif"], "empty", "its LZW compression needs the imagecodecs package")]
+          if importlib.util.find_spec("imagecodecs") is None else []),  # which tifffile decodes LZW with
         (["in/a.png"], "in", "is the input file"),
         (["a.png", "in"], "out", f"{tmp_path / 'in'} is a folder; name the image files in it"),
     ]
