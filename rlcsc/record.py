@@ -84,14 +84,18 @@ def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
     return work / "patches"
 
 
-def _needs_training(out: Path, p: TrainParams) -> bool:
-    """False when `out` already holds a model trained to where `p` stops."""
+def _needs_training(out: Path, p: TrainParams, pairs: dict, ckpt: dict | None) -> bool:
+    """False when `out` already holds a model of this run (`p`'s identity, on the training pairs `pairs`, as its
+    checkpoint `ckpt` holds them) trained to where `p` stops, or finished short of it: diverged, or out of
+    `max_minutes`."""
     path = out / "train.json"
     if not (out / "model.pt").exists() or not path.exists():
         return True
     done = _read_json(path)
-    if done["status"] != "completed" or TrainParams(**done["train"]).identity() != p.identity():
+    if TrainParams(**done["train"]).identity() != p.identity() or (ckpt or {}).get("pairs", pairs) != pairs:
         return True
+    if done["status"] != "completed" or (p.max_minutes and done["seconds_training"] >= 60 * p.max_minutes):
+        return False
     steps = p.last_epoch() * done["steps_per_epoch"]
     return done["steps_done"] < (min(steps, p.max_steps) if p.max_steps else steps)
 
@@ -117,9 +121,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
                         "train": asdict(p)})
     ckpt = _checkpoint(out)
     done = {"steps_before": _steps_done(out, ckpt), "evaluated": False}
-    needs_training = _needs_training(out, p)
+    pairs = made_by(asdict(blocks["augment"]), asdict(blocks["patch"]))
+    needs_training = _needs_training(out, p, pairs, ckpt)
     if needs_training and ckpt:
-        _check_resumable(out, ckpt, p, made_by(asdict(blocks["augment"]), asdict(blocks["patch"])), calls)
+        _check_resumable(out, ckpt, p, pairs, calls)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     try:
         if needs_training:

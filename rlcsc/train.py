@@ -479,11 +479,12 @@ def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
 
 def foreign(ckpt: dict, p: TrainParams, pairs: dict) -> list[str]:
     """What makes checkpoint `ckpt` another run's than `p`'s on the training pairs `pairs` (their `made_by`):
-    the params of `identity` that differ, "training pairs" when other params made its pairs, and "training
-    code" when the code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
+    the params of `identity` that differ, "training pairs" when other params made its pairs (a checkpoint
+    written before checkpoints held them differs in its training code anyway), and "training code" when the
+    code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
     theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
     differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
-    differ += ["training pairs"] if ckpt.get("pairs") != pairs else []
+    differ += ["training pairs"] if ckpt.get("pairs", pairs) != pairs else []  # unknown to an older checkpoint
     return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from rlcsc.cli import main
 from rlcsc.device import cpu_description
 from rlcsc.provenance import source_hash
 from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
+from rlcsc.train import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"model.pt", "checkpoint.pt", "train.json", "train_metrics.json", "metrics.json", "per_image.csv",
@@ -148,7 +149,30 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
     assert capsys.readouterr().err.startswith(f"rlcsc record: error: {out / 'checkpoint.pt'} belongs to a run with "
                                               "other training pairs (made at commit ")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*other_argv[:-4], "--steps", str(done), "--jobs", "2"]) == 1  # finished on other pairs: not kept
+    assert "belongs to a run with other training pairs" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main([*argv[:-4], "--steps", str(done), "--jobs", "2"]) == 0  # evaluating it again needs no training
+
+
+def test_a_run_finished_short_of_its_plan_needs_no_training(tmp_path: Path) -> None:
+    """A run that diverged, or spent its max_minutes, is finished: `rlcsc record` evaluates it without preparing
+    data to train nothing; other params, or pairs made by other params, still need (and refuse) training."""
+    from rlcsc.record import _needs_training
+
+    p, pairs = TrainParams(epochs=2), {"augment": {}, "patch": {"seed": 0}}
+    (tmp_path / "model.pt").write_bytes(b"")
+    done = {"status": "completed", "train": asdict(p), "steps_per_epoch": 10, "steps_done": 5, "seconds_training": 90.0}
+
+    def needs(ckpt: dict | None = None, q: TrainParams = p, **changes) -> bool:
+        (tmp_path / "train.json").write_text(json.dumps({**done, **changes}))
+        return _needs_training(tmp_path, q, pairs, ckpt)
+
+    assert needs() and not needs(steps_done=20)
+    assert not needs(status="diverged at epoch 1, step 5; the weights of step 0 kept")
+    assert not needs(q=replace(p, max_minutes=1.5)) and needs(q=replace(p, max_minutes=2))
+    assert needs(q=replace(p, lr=0.2), steps_done=20)
+    assert needs({"pairs": {**pairs, "patch": {"seed": 1}}}, steps_done=20) and not needs({}, steps_done=20)
 
 
 def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
