@@ -34,6 +34,12 @@ def page(html: Path, name: str) -> BeautifulSoup:
     return BeautifulSoup(path.read_text(), "html.parser")
 
 
+@pytest.mark.parametrize("name", ["intro", "methods", *TABLES, *FIGURES])
+def test_no_page_shows_its_code(html: Path, name: str) -> None:
+    """Every page shows what its code computes, never the code (each code cell is tagged remove-input)."""
+    assert not page(html, name).select("article .cell_input")
+
+
 @pytest.mark.parametrize("name", TABLES)
 def test_table_pages_render_tables_with_numbers(html: Path, name: str) -> None:
     soup = page(html, name)
