@@ -11,8 +11,8 @@ from rlcsc.rounding import im2uint
 
 
 def test_im2uint_rounds_half_up_and_clips() -> None:
-    y = np.array([-0.1, 0, 0.5 / 255, 1.49 / 255, 127.5 / 255, 1, 1.2])
-    np.testing.assert_array_equal(im2uint(y), [0, 0, 1, 1, 128, 255, 255])
+    y = np.array([-0.1, 0, 0.5 / 255, 1.49 / 255, 127.5 / 255, 1, 1.2, np.nan, np.inf, -np.inf])
+    np.testing.assert_array_equal(im2uint(y), [0, 0, 1, 1, 128, 255, 255, 0, 255, 0])  # as MATLAB's im2uint8
 
 
 def test_psnr_known_values() -> None:
