@@ -337,6 +337,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
                              f"step {step}: rerun it to resume from the last checkpoint written") from None
 
+    host = {"cpu": cpu_description(), "cpu_cores": os.cpu_count()}  # read once, named by every checkpoint
+
     def trained() -> list[dict]:
         """The calls that trained this run, this one included once it has trained a step: steps, wall
         seconds from the start of the call, ms/step, and where and in which precision they ran."""
@@ -345,8 +347,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         precision = {"train": effective(device, p.precision), "monitor": eval_precision}
         return calls + [{"steps": this_call, "seconds": round(time.time() - started, 1),
                          "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
-                         "cpu": cpu_description(), "cpu_cores": os.cpu_count(),
-                         "precision": precision}]
+                         **host, "precision": precision}]
 
     clock, status, this_call = time.time(), state["status"], 0  # a run that diverged is finished
     if state["fresh"]:
