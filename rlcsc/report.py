@@ -46,8 +46,42 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+class Evaluated:
+    """What a run and a released model's evaluation share: the folder of the evaluation's files (`scores`)
+    and the calls that made them (`environment`)."""
+
+    scores: Path
+    environment: dict | None
+
+    def evaluated_in(self) -> str | None:
+        """The precision its evaluation computed in: `evaluation.json`'s `computed_in`; for a file written
+        before that key, the precision it asked for as the device computes it (`rlcsc.device.inference_precision`:
+        tf32 is fp32 on the CPU) on the machine of the last call in `environment` that evaluated. None where no
+        network was evaluated (no file, or bicubic)."""
+        e = _json(self.scores / "evaluation.json")
+        if e is None or e.get("method") == "bicubic":
+            return None
+        if "computed_in" in e:
+            return e["computed_in"]
+        calls = (self.environment or {}).get("calls") or []
+        call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else {})
+        if call.get("gpu") or e["precision"] == "fp32":
+            return e["precision"]
+        return "fp32" if e["precision"] == "tf32" else f"{e['precision']} if the CPU computed it natively, else fp32"
+
+    def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
+        """One test image's PSNR by its evaluation (`per_image.csv`), None where the evaluation did not score
+        that image at that scale."""
+        path = self.scores / "per_image.csv"
+        if not path.exists():
+            return None
+        rows = pd.read_csv(path)
+        hit = rows[(rows.dataset == dataset) & (rows.image == image) & (rows.scale == scale)]
+        return float(hit.psnr.iloc[0]) if len(hit) else None
+
+
 @dataclass(frozen=True)
-class Run:
+class Run(Evaluated):
     """One training run and its evaluation, as its files describe it."""
 
     name: str
@@ -118,9 +152,6 @@ class Run:
         `psnr`; None if none did."""
         return next((c["seconds"] / 60 for c in self.train["curve"] if c["psnr"] >= psnr), None)
 
-    def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
-        return image_psnr(self.scores, dataset, image, scale)
-
     def seedless(self) -> tuple:
         """What the run is, apart from its seed: runs that share it differ by chance alone."""
         return tuple(sorted((k, json.dumps(v)) for k, v in self.config.items()
@@ -161,10 +192,6 @@ class Run:
                 "machine": self.device + ("" if precision == "fp32" else f", {precision}"),
                 "commit": commit(calls[-1]) if self.recorded else "this one"}
 
-    def evaluated_in(self) -> str | None:
-        """The precision its evaluation computed in (`evaluated_in`), None if it was not evaluated."""
-        return evaluated_in(self.scores, self.environment)
-
 
 def commit(call: dict) -> str:
     """A call's commit for a runs table: its first 10 hex digits, with "-dirty" kept where the call ran code
@@ -172,34 +199,6 @@ def commit(call: dict) -> str:
     full = call.get("commit") or "unknown"
     head = full.removesuffix("-dirty")
     return head[:10] + full[len(head):]
-
-
-def evaluated_in(scores: Path, environment: dict | None) -> str | None:
-    """The precision a network's evaluation in the folder `scores` computed in: its `evaluation.json`'s
-    `computed_in`; for a file written before that key, the precision it asked for as the device computes it
-    (`rlcsc.device.inference_precision`: tf32 is fp32 on the CPU) on the machine of the last call in
-    `environment` that evaluated. None where no network was evaluated there (no file, or bicubic)."""
-    e = _json(scores / "evaluation.json")
-    if e is None or e.get("method") == "bicubic":
-        return None
-    if "computed_in" in e:
-        return e["computed_in"]
-    calls = (environment or {}).get("calls") or []
-    call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else {})
-    if call.get("gpu") or e["precision"] == "fp32":
-        return e["precision"]
-    return "fp32" if e["precision"] == "tf32" else f"{e['precision']} if the CPU computed it natively, else fp32"
-
-
-def image_psnr(scores: Path, dataset: str, image: str, scale: int) -> float | None:
-    """One test image's PSNR by the evaluation in the folder `scores` (its `per_image.csv`), None where the
-    evaluation did not score that image at that scale."""
-    path = scores / "per_image.csv"
-    if not path.exists():
-        return None
-    rows = pd.read_csv(path)
-    hit = rows[(rows.dataset == dataset) & (rows.image == image) & (rows.scale == scale)]
-    return float(hit.psnr.iloc[0]) if len(hit) else None
 
 
 def signed(value: float, digits: int) -> str:
@@ -254,7 +253,7 @@ EXPLAIN = {"psnr": 0.05, "ssim": 0.002, "ifc": 0.05}
 
 
 @dataclass(frozen=True)
-class Measured:
+class Measured(Evaluated):
     """A comparison method's released weights (`rlcsc convert`) evaluated by this package's protocol:
     this pipeline's evaluation (`results/<method>/`) or a recorded one (`runs/<name>/`, `rlcsc record --model`)."""
 
@@ -282,9 +281,6 @@ class Measured:
         """The model file it scored: the recorded evaluation's copy, or the pipeline's `models/<name>/model.pt`."""
         return self.scores / "model.pt" if self.recorded else models / self.name / "model.pt"
 
-    def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
-        return image_psnr(self.scores, dataset, image, scale)
-
     def short(self) -> str:
         """A column's label: the folder of its evaluation (the method's name for this pipeline's)."""
         return self.name if self.name != self.method else f"{self.method} (this pipeline)"
@@ -304,10 +300,6 @@ class Measured:
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
                 "machine": machine if self.recorded else "this one",
                 "commit": commit(call) if self.recorded else "this one"}
-
-    def evaluated_in(self) -> str | None:
-        """The precision its evaluation computed in (`evaluated_in`)."""
-        return evaluated_in(self.scores, self.environment)
 
 
 def measured_methods(results: Path, runs: Path) -> list[Measured]:
