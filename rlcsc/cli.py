@@ -50,13 +50,15 @@ def _load(args: argparse.Namespace, block: str, cls: type, experiment: str | Non
 
 def _download(args: argparse.Namespace) -> None:
     from rlcsc.data.download import download_all, write_listing
-    from rlcsc.manifest import MANIFEST, WEIGHTS
+    from rlcsc.manifest import MANIFEST, WEIGHTS, load_manifest
 
     manifest = WEIGHTS if args.weights else MANIFEST
     fetched = download_all(args.out, args.datasets, mirror=args.mirror, jobs=args.jobs, manifest=manifest)
     if args.listing:
         write_listing(args.listing, args.datasets, manifest)
-    print(f"{fetched} file(s) fetched; all files under {args.out} verified", file=sys.stderr)
+    pinned = len(load_manifest(manifest, args.datasets))
+    of = f" of {', '.join(args.datasets)}" if args.datasets else ""
+    print(f"{fetched} file(s) fetched; all {pinned}{of} in {manifest.name} verified in {args.out}", file=sys.stderr)
 
 
 def _augment(args: argparse.Namespace) -> None:

@@ -42,6 +42,16 @@ def test_corrupt_mirror_file_gives_one_line_checksum_error(mirror: Path, tmp_pat
     assert not list(out.rglob("*.part"))
 
 
+
+def test_download_says_which_files_it_verified(mirror: Path, tmp_path: Path, capsys) -> None:
+    """Only the requested datasets' files are checked, and the last line says so, not "all files under
+    --out" (a stray file there is never read)."""
+    out = tmp_path / "raw"
+    (out / "T91").mkdir(parents=True)
+    (out / "T91" / "t1.bmp").write_bytes(b"not an image")
+    assert main(["download", "--out", str(out), "--mirror", str(mirror), "--datasets", "Set5"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"5 file(s) fetched; all 5 of Set5 in manifest.tsv verified in {out}"
+
 def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
     out = tmp_path / "bicubic"
     argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out)]
