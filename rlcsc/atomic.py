@@ -78,12 +78,12 @@ def folder_atomically(path: Path) -> Iterator[Path]:
         yield tmp
         with temporary(path, folder=True) as old:  # the previous `path` is moved here, then removed
             existed = path.exists()
-            if existed:
-                os.replace(path, old)
             try:
-                os.replace(tmp, path)
-            except BaseException:
                 if existed:
+                    os.replace(path, old)
+                os.replace(tmp, path)
+            except BaseException:  # Ctrl-C or SIGTERM may come between the renames: restore from what is on disk
+                if existed and not path.exists():
                     os.replace(old, path)
                 raise
 

@@ -58,3 +58,22 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     with folder_atomically(out) as tmp:
         (tmp / "new.npy").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.npy"] and sorted(p.name for p in tmp_path.iterdir()) == ["patches"]
+
+
+def test_an_interrupt_between_the_renames_restores_the_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, which the command turns into the same) arriving just after the old folder was moved
+    aside, before the new one took its place: the old one is put back."""
+    out = tmp_path / "patches"
+    out.mkdir()
+    (out / "old.npy").write_text("old")
+    rename = os.replace
+
+    def interrupted_after_first(src: Path, dst: Path) -> None:
+        rename(src, dst)
+        monkeypatch.setattr(os, "replace", rename)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), folder_atomically(out) as tmp:
+        (tmp / "new.npy").write_text("new")
+        monkeypatch.setattr(os, "replace", interrupted_after_first)
+    assert [p.name for p in out.iterdir()] == ["old.npy"] and sorted(p.name for p in tmp_path.iterdir()) == ["patches"]

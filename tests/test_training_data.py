@@ -140,6 +140,21 @@ def test_augment_progress_bar_reaches_the_end(tiny_set: list[Path], tmp_path: Pa
     assert "2/2" in capsys.readouterr().err
 
 
+
+def test_a_linked_out_folder_is_refused_before_any_work(tiny_set: list[Path], augmented: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A symbolic link as the output folder: the stage would replace the link, not the folder it points to,
+    and fail only after all its work; it is refused at once, the folder untouched."""
+    (tmp_path / "big").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "big")
+    capsys.readouterr()
+    for stage, make in [("augment", lambda: augment(tiny_set, tmp_path / "link", ONE_VARIANT, jobs=1)),
+                        ("patch", lambda: make_patches(augmented, tmp_path / "link", PatchParams(chunk=1), jobs=1))]:
+        with pytest.raises(RlcscError, match=f"link is a symbolic link .*big.*; {stage} replaces its folder whole"):
+            make()
+        assert "img" not in capsys.readouterr().err  # no progress bar: nothing was computed
+    assert (tmp_path / "link").is_symlink() and not any((tmp_path / "big").iterdir())
+
 def test_out_folder_with_other_files_is_refused_and_kept(tiny_set: list[Path], augmented: Path, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()

@@ -12,6 +12,7 @@ verifies before it reads them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,7 +96,11 @@ def _augment_one(task: tuple[Path, list[Variant]]) -> list[np.ndarray]:
 
 def check_out(out: Path, outputs: Sequence[str], stage: str) -> None:
     """Refuse an output folder that holds anything but `stage`'s own files: a previous output is
-    replaced, and anything else would be deleted with it."""
+    replaced, and anything else would be deleted with it. A symbolic link is refused too: the new folder
+    would replace the link, not the folder it points to."""
+    if out.is_symlink():
+        raise RlcscError(f"output folder {out} is a symbolic link (to {os.path.realpath(out)}); {stage} replaces "
+                         "its folder whole, so name that folder itself, or link the folder above it")
     if out.is_file():
         raise RlcscError(f"output folder {out} is a file; choose a new or empty folder")
     foreign = [p.name for p in sorted(out.iterdir()) if p.name not in outputs or not p.is_file()] if out.is_dir() else []
