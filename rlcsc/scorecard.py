@@ -33,8 +33,8 @@ class Line:
     item: str  # "Table 1, PSNR"
     metric: str  # psnr | ssim | ifc
     numbers: tuple[tuple, ...]  # what each published number measures (`number`), one per number the paper gives
-    reached: tuple[tuple, ...]  # those the run has reached, in the order of `differences`
-    differences: tuple[float, ...]  # run minus paper, for each number the run has reached
+    measured: tuple[tuple, ...]  # those the run has a value for, in the order of `differences`
+    differences: tuple[float, ...]  # run minus paper, for each number the run has measured
     tolerance: float
     run: Run | None
 
@@ -85,7 +85,7 @@ def epoch_psnr(run: Run) -> dict[int, float]:
 
 
 def _cells(run: Run | None, ref: str, metric: str, depth: int) -> tuple[tuple, tuple, tuple[float, ...]]:
-    """The published RL-CSC numbers of `metric` in reference table `ref` (keys), those `run` reached and its
+    """The published RL-CSC numbers of `metric` in reference table `ref` (keys), those `run` measured and its
     differences."""
     published = table(ref)
     published = published[published.method == "RL-CSC"]
@@ -100,8 +100,8 @@ def _cells(run: Run | None, ref: str, metric: str, depth: int) -> tuple[tuple, t
 
 def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     """Every published RL-CSC number of the paper, set against the counting runs (Tables 1-3, Figures 1
-    and 7; Figure 8 and Table 4 publish no RL-CSC number but Table 1's and its memory, shown on their
-    pages)."""
+    and 7; Figure 8 publishes no RL-CSC score but Table 1's, and Table 4's RL-CSC memory is a cost, not a
+    score, compared on its page)."""
     k, n, m = page.main_network()
     main = furthest(page.runs, k, n, m)
     f1 = table("figure1")
@@ -109,8 +109,8 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     out = []
     for ref, metric, item in (("table1", "psnr", "Table 1, PSNR"), ("table1", "ssim", "Table 1, SSIM"),
                               ("table2", "ifc", "Table 2, IFC")):
-        keys, reached, diffs = _cells(main, ref, metric, depth)
-        out.append(Line(item, metric, keys, reached, diffs, tolerance[metric], main))
+        keys, measured, diffs = _cells(main, ref, metric, depth)
+        out.append(Line(item, metric, keys, measured, diffs, tolerance[metric], main))
     t3 = table("table3")
     for residual, words in ((True, "with residual"), (False, "no residual")):
         run = furthest(page.runs, k, n, m, residual)
@@ -138,20 +138,20 @@ class Totals:
     """The scorecard's headline: each distinct published number counted once, however many of its lines print it."""
 
     published: int  # distinct published numbers
-    reached: int  # of those, the ones a counting run has reached
-    matched: int  # of those, the ones within the tolerance (by the first line that reached it)
+    measured: int  # of those, the ones a counting run has a value for
+    matched: int  # of those, the ones within the tolerance (by the first line that measured it)
     shared: tuple[tuple[tuple, tuple[str, ...]], ...]  # each number printed in several places: key, items of its lines
 
 
 def totals(lines: list[Line]) -> Totals:
-    """Count `lines`' published numbers once each (by `number`): a number is reached where a line reached it, and
-    matched where the first line that reached it lies within its tolerance."""
+    """Count `lines`' published numbers once each (by `number`): a number is measured where a line measured it, and
+    matched where the first line that measured it lies within its tolerance."""
     items: dict[tuple, list[str]] = {}
     first: dict[tuple, bool] = {}
     for line in lines:
         for key in line.numbers:
             items.setdefault(key, []).append(line.item)
-        for key, d in zip(line.reached, line.differences):
+        for key, d in zip(line.measured, line.differences):
             first.setdefault(key, abs(d) <= line.tolerance)
     return Totals(len(items), len(first), sum(first.values()),
                   tuple((key, tuple(names)) for key, names in items.items() if len(names) > 1))

@@ -79,13 +79,13 @@ def test_the_scorecard_holds_the_numbers_of_the_files(html: Path) -> None:
     rows = {row[0]: row[1:] for row in cells}
     assert set(rows) == {line.item for line in lines}
     for line in lines:
-        published, reached, matched, spread, run = rows[line.item][:5]
-        assert (int(published), int(reached), int(matched)) == (line.published, len(line.differences), line.matched)
+        published, measured, matched, spread, run = rows[line.item][:5]
+        assert (int(published), int(measured), int(matched)) == (line.published, len(line.differences), line.matched)
         assert spread == line.spread() and run == (line.run.name if line.run else "none yet")
     totals = scorecard.totals(lines)  # the headline counts each distinct published number once
     text = " ".join(page(html, "intro").select_one("article").get_text().split())
     assert f"of the paper’s {totals.published} published RL-CSC numbers" in text
-    assert f"reached {totals.reached} of the {totals.published}" in text or not totals.reached
+    assert f"measured {totals.measured} of the {totals.published}" in text or not totals.measured
 
 
 def test_the_output_route_sentence_holds_the_file(html: Path) -> None:

@@ -97,7 +97,7 @@ def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(t
     assert found["Figure 1, RL-CSC"].matched == found["Figure 7, K = 25"].matched == 1
     totals = scorecard.totals(lines)
     assert totals.published == sum(line.published for line in lines) - 2
-    assert totals.reached == sum(len(line.differences) for line in lines) - 2
+    assert totals.measured == sum(len(line.differences) for line in lines) - 2
     assert totals.matched == sum(line.matched for line in lines) - 2
     assert [items for _, items in totals.shared] == [("Table 1, PSNR", "Figure 1, RL-CSC", "Figure 7, K = 25")]
     t2, t3 = table("table2"), table("table3")
