@@ -45,9 +45,10 @@ def seal(folder: Path, names: Iterable[str] | None = None) -> None:
     write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())), folder / SUMS)
 
 
-def verify(folder: Path, redo: str) -> None:
+def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = ()) -> None:
     """Every file of `folder` is listed in its `SHA256SUMS` and matches it, and every file listed is
-    there; else one clear error naming the first that is not, and `redo` (what rebuilds it)."""
+    there (but those of `may_lack`); else one clear error naming the first that is not, and `redo` (what
+    rebuilds it)."""
     sums = read_sums(folder)
     if not sums:
         raise RlcscError(f"corrupt {folder}: no {SUMS} holds the checksums of its files (written before they had "
@@ -56,13 +57,15 @@ def verify(folder: Path, redo: str) -> None:
         if name not in sums:
             raise RlcscError(f"corrupt {folder / name}: {folder / SUMS} does not list it; {redo}")
     for name, digest in sums.items():
-        verify_file(folder / name, digest, redo)
+        if name not in may_lack or (folder / name).exists():
+            verify_file(folder / name, digest, redo)
 
 
-def verify_run(folder: Path) -> None:
-    """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged."""
+def verify_run(folder: Path, may_lack: tuple[str, ...] = ()) -> None:
+    """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged (but the
+    files of `may_lack`, which may be missing)."""
     verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is "
-                   "sealed by its next call)")
+                   "sealed by its next call)", may_lack)
 
 
 def verify_file(path: Path, digest: str, redo: str) -> None:

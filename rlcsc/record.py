@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from rlcsc.atomic import atomically, write_json
-from rlcsc.checksums import seal
+from rlcsc.checksums import files, seal, verify_run
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, made_by, make_patches
@@ -109,6 +109,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     if epochs is not None:
         p = replace(p, stop_epoch=check_value(TrainParams, "stop_epoch", epochs, "--epochs"))
     if steps is not None:
+        if p.schedule != "step":  # there `max_steps` is where the schedule decays to zero: part of the run's identity
+            raise RlcscError(f"--steps would move where the {p.schedule} schedule of budget {budget} decays to zero "
+                             f"(max_steps {p.max_steps or 'unset'}), and with it every step's learning rate; stop the "
+                             "run with --epochs, or change max_steps in the params")
         p = replace(p, max_steps=check_value(TrainParams, "max_steps", steps, "--steps"))
     e = blocks["evaluate"]
     if not raw.is_dir():
@@ -117,6 +121,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     out.mkdir(parents=True, exist_ok=True)
     env_path = out / "environment.json"
     calls = _read_json(env_path)["calls"] if env_path.exists() else []
+    _check_sealed(out, calls)
+    if (out / "model.pt").exists() and not (out / "train.json").exists():
+        raise RlcscError(f"{out} holds the recorded evaluation of a model made elsewhere, not a training run; "
+                         "record into another --out")
     call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
                         "train": asdict(p)})
     ckpt = _checkpoint(out)
@@ -125,6 +133,9 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     needs_training = _needs_training(out, p, pairs, ckpt)
     if needs_training and ckpt:
         _check_resumable(out, ckpt, p, pairs, calls)
+    elif needs_training and (out / "train.json").exists():
+        raise RlcscError(f"{out} holds a run but not its checkpoint.pt, which extending it needs: restore the "
+                         "checkpoint (from the machine or commit that made it), or record into another --out")
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     try:
         if needs_training:
@@ -155,22 +166,39 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
     kept = out / "model.pt"
+    if (out / "train.json").exists() or (out / "checkpoint.pt").exists():
+        raise RlcscError(f"{out} holds a training run; record the evaluation into another --out")
+    if model is None and kept.exists():
+        raise RlcscError(f"{out} holds the evaluation of {kept}, not bicubic's; record into another --out")
     if model is not None and kept.exists() and file_sha256(kept) != file_sha256(model):
         raise RlcscError(f"{kept} is another model than {model}; record into another --out")
+    env_path = out / "environment.json"
+    if out.is_dir():
+        _check_sealed(out, _read_json(env_path)["calls"] if env_path.exists() else [])
     out.mkdir(parents=True, exist_ok=True)
     try:
         if model is not None and not kept.exists():
             atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
         call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
-        write_json({"calls": [{**call, "evaluated": False}]}, out / "environment.json")
+        write_json({"calls": [{**call, "evaluated": False}]}, env_path)
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
         about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
                  else {"model": None, "method": "bicubic"})
         write_results(scores, out, {**asdict(e), "budget": budget, **about})
-        write_json({"calls": [{**call, "evaluated": True}]}, out / "environment.json")
+        write_json({"calls": [{**call, "evaluated": True}]}, env_path)
     finally:
         seal(out)
+
+
+def _check_sealed(out: Path, calls: list[dict]) -> None:
+    """The folder `out` holds what `rlcsc record` wrote and sealed, unchanged, before a call writes into it and
+    seals it again (which would otherwise seal an edited file as the program's); a copy may leave out the
+    checkpoint, which only extending the run needs. A folder whose last call was killed before it could seal
+    (its entry in `environment.json` says neither `steps_after` nor `evaluated`) is sealed by this call, as it is."""
+    if not files(out) or (calls and not ("steps_after" in calls[-1] or calls[-1].get("evaluated"))):
+        return
+    verify_run(out, may_lack=("checkpoint.pt",))
 
 
 def _checkpoint(out: Path) -> dict | None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from rlcsc.checksums import seal
+from rlcsc.checksums import seal, verify_run
 from rlcsc.cli import main
 from rlcsc.device import cpu_description
 from rlcsc.provenance import source_hash
@@ -184,14 +184,71 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
     assert "no raw images at" in capsys.readouterr().err and not (tmp_path / "new").exists()
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
-    for name, damaged in (("environment.json", b"{"), ("checkpoint.pt", b"not a checkpoint")):
+    for name, damaged, said in (("environment.json", b"{", f"{out / 'environment.json'} is not readable JSON"),
+                                ("checkpoint.pt", b"not a checkpoint", f"corrupt {out / 'checkpoint.pt'}: its bytes differ")):
         (out / name).write_bytes(damaged)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         assert main([*argv, "--raw", str(mirror), "--out", str(out)]) == 1
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"rlcsc record: error: {out / name} is not") and "readable" in err and "\n" not in err
+        assert err.startswith(f"rlcsc record: error: {said}") and "\n" not in err
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         shutil.copy(recorded / "runs" / "K25-quick" / name, out / name)
+
+
+def test_an_edited_file_of_a_run_is_never_sealed_as_the_program_s(recorded: Path, mirror: Path, params: Path,
+                                                                   tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`rlcsc record` seals the folder at the end of every call: a file edited by hand since the last seal is
+    refused first, else the report's check of the seal would pass it. A call killed before it sealed leaves
+    files the seal does not hold; the next call seals them."""
+    out = tmp_path / "K25-quick"
+    shutil.copytree(recorded / "runs" / "K25-quick", out)
+    done = json.loads((out / "train.json").read_text())["steps_done"]
+    argv = ["record", "--params", str(params), "--budget", "quick", "--raw", str(mirror), "--out", str(out),
+            "--work", str(recorded / "work"), "--steps", str(done), "--no-evaluate", "--jobs", "2"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["Set5"]["x3"]["psnr"] = 40.0
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"rlcsc record: error: corrupt {out / 'metrics.json'}: its bytes differ")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    env = json.loads((out / "environment.json").read_text())
+    env["calls"][-1].pop("steps_after")  # as a call killed before its end leaves it
+    env["calls"][-1]["evaluated"] = False
+    (out / "environment.json").write_text(json.dumps(env))
+    assert main(argv) == 0
+    verify_run(out)
+    (out / "checkpoint.pt").unlink()  # a copy may leave out the checkpoint: the run is sealed without it
+    assert main(argv) == 0 and "checkpoint.pt" not in (out / "SHA256SUMS").read_text()
+
+
+def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A run without its checkpoint is not trained afresh over; an evaluation is not recorded into a training run,
+    bicubic's not over a model's, a training run not over a model's evaluation; and `--steps` does not move where a
+    decaying schedule ends. One line each, and nothing changes."""
+    run = tmp_path / "run"
+    shutil.copytree(recorded / "runs" / "K25-quick", run)
+    (run / "checkpoint.pt").unlink()
+    done = json.loads((run / "train.json").read_text())["steps_done"]
+    model = tmp_path / "model"
+    assert main(["record", "--params", str(params), "--budget", "quick", "--model", str(run / "model.pt"),
+                 "--raw", str(mirror), "--out", str(model), "--jobs", "2"]) == 0
+    common = ["--params", str(params), "--budget", "quick", "--raw", str(mirror), "--work", str(recorded / "work"),
+              "--jobs", "2"]
+    cases = [(["--steps", str(done + 10), "--out", str(run)], f"{run} holds a run but not its checkpoint.pt"),
+             (["--model", str(run / "model.pt"), "--out", str(run)], f"{run} holds a training run"),
+             (["--method", "bicubic", "--out", str(model)], f"{model} holds the evaluation of {model / 'model.pt'}"),
+             (["--steps", "10", "--out", str(model)], f"{model} holds the recorded evaluation of a model made elsewhere"),
+             (["--budget", "fast", "--steps", "10", "--out", str(tmp_path / "new")], "--steps would move where the cosine")]
+    capsys.readouterr()
+    for args, said in cases:
+        before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+        assert main(["record", *common, *args]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"rlcsc record: error: {said}") and err.count("\n") == 1, err
+        assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
 
 
 def test_a_quick_run_stands_apart_from_the_paper_scale_ones(recorded: Path, tmp_path: Path) -> None:
