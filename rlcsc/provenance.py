@@ -77,12 +77,18 @@ def source_hash() -> str:
 
 
 def commit() -> str | None:
-    """The project's git commit (with "-dirty" for uncommitted changes), else $RLCSC_COMMIT, else None."""
+    """The project's git commit, else $RLCSC_COMMIT, else None; with "-dirty" where a tracked file has uncommitted
+    changes or the package holds a file git does not track (not for the untracked outputs a run writes, such as
+    a new `runs/<name>/`)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=PACKAGE.parent,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".") or git(
+            "ls-files", "--others", "--exclude-standard", "--", PACKAGE.name)
+        return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("RLCSC_COMMIT")
 

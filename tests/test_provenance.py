@@ -1,0 +1,31 @@
+"""Which code made a result: the commit a run records, "-dirty" where the code differs from it."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rlcsc import provenance
+
+
+def test_a_run_s_own_untracked_output_does_not_make_the_commit_dirty(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new `runs/<name>/` (untracked until committed) is not a change to the code; an edited tracked file or
+    an untracked module of the package is."""
+    package = tmp_path / "rlcsc"
+    package.mkdir()
+    (package / "train.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "code"], check=True)
+    monkeypatch.setattr(provenance, "PACKAGE", package)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "runs" / "K25-fast").mkdir(parents=True)
+    (tmp_path / "runs" / "K25-fast" / "train.json").write_text("{}")
+    assert provenance.commit() == head
+    (package / "new.py").write_text("")
+    assert provenance.commit() == head + "-dirty"
+    (package / "new.py").unlink()
+    (package / "train.py").write_text("x = 2\n")
+    assert provenance.commit() == head + "-dirty"
