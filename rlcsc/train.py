@@ -365,7 +365,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     try:
         with using_precision(device, p.precision):
             while status == "completed" and not (late or reached()):
-                order = batches.order(p.seed, epoch)
+                order, synced = batches.order(p.seed, epoch), step
                 bar = tqdm(total=per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
                            disable=not dist.main, unit="step")
                 while step < per_epoch:
@@ -374,7 +374,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                         group["lr"] = lr
                     x, y = batches(order[step * p.batch : (step + 1) * p.batch][dist.rank :: dist.world])
                     losses[step], norms[step] = step_fn(x, y)
-                    bad |= ~torch.isfinite(losses[step])
+                    bad |= ~(torch.isfinite(losses[step]) & torch.isfinite(norms[step]))
                     step += 1
                     this_call += 1
                     finished = (step == per_epoch and epoch + 1 >= p.last_epoch()) or bool(p.max_steps and done() >= p.max_steps)
@@ -385,10 +385,12 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                         continue
                     seconds = elapsed + time.time() - clock
                     diverged, stopping, late = dist.agree(  # the host syncs: every process takes the same branch
-                        bad, bool(interrupted) or stop_asked, bool(p.max_minutes) and seconds >= 60 * p.max_minutes)
+                        bad | ~_finite(model), bool(interrupted) or stop_asked,
+                        bool(p.max_minutes) and seconds >= 60 * p.max_minutes)
                     if diverged:
-                        status = _diverged(p, epoch, step, ckpt_path)
+                        status = _diverged(p, epoch, _first_bad(losses, norms, synced, step), ckpt_path)
                         break
+                    synced = step
                     syncs.append((this_call, time.time()))
                     bar.set_postfix(loss=f"{losses[max(0, step - p.log_every):step].mean().item():.3g}", lr=f"{lr:.3g}")
                     bar.update(step - bar.n)
@@ -520,12 +522,25 @@ def _resume(path: Path, p: TrainParams, pairs: dict, model: nn.Module, optimizer
     return {**{k: ckpt[k] for k in fresh if k not in ("status", "fresh")}, "status": status, "fresh": False}
 
 
+def _finite(model: nn.Module) -> torch.Tensor:
+    """Whether every weight of `model` is finite (on the device: read at the next host sync)."""
+    return torch.stack([t.isfinite().all() for t in model.parameters()]).all()
+
+
+def _first_bad(losses: torch.Tensor, norms: torch.Tensor, synced: int, step: int) -> int:
+    """The step (1-based within its epoch) of the first non-finite loss or gradient norm after the host sync at
+    `synced`; `step` when none (a weight that overflowed, or another process's loss)."""
+    bad = (~(torch.isfinite(losses[synced:step]) & torch.isfinite(norms[synced:step]))).nonzero()
+    return synced + int(bad[0]) + 1 if len(bad) else step
+
+
 def _diverged(p: TrainParams, epoch: int, step: int, ckpt_path: Path) -> str:
-    """A non-finite loss: a clear error, or (on_divergence: record) a recorded result."""
+    """A non-finite loss, gradient norm or weight: a clear error, or (on_divergence: record) a recorded result."""
     where = f"epoch {epoch + 1}, step {step}"
     if p.on_divergence == "fail":
-        raise RlcscError(f"loss became non-finite at {where}; last good checkpoint kept at {ckpt_path}")
-    tqdm.write(f"loss became non-finite at {where}: recorded, training stopped", file=sys.stderr)
+        raise RlcscError(f"training became non-finite (its loss, gradients or weights) at {where}; last good "
+                         f"checkpoint kept at {ckpt_path}")
+    tqdm.write(f"training became non-finite at {where}: recorded, training stopped", file=sys.stderr)
     return f"diverged at {where}"
 
 

@@ -281,6 +281,24 @@ def test_a_diverged_run_keeps_its_last_good_weights_and_is_finished(patches: Pat
     assert torch.load(tmp_path / "model.pt", weights_only=True)["status"] == result["status"]
 
 
+
+def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_weights(patches: Path, mirror: Path,
+                                                                                        tmp_path: Path) -> None:
+    """The status names the step whose loss or gradient was first non-finite, however far apart the host syncs
+    are; and weights that overflowed under a finite loss end the run at the next sync, before a checkpoint
+    could keep them."""
+    wild = replace(TINY, lr=1e12, clip=None, on_divergence="record")
+    every_step = train(replace(wild, log_every=1), patches, mirror, tmp_path / "one")
+    sparse = train(replace(wild, log_every=6), patches, mirror, tmp_path / "six")
+    first = every_step["status"].split(";")[0]
+    assert first.startswith("diverged at epoch 1, step ") and sparse["status"].split(";")[0] == first
+    assert sparse["steps_done"] > int(first.rsplit(" ", 1)[1])  # found at a later sync
+    overflow = replace(TINY, lr=3.2e36, clip=None, checkpoint_every=1, log_every=1)
+    with pytest.raises(RlcscError, match="non-finite"):
+        train(overflow, patches, mirror, tmp_path / "overflow")
+    kept = torch.load(tmp_path / "overflow" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in kept.values())
+
 def test_cuda_requested_without_gpu_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
