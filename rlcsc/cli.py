@@ -96,7 +96,8 @@ def _train(args: argparse.Namespace) -> None:
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
     last = summary["curve"][-1] if summary["curve"] else {}
-    print(f"{summary['status']}: {summary['epochs_done']} epoch(s); Set5 x3 {last.get('psnr')}", file=sys.stderr)
+    print(f"{summary['status']}: {summary['epochs_done']} epoch(s); {params.eval_dataset} x{params.eval_scale} "
+          f"{last.get('psnr')}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -231,8 +232,9 @@ def _compare(args: argparse.Namespace) -> None:
                      args.minutes, args.out, args.jobs)
     for v in result["variants"]:
         last = v["curve"][-1] if v["curve"] else {}
+        monitor = {**result["environment"]["params"]["train"], **v["changes"]}
         print(f"{v['name']:<12} {v['status']:<28} {v['steps_done']:>7} steps {v['seconds_training']:>8.1f} s  "
-              f"Set5 x3 {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
+              f"{monitor['eval_dataset']} x{monitor['eval_scale']} {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
 
 
 BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5}

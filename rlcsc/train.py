@@ -122,7 +122,8 @@ class TrainParams(Checked):
         return {"recursions": self.recursions, "features": n, "codes": m, "residual": self.residual, "bias": self.bias}
 
     def identity(self) -> dict:
-        """The parameters that decide the weights after any given step (what a resumed run must share).
+        """The parameters that decide the weights after any given step (what a resumed run must share), and the
+        monitor's test set and scale, so that a run's curve is one measure throughout.
         The run's planned length (`epochs`, `max_steps`) matters only to the schedules that decay to
         zero at its end; for the paper's step schedule `max_steps` is only a stop point."""
         skip = NOT_IDENTITY + (("epochs", "max_steps") if self.schedule == "step" else ())

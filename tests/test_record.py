@@ -302,13 +302,17 @@ def test_a_run_is_timed_to_the_paper_s_number_for_its_network(recorded: Path) ->
     assert network().minutes_to(34.11) == 2 and network().minutes_to(34.3) is None
 
 
-def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path) -> None:
+def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "comparison.json"
     argv = ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
             "--work", str(recorded / "work"), "--steps", "20", "--variant", "base:", "--variant", "again:",
             "--variant", "bias:bias=true,lr=2e-3", "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2",
-            "--variant", "half:max_steps=10", "--out", str(out), "--jobs", "2"]
+            "--variant", "half:max_steps=10,eval_scale=2", "--out", str(out), "--jobs", "2"]
+    capsys.readouterr()
     assert main(argv) == 0
+    said = {line.split()[0]: line for line in capsys.readouterr().err.splitlines()[-5:]}
+    assert " Set5 x3 " in said["base"] and " Set5 x2 " in said["half"]  # each variant's monitor, as it scored
     result = json.loads(out.read_text())
     base, again, bias, cosine, half = result["variants"]
     assert result["max_steps"] == 20 and base["changes"] == {} and bias["changes"] == {"bias": True, "lr": 0.002}
