@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from rlcsc import int8
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import device_name, effective, inference_precision, machine, pick_device, using_precision
+from rlcsc.device import device_name, effective, inference_precision, inferring, machine, pick_device, using_precision
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
@@ -182,13 +182,13 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
         timer, times = _timer(device), {m: [] for m in modes}
         for i in tqdm(range(repeats + 1), desc="timing", unit="round"):  # round 0 untimed
             for m in modes:
-                with using_precision(device, _torch_precision(m)):
+                with inferring(device, m):  # int8 runs outside torch
                     ms = timer(steps[m])
                 if i:
                     times[m].append(ms)
         outs = {}
         for m in modes:
-            with using_precision(device, _torch_precision(m)):
+            with inferring(device, m):  # int8 runs outside torch
                 outs[m] = {d: [upscalers[m](ilr) for _, ilr in tqdm(pairs[d], desc=f"{d} x{scale} {m}", unit="img")]
                            for d in datasets}
     gflop = network_flops_per_pixel(arch, config) * size * size / 1e9
@@ -211,11 +211,6 @@ def _machine(device: torch.device, with_int8: bool) -> dict:
     ran, the code's commit and the date."""
     runtime = {"onnxruntime": int8.version()} if with_int8 else {}
     return {**machine(device), **runtime, **stamp()}
-
-
-def _torch_precision(variant: str) -> str:
-    """The torch precision around a variant's forward passes (int8 runs outside torch)."""
-    return "fp32" if variant == "int8" else variant
 
 
 def _psnr(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray], scale: int) -> np.ndarray:

@@ -139,6 +139,13 @@ def using_precision(device: torch.device | str, mode: str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def inferring(device: torch.device | str, precision: str) -> AbstractContextManager:
+    """The TF32 switches around inference in `precision` (`rlcsc sr`, evaluation, benchmarks, the training
+    monitor): on for tf32 only; under bf16 the layers it leaves in fp32 (F0, F1, H) compute in true fp32 on a
+    GPU too, as on the CPU."""
+    return using_precision(device, "tf32" if precision == "tf32" else "fp32")
+
+
 def autocast(device: torch.device | str, mode: str) -> AbstractContextManager:
     """bf16 autocast for a training forward pass on CUDA when `mode` is bf16; nothing otherwise."""
     if mode == "bf16" and torch.device(device).type == "cuda":

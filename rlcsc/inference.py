@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from rlcsc.checksums import SUMS, read_sums, verify_file
-from rlcsc.device import bf16_inside, inference_precision, using_precision
+from rlcsc.device import bf16_inside, inference_precision, inferring
 from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
@@ -202,7 +202,8 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
 class Network:
     """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use) in the precision
     that `precision` gives on `device` (`rlcsc.device.inference_precision`, resolved here, once): on the
-    CPU fp32 unless bf16 is asked for and native; on a GPU TF32 convolutions unless "fp32".
+    CPU fp32 unless bf16 is asked for and native; on a GPU TF32 convolutions for "tf32" only
+    (`rlcsc.device.inferring`).
 
     On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the forward
     passes run in the calling process, and only the metrics are spread over processes.
@@ -222,6 +223,6 @@ class Network:
     def __call__(self, ilr: np.ndarray, scale: int) -> np.ndarray:
         if self._model is None:
             self._model = load_model(self.path, self.device, self.precision)
-        with using_precision(self.device, self.precision):
+        with inferring(self.device, self.precision):
             return apply(self._model, ilr)
 

@@ -13,7 +13,7 @@ import torch
 
 import rlcsc
 from rlcsc.color import rgb2ycbcr, ycbcr2rgb
-from rlcsc.device import inference_precision, pick_device, using_precision
+from rlcsc.device import inference_precision, inferring, pick_device
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import Header, Picture, format_of, output_format, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
@@ -190,7 +190,7 @@ def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: s
     for i, (input, out) in enumerate(zip(inputs, outputs), 1):
         picture = read_picture(input)
         output_format(out, picture.mode, picture.bits)  # can the output hold it? (before any work on it)
-        with using_precision(device, "fp32"):  # the layers bf16 leaves in fp32 stay exact on a GPU too
+        with inferring(device, precision):
             result = super_resolve(network, picture, scale)
         write_picture(result, out)
         count = f"{i}/{len(inputs)} " if len(inputs) > 1 else ""

@@ -42,6 +42,7 @@ from rlcsc.device import (
     device_name,
     effective,
     inference_precision,
+    inferring,
     pick_device,
     using_precision,
 )
@@ -273,7 +274,7 @@ class Monitor:
         model.eval()
         device = next(model.parameters()).device
         net = for_inference(copy.deepcopy(model), device, "bf16") if self.precision == "bf16" else model
-        with using_precision(device, self.precision):
+        with inferring(device, self.precision):
             outs = [apply(net, ilr) for _, ilr in self.pairs]
         model.train(was_training)
         scores = np.array([score(hr, out, self.scale, with_ifc=False)[:2] for (hr, _), out in zip(self.pairs, outs)])

@@ -183,3 +183,13 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     assert set(result["variants"]) == {"fp32"} | quantized
     assert result["not_native"]["bf16"] == "runs as fp32 on this cpu" and result["model"].startswith("untrained")
     assert np.isfinite(result["variants"]["fp32"]["quality"]["Set5"]["psnr"])
+
+
+def test_inference_in_bf16_keeps_its_fp32_layers_exact_on_a_gpu() -> None:
+    """Under bf16, F0, F1 and H compute in fp32, and so without TF32 on a GPU as on the CPU: the switches that
+    evaluation, `rlcsc sr`, the benchmarks and the training monitor set around a forward pass."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for precision, tf32 in (("tf32", True), ("bf16", False), ("fp32", False)):
+        with device.inferring("cuda", precision):
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
