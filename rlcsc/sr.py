@@ -146,10 +146,11 @@ def available_memory() -> int:
 def memory_needed(header: Header, scale: float, model: torch.nn.Module, device: torch.device) -> int:
     """Bytes that super-resolving an image of `header` by `scale` takes: the output's float64 copies, and
     on the CPU the network's feature maps of one tile."""
-    samples = math.ceil(header.height * scale) * math.ceil(header.width * scale) * header.channels
+    height, width = math.ceil(header.height * scale), math.ceil(header.width * scale)
     widest = max(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    tile = 0 if device.type == "cuda" else (CPU_TILE + 2 * receptive_radius(model)) ** 2 * MAPS_PER_PIXEL * widest * 4
-    return BYTES_PER_SAMPLE * samples + tile
+    side = CPU_TILE + 2 * receptive_radius(model)  # a tile and its context, within the image
+    tile = 0 if device.type == "cuda" else min(side, height) * min(side, width) * MAPS_PER_PIXEL * widest * 4
+    return BYTES_PER_SAMPLE * height * width * header.channels + tile
 
 
 def _check_memory(input: Path, header: Header, scale: float, need: int, max_memory: float | None) -> None:

@@ -500,6 +500,20 @@ def test_an_image_too_large_for_the_memory_is_refused_from_its_header(tiny: Path
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
 
 
+
+def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() -> None:
+    """On the CPU the network's maps of one tile count, a tile no larger than the image: a thumbnail at x2
+    needs megabytes (it was charged 1.6 GiB for K25, and refused where less was free)."""
+    from rlcsc.imageio import Header
+    from rlcsc.models.rlcsc import RLCSC
+    from rlcsc.sr import BYTES_PER_SAMPLE, MAPS_PER_PIXEL, memory_needed
+
+    k25, cpu = RLCSC(), torch.device("cpu")
+    assert memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu) == BYTES_PER_SAMPLE * 48 * 40 * 3 + 48 * 40 * MAPS_PER_PIXEL * 256 * 4
+    assert memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu) < 2**24
+    big = memory_needed(Header(3000, 2000, 3, 8, 1), 2, k25, cpu)
+    assert big - BYTES_PER_SAMPLE * 6000 * 4000 * 3 > 2**30  # a whole tile's maps, with its context
+
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     save(pixels("RGBA", 8), tmp_path / "rgba.png")
