@@ -15,7 +15,7 @@ import rlcsc
 from rlcsc.color import rgb2ycbcr, ycbcr2rgb
 from rlcsc.device import inference_precision, inferring, pick_device
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import Header, Picture, format_of, output_format, read_header, read_picture, write_picture
+from rlcsc.imageio import MODES, Header, Picture, format_of, output_format, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
 from rlcsc.inference import CPU_TILE, apply, describe_model, for_inference, load_model, receptive_radius
 
@@ -180,6 +180,11 @@ def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: s
     for input, out in zip(inputs, outputs):
         _check_output(input, out, overwrite)
     headers = [read_header(input) for input in inputs]
+    for input, out, header in zip(inputs, outputs, headers):  # can each output hold its picture?
+        try:
+            output_format(out, MODES.get(header.channels, "L"), header.bits)
+        except RlcscError as err:
+            raise RlcscError(f"{input}: {err}") from None
     model = resolve_model(model)
     about = model_summary(model)
     device = pick_device("auto")

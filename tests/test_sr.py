@@ -514,6 +514,7 @@ def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() ->
     big = memory_needed(Header(3000, 2000, 3, 8, 1), 2, k25, cpu)
     assert big - BYTES_PER_SAMPLE * 6000 * 4000 * 3 > 2**30  # a whole tile's maps, with its context
 
+
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     save(pixels("RGBA", 8), tmp_path / "rgba.png")
@@ -535,6 +536,17 @@ def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: P
         status, err = sr_in_process(capsys, str(tmp_path / name), "--scale", "3", "-o", str(tmp_path / out), *rest)
         assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (name, out, err)
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
+    pix = b"".join(bytes([10, 20, 30, 128]) * 7 for _ in range(9))  # a 7x9 BMP with an alpha mask (V4 header)
+    dib = struct.pack("<IiiHHIIiiII", 108, 7, 9, 1, 32, 3, len(pix), 2835, 2835, 0, 0)
+    dib += struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + bytes(48)
+    (tmp_path / "alpha.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 14 + len(dib) + len(pix), 0, 0, 14 + len(dib))
+                                         + dib + pix)  # into a folder, as alpha.bmp: which holds no alpha
+    (tmp_path / "out").mkdir()
+    status, err = sr_in_process(capsys, str(tmp_path / "rgb.png"), str(tmp_path / "alpha.bmp"), "--scale", "3",
+                                "-o", str(tmp_path / "out"), *model)
+    assert status == 1 and err.strip() == (f"rlcsc sr: error: {tmp_path / 'alpha.bmp'}: BMP cannot hold the alpha "
+                                           "channel of this RGBA image; write .png or .tif instead"), err
+    assert not any((tmp_path / "out").iterdir())  # the first image was not computed either
 
 
 def test_several_images_go_into_a_folder_each_under_its_name(tiny: Path, tmp_path: Path,
