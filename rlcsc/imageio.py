@@ -1,24 +1,27 @@
 """Reading and writing image files: uint8 arrays for the data stages, full-precision pictures for `rlcsc sr`.
 
 Pillow reads and writes 8-bit files, but reads a 16-bit colour PNG as 8-bit; so 16-bit PNG goes through
-pypng, and 16-bit TIFF through tifffile. A picture's size is known from its file's header before any
+pypng, and 16-bit TIFF (and a TIFF turned by its orientation tag) through tifffile. Every reader's pixels
+are turned upright by the file's EXIF orientation in one place (`_upright`), and the file's ICC colour
+profile goes with the picture into the output. A picture's size is known from its file's header before any
 pixel is decoded (`read_header`), for every reader alike: `rlcsc sr` decides from it whether the image
 fits in memory, a limit that replaces Pillow's own (which the 16-bit readers would not apply).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import png
 import tifffile
-from PIL import Image, ImageOps
+from PIL import Image
 
 from rlcsc.atomic import atomically
 from rlcsc.errors import RlcscError
@@ -74,12 +77,14 @@ def image_size(path: Path) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Picture:
-    """Float64 pixels, nominally in [0, 1] ((H, W) grey, else (H, W, C) grey+alpha, RGB or RGBA), the
-    bits per sample (8 or 16), and `note`: how reading changed the file's pixels, if it did."""
+    """Float64 pixels, nominally in [0, 1] ((H, W) grey, else (H, W, C) grey+alpha, RGB or RGBA), upright, the
+    bits per sample (8 or 16), `note`: how reading changed the file's pixels, if it did, and `icc`: the file's
+    ICC colour profile, if it had one (the colour space its values are in; written with the output)."""
 
     pixels: np.ndarray
     bits: int
     note: str = ""
+    icc: bytes | None = None
 
     @property
     def mode(self) -> str:
@@ -115,16 +120,47 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 
 
 def _kind(path: Path) -> str:
-    """Which reader reads `path` at its full precision: "tiff16", "png16" or "pillow"."""
+    """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or one turned by its
+    orientation tag, whose pixels Pillow scrambles when they are stored uncompressed), "png16" or "pillow"."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
         with tifffile.TiffFile(path) as tif:
             if not tif.pages:
                 raise ValueError("it holds no readable image")
-            if tif.pages.first.bitspersample == 16:
-                return "tiff16"
+            page = tif.pages.first
+            if page.bitspersample == 16 or _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1:
+                return "tiff"
     return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
+
+
+def _orientation(value: object) -> int:
+    """An EXIF orientation (TIFF tag 274, also a JPEG's or a PNG's EXIF): 1 (upright) to 8; 1 for a value
+    outside them."""
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation that Pillow's image `im` holds in its header (a JPEG's APP1, a PNG's eXIf chunk
+    before its pixels), read without decoding a pixel (Pillow's `getexif` decodes a PNG to look past them)."""
+    exif = Image.Exif()
+    if "exif" in im.info:
+        exif.load(im.info["exif"])
+    return _orientation(exif.get(EXIF_ORIENTATION, 1))
+
+
+def _upright(x: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels `x` ((H, W) or (H, W, C)) as they are meant to be seen: EXIF `orientation` 2-8 undone
+    (mirrored, turned, or both; 5-8 swap height and width)."""
+    turn = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+            8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turn[orientation](x)) if orientation in turn else x
+
+
+def _sized(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) of stored pixels of `width` x `height` once upright."""
+    return (height, width) if orientation >= 5 else (width, height)
 
 
 def _png_planes(path: Path) -> int:
@@ -135,13 +171,15 @@ def _png_planes(path: Path) -> int:
         return reader.planes
 
 
-def _check_tiff16(page: tifffile.TiffPage) -> None:
-    """One error for a 16-bit TIFF page that `_read_tiff16` cannot read, from its tags alone."""
+def _check_tiff(page: tifffile.TiffPage) -> None:
+    """One error for a TIFF page that `_read_tiff` cannot read, from its tags alone."""
     channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4)}.get(page.photometric, ())
-    if page.dtype != np.uint16 or page.samplesperpixel not in channels:
+    if page.dtype not in (np.uint8, np.uint16) or page.samplesperpixel not in channels:
         photometric = getattr(page.photometric, "name", page.photometric)
-        raise ValueError(f"16-bit TIFF of {page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric "
-                         f"{photometric}, is not supported; save it as grey or RGB, with or without alpha")
+        turned = page.bitspersample != 16  # read here for its orientation tag
+        raise ValueError(f"{page.bitspersample}-bit TIFF{' turned by its orientation tag' if turned else ''} of "
+                         f"{page.samplesperpixel} {page.dtype} sample(s) per pixel, photometric {photometric}, is not "
+                         f"supported; save it as grey or RGB, with or without alpha{', or upright' if turned else ''}")
     if page.compression not in tifffile.TIFF.DECOMPRESSORS:  # LZW, JPEG and others need `imagecodecs`
         compression = getattr(page.compression, "name", page.compression)
         raise ValueError(f"its {compression} compression needs the imagecodecs package (pip install imagecodecs); "
@@ -154,11 +192,12 @@ def read_header(path: Path) -> Header:
     _regular(path)
     try:
         kind = _kind(path)
-        if kind == "tiff16":
+        if kind == "tiff":
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
-                _check_tiff16(page)
-                return Header(page.imagewidth, page.imagelength, page.samplesperpixel, 16, len(tif.pages))
+                _check_tiff(page)
+                size = _sized(page.imagewidth, page.imagelength, _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)))
+                return Header(*size, page.samplesperpixel, page.bitspersample, len(tif.pages))
         with _opened(path) as im:
             if kind == "png16":  # read by pypng; Pillow opens 16-bit grey+alpha as RGBA
                 channels = _png_planes(path)
@@ -168,46 +207,49 @@ def read_header(path: Path) -> Header:
                 raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
                                  "8 or 16 bits per channel")
             bits = 16 if kind == "png16" or im.mode.startswith("I;16") else 8
-            return Header(im.width, im.height, channels, bits, getattr(im, "n_frames", 1))
+            size = _sized(im.width, im.height, _exif_orientation(im))
+            return Header(*size, channels, bits, getattr(im, "n_frames", 1))
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
 
 
 def read_picture(path: Path) -> Picture:
-    """An image file at its full precision (8 or 16 bits): PNG, JPEG, BMP, TIFF, or another format Pillow
-    reads. Of several frames, the first; the note says so, and what else reading changed or dropped."""
+    """An image file at its full precision (8 or 16 bits), upright by its EXIF orientation, with its colour
+    profile: PNG, JPEG, BMP, TIFF, or another format Pillow reads. Of several frames, the first; the note says
+    so, and what else reading changed or dropped."""
     frames = read_header(path).frames
     try:
         kind = _kind(path)
-        if kind == "tiff16":
+        if kind == "tiff":
             with tifffile.TiffFile(path) as tif:
-                picture = _read_tiff16(tif.pages.first)
+                page = tif.pages.first
+                picture, orientation = _read_tiff(page), _orientation(page.tags.valueof(EXIF_ORIENTATION, 1))
+                icc = page.iccprofile
         else:
-            picture = _read_png16(path) if kind == "png16" else _read_pillow(path)
+            with _opened(path) as im:
+                orientation, icc = _exif_orientation(im), im.info.get("icc_profile")
+                picture = _read_png16(path) if kind == "png16" else _read_pillow(im)
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
-    if frames > 1:
-        picture = replace(picture, note="; ".join(filter(None, [f"the first of its {frames} frames", picture.note])))
-    return picture
+    notes = [f"the first of its {frames} frames" if frames > 1 else "",
+             "turned upright by its EXIF orientation" if orientation != 1 else "", picture.note]
+    return Picture(_upright(picture.pixels, orientation), picture.bits, "; ".join(filter(None, notes)), icc or None)
 
 
-def _read_pillow(path: Path) -> Picture:
+def _read_pillow(im: Image.Image) -> Picture:
+    """The stored pixels of Pillow's image `im` (not turned by its orientation)."""
     notes = []
-    with _opened(path) as im:
-        if im.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):  # 1 is upright
-            im = ImageOps.exif_transpose(im)
-            notes.append("turned upright by its EXIF orientation")
-        if im.mode in ("P", "PA"):
-            im = im.convert("RGBA" if im.has_transparency_data else "RGB")
-            notes.append("converted from palette")
-        elif im.mode == "1":
-            im = im.convert("L")
-            notes.append("converted from bilevel")
-        if "transparency" in im.info and not im.mode.endswith("A"):
-            notes.append(TRANSPARENT_COLOUR_DROPPED)
-        if im.mode.startswith("I;16"):
-            return Picture(np.asarray(im, np.float64) / 65535, 16, "; ".join(notes))
-        return Picture(np.asarray(im) / 255.0, 8, "; ".join(notes))
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+        notes.append("converted from palette")
+    elif im.mode == "1":
+        im = im.convert("L")
+        notes.append("converted from bilevel")
+    if "transparency" in im.info and not im.mode.endswith("A"):
+        notes.append(TRANSPARENT_COLOUR_DROPPED)
+    if im.mode.startswith("I;16"):
+        return Picture(np.asarray(im, np.float64) / 65535, 16, "; ".join(notes))
+    return Picture(np.asarray(im) / 255.0, 8, "; ".join(notes))
 
 
 def _read_png16(path: Path) -> Picture:
@@ -218,11 +260,13 @@ def _read_png16(path: Path) -> Picture:
     return Picture((x[..., 0] if info["planes"] == 1 else x) / 65535.0, 16, note)
 
 
-def _read_tiff16(page: tifffile.TiffPage) -> Picture:
+def _read_tiff(page: tifffile.TiffPage) -> Picture:
+    """The stored pixels of a grey or RGB TIFF page (alpha kept) of 8 or 16 bits."""
     x = page.asarray()
     if "S" in page.axes:
         x = np.moveaxis(x, page.axes.index("S"), -1)
-    return Picture((x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / 65535.0, 16)
+    return Picture((x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / float(np.iinfo(x.dtype).max),
+                   page.bitspersample)
 
 
 def format_of(path: Path) -> str:
@@ -244,7 +288,8 @@ def output_format(path: Path, mode: str, bits: int) -> str:
 
 
 def write_picture(picture: Picture, path: Path) -> None:
-    """Write `picture` rounded MATLAB-style to its bit depth, in the format `path` names, atomically."""
+    """Write `picture` rounded MATLAB-style to its bit depth, in the format `path` names, with its colour
+    profile where the format holds one (all but BMP), atomically."""
     fmt = output_format(path, picture.mode, picture.bits)
     data = im2uint(picture.pixels, picture.bits).astype(np.uint8 if picture.bits == 8 else np.uint16)
     alpha = picture.mode.endswith("A")
@@ -252,13 +297,20 @@ def write_picture(picture: Picture, path: Path) -> None:
     def write(tmp: Path) -> None:
         if fmt == "TIFF" and picture.bits == 16:
             tifffile.imwrite(tmp, data, photometric="minisblack" if picture.mode in ("L", "LA") else "rgb",
-                             extrasamples=("unassalpha",) if alpha else None, compression="zlib", metadata=None)
+                             extrasamples=("unassalpha",) if alpha else None, compression="zlib", metadata=None,
+                             iccprofile=picture.icc)
         elif fmt == "PNG" and picture.bits == 16:
+            image = io.BytesIO()
+            png.Writer(data.shape[1], data.shape[0], greyscale=picture.mode in ("L", "LA"), alpha=alpha,
+                       bitdepth=16).write(image, data.reshape(data.shape[0], -1))
+            chunks = list(png.Reader(bytes=image.getvalue()).chunks())
+            if picture.icc:  # iCCP: a name, a NUL, the compression method (0: zlib), the profile compressed
+                chunks.insert(1, (b"iCCP", b"ICC profile\0\0" + zlib.compress(picture.icc)))
             with open(tmp, "wb") as f:
-                png.Writer(data.shape[1], data.shape[0], greyscale=picture.mode in ("L", "LA"), alpha=alpha,
-                           bitdepth=16).write(f, data.reshape(data.shape[0], -1))
+                png.write_chunks(f, chunks)
         else:
-            Image.fromarray(data).save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+            profile = {"icc_profile": picture.icc} if picture.icc and fmt != "BMP" else {}
+            Image.fromarray(data).save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}), **profile)
 
     try:
         atomically(write, path)

@@ -221,6 +221,48 @@ def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path,
         assert load(out).shape == shape and load(out).dtype == np.uint8
 
 
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    """The same stored pixels and orientation tag give the same upright picture, and a header of its size, from an
+    8-bit PNG (the picture Pillow's own `exif_transpose` makes), an uncompressed 8-bit TIFF (which Pillow scrambles
+    when the tag turns it), a 16-bit PNG and a 16-bit TIFF (whose readers once ignored the tag)."""
+    from PIL import ImageOps
+
+    from rlcsc.imageio import read_header, read_picture
+
+    grey = pixels("L", 8, (4, 6))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(grey).save(tmp_path / "g8.png", exif=exif)
+    Image.fromarray(grey).save(tmp_path / "g8.tif", exif=exif)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png", exif=exif)
+    tifffile.imwrite(tmp_path / "g16.tif", grey.astype(np.uint16) * 257, extratags=[(0x0112, "H", 1, orientation, True)])
+    with Image.open(tmp_path / "g8.png") as im:
+        upright = np.asarray(ImageOps.exif_transpose(im)) / 255
+    for name in ("g8.png", "g8.tif", "g16.png", "g16.tif"):
+        picture, header = read_picture(tmp_path / name), read_header(tmp_path / name)
+        np.testing.assert_array_equal(picture.pixels, upright, err_msg=name)
+        assert (header.height, header.width) == upright.shape, name
+        assert ("turned upright by its EXIF orientation" in picture.note) == (orientation != 1), name
+
+
+def test_an_image_s_colour_profile_goes_into_its_output(tiny: Path, tmp_path: Path) -> None:
+    """A picture's values are in its file's colour space: the output carries the same ICC profile, in every
+    format that holds one."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(pixels("RGB", 8)).save(tmp_path / "in.png", icc_profile=profile)
+    Image.fromarray(pixels("RGB", 8)).save(tmp_path / "in.jpg", icc_profile=profile)
+    tifffile.imwrite(tmp_path / "in16.tif", pixels("RGB", 16), photometric="rgb", iccprofile=profile)
+    for source, target in (("in.png", "o.png"), ("in.png", "o.jpg"), ("in.jpg", "o.tif"), ("in16.tif", "o16.png"),
+                           ("in16.tif", "o16.tif")):
+        sr_file(tmp_path / source, tmp_path / target, 2, tiny, False)
+        with Image.open(tmp_path / target) as im:
+            kept = im.info.get("icc_profile") if target != "o16.tif" else tifffile.TiffFile(tmp_path / target).pages.first.iccprofile
+        assert kept == profile, (source, target)
+
 def test_frames_and_a_transparent_colour_left_out_are_said(tiny: Path, tmp_path: Path) -> None:
     grey, rgb = pixels("L", 8, (8, 6)), pixels("RGB", 8, (8, 6))
     frames = [Image.fromarray(rgb + i) for i in range(3)]
