@@ -71,9 +71,14 @@ def test_uint8_rounds_after_each_pass_and_clips() -> None:
 
 
 def test_explicit_size_uses_per_dimension_ratio() -> None:
+    """12 x 18 to 24 x 54: the rows are resized by 2 and the columns by 3, each by its own ratio (an image that
+    varies along one dimension only shows that dimension's)."""
     rng = np.random.default_rng(2)
     img = rng.random((12, 18))
     np.testing.assert_allclose(imresize(imresize(img, 1 / 3), size=(12, 18)), imresize(imresize(img, 1 / 3), 3))
+    down, across = rng.random((12, 1)) * np.ones((1, 18)), np.ones((12, 1)) * rng.random((1, 18))
+    np.testing.assert_allclose(imresize(down, size=(24, 54))[:, 0], imresize(down, 2)[:, 0])
+    np.testing.assert_allclose(imresize(across, size=(24, 54))[0], imresize(across, 3)[0])
 
 
 @pytest.mark.parametrize("scale", SCALES)
