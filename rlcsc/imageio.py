@@ -121,7 +121,8 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 
 def _kind(path: Path) -> str:
     """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or one turned by its
-    orientation tag, whose pixels Pillow scrambles when they are stored uncompressed), "png16" or "pillow"."""
+    orientation tag, whose pixels Pillow scrambles when they are stored uncompressed; Pillow turns one whose
+    compression tifffile cannot decode upright itself), "png16" or "pillow"."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
@@ -129,7 +130,8 @@ def _kind(path: Path) -> str:
             if not tif.pages:
                 raise ValueError("it holds no readable image")
             page = tif.pages.first
-            if page.bitspersample == 16 or _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1:
+            turned = _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1
+            if page.bitspersample == 16 or (turned and page.compression in tifffile.TIFF.DECOMPRESSORS):
                 return "tiff"
     return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
 
