@@ -47,14 +47,14 @@ def seal(folder: Path, names: Iterable[str] | None = None) -> None:
 
 def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = ()) -> None:
     """Every file of `folder` is listed in its `SHA256SUMS` and matches it, and every file listed is
-    there (but those of `may_lack`); else one clear error naming the first that is not, and `redo` (what
-    rebuilds it)."""
+    there (the files of `may_lack` may be missing, or there but not listed); else one clear error naming the
+    first that is not, and `redo` (what rebuilds it)."""
     sums = read_sums(folder)
     if not sums:
         raise RlcscError(f"corrupt {folder}: no {SUMS} holds the checksums of its files (written before they had "
                          f"them, or damaged); {redo}")
     for name in files(folder):
-        if name not in sums:
+        if name not in sums and name not in may_lack:
             raise RlcscError(f"corrupt {folder / name}: {folder / SUMS} does not list it; {redo}")
     for name, digest in sums.items():
         if name not in may_lack or (folder / name).exists():
@@ -63,7 +63,7 @@ def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = ()) -> None:
 
 def verify_run(folder: Path, may_lack: tuple[str, ...] = ()) -> None:
     """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged (but the
-    files of `may_lack`, which may be missing)."""
+    files of `may_lack`, which may be missing or unlisted)."""
     verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is "
                    "sealed by its next call)", may_lack)
 

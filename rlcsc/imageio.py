@@ -120,9 +120,9 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 
 
 def _kind(path: Path) -> str:
-    """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or one turned by its
-    orientation tag, whose pixels Pillow scrambles when they are stored uncompressed; Pillow turns one whose
-    compression tifffile cannot decode upright itself), "png16" or "pillow"."""
+    """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or an 8-bit grey or RGB
+    one turned by its orientation tag, whose pixels Pillow scrambles when they are stored uncompressed; Pillow
+    turns other TIFFs upright itself), "png16" or "pillow"."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
@@ -131,7 +131,8 @@ def _kind(path: Path) -> str:
                 raise ValueError("it holds no readable image")
             page = tif.pages.first
             turned = _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1
-            if page.bitspersample == 16 or (turned and page.compression in tifffile.TIFF.DECOMPRESSORS):
+            plain = page.dtype == np.uint8 and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+            if page.bitspersample == 16 or (turned and plain and page.compression in tifffile.TIFF.DECOMPRESSORS):
                 return "tiff"
     return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
 
@@ -221,7 +222,7 @@ def read_picture(path: Path) -> Picture:
     so, and what else reading changed or dropped."""
     frames = read_header(path).frames
     try:
-        kind = _kind(path)
+        kind, turned = _kind(path), False
         if kind == "tiff":
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
@@ -230,11 +231,12 @@ def read_picture(path: Path) -> Picture:
         else:
             with _opened(path) as im:
                 orientation, icc = _exif_orientation(im), im.info.get("icc_profile")
+                turned = im.format == "TIFF" and _orientation(im.tag_v2.get(EXIF_ORIENTATION, 1)) != 1  # by Pillow
                 picture = _read_png16(path) if kind == "png16" else _read_pillow(im)
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
     notes = [f"the first of its {frames} frames" if frames > 1 else "",
-             "turned upright by its EXIF orientation" if orientation != 1 else "", picture.note]
+             "turned upright by its EXIF orientation" if orientation != 1 or turned else "", picture.note]
     return Picture(_upright(picture.pixels, orientation), picture.bits, "; ".join(filter(None, notes)), icc or None)
 
 

@@ -77,17 +77,16 @@ def source_hash() -> str:
 
 
 def commit() -> str | None:
-    """The project's git commit, else $RLCSC_COMMIT, else None; with "-dirty" where a tracked file has uncommitted
-    changes or the package holds a file git does not track (not for the untracked outputs a run writes, such as
-    a new `runs/<name>/`)."""
+    """The project's git commit, else $RLCSC_COMMIT, else None; with "-dirty" where the package's code differs from
+    it (a changed file, or one git does not track), not for what runs write beside it (a new or extended
+    `runs/<name>/`)."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".") or git(
-            "ls-files", "--others", "--exclude-standard", "--", PACKAGE.name)
+        dirty = git("status", "--porcelain", "--", PACKAGE.name)
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("RLCSC_COMMIT")

@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from rlcsc.atomic import atomically, write_json
-from rlcsc.checksums import files, seal, verify_run
+from rlcsc.checksums import files, read_sums, seal, verify_run
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, made_by, make_patches
@@ -122,9 +122,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     env_path = out / "environment.json"
     calls = _read_json(env_path)["calls"] if env_path.exists() else []
     _check_sealed(out, calls)
-    if (out / "model.pt").exists() and not (out / "train.json").exists():
-        raise RlcscError(f"{out} holds the recorded evaluation of a model made elsewhere, not a training run; "
-                         "record into another --out")
+    held = _held(out, calls)
+    if held not in (None, "training"):
+        raise RlcscError(f"{out} holds the recorded evaluation of {EVALUATED[held]}, not a training run; record into "
+                         "another --out")
     call = environment({"budget": budget, "experiment": experiment, **{k: asdict(v) for k, v in blocks.items()},
                         "train": asdict(p)})
     ckpt = _checkpoint(out)
@@ -165,22 +166,24 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     about = describe_model(model) if model is not None else None
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
-    kept = out / "model.pt"
-    if (out / "train.json").exists() or (out / "checkpoint.pt").exists():
+    kept, env_path = out / "model.pt", out / "environment.json"
+    calls = _read_json(env_path)["calls"] if env_path.exists() else []
+    held = _held(out, calls) if out.is_dir() else None
+    if held == "training":
         raise RlcscError(f"{out} holds a training run; record the evaluation into another --out")
-    if model is None and kept.exists():
-        raise RlcscError(f"{out} holds the evaluation of {kept}, not bicubic's; record into another --out")
+    if held not in (None, "model" if model else "bicubic"):
+        raise RlcscError(f"{out} holds the evaluation of {EVALUATED[held]}, not of {EVALUATED['model' if model else 'bicubic']}; "
+                         "record into another --out")
     if model is not None and kept.exists() and file_sha256(kept) != file_sha256(model):
         raise RlcscError(f"{kept} is another model than {model}; record into another --out")
-    env_path = out / "environment.json"
     if out.is_dir():
-        _check_sealed(out, _read_json(env_path)["calls"] if env_path.exists() else [])
+        _check_sealed(out, calls)
     out.mkdir(parents=True, exist_ok=True)
+    call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
     try:
+        write_json({"calls": [{**call, "evaluated": False}]}, env_path)  # first: what a call cut short was
         if model is not None and not kept.exists():
             atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
-        call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
-        write_json({"calls": [{**call, "evaluated": False}]}, env_path)
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
         about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
@@ -191,12 +194,31 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         seal(out)
 
 
+# The kinds of record a folder holds (`_held`), in words.
+EVALUATED = {"model": "a model made elsewhere", "bicubic": "bicubic"}
+
+
+def _held(out: Path, calls: list[dict]) -> str | None:
+    """The kind of record the folder `out` holds: "training" (a run: its train.json or checkpoint, or calls that
+    trained), the evaluation of a "model" made elsewhere (its copy, or calls that named one) or of "bicubic"
+    (an evaluation, or calls, without either); None for a folder that holds no record."""
+    if (out / "train.json").exists() or (out / "checkpoint.pt").exists() or any("steps_before" in c for c in calls):
+        return "training"
+    if (out / "model.pt").exists() or any((c.get("params") or {}).get("model") for c in calls):
+        return "model"
+    return "bicubic" if (out / "evaluation.json").exists() or calls else None
+
+
 def _check_sealed(out: Path, calls: list[dict]) -> None:
     """The folder `out` holds what `rlcsc record` wrote and sealed, unchanged, before a call writes into it and
     seals it again (which would otherwise seal an edited file as the program's); a copy may leave out the
-    checkpoint, which only extending the run needs. A folder whose last call was killed before it could seal
-    (its entry in `environment.json` says neither `steps_after` nor `evaluated`) is sealed by this call, as it is."""
-    if not files(out) or (calls and not ("steps_after" in calls[-1] or calls[-1].get("evaluated"))):
+    checkpoint, which only extending the run needs. Only a call killed before it could seal (its entry in
+    `environment.json` says it did not end, and the seal predates that entry) leaves files that this call seals
+    as they are; a call cut short by Ctrl-C or SIGTERM sealed its own."""
+    if not files(out):
+        return
+    ended = not calls or "steps_after" in calls[-1] or calls[-1].get("evaluated")
+    if not ended and read_sums(out).get("environment.json") != file_sha256(out / "environment.json"):
         return
     verify_run(out, may_lack=("checkpoint.pt",))
 

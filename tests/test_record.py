@@ -214,13 +214,20 @@ def test_an_edited_file_of_a_run_is_never_sealed_as_the_program_s(recorded: Path
     assert capsys.readouterr().err.startswith(f"rlcsc record: error: corrupt {out / 'metrics.json'}: its bytes differ")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     env = json.loads((out / "environment.json").read_text())
-    env["calls"][-1].pop("steps_after")  # as a call killed before its end leaves it
+    env["calls"][-1].pop("steps_after")  # as a call cut short leaves it
     env["calls"][-1]["evaluated"] = False
     (out / "environment.json").write_text(json.dumps(env))
+    seal(out, ["environment.json"])  # cut by Ctrl-C or SIGTERM, it sealed what it wrote: the edit is still found
+    assert main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"rlcsc record: error: corrupt {out / 'metrics.json'}: its bytes differ")
+    (out / "environment.json").write_text(json.dumps(env) + "\n")  # killed (SIGKILL) before it could seal
     assert main(argv) == 0
     verify_run(out)
+    checkpoint = (out / "checkpoint.pt").read_bytes()
     (out / "checkpoint.pt").unlink()  # a copy may leave out the checkpoint: the run is sealed without it
     assert main(argv) == 0 and "checkpoint.pt" not in (out / "SHA256SUMS").read_text()
+    (out / "checkpoint.pt").write_bytes(checkpoint)  # and have it back to extend the run
+    assert main([*argv[:-5], "--steps", str(done + 10), "--no-evaluate", "--jobs", "2"]) == 0
 
 
 def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
@@ -232,15 +239,20 @@ def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirro
     shutil.copytree(recorded / "runs" / "K25-quick", run)
     (run / "checkpoint.pt").unlink()
     done = json.loads((run / "train.json").read_text())["steps_done"]
-    model = tmp_path / "model"
-    assert main(["record", "--params", str(params), "--budget", "quick", "--model", str(run / "model.pt"),
-                 "--raw", str(mirror), "--out", str(model), "--jobs", "2"]) == 0
+    model, bicubic = tmp_path / "model", tmp_path / "bicubic"
+    for which, out in ((["--model", str(run / "model.pt")], model), (["--method", "bicubic"], bicubic)):
+        assert main(["record", "--params", str(params), "--budget", "quick", *which, "--raw", str(mirror),
+                     "--out", str(out), "--jobs", "2"]) == 0
     common = ["--params", str(params), "--budget", "quick", "--raw", str(mirror), "--work", str(recorded / "work"),
               "--jobs", "2"]
     cases = [(["--steps", str(done + 10), "--out", str(run)], f"{run} holds a run but not its checkpoint.pt"),
              (["--model", str(run / "model.pt"), "--out", str(run)], f"{run} holds a training run"),
-             (["--method", "bicubic", "--out", str(model)], f"{model} holds the evaluation of {model / 'model.pt'}"),
+             (["--method", "bicubic", "--out", str(model)],
+              f"{model} holds the evaluation of a model made elsewhere, not of bicubic"),
+             (["--model", str(run / "model.pt"), "--out", str(bicubic)],
+              f"{bicubic} holds the evaluation of bicubic, not of a model made elsewhere"),
              (["--steps", "10", "--out", str(model)], f"{model} holds the recorded evaluation of a model made elsewhere"),
+             (["--steps", "10", "--out", str(bicubic)], f"{bicubic} holds the recorded evaluation of bicubic"),
              (["--budget", "fast", "--steps", "10", "--out", str(tmp_path / "new")], "--steps would move where the cosine")]
     capsys.readouterr()
     for args, said in cases:

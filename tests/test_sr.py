@@ -226,7 +226,8 @@ def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path,
 def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: Path, orientation: int) -> None:
     """The same stored pixels and orientation tag give the same upright picture, and a header of its size, from an
     8-bit PNG (the picture Pillow's own `exif_transpose` makes), an uncompressed 8-bit TIFF (which Pillow scrambles
-    when the tag turns it), a 16-bit PNG and a 16-bit TIFF (whose readers once ignored the tag)."""
+    when the tag turns it), a 16-bit PNG and a 16-bit TIFF (whose readers once ignored the tag), an LZW TIFF (which
+    Pillow turns itself), and a palette PNG and TIFF."""
     from PIL import ImageOps
 
     from rlcsc.imageio import read_header, read_picture
@@ -238,12 +239,19 @@ def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: 
     Image.fromarray(grey).save(tmp_path / "g8.tif", exif=exif)
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png", exif=exif)
     tifffile.imwrite(tmp_path / "g16.tif", grey.astype(np.uint16) * 257, extratags=[(0x0112, "H", 1, orientation, True)])
+    Image.fromarray(grey).save(tmp_path / "lzw.tif", exif=exif, compression="tiff_lzw")  # Pillow turns it itself
+    rgb = pixels("RGB", 8, (4, 6))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png", exif=exif)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.tif", exif=exif, compression="tiff_deflate")
     with Image.open(tmp_path / "g8.png") as im:
         upright = np.asarray(ImageOps.exif_transpose(im)) / 255
-    for name in ("g8.png", "g8.tif", "g16.png", "g16.tif"):
+    with Image.open(tmp_path / "p.png") as im:
+        palette = np.asarray(ImageOps.exif_transpose(im).convert("RGB")) / 255
+    for name, want in [(n, upright) for n in ("g8.png", "g8.tif", "g16.png", "g16.tif", "lzw.tif")] + [
+            (n, palette) for n in ("p.png", "p.tif")]:
         picture, header = read_picture(tmp_path / name), read_header(tmp_path / name)
-        np.testing.assert_array_equal(picture.pixels, upright, err_msg=name)
-        assert (header.height, header.width) == upright.shape, name
+        np.testing.assert_array_equal(picture.pixels, want, err_msg=name)
+        assert (header.height, header.width) == want.shape[:2], name
         assert ("turned upright by its EXIF orientation" in picture.note) == (orientation != 1), name
 
 
