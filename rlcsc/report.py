@@ -153,10 +153,11 @@ class Run(Evaluated):
         return next((c["seconds"] / 60 for c in self.train["curve"] if c["psnr"] >= psnr), None)
 
     def seedless(self) -> tuple:
-        """What the run is, apart from its seed: runs that share it differ by chance alone."""
+        """What the run is, apart from its seed, and how far it trained and how it ended: runs that share it
+        differ by chance alone (a run that diverged, or trained fewer steps, is no sample of the same result)."""
         return tuple(sorted((k, json.dumps(v)) for k, v in self.config.items()
                             if k not in ("seed", "log_every", "checkpoint_every", "device", "compile"))) + (
-            self.train.get("budget"), self.recorded)
+            self.train.get("budget"), self.recorded, self.train["steps_done"], self.diverged)
 
     def recipe(self) -> str:
         """The recipe in words: the paper's, or the keys where it differs (as `train.json` records them)."""
@@ -427,18 +428,19 @@ SHARED = ("arch", "recursions", "features", "codes", "units", "residual", "bias"
 
 
 def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFrame]]:
-    """The recorded runs that trained a comparison's network from the same seed on the same training
-    pairs (every call with its `augment` and `patch` params) in the same training precision as its
+    """The recorded paper-recipe runs that trained a comparison's network from the same seed on the same
+    training pairs (every call with its `augment` and `patch` params) in the same training precision as its
     unchanged variants, each with its curve up to the comparison's `max_steps` or `max_minutes`. Such a
-    run is what a variant with its recipe would have trained: a recorded paper-recipe run stands for
-    the paper's variant."""
+    run is what a variant with the paper's recipe would have trained (a run of another recipe, the fast
+    budget's, decays on a schedule of its own length, and stands for no variant)."""
     params = comparison["environment"]["params"]
     unchanged = [v for v in comparison["variants"] if not {"precision", "device"} & set(v["changes"])]
     precisions = {v["precision"]["train"] for v in unchanged}
     found = []
     for run in runs:
         calls = (run.environment or {}).get("calls") or []
-        if not (run.recorded and calls and run.train["curve"] and run.train["precision"]["train"] in precisions
+        if not (run.recorded and calls and run.train["curve"] and not run.train["recipe_changes"]
+                and run.train["precision"]["train"] in precisions
                 and all(run.config[k] == params["train"][k] for k in SHARED)
                 and all(c["params"][b] == params[b] for c in calls for b in ("augment", "patch"))):
             continue

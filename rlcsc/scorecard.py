@@ -203,9 +203,10 @@ class Cost:
 
 def costs(page: Page) -> list[Cost]:
     """For each network among the experiments of params.yaml (seeds once), the steps its paper-recipe
-    run still needs (35 epochs, or its `stop_epoch`) and their GPU-hours at the measured ms per step
-    of a recorded paper-budget run of the same network, else of the one trained furthest scaled by
-    the two networks' forward arithmetic. Empty when no paper-budget run was recorded."""
+    run still needs (35 epochs, or its `stop_epoch`; none once a run of it diverged, which finishes it) and
+    their GPU-hours at the measured ms per step of a recorded paper-budget run of the same network, else of
+    the one trained furthest scaled by the two networks' forward arithmetic. Empty when no paper-budget run
+    was recorded."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
     timed = [r for r in page.runs if r.recorded and r.train.get("budget") == "paper"]
@@ -221,6 +222,10 @@ def costs(page: Page) -> list[Cost]:
             continue
         seen.add(key)
         same = [r for r in timed if network(r) == key]
+        diverged = next((r for r in same if r.diverged), None)
+        if diverged:  # a run that diverged is finished: its divergence is its result, and it trains no further
+            out.append(Cost(name, 0, 0.0, f"none: {diverged.name} diverged, its result"))
+            continue
         done = max((r.train["steps_done"] for r in same), default=0)
         if same:
             run = max(same, key=lambda r: r.train["steps_done"])

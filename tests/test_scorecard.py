@@ -121,3 +121,18 @@ def test_the_recorded_paper_run_is_scored_as_it_stands() -> None:
     train = json.loads((REPO / "runs" / "K25-paper" / "train.json").read_text())
     assert cost.steps_left == 35 * train["steps_per_epoch"] - train["steps_done"]
     assert cost.hours == pytest.approx(cost.steps_left * train["ms_per_step"] / 3.6e6)
+
+
+def test_a_diverged_run_finishes_its_experiment_s_cost(tmp_path: Path) -> None:
+    """A paper-budget run without the residual that diverged is finished (its divergence is Table 3's result):
+    no GPU-hours are left for it, where its steps done used to count as progress."""
+    folder = _run(tmp_path, "K25_noresidual-paper", "paper")
+    train = json.loads((folder / "train.json").read_text())
+    train["train"]["residual"] = train["model"]["residual"] = False
+    train["status"] = "diverged at epoch 1, step 1000; the weights of step 0 kept"
+    (folder / "train.json").write_text(json.dumps(train))
+    shutil.copytree(REPO / "runs" / "K25-paper", tmp_path / "K25-paper", ignore=shutil.ignore_patterns("*.pt"))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    cost = {c.experiment: c for c in scorecard.costs(page)}
+    assert (cost["K25_noresidual"].steps_left, cost["K25_noresidual"].hours) == (0, 0.0)
+    assert "diverged" in cost["K25_noresidual"].basis and cost["K25"].steps_left > 0
