@@ -148,6 +148,9 @@ def _report(args: argparse.Namespace) -> None:
     from rlcsc.report import ReportParams, execute_notebook
 
     params = _load(args, "report", ReportParams)
+    for folder, flag in ((args.results, "--results"), (args.models, "--models"), (args.runs, "--runs")):
+        if not folder.is_dir():  # a mistyped path would leave its runs out of the page without a word
+            raise RlcscError(f"{flag} {folder} is not a folder")
     for run in sorted(p for p in args.runs.glob("*") if p.is_dir()):  # no number from an edited run
         verify_run(run)
     parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
@@ -160,15 +163,19 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _checksums(args: argparse.Namespace) -> None:
-    from rlcsc.checksums import SUMS, seal, verify_run
+    from rlcsc.checksums import SUMS, read_sums, seal, verify_file, verify_run
 
     for folder in args.folders:
         if not folder.is_dir():
             raise RlcscError(f"{folder} is not a folder")
         if args.check:
             verify_run(folder)
-        else:
-            seal(folder)
+            continue
+        for name, digest in read_sums(folder).items():  # a file is sealed once, as the program wrote it
+            if (folder / name).is_file():
+                verify_file(folder / name, digest, f"restore it with `git checkout -- {folder / name}`; sealing "
+                                                   "adds new files and drops removed ones, never takes a changed one")
+        seal(folder)
     print(f"{len(args.folders)} folder(s) {'verified' if args.check else 'sealed'}: {SUMS} in each", file=sys.stderr)
 
 
@@ -205,11 +212,43 @@ def _params(args: argparse.Namespace) -> None:
     if args.checked is None:
         print("\n".join(lines))
         return
+    _check_declared(params, args.params.parent / "dvc.yaml")
     from rlcsc.atomic import write_text
 
     args.checked.parent.mkdir(parents=True, exist_ok=True)
     write_text(f"every value of {args.params} checked\n", args.checked)  # the same bytes whatever the values
     print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
+
+
+def _check_declared(params: dict, dvc_yaml: Path) -> None:
+    """One clear error if the budget in use has a block that no stage of `dvc_yaml` declares as a param (a
+    budget added to params.yaml): `dvc repro` would not rerun the stages that read it when its values change."""
+    import yaml
+
+    if not dvc_yaml.is_file():
+        return
+    declared: set[str] = set()
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "params" and isinstance(value, list):
+                    for item in value:
+                        declared.update([item] if isinstance(item, str) else
+                                        [k for keys in item.values() for k in keys] if isinstance(item, dict) else [])
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(yaml.safe_load(dvc_yaml.read_text()))
+    budget = params.get("budget")
+    for block in (params.get("budgets") or {}).get(budget) or {}:
+        if f"budgets.{budget}.{block}" not in declared:
+            raise RlcscError(f"budget {budget} is not declared in {dvc_yaml}: add budgets.{budget}.{block} to the params "
+                             f"of the stages that read {block} (beside budgets.quick.{block}), or dvc repro will not "
+                             "rerun them when its values change")
 
 
 def _record(args: argparse.Namespace) -> None:
@@ -408,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("checksums", help="seal a recorded run's folder: write its SHA256SUMS (`rlcsc record` and "
-                       "`rlcsc compare` do it themselves; for a folder written before they did)")
+                       "`rlcsc compare` do it themselves; for a folder written before they did, or a file a command "
+                       "added beside them); a file its SHA256SUMS lists must be unchanged")
     p.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="e.g. runs/K25-paper")
     p.add_argument("--check", action="store_true", help="verify each folder against its SHA256SUMS instead, as "
                    "`rlcsc report` does with every folder of --runs")

@@ -428,18 +428,19 @@ SHARED = ("arch", "recursions", "features", "codes", "units", "residual", "bias"
 
 
 def references(comparison: dict, runs: list[Run]) -> list[tuple[Run, pd.DataFrame]]:
-    """The recorded paper-recipe runs that trained a comparison's network from the same seed on the same
-    training pairs (every call with its `augment` and `patch` params) in the same training precision as its
-    unchanged variants, each with its curve up to the comparison's `max_steps` or `max_minutes`. Such a
-    run is what a variant with the paper's recipe would have trained (a run of another recipe, the fast
-    budget's, decays on a schedule of its own length, and stands for no variant)."""
+    """The recorded runs of a step schedule (the paper's recipe, or the quick budget's) that trained a
+    comparison's network from the same seed on the same training pairs (every call with its `augment` and
+    `patch` params) in the same training precision as its unchanged variants, each with its curve up to the
+    comparison's `max_steps` or `max_minutes`. Such a run is what a variant with its recipe would have
+    trained; a run whose schedule decays (the fast budget's) does so over its own length, and its curve
+    stands for no variant of another length."""
     params = comparison["environment"]["params"]
     unchanged = [v for v in comparison["variants"] if not {"precision", "device"} & set(v["changes"])]
     precisions = {v["precision"]["train"] for v in unchanged}
     found = []
     for run in runs:
         calls = (run.environment or {}).get("calls") or []
-        if not (run.recorded and calls and run.train["curve"] and not run.train["recipe_changes"]
+        if not (run.recorded and calls and run.train["curve"] and run.config["schedule"] == "step"
                 and run.train["precision"]["train"] in precisions
                 and all(run.config[k] == params["train"][k] for k in SHARED)
                 and all(c["params"][b] == params[b] for c in calls for b in ("augment", "patch"))):

@@ -48,7 +48,7 @@ def resolve_model(model: str | None) -> Path:
     """--model as given: a file, a name of `NAMED_MODELS`, or None for the default (rlcsc)."""
     if model is None:
         return named_model()
-    if model in NAMED_MODELS and not Path(model).exists():
+    if model in NAMED_MODELS and not Path(model).is_file():  # not the package folder `rlcsc/` of a checkout
         return named_model(model)
     return Path(model)
 

@@ -205,3 +205,18 @@ def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_pat
     assert main(["checksums", str(run)]) == 0
     verify_run(run)
     assert (run / SUMS).read_text() == "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356  metrics.json\n"
+    (run / "output_route.json").write_text("{}\n")  # a measurement a command added beside the run: sealed too
+    assert main(["checksums", str(run)]) == 0
+    verify_run(run)
+
+
+def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`rlcsc checksums FOLDER` on a sealed run whose listed file was edited refuses, naming it, and keeps the
+    old checksums: forgetting `--check` must not bless an edit that the report would then read."""
+    run = tmp_path / "K25-paper"
+    shutil.copytree(REPO / "runs" / "K25-paper", run, ignore=shutil.ignore_patterns("*.pt"))
+    seal(run)
+    sums = (run / SUMS).read_text()
+    (run / "metrics.json").write_text("{}\n")
+    assert one_line_error(capsys, ["checksums", str(run)]).startswith(f"rlcsc checksums: error: corrupt {run / 'metrics.json'}")
+    assert (run / SUMS).read_text() == sums

@@ -118,6 +118,9 @@ def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, 
 def test_a_failing_report_cell_is_one_line(tmp_path: Path, capsys) -> None:
     argv = ["report", "table4", "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
             "--results", str(tmp_path / "none"), "--out", str(tmp_path / "book")]
+    assert main(argv) == 1  # a mistyped folder is named, before any notebook runs
+    assert capsys.readouterr().err.strip() == f"rlcsc report: error: --results {tmp_path / 'none'} is not a folder"
+    (tmp_path / "none").mkdir()
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "table4.ipynb: its cell" in err and "FileNotFoundError" in err and "table4.json" in err

@@ -248,3 +248,20 @@ def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path
     path = write(tmp_path, lambda p: p["experiments"].update({"K25-fast_2": {"recursions": 5}, "Nope": {}}))
     assert main(["params", "--params", str(path)]) == 0
     assert "train@K25-fast_2\n" in capsys.readouterr().out
+
+
+def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_path: Path, capsys) -> None:
+    """A budget added to params.yaml and put in use: its blocks are read by the stages, but `dvc repro` reruns a
+    stage only for the params dvc.yaml declares, so the check stage (`rlcsc params --checked`) names what to add."""
+    def mine(p: dict) -> None:
+        p["budgets"]["mine"] = {"augment": {}, "patch": {}, "train": {"lr": 0.01}, "evaluate": {}}
+        p["budget"] = "mine"
+
+    path = write(tmp_path, mine)
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    argv = ["params", "--params", str(path), "--checked", str(tmp_path / "checked")]
+    assert "budget mine is not declared in" in one_line_error(capsys, argv) and not (tmp_path / "checked").exists()
+    assert main(["params", "--params", str(path)]) == 0  # listing the values is not refused
+    declared = (REPO / "dvc.yaml").read_text().replace("- budgets.fast.", "- budgets.mine.")
+    (tmp_path / "dvc.yaml").write_text(declared)
+    assert main(argv) == 0 and (tmp_path / "checked").exists()

@@ -39,6 +39,7 @@ def row_headings(html: str) -> list[str]:
 
 def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
     """`rlcsc report <name>` with only the recorded runs under `runs` (no pipeline runs), into `out`."""
+    (out / "none").mkdir(parents=True, exist_ok=True)
     return ["report", name, "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
             "--results", str(out / "none"), "--models", str(out / "none"), "--runs", str(runs),
             "--raw", str(mirror), "--out", str(out)]
@@ -375,6 +376,8 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
         assert references(changed(block, key, value), recorded_runs(runs)) == []
     fp32 = {**result, "variants": [{**v, "precision": {"train": "bf16"}} for v in result["variants"]]}
     assert references(fp32, recorded_runs(runs)) == []  # trained in another precision
+    decaying = replace(run, train={**run.train, "train": {**run.config, "schedule": "cosine"}})
+    assert references(result, [decaying]) == []  # its learning rate at a step depends on its own length
 
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
     outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]

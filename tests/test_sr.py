@@ -402,6 +402,10 @@ def test_model_by_name_is_the_converted_vdsr(tiny: Path, tmp_path: Path, monkeyp
     assert status == 0 and err.strip().endswith(f"(model {pipeline}: rlcsc, the released VDSR/VDSR_Official.mat "
                                                 "(sha256 f6131666...)) in fp32")
     monkeypatch.chdir(tmp_path)
+    Path("vdsr").mkdir()  # a folder of that name (as `rlcsc/` is in a checkout) does not hide the name
+    status, err = sr_in_process(capsys, "in.png", "--scale", "2", "--model", "vdsr", "-o", "out1.png", "--precision", "fp32")
+    assert status == 0 and f"(model {pipeline}: " in err
+    Path("vdsr").rmdir()
     Path("vdsr").write_bytes(b"not a model")
     status, err = sr_in_process(capsys, "in.png", "--scale", "2", "--model", "vdsr", "-o", "out2.png")
     assert status == 1 and "vdsr is not a PyTorch file" in err
