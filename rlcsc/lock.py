@@ -5,8 +5,9 @@ system releases when its process ends, however it ends: the lock of a dead proce
 construction and taken over. The file says who holds it (process id, host, command, since when), for
 the refusal of a second writer, and lists the temporaries the holder made for the output
 (`rlcsc.atomic`), so that the next writer removes what a killed one left. It is removed when its
-holder ends. A file of that name that is not such a lock is never written over nor removed (an empty
-one is taken for the lock of a process killed as it began).
+holder ends, with the folders its taking made that are still empty (a command refused after taking it
+leaves nothing behind). A file of that name that is not such a lock is never written over nor removed
+(an empty one is taken for the lock of a process killed as it began).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ except ModuleNotFoundError:  # Windows
 
 @dataclass(frozen=True)
 class Lock:
-    """A held lock: the output it guards, its file and the open descriptor that holds it."""
+    """A held lock: the output it guards, its file, the open descriptor that holds it and the folders made
+    for it (the deepest first)."""
 
     path: Path
     file: Path
     fd: int
+    made: tuple[Path, ...]
 
 
 _HELD: list[Lock] = []  # the locks this process holds
@@ -79,10 +82,16 @@ def _holding(path: Path) -> Iterator[None]:
             if os.stat(lock.file, follow_symlinks=False).st_ino == os.fstat(lock.fd).st_ino:
                 lock.file.unlink()  # while still holding it: a writer waiting on it then finds it gone
         os.close(lock.fd)
+        for folder in lock.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # the output, or something else, is in it
 
 
 def _acquire(path: Path) -> Lock:
     file = lock_file(path)
+    made = tuple(folder for folder in (path.parent, *path.parent.parents) if not folder.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
@@ -110,7 +119,7 @@ def _acquire(path: Path) -> Lock:
                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-            return Lock(path, file, fd)
+            return Lock(path, file, fd, made)
         except BaseException:
             os.close(fd)
             raise

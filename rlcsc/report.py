@@ -461,6 +461,11 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
+def spread_groups(shown: list[Run], runs: list[Run]) -> list[list[Run]]:
+    """The seed groups of `runs` that have a spread (more than one run) and hold a run of `shown`."""
+    return [group for group in seed_groups(runs) if len(group) > 1 and any(r in group for r in shown)]
+
+
 def sources(runs: list, marked: bool = True) -> str:
     """The runs table of a page (markdown): one row per run or measured model it shows (its `row`); `marked`
     where the page's tables and figures mark their columns and points with †."""

@@ -117,6 +117,20 @@ def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> No
     assert not lock.exists()
 
 
+def test_a_refused_command_leaves_no_folder_it_made(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  scale: [2]\n")
+    out = tmp_path / "a" / "b" / "out"
+    assert main(["evaluate", "--method", "bicubic", "--params", str(params), "--out", str(out)]) == 1
+    assert "unknown key(s) ['scale']" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == [params]
+    (tmp_path / "a").mkdir()
+    with writing(out):
+        (tmp_path / "a" / "b" / "notes.txt").write_text("")
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "notes.txt",
+                                          params]
+
+
 @pytest.mark.parametrize("moment", ["open", "flock"])
 def test_a_lock_its_holder_removes_meanwhile_is_taken_afresh(moment: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,3 +136,17 @@ def test_a_diverged_run_finishes_its_experiment_s_cost(tmp_path: Path) -> None:
     cost = {c.experiment: c for c in scorecard.costs(page)}
     assert (cost["K25_noresidual"].steps_left, cost["K25_noresidual"].hours) == (0, 0.0)
     assert "diverged" in cost["K25_noresidual"].basis and cost["K25"].steps_left > 0
+
+
+def test_only_runs_that_differ_in_their_seed_alone_have_a_spread(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for name, seed, fewer_steps in (("K25-fast-a", 1, 0), ("K25-fast-b", 2, 0), ("K25-fast-c", 3, 1)):
+        folder = _run(runs, name, "fast")
+        train = json.loads((folder / "train.json").read_text())
+        train["train"]["seed"], train["steps_done"] = seed, train["steps_done"] - fewer_steps
+        (folder / "train.json").write_text(json.dumps(train))
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    a, b, c = sorted(page.runs, key=lambda r: r.name)
+    assert report.spread_groups([a], page.runs) == report.spread_groups([a, c], page.runs) == [[a, b]]
+    assert report.spread_groups([c], page.runs) == []
+    assert "seeds 1, 2" in report.spread_note(page.runs) and "seeds 1, 2, 3" not in report.spread_note(page.runs)
