@@ -5,17 +5,21 @@ running), and a killed one leaves none behind, however they were started (`_end_
 killed while it writes a result into the pool's result pipe would leave part of a message there, and
 the pool's manager thread would wait for the rest forever (and the process with it, at exit). So each
 result travels as a file, and the pipe carries only the task's number: a message far below the pipe's
-atomic write size (PIPE_BUF), which is there whole or not at all. Workers, and the map when it runs in
-the calling process, keep the memory they free for reuse (`keep_freed_memory`).
+atomic write size (PIPE_BUF), which is there whole or not at all. The folder of those files is locked
+while its map lives, and the next map removes one whose map was killed (`_results_folder`). Workers,
+and the map when it runs in the calling process, keep the memory they free for reuse
+(`keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import multiprocessing
 import os
 import pickle
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -99,6 +104,46 @@ def pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs, os.getpid()))
 
 
+FOLDER, MAKING = "rlcsc-results-", "rlcsc-making-"  # the prefixes of a results folder, and of one being made
+
+
+@contextmanager
+def _results_folder() -> Iterator[str]:
+    """A new folder in the system's temporary folder for the workers' results, removed at the end. It is
+    locked (`flock`) while it lives: the system releases the lock when its holders end, however they end,
+    so a folder that no one holds was left by a killed map, and this removes every such one first. It is
+    made under another prefix and renamed once locked, so that no map takes it for a left one meanwhile."""
+    for left in Path(tempfile.gettempdir()).glob(FOLDER + "*"):
+        _remove_unheld(left)
+    made = Path(tempfile.mkdtemp(prefix=MAKING))
+    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        folder = made.with_name(FOLDER + made.name.removeprefix(MAKING))
+        made.rename(folder)
+        try:
+            yield str(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _remove_unheld(folder: Path) -> None:
+    """Remove `folder` if no live map holds its lock (nor is it another user's, or a link)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(folder, ignore_errors=True)
+    except BlockingIOError:
+        pass  # its map is at work
+    finally:
+        os.close(fd)
+
+
 def _to_file(fn: Callable[[T], R], folder: str, numbered: tuple[int, T]) -> int:
     """Worker: write `fn(task)` to `folder/<i>.pickle`; return the task's number `i`."""
     i, task = numbered
@@ -126,7 +171,7 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 yield fn(task)
                 bar.update()
             return
-        with tempfile.TemporaryDirectory(prefix="rlcsc-results-") as folder:
+        with _results_folder() as folder:
             others = set(multiprocessing.active_children())  # children that are not this map's workers
             workers = pool(jobs)
             try:

@@ -9,6 +9,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ RUN = {"plain": "print(max(faults()))",
 
 
 def test_the_map_keeps_the_order_and_leaves_no_result_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # read once, before any test: TMPDIR is too late here
     tasks = list(range(100, 0, -1))  # the first tasks take longest: the map must still yield them first
     assert list(pmap(bytes, tasks, 2, "test")) == [bytes(n) for n in tasks]
     assert list(tmp_path.iterdir()) == []
@@ -145,6 +146,37 @@ def test_a_killed_map_leaves_no_process_behind(method: str) -> None:
     while [pid for pid in below if running(pid)] and time.time() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in below if running(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
+def test_the_next_map_removes_the_results_folder_of_a_killed_one_only(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_training_data import running
+
+    def start() -> tuple[subprocess.Popen, Path]:
+        before = set(tmp_path.iterdir())
+        proc = subprocess.Popen([sys.executable, "-c", SLEEPING, "fork"], stdout=subprocess.PIPE, text=True,
+                                env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path),
+                                     "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert proc.stdout.readline().strip() == "at work"
+        (folder,) = set(tmp_path.iterdir()) - before
+        return proc, folder
+
+    (killed, left), (alive, held) = start(), start()
+    try:
+        below = descendants(killed.pid)
+        killed.kill()
+        killed.wait(timeout=5)
+        deadline = time.time() + 5
+        while [pid for pid in below if running(pid)] and time.time() < deadline:
+            time.sleep(0.1)
+        assert left.name.startswith("rlcsc-results-") and left.is_dir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        assert list(pmap(bytes, [3, 1], 2, "test")) == [bytes(3), bytes(1)]
+        assert list(tmp_path.iterdir()) == [held]
+    finally:
+        alive.kill()
+        alive.wait(timeout=5)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
