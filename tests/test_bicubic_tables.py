@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from rlcsc.evaluate import bicubic, evaluate, summarize
+from rlcsc.evaluate import bicubic, evaluate, ilr_pair, summarize
+from rlcsc.imresize import imresize
 from rlcsc.reference import table
 
 
@@ -32,3 +35,15 @@ def test_table2_bicubic_ifc(measured: dict) -> None:
     assert len(ref) == 9
     for r in ref.itertuples():
         assert measured[r.dataset][f"x{r.scale}"]["ifc"] == pytest.approx(r.ifc, abs=0.002), (r.dataset, r.scale)
+
+
+def test_the_ilr_input_keeps_bicubic_overshoot(tmp_path: Path) -> None:
+    """Step 2 of the protocol is `imresize(imresize(Y, 1/s), s)` in double: nothing is clipped to [0, 1] before
+    the network sees it (a sharp edge overshoots both ways)."""
+    img = np.zeros((60, 60), np.uint8)
+    img[:, 31:] = 255
+    Image.fromarray(img).save(tmp_path / "edge.png")
+    hr, ilr = ilr_pair(tmp_path / "edge.png", 3)
+    np.testing.assert_array_equal(hr, img / 255)
+    np.testing.assert_array_equal(ilr, imresize(imresize(img / 255, 1 / 3), 3))
+    assert ilr.max() > 1 and ilr.min() < 0

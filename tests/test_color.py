@@ -47,3 +47,22 @@ def test_modcrop_and_shave() -> None:
     np.testing.assert_array_equal(modcrop(img, 4), img[:4, :8])
     np.testing.assert_array_equal(shave(img, 2), img[2:5, 2:9])
     assert shave(img, 0) is img
+
+
+def test_float_primaries_give_the_bt601_studio_swing_matrix() -> None:
+    # BT.601: Y' = 0.299 R + 0.587 G + 0.114 B scaled to 219 levels, Cb, Cr = (B - Y') / 1.772, (R - Y') / 1.402
+    # scaled to 224, offsets 16, 128, 128 (of 255); MATLAB keeps three decimals of each coefficient.
+    kr, kb = 0.299, 0.114
+    kg = 1 - kr - kb
+    want = np.array([[219 * kr, 219 * kg, 219 * kb],
+                     [-112 * kr / (1 - kb), -112 * kg / (1 - kb), 112],
+                     [112, -112 * kg / (1 - kr), -112 * kb / (1 - kr)]])
+    primaries = rgb2ycbcr(np.eye(3)[None])[0]  # row i: YCbCr of primary i
+    np.testing.assert_allclose(primaries * 255 - [16, 128, 128], want.T, atol=5e-4)
+
+
+def test_rgb2y_of_a_colour_image_is_the_y_of_rgb2ycbcr() -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rgb2y(rgb), rgb2ycbcr(rgb)[..., 0])
+    pure = np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8)
+    np.testing.assert_array_equal(rgb2y(pure), [[81, 41]])  # 16 + 65.481 and 16 + 24.966, rounded

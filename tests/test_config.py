@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rlcsc.cli import main
-from rlcsc.config import load_block
+from rlcsc.config import load_block, overrides, read_params, resolve
 from rlcsc.errors import RlcscError
 from rlcsc.train import TrainParams
 
@@ -55,6 +55,9 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     ("block", "precision", "fp16", "one of bf16, tf32, fp32"),
     ("experiment", "features", 0, "an integer in [1, 4096]"),
     ("experiment", "codes", -1, "an integer in [1, 4096]"),
+    ("block", "batch", True, "an integer in [1, 8192]"),  # YAML's true is no integer, though Python's is 1
+    ("block", "lr", float("inf"), "a number > 0"),
+    ("budget", "weight_decay", float("nan"), "a number >= 0"),
 ])
 def test_a_bad_value_anywhere_gives_one_line_naming_layer_key_value_and_what_is_allowed(
         tmp_path: Path, capsys, where: str, key: str, value, allowed: str) -> None:
@@ -265,3 +268,16 @@ def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_pa
     declared = (REPO / "dvc.yaml").read_text().replace("- budgets.fast.", "- budgets.mine.")
     (tmp_path / "dvc.yaml").write_text(declared)
     assert main(argv) == 0 and (tmp_path / "checked").exists()
+
+
+def test_the_ends_of_a_closed_range_are_allowed() -> None:
+    for value in (1, 1000):
+        assert TrainParams(recursions=value).recursions == value
+    assert TrainParams(batch=1).batch == 1 and TrainParams(batch=8192).batch == 8192
+
+
+def test_a_budget_value_equal_to_the_blocks_replaces_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, lambda p: p["train"].update(batch=p["budgets"]["quick"]["train"]["batch"]))
+    settings = resolve(read_params(path), path, "train", TrainParams, "K25")
+    assert settings["batch"].replaced is None and not any(line.startswith("batch ") for line in overrides(settings))
+    assert settings["lr"].replaced == ("train", 0.1)  # a different value is announced

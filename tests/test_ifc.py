@@ -80,3 +80,40 @@ def test_ifc_orders_distortions(image: np.ndarray) -> None:
 def test_ifc_rejects_shape_mismatch(image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="one shape"):
         ifc.ifc(image, image[:-1])
+
+
+def test_distortion_channel_estimates_the_noise_variance_per_coefficient() -> None:
+    # D = g C + V: with g = 0.5 and white noise of variance 4, vv is near 4 (the residual variance, divided by n)
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((90, 90)) * 10
+    g, vv = ifc.distortion_channel(y, 0.5 * y + 2 * rng.standard_normal(y.shape), 9)
+    assert abs(np.median(g) - 0.5) < 0.02 and abs(np.median(vv) - 4) < 0.5
+
+
+def test_a_flat_distortion_carries_no_gain_and_the_floor_variance() -> None:
+    # ifcsub_est_M: a flat distorted block has g = 0 and vv = 0, then vv(vv < tol) = tol
+    y = np.random.default_rng(5).standard_normal((30, 30))
+    g, vv = ifc.distortion_channel(y, np.zeros_like(y), 5)
+    assert np.all(g == 0) and np.all(vv == ifc.TOL)
+
+
+def test_ifc_is_ifcvec_sum_in_bits_per_reference_pixel(image: np.ndarray) -> None:
+    """ifcvec.m's sum over subbands k = 4, 7, ..., 25 of log2(1 + g^2 s lambda_j / (vv + 1e-10)) over the
+    blocks inside ceil(((2^lev + 1) - 1) / 2 / M) of the border, lev = ceil((k - 1) / 6), per reference pixel."""
+    rng = np.random.default_rng(6)
+    dist = np.clip(image + 10 * rng.standard_normal(image.shape), 0, 255)
+    ref_pyr = pt.pyramids.SteerablePyramidSpace(image, height=4, order=5, edge_type="reflect1").pyr_coeffs
+    dist_pyr = pt.pyramids.SteerablePyramidSpace(dist, height=4, order=5, edge_type="reflect1").pyr_coeffs
+    total = 0.0
+    for k in range(4, 26, 3):
+        lev = -(-(k - 1) // 6)
+        key = (4 - lev, 3 if k in (4, 10, 16, 22) else 0)
+        h, w = (s // 3 * 3 for s in ref_pyr[key].shape)
+        y, yn = ref_pyr[key][:h, :w], dist_pyr[key][:h, :w]
+        g, vv = ifc.distortion_channel(y, yn, 2**lev + 1)
+        ss, lam = ifc.source_field(y)
+        off = int(np.ceil((2**lev / 2) / 3))
+        inner = np.s_[off : g.shape[0] - off, off : g.shape[1] - off]
+        for lam_j in lam:
+            total += np.log2(1 + g[inner] ** 2 * ss[inner] * lam_j / (vv[inner] + 1e-10)).sum()
+    assert ifc.ifc(image, dist) == pytest.approx(total / image.size, rel=1e-9)

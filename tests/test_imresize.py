@@ -98,3 +98,19 @@ def test_torch_is_batched() -> None:
     out = imresize_torch(x, size=(30, 7))
     assert out.shape == (3, 2, 30, 7)
     np.testing.assert_allclose(out[2, 1].numpy(), imresize(x[2, 1].numpy(), size=(30, 7)), atol=1e-12)
+
+
+def test_uint8_resizes_the_dimension_of_the_smaller_scale_first() -> None:
+    """MATLAB's imresize sorts the scale factors and resizes the dimension of the smallest first; with uint8
+    rounding after each pass the order shows: 12 x 18 to 24 x 9 halves the columns, then doubles the rows."""
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, (12, 18), dtype=np.uint8)
+    rows, cols = contributions(12, 24, 2.0), contributions(18, 9, 0.5)
+
+    def rnd(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor(x + 0.5), 0, 255)
+
+    columns_first = rnd(rows @ rnd((cols @ img.T.astype(float)).T))
+    rows_first = rnd((cols @ rnd(rows @ img.astype(float)).T).T)
+    assert (columns_first != rows_first).any()
+    np.testing.assert_array_equal(imresize(img, size=(24, 9)), columns_first.astype(np.uint8))

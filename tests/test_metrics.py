@@ -48,3 +48,22 @@ def test_ssim_identical_is_one_and_matches_skimage_gaussian_valid() -> None:
 def test_ssim_rejects_images_smaller_than_window() -> None:
     with pytest.raises(ValueError, match="11x11"):
         ssim(np.zeros((10, 20)), np.zeros((10, 20)))
+
+
+def test_im2uint_inverts_every_level() -> None:
+    # MATLAB: im2uint8(double(k) / 255) == k for every uint8 k, and im2uint16 likewise for every uint16 k
+    np.testing.assert_array_equal(im2uint(np.arange(256) / 255), np.arange(256))
+    np.testing.assert_array_equal(im2uint(np.arange(65536) / 65535, 16), np.arange(65536))
+    np.testing.assert_array_equal(im2uint(np.array([0.5, 1.2]), 16), [32768, 65535])
+
+
+def test_ssim_of_an_11x11_image_is_its_one_gaussian_window() -> None:
+    """The smallest image SSIM takes: one window, the statistics of eq. 13-14 of Wang et al. weighted by it."""
+    rng = np.random.default_rng(1)
+    x, y = np.floor(rng.random((11, 11)) * 256), np.floor(rng.random((11, 11)) * 256)
+    g = np.outer(gaussian_window(), gaussian_window())
+    mx, my = (g * x).sum(), (g * y).sum()
+    vx, vy, cxy = (g * (x - mx) ** 2).sum(), (g * (y - my) ** 2).sum(), (g * (x - mx) * (y - my)).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    want = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    assert ssim(x, y) == pytest.approx(want, abs=1e-12)

@@ -112,3 +112,37 @@ def test_drrn_shares_its_residual_unit_weights() -> None:
         return sum(p.numel() for n, p in m.named_parameters() if "conv" in n or "entry" in n or "exit.1" in n)
 
     assert convs(DRRN(DRRNConfig(units=9))) == convs(DRRN(DRRNConfig(units=25)))
+
+
+def test_drrn_forward_equals_its_recursive_block_unrolled() -> None:
+    """Tai et al.'s B1U`units`: H_0 = entry(x); H_u = G(H_(u-1)) + H_0 with G = conv_b(ReLU(BN(conv_a(ReLU(BN(.))))))
+    the same two convolutions in every unit (own BN per unit); out = x + exit_conv(ReLU(BN(H_U)))."""
+    torch.manual_seed(0)
+    model = DRRN(DRRNConfig(units=3, features=5)).double().eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            torch.nn.init.normal_(t, 0, 0.5)
+        torch.nn.init.uniform_(bn.running_var, 0.5, 2)
+    for conv in (model.entry, model.conv_a, model.conv_b, model.exit[1]):
+        torch.nn.init.normal_(conv.bias, 0, 0.1)
+    x = torch.rand(2, 1, 12, 10, dtype=torch.float64)
+
+    def conv(t: torch.Tensor, layer: torch.nn.Conv2d) -> torch.Tensor:
+        return F.conv2d(t, layer.weight, layer.bias, padding=1)
+
+    def act(t: torch.Tensor, pre: torch.nn.Sequential) -> torch.Tensor:
+        bn = pre[0]
+        return F.relu(F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps))
+
+    h0 = conv(x, model.entry)
+    h = h0
+    for u in range(3):
+        h = conv(act(conv(act(h, model.act_a[u]), model.conv_a), model.act_b[u]), model.conv_b) + h0
+    want = x + conv(act(h, model.exit[0]), model.exit[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=0, atol=1e-12)
+
+
+def test_rlcsc_inner_layers_are_the_convolutional_lista() -> None:
+    model = RLCSC(RLCSCConfig(recursions=2, features=4, codes=8))
+    assert model.inner_layers() == (model.w1, model.s, model.w2)  # eqs. 9-11; F0, F1 and H stay fp32

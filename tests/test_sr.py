@@ -120,6 +120,16 @@ def test_a_window_computed_alone_equals_that_window_of_the_whole_image() -> None
         np.testing.assert_allclose(apply(model, img, tile=7, window=(rows, cols)), whole[rows, cols], atol=1e-5)
 
 
+def test_a_network_that_adds_nothing_returns_its_input_in_fp32() -> None:
+    """H = 0: eq. 12 gives out = I, so `apply` hands back the input image as fp32 rounds it, tiled or not."""
+    model = RLCSC(RLCSCConfig(recursions=2, features=4, codes=8)).eval()
+    model.zero_last_layer()
+    img = np.random.default_rng(1).random((30, 41))
+    want = img.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(apply(model, img), want)
+    np.testing.assert_array_equal(apply(model, img, tile=9), want)
+
+
 def test_a_loaded_model_computes_on_the_cpu_what_it_was_trained_to(tmp_path: Path) -> None:
     """A model file loads with channels-last weights on the CPU; whole, tiled or windowed, its output is the
     network's as trained (in the default layout), up to fp32 rounding."""

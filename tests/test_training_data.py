@@ -345,3 +345,33 @@ def test_an_ended_augment_leaves_no_worker_and_no_temporary(sig: int, mirror: Pa
         with writing(out):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_default_protocol_is_section_5_2() -> None:
+    """Flips (vertical, horizontal, none), rotations by 90, 180 and 270, downsizing by 0.7, 0.5 and 0.4; 33 x 33
+    patches at stride 33 for x2, x3 and x4. Variants come flip, then rotation, then factor."""
+    aug, patch = AugmentParams(), PatchParams()
+    assert set(aug.flips) == {"updown", "leftright", "none"} and set(aug.rotations) == {0, 90, 180, 270}
+    assert set(aug.factors) == {1.0, 0.7, 0.5, 0.4} and len(variants(aug)) == 48
+    assert (patch.size, patch.stride, set(patch.scales)) == (33, 33, {2, 3, 4})
+    small = AugmentParams(flips=("none",), rotations=(0, 90), factors=(1.0, 0.5))
+    assert variants(small) == [Variant("none", 0, 1.0), Variant("none", 0, 0.5), Variant("none", 90, 1.0),
+                               Variant("none", 90, 0.5)]
+
+
+def test_a_batch_is_the_kept_pairs_on_the_unit_scale_with_overshoot_kept(tmp_path: Path) -> None:
+    """`batch` gathers the pairs `keep` names; labels are the uint8 Y over 255, inputs the interpolation
+    unclipped (a black-white edge overshoots [0, 1] both ways)."""
+    edge = np.zeros((66, 99), np.uint8)
+    edge[:, 50:] = 255
+    (tmp_path / "raw").mkdir()
+    Image.fromarray(edge).save(tmp_path / "raw" / "edge.png")
+    augment([tmp_path / "raw" / "edge.png"], tmp_path / "aug", ONE_VARIANT, jobs=1)
+    make_patches(tmp_path / "aug", tmp_path / "patches", PatchParams(chunk=1, input_dtype="float32"), jobs=1)
+    patches = PatchSet.open(tmp_path / "patches")
+    positions = np.array([3, 0, len(patches) - 1])
+    x, y = patches.batch(positions)
+    rows = np.sort(patches.keep[positions])
+    np.testing.assert_array_equal(y[:, 0] * 255, patches.labels[rows])
+    np.testing.assert_array_equal(x[:, 0], patches.inputs[rows])
+    assert patches.inputs.max() > 1 and patches.inputs.min() < 0
