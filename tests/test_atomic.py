@@ -1,5 +1,7 @@
 """Atomic writes: a failure leaves the target as it was and no temporary beside it."""
 
+import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -77,3 +79,20 @@ def test_an_interrupt_between_the_renames_restores_the_old_folder(tmp_path: Path
         (tmp / "new.npy").write_text("new")
         monkeypatch.setattr(os, "replace", interrupted_after_first)
     assert [p.name for p in out.iterdir()] == ["old.npy"] and sorted(p.name for p in tmp_path.iterdir()) == ["patches"]
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["naming the temporary", "naming no file"])
+def test_a_full_disk_while_writing_is_named_by_the_output(tmp_path: Path, named: bool) -> None:
+    """The system's refusal during the write (ENOSPC) names the output the user asked for, never the hidden
+    temporary, which is gone with the old file kept."""
+    target = tmp_path / "train.json"
+    write_json({"old": 1}, target)
+
+    def full(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(tmp)] if named else []))
+
+    with pytest.raises(OSError) as err:
+        atomically(full, target)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"] and json.loads(target.read_text()) == {"old": 1}

@@ -98,3 +98,17 @@ def test_table4_settings_scale_with_the_batch() -> None:
     # more recursive units save more: B1U25 above B1U9
     assert rows["DRRN", 52, 128, 33]["counted_total_mib"] > rows["DRRN", 20, 128, 33]["counted_total_mib"]
 
+
+
+def test_table4_builds_the_networks_of_the_paper_s_depths() -> None:
+    """Table 4's networks have the paper's depths: RL-CSC of 30 layers (K = 25, K + 5), DRRN B1U9 of 20 and B1U25
+    of 52 (2U + 2); and they are measured at every batch and patch size the paper's Table 4 gives."""
+    from rlcsc.inference import build
+    from rlcsc.memory import TABLE4, TABLE4_SIZES
+    from rlcsc.reference import table
+
+    assert {key: build(arch, config).depth for key, (arch, config) in TABLE4.items()} == {
+        ("RL-CSC", 30): 30, ("DRRN", 20): 20, ("DRRN", 52): 52}
+    paper = table("table4")
+    assert set(TABLE4) == set(zip(paper.model, paper.layers))
+    assert set(TABLE4_SIZES) == set(zip(paper.batch, paper.patch))

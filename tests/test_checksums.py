@@ -220,3 +220,14 @@ def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, capsys: pytest
     (run / "metrics.json").write_text("{}\n")
     assert one_line_error(capsys, ["checksums", str(run)]).startswith(f"rlcsc checksums: error: corrupt {run / 'metrics.json'}")
     assert (run / SUMS).read_text() == sums
+
+
+def test_a_writer_s_hidden_temporary_or_lock_is_not_one_of_the_folder_s_files(tmp_path: Path) -> None:
+    """A temporary being written (`rlcsc.atomic`) or a lock (`rlcsc.lock`) has a hidden name beside the files: a seal
+    neither lists it nor is broken by it."""
+    (tmp_path / "metrics.json").write_text("{}\n")
+    (tmp_path / ".metrics.k2j4.tmp.json").write_text("half")
+    seal(tmp_path)
+    assert [line.split()[1] for line in (tmp_path / SUMS).read_text().splitlines()] == ["metrics.json"]
+    (tmp_path / ".run.lock").write_text("{}\n")
+    verify(tmp_path, "redo")

@@ -174,3 +174,29 @@ def test_a_system_without_posix_file_locks_is_told_so_in_one_line() -> None:
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "rlcsc: error: the package locks its outputs with POSIX file locks (fcntl), which this system lacks; "
         "run it on Linux, or on Windows under WSL"], proc.stderr
+
+
+def test_a_temporary_inside_a_locked_folder_is_noted_in_the_folder_s_lock(tmp_path: Path) -> None:
+    """A folder's writer (`rlcsc record` holds its run's folder) notes the temporaries of the files it writes in it,
+    so that the next writer removes those a killed one left."""
+    from rlcsc.atomic import temporary
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with writing(out), temporary(out / "train.json") as tmp:
+        assert json.loads(lock_file(out).read_text().splitlines()[-1]) == str(tmp)
+
+
+def test_a_stale_lock_takes_only_hidden_temporaries_of_its_output_with_it(tmp_path: Path) -> None:
+    """A killed writer's lock lists what it made; the next writer removes those that are temporaries of the output
+    (hidden names beside it), never a user's file it might list nor a file elsewhere."""
+    out = tmp_path / "out.png"
+    theirs, mine, elsewhere = tmp_path / ".out.k2.tmp.png", tmp_path / "notes.tmp.txt", tmp_path / "o" / ".out.k3.tmp.png"
+    elsewhere.parent.mkdir()
+    for path in (theirs, mine, elsewhere):
+        path.write_text("x")
+    record = {"pid": 1, "host": "h", "command": "rlcsc sr", "since": "2026-01-01 00:00:00"}
+    lock_file(out).write_text("".join(json.dumps(x) + "\n" for x in (record, str(theirs), str(mine), str(elsewhere))))
+    with writing(out):
+        pass
+    assert not theirs.exists() and mine.exists() and elsewhere.exists() and not lock_file(out).exists()

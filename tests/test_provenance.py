@@ -31,3 +31,33 @@ def test_what_runs_write_does_not_make_the_commit_dirty(tmp_path: Path, monkeypa
     (package / "new.py").unlink()
     (package / "train.py").write_text("x = 2\n")
     assert provenance.commit() == head + "-dirty"
+
+
+def test_outside_a_git_checkout_the_commit_is_the_one_the_environment_names(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unpacked copy (no .git) records $RLCSC_COMMIT, else no commit."""
+    monkeypatch.setattr(provenance, "PACKAGE", tmp_path / "rlcsc")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git looks no higher than tmp_path
+    monkeypatch.setenv("RLCSC_COMMIT", "abc123")
+    assert provenance.commit() == "abc123"
+    monkeypatch.delenv("RLCSC_COMMIT")
+    assert provenance.commit() is None
+
+
+def test_the_code_hash_changes_when_a_module_is_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash covers each file's path with its bytes: the same code under another module's name is other code."""
+    package = tmp_path / "rlcsc"
+    package.mkdir()
+    monkeypatch.setattr(provenance, "PACKAGE", package)
+    (package / "a.py").write_text("x = 1\n")
+    before = provenance.digest({package / "a.py"})
+    (package / "a.py").rename(package / "b.py")
+    assert provenance.digest({package / "b.py"}) != before
+
+
+def test_a_lazy_import_inside_a_function_is_part_of_the_closure() -> None:
+    """`rlcsc.record` imports the training code at module level; `rlcsc.train` reaches `rlcsc.recipe`; and the
+    CLI's handlers import their modules inside functions, which the closure follows too."""
+    files = {p.name for p in provenance.closure({"rlcsc.cli"})}
+    assert {"record.py", "train.py", "recipe.py", "atomic.py", "lock.py"} <= files
+    assert "record.py" not in {p.name for p in provenance.closure({"rlcsc.cli"}, frozenset({"rlcsc.cli"}))}

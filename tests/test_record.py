@@ -440,3 +440,57 @@ def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path:
         train = json.loads((recorded / "runs" / "K25-quick" / "train.json").read_text())
         html = tables(outputs)
         assert "wall minutes" in html and f"<td>{train['seconds_wall'] / 60:.2f}</td>" in html
+
+
+def test_the_kind_of_record_a_folder_holds_is_read_from_its_files_and_calls(tmp_path: Path) -> None:
+    """A training call cut short before it wrote a file still makes its folder a training run's; a call that named
+    a model, a model's evaluation; an evaluation without either, bicubic's. The files decide where they are."""
+    from rlcsc.record import _held
+
+    assert _held(tmp_path, []) is None
+    assert _held(tmp_path, [{"params": {"budget": "quick"}, "steps_before": 0, "evaluated": False}]) == "training"
+    assert _held(tmp_path, [{"params": {"model": {"experiment": "K25"}}, "evaluated": False}]) == "model"
+    assert _held(tmp_path, [{"params": {"model": None}, "evaluated": False}]) == "bicubic"
+    (tmp_path / "evaluation.json").write_text("{}")
+    assert _held(tmp_path, []) == "bicubic"
+    (tmp_path / "model.pt").write_bytes(b"")
+    assert _held(tmp_path, []) == "model"
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert _held(tmp_path, []) == "training"
+
+
+def test_an_edited_evaluation_record_is_refused_before_a_call_writes_into_it(tmp_path: Path) -> None:
+    """The seal of an evaluation's folder is checked as a training run's is: a call that ended (it evaluated)
+    excuses no edit; one killed before it could seal leaves files the next call seals. A checkpoint, which only
+    extending a run needs, may be missing or unlisted."""
+    from rlcsc.errors import RlcscError
+    from rlcsc.record import _check_sealed
+
+    calls = [{"params": {"model": None}, "evaluated": True}]
+    (tmp_path / "metrics.json").write_text("{}\n")
+    (tmp_path / "checkpoint.pt").write_bytes(b"weights")
+    (tmp_path / "environment.json").write_text(json.dumps({"calls": calls}))
+    seal(tmp_path)
+    _check_sealed(tmp_path, calls)
+    (tmp_path / "checkpoint.pt").unlink()  # a copy without it
+    _check_sealed(tmp_path, calls)
+    (tmp_path / "checkpoint.pt").write_bytes(b"other weights")  # one brought back, not the sealed one
+    with pytest.raises(RlcscError, match="checkpoint.pt: its bytes differ"):
+        _check_sealed(tmp_path, calls)
+    (tmp_path / "checkpoint.pt").unlink()
+    seal(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"weights")  # there, but not listed
+    _check_sealed(tmp_path, calls)
+    (tmp_path / "environment.json").write_text(json.dumps({"calls": calls}, indent=1))  # the ended call's, edited
+    with pytest.raises(RlcscError, match="environment.json: its bytes differ"):
+        _check_sealed(tmp_path, calls)
+    (tmp_path / "environment.json").write_text(json.dumps({"calls": calls}))
+    (tmp_path / "metrics.json").write_text('{"Set5": {"x3": {"psnr": 40.0}}}\n')
+    with pytest.raises(RlcscError, match="metrics.json: its bytes differ"):
+        _check_sealed(tmp_path, calls)
+    killed = [*calls, {"params": {"model": None}, "evaluated": False}]  # its entry written, then SIGKILL
+    (tmp_path / "environment.json").write_text(json.dumps({"calls": killed}))
+    _check_sealed(tmp_path, killed)
+    seal(tmp_path, ["environment.json"])  # cut by Ctrl-C, it sealed what it wrote: the edit is still found
+    with pytest.raises(RlcscError, match="metrics.json: its bytes differ"):
+        _check_sealed(tmp_path, killed)

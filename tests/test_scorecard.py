@@ -150,3 +150,73 @@ def test_only_runs_that_differ_in_their_seed_alone_have_a_spread(tmp_path: Path)
     assert report.spread_groups([a], page.runs) == report.spread_groups([a, c], page.runs) == [[a, b]]
     assert report.spread_groups([c], page.runs) == []
     assert "seeds 1, 2" in report.spread_note(page.runs) and "seeds 1, 2, 3" not in report.spread_note(page.runs)
+
+
+def test_a_number_within_the_tolerance_matches_its_bounds_included() -> None:
+    """A difference of exactly the tolerance matches; one beyond it, of either sign, does not."""
+    keys = ((1,), (2,), (3,), (4,))
+    line = scorecard.Line("x", "psnr", keys, keys, (0.25, -0.25, 0.5, -0.5), 0.25, None)
+    assert line.matched == 2 and line.spread() == "-0.50 to +0.50 dB"
+    assert scorecard.totals([line]).matched == 2
+
+
+def test_table3_sets_the_end_of_each_epoch_against_the_paper(tmp_path: Path) -> None:
+    """Table 3's points are the monitor's Set5 x3 PSNR at the end of epochs 1, 5, 10 and 13 (paper: 33.24 and
+    33.61 dB after epochs 1 and 5): a snapshot within an epoch is none of them, and a difference is the run's
+    PSNR minus the paper's."""
+    folder = _run(tmp_path / "runs", "K25-paper", "paper")
+    train = json.loads((folder / "train.json").read_text())
+    psnr = {0.5: 20.0, 1.0: 33.44, 1.5: 40.0, 5.0: 33.31}
+    train["curve"] = [{**train["curve"][0], "epoch": e, "psnr": p} for e, p in psnr.items()]
+    (folder / "train.json").write_text(json.dumps(train))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path / "runs"), "K25")
+    line = {line.item: line for line in scorecard.lines(page, TOLERANCE)}["Table 3, with residual"]
+    assert line.published == 4 and line.differences == pytest.approx((0.2, -0.3)) and line.matched == 0
+
+
+def test_the_run_that_trained_the_most_steps_counts(tmp_path: Path) -> None:
+    """Of two paper-scale runs of the main network, the scorecard sets the one that trained further against the
+    paper, whichever budget or name it has."""
+    runs = tmp_path / "runs"
+    for name, steps, shift in (("K25-a", 30000, 0.0), ("K25-b", 15076, 0.5), ("K25-c", 2000, -0.5)):
+        folder = _run(runs, name, "paper", _paper_metrics(shift))
+        train = json.loads((folder / "train.json").read_text())
+        (folder / "train.json").write_text(json.dumps({**train, "steps_done": steps}))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(runs), "K25")
+    psnr = scorecard.lines(page, TOLERANCE)[0]
+    assert psnr.run.name == "K25-a" and psnr.matched == 12
+
+
+def test_the_cost_of_the_rest_follows_each_experiment_s_plan_and_arithmetic(tmp_path: Path) -> None:
+    """From the recorded K25-paper run (1 of 35 epochs): every other network of params.yaml still needs its whole
+    plan (35 epochs; K25_noresidual stops after epoch 14, as Table 3), seeds counted once, and a deeper network
+    costs more per step."""
+    shutil.copytree(REPO / "runs" / "K25-paper", tmp_path / "K25-paper", ignore=shutil.ignore_patterns("*.pt"))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    cost = {c.experiment: c for c in scorecard.costs(page)}
+    per_epoch = json.loads((tmp_path / "K25-paper" / "train.json").read_text())["steps_per_epoch"]
+    assert set(cost) == {"K25", "K15", "K20", "K48", "K25_noresidual", "K15_m128"}
+    assert cost["K25_noresidual"].steps_left == 14 * per_epoch and cost["K48"].steps_left == 35 * per_epoch
+    assert cost["K25"].steps_left == 34 * per_epoch and "K25-paper" in cost["K25"].basis
+    per_step = {name: c.hours / c.steps_left for name, c in cost.items()}
+    assert per_step["K15_m128"] < per_step["K15"] < per_step["K20"] < per_step["K25"] < per_step["K48"]
+    assert "scaled by the arithmetic" in cost["K48"].basis
+
+
+def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
+    """What the pages say of a run: the share of its steps clipped (over all its steps, not per snapshot), the
+    training minutes when it first reached a PSNR (reaching it exactly counts), its final Set5 x3 PSNR (its
+    evaluation's, else its monitor's last), how far it trained, a difference's sign and a commit's digits."""
+    folder = _run(tmp_path, "K25-paper", "paper", {"Set5": {"x3": {"psnr": 33.5}}})
+    run = report.recorded_runs(tmp_path)[0]
+    curve = [{"step": 1000, "seconds": 120.0, "psnr": 33.0, "clipped_fraction": 1.0, "steps": 1000},
+             {"step": 1010, "seconds": 180.0, "psnr": 34.2, "clipped_fraction": 0.0, "steps": 10}]
+    run = report.Run(run.name, True, {**run.train, "curve": curve}, run.metrics, folder)
+    assert run.clipped_share() == pytest.approx(1000 / 1010)
+    assert run.minutes_to(34.2) == 3 and run.minutes_to(33.0) == 2 and run.minutes_to(34.21) is None
+    assert run.last_psnr() == 33.5 and report.Run(run.name, True, run.train, None, folder).last_psnr() == 34.2
+    assert run.extent() == "1 of 35 epochs"
+    assert report.Run(run.name, True, {**run.train, "epochs_done": 35.0}, None, folder).extent() == "35 epochs"
+    assert [report.signed(v, 2) for v in (-0.004, 0.004, -0.006, 0.1)] == ["+0.00", "+0.00", "-0.01", "+0.10"]
+    assert report.commit({"commit": "0123456789abcdef-dirty"}) == "0123456789-dirty"
+    assert report.commit({"commit": "0123456789abcdef"}) == "0123456789" and report.commit({}) == "unknown"

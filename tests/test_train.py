@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import math
@@ -26,7 +27,7 @@ from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
 from rlcsc.recipe import learning_rate
-from rlcsc.train import TrainParams, epoch_order, prepare, train
+from rlcsc.train import Monitor, TrainParams, epoch_order, prepare, train
 
 TINY = TrainParams(recursions=2, features=4, codes=8, pairs=64, batch=8, epochs=2, lr=0.01,
                    checkpoint_every=4, log_every=2, compile=False, device="cpu")
@@ -397,3 +398,163 @@ def test_precision_is_set_for_the_code_that_asks_and_restored_after_it() -> None
     with pytest.raises(RuntimeError), using_precision("cuda", "bf16"):
         raise RuntimeError
     assert flags() == before
+
+
+def test_a_training_step_is_the_paper_s_sgd_update_computed_by_hand() -> None:
+    """Section 5.2, by hand: the loss of eq. 14 (the squared error summed over each patch, averaged over the
+    batch), its gradient's global L2 norm clipped to theta = 0.4, then SGD with momentum 0.9 and weight decay
+    1e-4 at learning rate 0.1. Two steps, so that the momentum buffer carries the first into the second."""
+    p = replace(TINY, lr=0.1, momentum=0.9, weight_decay=1e-4, clip=0.4)
+    model, _, step = prepare(p, torch.device("cpu"))
+    names = [k for k, _ in model.named_parameters()]
+    w = [t.detach().clone() for _, t in model.named_parameters()]
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    buf = None
+    for _ in range(2):
+        x, y = torch.rand(4, 1, 12, 12, generator=gen), torch.rand(4, 1, 12, 12, generator=gen)
+        for t, v in zip(twin.parameters(), w):
+            t.data.copy_(v)
+        err = twin(x) - y
+        loss = sum(float(err[i].detach().square().sum()) for i in range(4)) / 4  # per patch, then the mean
+        grads = torch.autograd.grad(err.square().sum() / 4, list(twin.parameters()))
+        norm = math.sqrt(sum(float(g.square().sum()) for g in grads))
+        assert norm > 0.4  # the clipping acts
+        scale = 0.4 / (norm + 1e-6)  # torch's clip_grad_norm_
+        d = [g * scale + 1e-4 * v for g, v in zip(grads, w)]
+        buf = d if buf is None else [0.9 * b + e for b, e in zip(buf, d)]
+        w = [v - 0.1 * b for v, b in zip(w, buf)]
+        got_loss, got_norm = step(x, y)
+        assert float(got_loss) == pytest.approx(loss, rel=1e-5) and float(got_norm) == pytest.approx(norm, rel=1e-5)
+    got = dict(model.named_parameters())
+    for name, v in zip(names, w):
+        torch.testing.assert_close(got[name].detach(), v, rtol=2e-6, atol=1e-7)  # weight decay moves them 3e-5
+
+
+def test_each_step_trains_at_the_learning_rate_the_schedule_gives_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """The schedule reaches the optimiser. A 2-step warm-up's first step trains at half the rate: the same weights
+    as a step at that rate without warm-up. Divided by 10 after every epoch (lr_step 1, 8 steps an epoch), the
+    8th step trains at lr and the 9th at lr / 10."""
+    half = replace(TINY, lr=0.02, warmup=2)
+    train(half, patches, mirror, tmp_path / "warm-up", stop_after=1)
+    train(TINY, patches, mirror, tmp_path / "plain", stop_after=1)  # lr 0.01
+    assert same_weights(tmp_path / "warm-up" / "checkpoint.pt", tmp_path / "plain" / "checkpoint.pt")
+    train(replace(TINY, lr_step=1), patches, mirror, tmp_path / "step", stop_after=9)
+    ckpt = torch.load(tmp_path / "step" / "checkpoint.pt", weights_only=True)
+    assert ckpt["curve"][0]["step"] == 8 and ckpt["curve"][0]["lr"] == pytest.approx(0.01)  # the 8th step's
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)  # the 9th step's
+
+
+def test_the_monitor_scores_a_network_that_adds_nothing_as_bicubic(mirror: Path) -> None:
+    """H at zero: with the residual connection the output is the interpolated input (eq. 12), whose Set5 x3 PSNR
+    is Table 1's bicubic 30.39 dB, and the residual image R is zero; without it the output, and so R, is zero."""
+    monitor = Monitor(mirror, "Set5", 3, "fp32")
+    identity = prepare(replace(TINY, zero_last=True), torch.device("cpu"))[0]
+    scores = monitor(identity)
+    assert scores["psnr"] == pytest.approx(30.39, abs=0.05) and scores["residual_mean"] == pytest.approx(0, abs=1e-6)
+    assert scores["zero_fraction"] < 0.01 and scores["h_bias"] is None
+    nothing = prepare(replace(TINY, zero_last=True, residual=False, bias=True), torch.device("cpu"))[0]
+    scores = monitor(nothing)
+    assert scores["residual_mean"] == 0 and scores["zero_fraction"] == 1 and scores["h_bias"] == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_adds_weight_decay_to_the_gradient_and_adamw_decays_the_weights(optimizer: str) -> None:
+    """Adam's first step moves each weight by lr against the sign of its gradient (its moments are g and g^2, so
+    the step is g / |g|). Adam's weight decay is part of that gradient (g + wd w); AdamW's shrinks the weights
+    apart from it (w (1 - lr wd))."""
+    p = replace(TINY, optimizer=optimizer, lr=0.01, weight_decay=0.5, clip=None)
+    model, _, step = prepare(p, torch.device("cpu"))
+    w = {k: t.detach().clone() for k, t in model.named_parameters()}
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(4, 1, 12, 12, generator=gen), torch.rand(4, 1, 12, 12, generator=gen)
+    grads = dict(zip(w, torch.autograd.grad((twin(x) - y).square().sum() / 4, list(twin.parameters()))))
+    step(x, y)
+    for k, t in model.named_parameters():
+        if optimizer == "adam":
+            g = grads[k] + 0.5 * w[k]
+            expected = w[k] - 0.01 * g / (g.abs() + 1e-8)
+        else:
+            expected = w[k] * (1 - 0.01 * 0.5) - 0.01 * grads[k] / (grads[k].abs() + 1e-8)
+        torch.testing.assert_close(t.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_each_epoch_visits_every_pair_once_in_an_order_of_its_own() -> None:
+    """The data order is a function of the seed and the epoch: a permutation of the pairs, another each epoch and
+    each seed, the same on every call (so a resumed run draws what an uninterrupted one would)."""
+    orders = [epoch_order(0, e, 100) for e in range(3)]
+    assert all(sorted(o) == list(range(100)) for o in orders)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    assert np.array_equal(epoch_order(0, 1, 100), orders[1]) and not np.array_equal(epoch_order(1, 1, 100), orders[1])
+
+
+def test_a_run_on_part_of_the_set_draws_the_first_pairs_of_its_shuffle(patches: Path) -> None:
+    """`pairs` keeps the first pairs of the shuffled set (keep.npy's order), not the first pairs of the files; a
+    batch holds their inputs as stored and their labels scaled from 0-255 to 0-1."""
+    from rlcsc.data.patches import PatchSet
+    from rlcsc.train import Batches
+
+    data = PatchSet.open(patches)
+    assert not np.array_equal(np.sort(data.keep[:16]), np.sort(data.keep)[:16])  # the two readings differ here
+    batches = Batches(data, 16, torch.device("cpu"))
+    x, y = batches(np.arange(16))
+    rows = np.sort(data.keep[:16])
+    assert torch.equal(x[:, 0], torch.from_numpy(np.asarray(data.inputs[rows], np.float32)))
+    assert torch.equal(y[:, 0] * 255, torch.from_numpy(np.asarray(data.labels[rows], np.float32)))
+
+
+def test_a_snapshot_summarises_its_interval_s_gradient_norms() -> None:
+    """The loss is the interval's mean; the gradient norms their median and maximum, and the fraction of steps
+    whose norm exceeded theta = 0.4 (those clipping shortened)."""
+    from rlcsc.train import _snapshot
+
+    norms = torch.tensor([0.1, 0.3, 0.5, 2.0, 0.2])
+    point = _snapshot(TrainParams(), 30, 10, 0.1, torch.tensor([1.0, 2.0, 6.0]), norms, 12.34, {"psnr": 30.0})
+    assert point == pytest.approx({"step": 30, "epoch": 3.0, "seconds": 12.3, "lr": 0.1, "loss": 3.0,
+                                   "grad_norm_median": 0.3, "grad_norm_max": 2.0, "clipped_fraction": 0.4, "steps": 5,
+                                   "psnr": 30.0})
+    assert _snapshot(replace(TrainParams(), clip=None), 30, 10, 0.1, torch.ones(1), norms, 1.0, {})["clipped_fraction"] is None
+
+
+def test_the_speed_is_the_median_interval_after_the_first_tenth() -> None:
+    """ms/step between host syncs: 100 ms a step, but for a compilation at the start (before a tenth of the run's
+    steps) and one interval paused by the monitor's evaluation; neither moves the median."""
+    from rlcsc.train import _ms_per_step
+
+    syncs = [(1, 0.0), (10, 9.0), (20, 10.0), (30, 11.0), (40, 14.0), (50, 15.0), (60, 16.0), (70, 17.0), (80, 18.0),
+             (90, 19.0), (100, 20.0)]
+    assert _ms_per_step(syncs) == pytest.approx(100.0)
+    assert _ms_per_step(syncs[:1]) is None
+
+
+def test_every_param_that_changes_the_weights_is_part_of_a_run_s_identity() -> None:
+    """A checkpoint resumes only under the same network, data, recipe, seed and precision; what only watches or
+    places the run (logging, checkpoints, stop points, device, compile) may change between its calls."""
+    base = TrainParams()
+    changes = {"arch": "drrn", "recursions": 5, "features": 64, "codes": 64, "units": 3, "residual": False,
+               "bias": True, "width": 0.5, "zero_last": True, "pairs": 10, "batch": 64, "seed": 1, "optimizer": "adam",
+               "lr": 0.2, "schedule": "cosine", "lr_step": 5, "warmup": 3, "momentum": 0.5, "weight_decay": 0.0,
+               "loss": "l1", "clip": None, "precision": "fp32", "eval_dataset": "Set14", "eval_scale": 2}
+    for key, value in changes.items():
+        assert replace(base, **{key: value}).identity() != base.identity(), key
+    watching = {"stop_epoch": 3, "max_minutes": 5.0, "eval_every": 7, "log_every": 3, "checkpoint_every": 9,
+                "on_divergence": "record", "device": "cpu", "compile": False, "epochs": 40, "max_steps": 100}
+    for key, value in watching.items():
+        assert replace(base, **{key: value}).identity() == base.identity(), key
+
+
+def test_a_run_cut_within_a_snapshot_interval_resumes_that_interval(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """Cut at step 5, inside the interval that began after the snapshot of step 3 (eval_every 3): the resumed run's
+    snapshot of step 6 still covers steps 4 to 6, the loss and gradient norms of those before the cut included."""
+    p = replace(TINY, eval_every=3, epochs=1)
+    straight = train(p, patches, mirror, tmp_path / "a")
+    assert train(p, patches, mirror, tmp_path / "b", stop_after=5)["step"] == 5
+    resumed = train(p, patches, mirror, tmp_path / "b")
+    assert [c["steps"] for c in resumed["curve"]] == [3, 3, 2]
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+
+
+def test_fewer_pairs_than_a_batch_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    with pytest.raises(RlcscError, match="^4 training pairs make no batch of 8$"):
+        train(replace(TINY, pairs=4), patches, mirror, tmp_path)
