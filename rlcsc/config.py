@@ -152,6 +152,13 @@ class Checked:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, check_value(type(self), f.name, getattr(self, f.name), type(self).__name__))
 
+    @classmethod
+    def known(cls: type[T], block: dict) -> T:
+        """A block (params.yaml's, or as a run wrote it in its `train.json` or checkpoint), the keys this code
+        does not know (those of older code) left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in block.items() if k in names})
+
 
 def _mapping(value: Any, where: str, what: str) -> dict:
     """`value` as a mapping (null reads as an empty one); a one-line error names `where` it stands otherwise."""

@@ -92,7 +92,7 @@ def _needs_training(out: Path, p: TrainParams, pairs: dict, ckpt: dict | None) -
     if not (out / "model.pt").exists() or not path.exists():
         return True
     done = _read_json(path)
-    if TrainParams(**done["train"]).identity() != p.identity() or (ckpt or {}).get("pairs", pairs) != pairs:
+    if TrainParams.known(done["train"]).identity() != p.identity() or (ckpt or {}).get("pairs", pairs) != pairs:
         return True
     if done["status"] != "completed" or (p.max_minutes and done["seconds_training"] >= 60 * p.max_minutes):
         return False

@@ -213,10 +213,10 @@ def costs(page: Page) -> list[Cost]:
     if not timed:
         return []
     base = max(timed, key=lambda r: r.train["steps_done"])
-    base_flops = flops(_train_params(base.config))
+    base_flops = flops(TrainParams.known(base.config))
     seen, out = set(), []
     for name, block in (read_params(page.params).get("experiments") or {}).items():
-        p = _train_params({**(read_params(page.params).get("train") or {}), **(block or {})})
+        p = TrainParams.known({**(read_params(page.params).get("train") or {}), **(block or {})})
         key = (p.arch, p.recursions, p.features, p.codes, p.residual, p.bias)
         if key in seen:
             continue
@@ -235,8 +235,3 @@ def costs(page: Page) -> list[Cost]:
         left = max(0, (p.stop_epoch or p.epochs) * base.train["steps_per_epoch"] - done)
         out.append(Cost(name, left, left * ms / 3.6e6, basis))
     return out
-
-
-def _train_params(block: dict) -> TrainParams:
-    """A training block (params.yaml's, or a run's resolved `train`) as TrainParams."""
-    return TrainParams(**{k: v for k, v in block.items() if k in TrainParams.__dataclass_fields__})

@@ -487,7 +487,7 @@ def foreign(ckpt: dict, p: TrainParams, pairs: dict) -> list[str]:
     the params of `identity` that differ, "training pairs" when other params made its pairs (a checkpoint
     written before checkpoints held them differs in its training code anyway), and "training code" when the
     code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
-    theirs = TrainParams(**{k: v for k, v in ckpt.get("config", {}).items() if k in asdict(p)})
+    theirs = TrainParams.known(ckpt.get("config", {}))
     differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
     differ += ["training pairs"] if ckpt.get("pairs", pairs) != pairs else []  # unknown to an older checkpoint
     return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])

@@ -494,3 +494,17 @@ def test_an_edited_evaluation_record_is_refused_before_a_call_writes_into_it(tmp
     seal(tmp_path, ["environment.json"])  # cut by Ctrl-C, it sealed what it wrote: the edit is still found
     with pytest.raises(RlcscError, match="metrics.json: its bytes differ"):
         _check_sealed(tmp_path, killed)
+
+
+def test_a_run_whose_train_json_holds_a_key_this_code_lacks_is_read(tmp_path: Path) -> None:
+    """A run made by older code may hold a training key since removed: it is still found finished, not an error."""
+    from rlcsc.record import _needs_training
+
+    p = TrainParams(epochs=2, compile=False, device="cpu")
+    (tmp_path / "model.pt").write_bytes(b"")
+    done = {"train": {**asdict(p), "a_removed_key": 1}, "status": "completed", "seconds_training": 1.0,
+            "steps_per_epoch": 8, "steps_done": 16}
+    (tmp_path / "train.json").write_text(json.dumps(done))
+    assert _needs_training(tmp_path, p, {}, None) is False
+    (tmp_path / "train.json").write_text(json.dumps({**done, "steps_done": 15}))
+    assert _needs_training(tmp_path, p, {}, None) is True
