@@ -375,3 +375,12 @@ def test_a_batch_is_the_kept_pairs_on_the_unit_scale_with_overshoot_kept(tmp_pat
     np.testing.assert_array_equal(y[:, 0] * 255, patches.labels[rows])
     np.testing.assert_array_equal(x[:, 0], patches.inputs[rows])
     assert patches.inputs.max() > 1 and patches.inputs.min() < 0
+
+
+def test_every_n_th_training_image_is_kept_from_the_first() -> None:
+    """`every: 12` keeps 25 of the 291 images (T91 then BSD200, in manifest order): the 1st, 13th, 25th, ..."""
+    from rlcsc.data.augment import training_files
+
+    files = training_files(Path("raw"), AugmentParams(every=12))
+    assert len(files) == 25 and len(training_files(Path("raw"), AugmentParams())) == 291
+    assert [f.relative_to("raw").as_posix() for f in files[:2]] == ["T91/t1.bmp", "T91/t20.bmp"]  # t1, t10, ..., t19, t2, t20
