@@ -136,9 +136,11 @@ class Run(Evaluated):
     def diverged(self) -> bool:
         return self.train["status"].startswith("diverged")
 
-    def clipped_share(self) -> float:
+    def clipped_share(self) -> float | None:
         """The share of the run's steps whose gradient norm was clipped (each snapshot's `clipped_fraction` of its
-        `steps`)."""
+        `steps`); None for a run that did not clip."""
+        if self.config.get("clip") is None:
+            return None
         curve = [c for c in self.train["curve"] if c.get("steps")]
         return sum(c["clipped_fraction"] * c["steps"] for c in curve) / max(1, sum(c["steps"] for c in curve))
 

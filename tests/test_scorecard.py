@@ -213,6 +213,9 @@ def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
              {"step": 1010, "seconds": 180.0, "psnr": 34.2, "clipped_fraction": 0.0, "steps": 10}]
     run = report.Run(run.name, True, {**run.train, "curve": curve}, run.metrics, folder)
     assert run.clipped_share() == pytest.approx(1000 / 1010)
+    unclipped = [{**c, "clipped_fraction": None} for c in curve]
+    train = {**run.train, "curve": unclipped, "train": {**run.config, "clip": None}}
+    assert report.Run(run.name, True, train, run.metrics, folder).clipped_share() is None
     assert run.minutes_to(34.2) == 3 and run.minutes_to(33.0) == 2 and run.minutes_to(34.21) is None
     assert run.last_psnr() == 33.5 and report.Run(run.name, True, run.train, None, folder).last_psnr() == 34.2
     assert run.extent() == "1 of 35 epochs"
