@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ def test_benchmark_train_runs_on_cpu(tmp_path: Path, monkeypatch) -> None:
     assert result["ms_per_step"] > 0 and result["tflops"] > 0 and result["peak_memory_mib"] > 0
     assert result["steps_per_epoch"] == 10
     assert result["projected_run_h"] == pytest.approx(3 * 10 * result["ms_per_step"] / 3.6e6)
+    assert result["projected_epoch_min"] == pytest.approx(10 * result["ms_per_step"] / 60000)
     # 9 (1*4 + 4*4 + 4*8 + 2*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, x3 for backward
     assert result["tflop_per_step"] == pytest.approx(3 * 2 * 9 * 216 * 4 * 33 * 33 / 1e12)
     from rlcsc import benchmark, train
@@ -112,3 +114,44 @@ def test_table4_builds_the_networks_of_the_paper_s_depths() -> None:
     paper = table("table4")
     assert set(TABLE4) == set(zip(paper.model, paper.layers))
     assert set(TABLE4_SIZES) == set(zip(paper.batch, paper.patch))
+
+
+def test_a_variant_is_judged_against_fp32_grey_level_by_grey_level() -> None:
+    """Two 16x16 images scored at x2 (a 12x12 interior once shaved): the first variant output equals fp32's, the
+    second moves 16 interior pixels by 1 grey level and 8 by 2 (and the shaved border by 5, which does not
+    count). fp32's error is one pixel 10 grey levels off (MSE 100/144), the variant's MSE is (100 + 16 + 32)/144."""
+    import math
+
+    from rlcsc.benchmark import _psnr, _quality
+
+    hr = np.full((16, 16), 100 / 255)
+    exact = hr.copy()
+    exact[5, 5] = 110 / 255
+    out = exact.copy()
+    out[2, 2:10] += 2 / 255
+    out[3:5, 2:10] += 1 / 255
+    out[0, :] += 5 / 255
+    pairs, exacts = [(hr, hr), (hr, hr)], [exact, exact]
+    quality = _quality(pairs, [exact, out], exacts, _psnr(pairs, exacts, 2), 2)
+    change = 10 * math.log10(100 / 148)
+    assert quality["max_grey_difference"] == 2 and quality["share_over_1_grey"] == 8 / 288
+    assert quality["largest_image_change_db"] == pytest.approx(change)
+    assert quality["psnr_change_db"] == pytest.approx(change / 2)
+    assert quality["psnr"] == pytest.approx(10 * math.log10(255**2 / (100 / 144)) + change / 2)
+
+
+def test_input_precision_scores_float32_inputs_by_the_protocol_and_float16_against_them(mirror: Path,
+                                                                                       tmp_path: Path) -> None:
+    from rlcsc.atomic import save_torch
+    from rlcsc.benchmark import input_precision
+    from rlcsc.evaluate import summarize
+    from rlcsc.inference import Network, model_state
+    from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+
+    torch.manual_seed(0)
+    model = tmp_path / "m.pt"
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), model)
+    result = input_precision(model, mirror)
+    protocol = summarize(evaluate(Network(model), mirror, ["Set5"], [3], False, jobs=1))["Set5"]["x3"]["psnr"]
+    assert result["psnr_float32"] == pytest.approx(protocol, abs=1e-6)
+    assert result["difference_db"] == result["psnr_float32"] - result["psnr_float16"] != 0

@@ -152,3 +152,62 @@ def test_patch_count_of_the_full_protocol_is_the_papers(mirror: Path, tmp_path: 
     out = capsys.readouterr().out
     assert "pairs: 1929744" in out and "kept:  1929728" in out
     assert not (tmp_path / "data").exists()
+
+
+def test_no_ifc_leaves_ifc_out(mirror: Path, tmp_path: Path) -> None:
+    """--no-ifc overrides the `evaluate` block's ifc (true by default): no IFC column is computed or recorded."""
+    out = tmp_path / "bicubic"
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out), "--datasets", "Set5",
+            "--scales", "3", "--jobs", "1", "--no-ifc"]
+    assert main(argv) == 0
+    assert json.loads((out / "evaluation.json").read_text())["ifc"] is False
+    assert set(json.loads((out / "metrics.json").read_text())["Set5"]["x3"]) == {"psnr", "ssim"}
+    assert pd.read_csv(out / "per_image.csv").ifc.isna().all()
+
+
+def test_an_interrupted_command_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Ctrl-C (or SIGTERM) ends a command with the shell's status for SIGINT, 128 + 2, and one line."""
+    from rlcsc import sr
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sr, "super_resolve_files", interrupted)
+    assert main(["sr", str(tmp_path / "in.png"), "--scale", "2", "-o", str(tmp_path / "out.png")]) == 130
+    assert capsys.readouterr().err == "rlcsc sr: interrupted\n"
+
+
+def test_only_the_first_torchrun_process_holds_the_lock_of_what_it_writes(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlcsc.cli import _outputs, build_parser
+
+    args = build_parser().parse_args(["train", "--experiment", "K25", "--out", str(tmp_path / "run")])
+    for rank, outputs in (("0", [tmp_path / "run"]), ("1", [])):
+        monkeypatch.setenv("RANK", rank)
+        assert _outputs(args) == outputs, rank
+    monkeypatch.delenv("RANK")
+    assert _outputs(args) == [tmp_path / "run"]
+
+
+def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mirror: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--datasets and --scales override the `evaluate` block's (here each image is scored 0 to keep it fast)."""
+    from rlcsc import output_route
+    from rlcsc.atomic import save_torch
+    from rlcsc.inference import model_state
+    from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+
+    monkeypatch.setattr(output_route, "_score", lambda task: {
+        "dataset": task[0], "image": task[1].name, "scale": task[2],
+        **{f"{m}_{r}": 0.0 for m in ("psnr", "ssim", "ifc") for r in ("y", "rgb")}})
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), tmp_path / "m.pt")
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {datasets: [Set14], scales: [2, 3]}\n")
+    out = tmp_path / "route.json"
+    argv = ["benchmark", "output-route", "--params", str(params), "--model", str(tmp_path / "m.pt"), "--raw",
+            str(mirror), "--jobs", "1", "--out", str(out)]
+    assert main(argv + ["--datasets", "Set5", "--scales", "4"]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert {d: list(cells) for d, cells in metrics.items()} == {"Set5": ["x4"]} and metrics["Set5"]["x4"]["images"] == 5
+    assert main(argv) == 0
+    assert {d: list(cells) for d, cells in json.loads(out.read_text())["metrics"].items()} == {"Set14": ["x2", "x3"]}

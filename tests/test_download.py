@@ -316,3 +316,54 @@ def test_retries_count_each_byte_once_on_the_progress_bar(tmp_path: Path, monkey
     assert fetch([PINNED], tmp_path, retries=3) == 1
     assert calls == [PINNED.url] * 3 and sha256(tmp_path / PINNED.relpath) == PINNED.sha256
     assert bars[0].n == bars[0].total == len(DATA)
+
+
+def test_the_pause_between_attempts_doubles(refused: list[str], set5: list[Entry], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exponential backoff: BACKOFF_S before the second attempt, then twice as long before each next one."""
+    pauses: list[float] = []
+    monkeypatch.setattr(download, "sleep", pauses.append)
+    with pytest.raises(RlcscError, match="after 5 attempts"):
+        fetch([set5[0]], tmp_path, retries=5)
+    assert pauses == [download.BACKOFF_S * f for f in (1, 2, 4, 8)]
+
+
+def test_a_short_read_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that ends before its Content-Length (http.client's IncompleteRead, not an OSError) is a network
+    failure like any other: tried again."""
+    import http.client
+
+    class Short(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            raise http.client.IncompleteRead(b"", len(DATA))
+
+    calls: list[str] = []
+
+    def flaky(url: str, timeout: float) -> io.BytesIO:
+        calls.append(url)
+        return Short() if len(calls) == 1 else io.BytesIO(DATA)
+
+    monkeypatch.setattr(download, "urlopen", flaky)
+    monkeypatch.setattr(download, "sleep", lambda s: None)
+    assert fetch([PINNED], tmp_path, retries=2) == 1
+    assert calls == [PINNED.url] * 2 and sha256(tmp_path / PINNED.relpath) == PINNED.sha256
+
+
+def test_the_weights_come_from_their_own_mirror_variable(refused: list[str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """$RLCSC_WEIGHTS_MIRROR, not $RLCSC_DATA_MIRROR, is the weights' mirror, whether the other is set or not."""
+    from rlcsc.data.download import WEIGHTS_MIRROR_ENV
+    from rlcsc.manifest import WEIGHTS
+
+    weights = tmp_path / "weights-mirror"
+    weights.mkdir()
+    monkeypatch.setenv(WEIGHTS_MIRROR_ENV, str(weights))
+    first = load_manifest(WEIGHTS)[0]
+    for images in (str(tmp_path / "no-such-image-mirror"), None):
+        if images is None:
+            monkeypatch.delenv(MIRROR_ENV)
+        else:
+            monkeypatch.setenv(MIRROR_ENV, images)
+        with pytest.raises(RlcscError, match=rf"^missing in data mirror {re.escape(str(weights))}: {first.relpath}$"):
+            download_all(tmp_path / "out", manifest=WEIGHTS, jobs=1)
+    assert refused == []

@@ -193,3 +193,28 @@ def test_inference_in_bf16_keeps_its_fp32_layers_exact_on_a_gpu() -> None:
         with device.inferring("cuda", precision):
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_the_cpu_asked_for_is_the_cpu_even_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cpu` is the CPU whatever else is present; `auto` and `cuda` take the GPU where there is one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.pick_device("cpu") == torch.device("cpu")
+    assert device.pick_device("auto") == device.pick_device("cuda") == torch.device("cuda")
+
+
+def test_training_precision_is_fp32_off_the_gpu_and_tf32_on_for_bf16_training(native) -> None:
+    """`effective`: the training precision asked for on CUDA, fp32 elsewhere; `using_precision` turns TF32 on for
+    bf16 training as for tf32 (autocast leaves the fp32 operations to TF32 units), off for fp32 alone."""
+    assert [device.effective("cpu", m) for m in device.PRECISIONS] == ["fp32"] * 3
+    assert [device.effective("cuda", m) for m in device.PRECISIONS] == list(device.PRECISIONS)
+    for mode, tf32 in (("bf16", True), ("tf32", True), ("fp32", False)):
+        with device.using_precision("cuda", mode):  # the switches exist without a GPU
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32), mode
+
+
+@pytest.mark.parametrize("avx512_bf16,amx", [(True, False), (False, True), (True, True), (False, False)])
+def test_either_avx512_bf16_or_amx_makes_bf16_native(avx512_bf16: bool, amx: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert device.native_bf16("cpu") == (avx512_bf16 or amx)

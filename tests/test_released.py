@@ -109,6 +109,33 @@ def test_weights_manifest_matches_the_mirrors(weights_mirror: Path) -> None:
     assert {(e.dataset, e.file, str(e.bytes), e.sha256) for e in load_manifest(WEIGHTS)} <= mirrored
 
 
+def test_download_weights_fetches_and_lists_the_pinned_weights(weights_mirror: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """`rlcsc download --weights` fetches the files weights.tsv pins, not the images, and its --listing names them."""
+    entry = load_manifest(WEIGHTS, ["VDSR"])[0]
+    out, listing = tmp_path / "weights", tmp_path / "weights.json"
+    argv = ["download", "--weights", "--mirror", str(weights_mirror), "--out", str(out), "--listing", str(listing)]
+    assert main(argv) == 0
+    assert "1 file(s) fetched; all 1 in weights.tsv verified" in capsys.readouterr().err
+    assert released.pinned_source(out / "VDSR" / "VDSR_Official.mat")["sha256"] == entry.sha256
+    assert json.loads(listing.read_text()) == {"VDSR/VDSR_Official.mat": entry.sha256}
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["VDSR", "VDSR/VDSR_Official.mat"]
+
+
+def test_a_file_of_the_pinned_size_but_other_bytes_is_refused(tmp_path: Path) -> None:
+    """The bytes decide, not the size: a file as long as the pinned one (of zeros) is not it."""
+    entry = load_manifest(WEIGHTS, ["VDSR"])[0]
+    (tmp_path / "VDSR_Official.mat").write_bytes(bytes(entry.bytes))
+    with pytest.raises(RlcscError, match="is not a file that weights.tsv pins"):
+        released.pinned_source(tmp_path / "VDSR_Official.mat")
+
+
+def test_convert_makes_the_model_file_s_folder(weights_mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "VDSR" / "model.pt"
+    source = released.convert("vdsr", weights_mirror / "VDSR" / "VDSR_Official.mat", out)
+    assert describe_model(out)["source"] == source and source["file"] == "VDSR_Official.mat"
+
+
 @pytest.fixture(scope="module")
 def vdsr_model(weights_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The VDSR authors' file fetched from the mirror (verified) and converted by `rlcsc convert`."""

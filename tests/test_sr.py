@@ -168,6 +168,15 @@ def test_planar_16bit_tiff_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(picture.pixels, data / 65535)
 
 
+def test_16bit_grey_that_pillow_reads_is_read_at_full_precision(tmp_path: Path) -> None:
+    """A format read by Pillow alone (here lossless JPEG 2000) whose grey is 16-bit ("I;16"): 65535 is white."""
+    data = pixels("L", 16)
+    Image.fromarray(data).save(tmp_path / "in.jp2")
+    picture = read_picture(tmp_path / "in.jp2")
+    assert (picture.mode, picture.bits, read_header(tmp_path / "in.jp2").bits) == ("L", 16, 16)
+    np.testing.assert_array_equal(picture.pixels, data / 65535)
+
+
 @pytest.mark.parametrize("fmt,mode,bits", ALL)
 def test_sr_keeps_mode_and_bit_depth(fmt: str, mode: str, bits: int, tiny: Path, tmp_path: Path) -> None:
     save(pixels(mode, bits), tmp_path / f"in.{fmt}")
@@ -177,6 +186,19 @@ def test_sr_keeps_mode_and_bit_depth(fmt: str, mode: str, bits: int, tiny: Path,
     assert out.shape[2:] == (() if CHANNELS[mode] is None else (CHANNELS[mode],))
     assert line.count(f" {mode} {bits}-bit") == 2, line
     assert f"model {tiny}: unlabelled rlcsc model" in line
+
+
+def test_scales_2_and_4_are_the_ends_of_the_range(tiny: Path, tmp_path: Path) -> None:
+    """The scales trained on, 2 to 4, ends included; the line said of one image does not count it."""
+    save(pixels("RGB", 8, (8, 6)), tmp_path / "in.png")
+    for scale, shape in ((2, (16, 12, 3)), (4, (32, 24, 3))):
+        line = sr_file(tmp_path / "in.png", tmp_path / f"x{scale}.png", scale, tiny, False)
+        assert line.startswith(f"{tmp_path / 'in.png'} 6x8 RGB 8-bit -> "), line
+        assert load(tmp_path / f"x{scale}.png").shape == shape
+    for scale in (1.9, 4.1):
+        with pytest.raises(RlcscError, match="--scale must be between 2 and 4"):
+            sr_file(tmp_path / "in.png", tmp_path / "out.png", scale, tiny, False)
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_8bit_rgb_output_is_unchanged(tiny: Path, tmp_path: Path) -> None:
@@ -280,6 +302,42 @@ def test_an_image_s_colour_profile_goes_into_its_output(tiny: Path, tmp_path: Pa
         with Image.open(tmp_path / target) as im:
             kept = im.info.get("icc_profile") if target != "o16.tif" else tifffile.TiffFile(tmp_path / target).pages.first.iccprofile
         assert kept == profile, (source, target)
+
+# The JPEG standard's example quantization tables (ITU-T T.81, Annex K.1 and K.2), in natural order; the IJG
+# library scales them to a quality q < 50 by 5000 / q percent, else by 200 - 2 q percent, rounded.
+JPEG_LUMINANCE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+JPEG_CHROMINANCE = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+                    47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+
+
+def test_a_jpeg_output_is_written_at_quality_95(tmp_path: Path) -> None:
+    """A JPEG output is written at quality 95: its quantization tables are the standard's scaled by 10%."""
+    write_picture(Picture(pixels("RGB", 8) / 255.0, 8), tmp_path / "out.jpg")
+    with Image.open(tmp_path / "out.jpg") as im:
+        tables = im.quantization
+    assert [list(tables[0]), list(tables[1])] == [[min(max((q * 10 + 50) // 100, 1), 255) for q in base]
+                                                  for base in (JPEG_LUMINANCE, JPEG_CHROMINANCE)]
+
+
+def test_a_tiff_output_is_deflate_compressed(tmp_path: Path) -> None:
+    """8-bit and 16-bit TIFF outputs alike are compressed losslessly with deflate (TIFF compression 8 or 32946)."""
+    for bits in (8, 16):
+        write_picture(Picture(pixels("RGB", bits) / (2**bits - 1.0), bits), tmp_path / f"out{bits}.tif")
+        with tifffile.TiffFile(tmp_path / f"out{bits}.tif") as tif:
+            assert tif.pages.first.compression in (8, 32946), bits
+
+
+def test_a_tiff_output_marks_its_alpha_as_unassociated_alpha(tmp_path: Path) -> None:
+    """TIFF 6.0's ExtraSamples tag says what a sample beyond grey or RGB is: 2, unassociated alpha, for the alpha
+    of an LA or RGBA output of 8 or 16 bits (0 would leave it an unspecified extra sample, not transparency)."""
+    for mode in ("LA", "RGBA"):
+        for bits in (8, 16):
+            write_picture(Picture(pixels(mode, bits) / (2**bits - 1.0), bits), tmp_path / f"{mode}{bits}.tif")
+            with tifffile.TiffFile(tmp_path / f"{mode}{bits}.tif") as tif:
+                assert tif.pages.first.tags["ExtraSamples"].value in (2, (2,)), (mode, bits)
+
 
 def test_frames_and_a_transparent_colour_left_out_are_said(tiny: Path, tmp_path: Path) -> None:
     grey, rgb = pixels("L", 8, (8, 6)), pixels("RGB", 8, (8, 6))
@@ -577,6 +635,73 @@ def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() ->
     assert memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu) < 2**24
     big = memory_needed(Header(3000, 2000, 3, 8, 1), 2, k25, cpu)
     assert big - BYTES_PER_SAMPLE * 6000 * 4000 * 3 > 2**30  # a whole tile's maps, with its context
+
+
+def test_an_output_s_format_is_its_suffix_s_in_any_case() -> None:
+    from rlcsc.imageio import format_of
+
+    names = {"a.png": "PNG", "a.PNG": "PNG", "a.jpg": "JPEG", "a.jpeg": "JPEG", "a.JPEG": "JPEG", "a.bmp": "BMP",
+             "a.tif": "TIFF", "a.tiff": "TIFF", "a.Tif": "TIFF"}
+    assert {name: format_of(Path(name)) for name in names} == names
+    for name in ("a.webp", "a", "a.png.txt"):
+        with pytest.raises(RlcscError, match="cannot tell an image format"):
+            format_of(Path(name))
+
+
+def test_jpeg_and_bmp_refuse_any_alpha_and_16_bits() -> None:
+    """JPEG and BMP hold neither an alpha channel (grey+alpha as much as RGBA) nor 16 bits per channel; PNG and
+    TIFF hold both."""
+    from rlcsc.imageio import output_format
+
+    for name in ("out.jpg", "out.bmp"):
+        for mode, bits in (("LA", 8), ("RGBA", 8), ("L", 16), ("RGB", 16)):
+            with pytest.raises(RlcscError, match="write .png or .tif instead"):
+                output_format(Path(name), mode, bits)
+        assert output_format(Path(name), "RGB", 8) in ("JPEG", "BMP")
+    for name in ("out.png", "out.tif"):
+        assert [output_format(Path(name), mode, 16) for mode in ("LA", "RGBA")] == [name[4:].upper().replace("TIF", "TIFF")] * 2
+
+
+def test_a_palette_with_a_transparent_entry_counts_four_channels_in_its_header(tmp_path: Path) -> None:
+    """A palette PNG with a tRNS chunk is read as RGBA, so its header counts 4 channels (3 without tRNS), as
+    the memory and the output format are judged from it before any pixel is decoded."""
+    rgb = pixels("RGB", 8, (8, 6))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pt.png", transparency=0)
+    assert [read_header(tmp_path / n).channels for n in ("p.png", "pt.png")] == [3, 4]
+    assert read_picture(tmp_path / "pt.png").mode == "RGBA"
+
+
+def test_the_cpu_is_charged_for_a_tile_with_its_context_and_a_gpu_for_no_tile() -> None:
+    """K25 has 30 layers of 3x3 (K + 5): a 512-pixel CPU tile is computed with 30 pixels of context on each side,
+    its 256-channel float32 maps held MAPS_PER_PIXEL deep; on a GPU only the float64 samples count."""
+    from rlcsc.imageio import Header
+    from rlcsc.sr import BYTES_PER_SAMPLE, MAPS_PER_PIXEL, memory_needed
+
+    k25, header = RLCSC(), Header(3000, 2000, 3, 8, 1)
+    samples = BYTES_PER_SAMPLE * 6000 * 4000 * 3
+    assert memory_needed(header, 2, k25, torch.device("cpu")) == samples + 572 * 572 * MAPS_PER_PIXEL * 256 * 4
+    assert memory_needed(header, 2, k25, torch.device("cuda")) == samples
+
+
+def test_the_memory_available_is_within_the_container_s_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MemAvailable, unless the cgroup v2 limit less what the container uses is smaller."""
+    files = {"/proc/meminfo": "MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n",
+             "/sys/fs/cgroup/memory.max": f"{4 * 2**30}\n", "/sys/fs/cgroup/memory.current": f"{2**30}\n"}
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if str(self) not in files:
+            raise FileNotFoundError(str(self))
+        return files[str(self)]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert sr.available_memory() == 3 * 2**30  # the container's 4 GiB, 1 GiB of it used
+    files["/sys/fs/cgroup/memory.max"] = f"{64 * 2**30}\n"
+    assert sr.available_memory() == 8000000 * 1024  # the machine's, below a limit it does not reach
+    files["/sys/fs/cgroup/memory.max"] = "max\n"
+    assert sr.available_memory() == 8000000 * 1024
+    del files["/sys/fs/cgroup/memory.max"]
+    assert sr.available_memory() == 8000000 * 1024  # no cgroup v2
 
 
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,
