@@ -1,7 +1,8 @@
 """Reading and writing image files: uint8 arrays for the data stages, full-precision pictures for `rlcsc sr`.
 
-Pillow reads and writes 8-bit files, but reads a 16-bit colour PNG as 8-bit; so 16-bit PNG goes through
-pypng, and 16-bit TIFF (and a TIFF turned by its orientation tag) through tifffile. Every reader's pixels
+Pillow reads and writes 8-bit files, but reads a 16-bit colour PNG or PPM as 8-bit; so 16-bit PNG goes
+through pypng, 16-bit TIFF (and a TIFF turned by its orientation tag) through tifffile, and binary PGM and PPM
+of more than 8 bits are read here. Every reader's pixels
 are turned upright by the file's EXIF orientation in one place (`_upright`), and the file's ICC colour
 profile goes with the picture into the output. A picture's size is known from its file's header before any
 pixel is decoded (`read_header`), for every reader alike: `rlcsc sr` decides from it whether the image
@@ -34,6 +35,7 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif"
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+PNM_MAGIC = (b"P2", b"P3", b"P5", b"P6")  # grey and colour Netpbm, plain (ASCII) and binary
 EXIF_ORIENTATION = 0x0112
 # What Pillow and tifffile raise for a file they cannot read: damaged (tags of the wrong type or count, offsets
 # out of range, no first page), not an image, or over Pillow's decompression-bomb limit.
@@ -122,7 +124,7 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 def _kind(path: Path) -> str:
     """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or an 8-bit grey or RGB
     one turned by its orientation tag, whose pixels Pillow scrambles when they are stored uncompressed; Pillow
-    turns other TIFFs upright itself), "png16" or "pillow"."""
+    turns other TIFFs upright itself), "png16", "pnm16" (a binary PGM or PPM of more than 8 bits) or "pillow"."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
@@ -134,7 +136,23 @@ def _kind(path: Path) -> str:
             plain = page.dtype == np.uint8 and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
             if page.bitspersample == 16 or (turned and plain and page.compression in tifffile.TIFF.DECOMPRESSORS):
                 return "tiff"
+    if head[:2] in PNM_MAGIC:
+        with _opened(path) as im:
+            return "pnm16" if _pnm16(im) else "pillow"
     return "png16" if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10" else "pillow"  # IHDR's bit depth
+
+
+def _pnm16(im: Image.Image) -> tuple[int, int] | None:
+    """(maxval, offset of the pixels) of Pillow's image `im` of a binary PGM or PPM of more than 8 bits (its
+    maxval over 255), which Pillow would scale to 8 bits if colour; None for one of 8 bits. A plain one of more
+    than 8 bits is an error."""
+    tile = im.tile[0]
+    maxval = 65535 if tile.args == "I;16B" else tile.args[-1] if tile.codec_name != "raw" else 255
+    if maxval <= 255:
+        return None
+    if tile.codec_name == "ppm_plain":
+        raise ValueError("a plain (ASCII) PGM or PPM of more than 8 bits is not supported; save it as binary (P5, P6)")
+    return maxval, tile.offset
 
 
 def _orientation(value: object) -> int:
@@ -204,12 +222,14 @@ def read_header(path: Path) -> Header:
         with _opened(path) as im:
             if kind == "png16":  # read by pypng; Pillow opens 16-bit grey+alpha as RGBA
                 channels = _png_planes(path)
+            elif kind == "pnm16":
+                channels = 1 if im.mode == "I" else 3
             elif im.mode in PILLOW_MODES or im.mode.startswith("I;16"):
                 channels = (4 if im.has_transparency_data else 3) if im.mode in ("P", "PA") else len(im.getbands())
             else:
                 raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
                                  "8 or 16 bits per channel")
-            bits = 16 if kind == "png16" or im.mode.startswith("I;16") else 8
+            bits = 16 if kind in ("png16", "pnm16") or im.mode.startswith("I;16") else 8
             size = _sized(im.width, im.height, _exif_orientation(im))
             return Header(*size, channels, bits, getattr(im, "n_frames", 1))
     except PICTURE_ERRORS as err:
@@ -232,7 +252,8 @@ def read_picture(path: Path) -> Picture:
             with _opened(path) as im:
                 orientation, icc = _exif_orientation(im), im.info.get("icc_profile")
                 turned = im.format == "TIFF" and _orientation(im.tag_v2.get(EXIF_ORIENTATION, 1)) != 1  # by Pillow
-                picture = _read_png16(path) if kind == "png16" else _read_pillow(im)
+                picture = (_read_png16(path) if kind == "png16" else _read_pnm16(path, im) if kind == "pnm16"
+                           else _read_pillow(im))
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
     notes = [f"the first of its {frames} frames" if frames > 1 else "",
@@ -262,6 +283,18 @@ def _read_png16(path: Path) -> Picture:
         x = np.vstack(list(rows)).reshape(height, width, info["planes"])
     note = TRANSPARENT_COLOUR_DROPPED if "transparent" in info else ""
     return Picture((x[..., 0] if info["planes"] == 1 else x) / 65535.0, 16, note)
+
+
+def _read_pnm16(path: Path, im: Image.Image) -> Picture:
+    """The pixels of a binary PGM or PPM of more than 8 bits (big-endian 16-bit samples), divided by its maxval."""
+    maxval, offset = _pnm16(im)
+    shape = (im.height, im.width) + (() if im.mode == "I" else (3,))
+    x = np.fromfile(path, ">u2", count=int(np.prod(shape)), offset=offset)
+    if x.size < np.prod(shape):
+        raise ValueError("its pixel data is truncated")
+    if x.max(initial=0) > maxval:
+        raise ValueError(f"a sample exceeds its maxval {maxval}")
+    return Picture(x.reshape(shape) / float(maxval), 16)
 
 
 def _read_tiff(page: tifffile.TiffPage) -> Picture:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -29,7 +30,7 @@ from rlcsc.crop import shave
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import Picture, read_header, read_picture, write_picture
+from rlcsc.imageio import Header, Picture, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
 from rlcsc.inference import apply, load_model, model_state, network_sha256
 from rlcsc.metrics import psnr
@@ -175,6 +176,56 @@ def test_16bit_grey_that_pillow_reads_is_read_at_full_precision(tmp_path: Path) 
     picture = read_picture(tmp_path / "in.jp2")
     assert (picture.mode, picture.bits, read_header(tmp_path / "in.jp2").bits) == ("L", 16, 16)
     np.testing.assert_array_equal(picture.pixels, data / 65535)
+
+
+def netpbm(path: Path, magic: bytes, maxval: int, data: np.ndarray) -> None:
+    """A PGM or PPM file by the Netpbm format's own definition: a header (here with a comment), then binary
+    samples (big-endian, two bytes each above maxval 255) or plain decimal ones."""
+    head = b"%s\n# made by hand\n%d %d\n%d\n" % (magic, data.shape[1], data.shape[0], maxval)
+    body = (" ".join(map(str, data.ravel())).encode() if magic in (b"P2", b"P3")
+            else data.astype(">u2" if maxval > 255 else "u1").tobytes())
+    path.write_bytes(head + body)
+
+
+@pytest.mark.parametrize("magic,maxval,mode", [(b"P5", 4095, "L"), (b"P5", 65535, "L"), (b"P6", 1023, "RGB"),
+                                               (b"P6", 65535, "RGB")])
+def test_binary_netpbm_of_more_than_8_bits_is_read_at_full_precision(magic: bytes, maxval: int, mode: str,
+                                                                     tiny: Path, tmp_path: Path) -> None:
+    """maxval is white (Pillow makes a 16-bit PGM 32-bit integers and a 16-bit PPM 8-bit); `rlcsc sr` keeps
+    the 16 bits."""
+    data = np.random.default_rng(0).integers(0, maxval + 1, (9, 7) if mode == "L" else (9, 7, 3))
+    data.flat[:2] = 0, maxval
+    netpbm(tmp_path / "in.pnm", magic, maxval, data)
+    picture = read_picture(tmp_path / "in.pnm")
+    assert (picture.mode, picture.bits, picture.note) == (mode, 16, "")
+    assert read_header(tmp_path / "in.pnm") == Header(7, 9, 1 if mode == "L" else 3, 16, 1)
+    np.testing.assert_array_equal(picture.pixels, data / maxval)
+    line = sr_file(tmp_path / "in.pnm", tmp_path / "out.png", 3, tiny, False)
+    assert line.count(f" {mode} 16-bit") == 2 and load(tmp_path / "out.png").dtype == np.uint16, line
+
+
+def test_netpbm_of_8_bits_is_read_by_pillow(tmp_path: Path) -> None:
+    data = pixels("RGB", 8)
+    for magic in (b"P3", b"P6"):
+        netpbm(tmp_path / "in.ppm", magic, 255, data)
+        picture = read_picture(tmp_path / "in.ppm")
+        assert (picture.mode, picture.bits) == ("RGB", 8)
+        np.testing.assert_array_equal(picture.pixels, data / 255)
+
+
+@pytest.mark.parametrize("magic,data,message", [
+    (b"P2", np.array([[0, 4095]]), "a plain (ASCII) PGM or PPM of more than 8 bits is not supported"),
+    (b"P3", np.array([[[0, 1, 2], [3, 4, 4095]]]), "a plain (ASCII) PGM or PPM of more than 8 bits is not supported"),
+    (b"P5", np.array([[0, 4096]]), "a sample exceeds its maxval 4095"),
+])
+def test_netpbm_that_cannot_be_read_exactly_is_one_error(magic: bytes, data: np.ndarray, message: str,
+                                                         tmp_path: Path) -> None:
+    netpbm(tmp_path / "in.pnm", magic, 4095, data)
+    with pytest.raises(RlcscError, match=re.escape(message)):
+        read_picture(tmp_path / "in.pnm")
+    (tmp_path / "in.pnm").write_bytes((tmp_path / "in.pnm").read_bytes()[:-1])
+    with pytest.raises(RlcscError, match="truncated" if magic == b"P5" else "plain"):
+        read_picture(tmp_path / "in.pnm")
 
 
 @pytest.mark.parametrize("fmt,mode,bits", ALL)
