@@ -214,9 +214,10 @@ def costs(page: Page) -> list[Cost]:
         return []
     base = max(timed, key=lambda r: r.train["steps_done"])
     base_flops = flops(TrainParams.known(base.config))
+    params = read_params(page.params)
     seen, out = set(), []
-    for name, block in (read_params(page.params).get("experiments") or {}).items():
-        p = TrainParams.known({**(read_params(page.params).get("train") or {}), **(block or {})})
+    for name, block in (params.get("experiments") or {}).items():
+        p = TrainParams.known({**(params.get("train") or {}), **(block or {})})
         key = (p.arch, p.recursions, p.features, p.codes, p.residual, p.bias)
         if key in seen:
             continue
