@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlcsc.models.rlcsc import RLCSC
+from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.reference import table
 
 
@@ -45,6 +45,11 @@ def test_tables_3_4_and_figures_match_the_paper_text() -> None:
     f7 = table("figure7")
     assert dict(zip(f7.recursions, f7.psnr)) == {15: 33.98, 20: 34.06, 25: 34.11, 48: 34.16}
     f1 = table("figure1").set_index("model")
-    assert len(f1) == 8 and f1.loc["RL-CSC", "psnr"] == 34.11 and f1.loc["MemNet", "psnr"] == 34.09
+    assert len(f1) == 9 and f1.loc["MemNet", "psnr"] == 34.09
     assert f1.psnr_source.notna().all() and f1.parameters_source.notna().all()
-    assert f1.loc["RL-CSC", "parameters"] == sum(p.numel() for p in RLCSC().parameters())  # the paper's network
+    # the caption's two red points: K = 25 (30 layers) and K = 48 (53 layers), more recursions adding no parameters
+    ours = f1.loc["RL-CSC"]
+    assert dict(zip(ours.layers, ours.psnr)) == {30: 34.11, 53: 34.16}
+    for k, row in zip((25, 48), ours.sort_values("layers").itertuples()):
+        network = RLCSC(RLCSCConfig(recursions=k))
+        assert (row.layers, row.parameters) == (network.depth, sum(p.numel() for p in network.parameters()))

@@ -84,24 +84,33 @@ def test_a_quick_run_never_counts_and_a_paper_scale_one_does(tmp_path: Path) -> 
 
 
 def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(tmp_path: Path) -> None:
-    """Table 1's Set5 x3 PSNR of RL-CSC is also Figure 1's RL-CSC point and Figure 7's K = 25 point: each of those
-    rows counts it, the totals once."""
+    """Table 1's Set5 x3 PSNR of RL-CSC is also Figure 1's K = 25 point and Figure 7's K = 25 point, and Figure 1's
+    K = 48 point is Figure 7's: each of those rows counts it, the totals once; each point is set against the run
+    of its own K."""
     t1, f1, f7 = table("table1"), table("figure1"), table("figure7")
     set5_x3 = t1.query("method == 'RL-CSC' and dataset == 'Set5' and scale == 3").psnr.iloc[0]
-    assert set5_x3 == f1.query("model == 'RL-CSC'").psnr.iloc[0] == f7.query("recursions == 25").psnr.iloc[0]
+    assert set5_x3 == f1.query("model == 'RL-CSC' and layers == 30").psnr.iloc[0] == f7.query("recursions == 25").psnr.iloc[0]
+    assert f1.query("model == 'RL-CSC' and layers == 53").psnr.iloc[0] == f7.query("recursions == 48").psnr.iloc[0]
     runs = tmp_path / "runs"
     _run(runs, "K25-fast", "fast", _paper_metrics(0.0), epochs=35.0)
+    k48 = _run(runs, "K48-fast", "fast", {"Set5": {"x3": {"psnr": 34.16 - 0.3}}}, epochs=35.0)
+    train = json.loads((k48 / "train.json").read_text())
+    train["model"] |= {"recursions": 48, "depth": 53}
+    (k48 / "train.json").write_text(json.dumps(train))
     page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
     lines = scorecard.lines(page, TOLERANCE)
     found = {line.item: line for line in lines}
-    assert found["Figure 1, RL-CSC"].matched == found["Figure 7, K = 25"].matched == 1
+    assert found["Figure 1, K = 25"].matched == found["Figure 7, K = 25"].matched == 1
+    for item in ("Figure 1, K = 48", "Figure 7, K = 48"):
+        assert found[item].run.name == "K48-fast" and found[item].differences == pytest.approx((-0.3,))
     totals = scorecard.totals(lines)
-    assert totals.published == sum(line.published for line in lines) - 2
-    assert totals.measured == sum(len(line.differences) for line in lines) - 2
+    assert totals.published == sum(line.published for line in lines) - 3
+    assert totals.measured == sum(len(line.differences) for line in lines) - 3
     assert totals.matched == sum(line.matched for line in lines) - 2
-    assert [items for _, items in totals.shared] == [("Table 1, PSNR", "Figure 1, RL-CSC", "Figure 7, K = 25")]
+    assert [items for _, items in totals.shared] == [("Table 1, PSNR", "Figure 1, K = 25", "Figure 7, K = 25"),
+                                                     ("Figure 1, K = 48", "Figure 7, K = 48")]
     t2, t3 = table("table2"), table("table3")
-    # Figure 1's RL-CSC point and Figure 7's K = 25 point add nothing to Table 1's numbers
+    # Figure 1's two RL-CSC points add nothing to Table 1's and Figure 7's numbers
     distinct = 2 * len(t1.query("method == 'RL-CSC'")) + len(t2.query("method == 'RL-CSC'")) + len(t3) + len(f7) - 1
     assert totals.published == distinct
 
