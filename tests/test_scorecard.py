@@ -232,3 +232,10 @@ def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
     assert [report.signed(v, 2) for v in (-0.004, 0.004, -0.006, 0.1)] == ["+0.00", "+0.00", "-0.01", "+0.10"]
     assert report.commit({"commit": "0123456789abcdef-dirty"}) == "0123456789-dirty"
     assert report.commit({"commit": "0123456789abcdef"}) == "0123456789" and report.commit({}) == "unknown"
+
+
+def test_a_difference_of_exactly_the_tolerance_is_within_it() -> None:
+    """"Within 0.1 dB" includes 0.1 dB itself (here in binary fractions, which floats hold exactly)."""
+    keys = tuple(scorecard.number(30, "Set5", s, "psnr") for s in (2, 3, 4))
+    line = scorecard.Line("Table 1, PSNR", "psnr", keys, keys, (0.5, -0.5, 0.5 + 2**-20), 0.5, None)
+    assert line.matched == 2
