@@ -1,12 +1,14 @@
-"""Shared fixtures: the read-only data mirror of the benchmark images."""
+"""Shared fixtures: the read-only data mirror of the benchmark images, and a command that must fail in one line."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from rlcsc.cli import main
 from rlcsc.data.download import MIRROR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,3 +25,15 @@ def mirror() -> Path:
         if (path / "Set5").is_dir():
             return path
     pytest.skip(f"no data mirror found (set {MIRROR_ENV}; tried {', '.join(map(str, candidates))})")
+
+
+@pytest.fixture
+def one_line_error(capsys: pytest.CaptureFixture) -> Callable[[list[str]], str]:
+    """`rlcsc ARGV` run in this process, which must exit with status 1 and one line on stderr: that line."""
+    def run(argv: list[str]) -> str:
+        capsys.readouterr()
+        assert main(argv) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+    return run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,6 @@ from rlcsc.train import Monitor, TrainParams, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TrainParams(recursions=1, features=2, codes=4, pairs=8, batch=4, epochs=1, compile=False, device="cpu")
-
-
-def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def flip_exponent(path: Path, weight: torch.Tensor) -> None:
@@ -58,7 +51,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path,
+                                                         one_line_error: Callable[[list[str]], str]) -> None:
     torch.manual_seed(0)
     model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
     save_torch({**model_state(model), "experiment": "K25"}, tmp_path / "model.pt")
@@ -66,7 +60,7 @@ def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path, capsys:
     flip_exponent(tmp_path / "model.pt", model.state_dict()["f0.weight"])
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
     argv = ["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "model.pt"), "-o", str(tmp_path / "o.png")]
-    assert one_line_error(capsys, argv).endswith(f"corrupt {tmp_path / 'model.pt'}: its network differs from the "
+    assert one_line_error(argv).endswith(f"corrupt {tmp_path / 'model.pt'}: its network differs from the "
                                                  "SHA-256 it carries; train it again (`dvc repro train@K25`)")
     assert not (tmp_path / "o.png").exists()
 
@@ -141,7 +135,8 @@ def test_a_folder_whose_files_and_checksums_disagree_is_named(folders: Path, tmp
         verify(patches, "redo")
 
 
-def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path,
+                                                   one_line_error: Callable[[list[str]], str]) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(mirror / "Set5", raw / "Set5")
     shutil.copy(raw / "Set5" / "img_002_SRF_2_HR.png", raw / "Set5" / "img_001_SRF_2_HR.png")
@@ -149,14 +144,14 @@ def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path,
             "--out", str(tmp_path / "o")]
     expected = (f"corrupt {raw / 'Set5' / 'img_001_SRF_2_HR.png'}: not the file manifest.tsv pins (its SHA-256 "
                 f"differs), nor an image of its Y channel; fetch it again with `rlcsc download --out {raw}`")
-    assert one_line_error(capsys, argv).endswith(expected)
+    assert one_line_error(argv).endswith(expected)
     assert not (tmp_path / "o" / "metrics.json").exists()
     with pytest.raises(RlcscError, match=re.escape(expected)):
         Monitor(raw, "Set5", 3, "fp32")  # training's Set5 x3 scores
 
 
 def test_a_test_image_in_another_lossless_form_of_its_y_is_scored_alike(mirror: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+                                                                       one_line_error: Callable[[list[str]], str]) -> None:
     """The protocol reads only Y: a test set brought as its Y channel alone (a grey PNG of each image) is
     accepted by its Y's SHA-256 and scores bit for bit as the pinned files do; one grey level off is not."""
     argv = ["evaluate", "--method", "bicubic", "--datasets", "Set5", "--scales", "3", "--no-ifc"]
@@ -173,12 +168,13 @@ def test_a_test_image_in_another_lossless_form_of_its_y_is_scored_alike(mirror: 
     y = np.asarray(Image.open(grey)).copy()
     y[10, 10] ^= 1
     Image.fromarray(y).save(grey, format="PNG")
-    assert one_line_error(capsys, argv + ["--raw", str(raw), "--out", str(tmp_path / "o")]).endswith(
+    assert one_line_error(argv + ["--raw", str(raw), "--out", str(tmp_path / "o")]).endswith(
         f"corrupt {grey}: not the file manifest.tsv pins (its SHA-256 differs), nor an image of its Y channel; "
         f"fetch it again with `rlcsc download --out {raw}`")
 
 
-def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path,
+                                                           one_line_error: Callable[[list[str]], str]) -> None:
     """A changed digit of runs/K25-paper/metrics.json would go straight into Table 1."""
     runs = tmp_path / "runs"
     shutil.copytree(REPO / "runs" / "K25-paper", runs / "K25-paper")
@@ -189,9 +185,9 @@ def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path, capsy
     expected = (f"corrupt {metrics}: its bytes differ from the SHA-256 that {runs / 'K25-paper' / SUMS} holds; restore "
                 f"it with `git checkout -- {runs / 'K25-paper'}` (a run whose `rlcsc record` was cut short is sealed "
                 "by its next call)")
-    assert one_line_error(capsys, argv).endswith(expected)
+    assert one_line_error(argv).endswith(expected)
     assert not (tmp_path / "book").exists()
-    assert one_line_error(capsys, ["checksums", "--check", str(runs / "K25-paper")]).endswith(expected)
+    assert one_line_error(["checksums", "--check", str(runs / "K25-paper")]).endswith(expected)
     metrics.write_text(text)
     assert main(["checksums", "--check", str(runs / "K25-paper")]) == 0
 
@@ -210,7 +206,7 @@ def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_pat
     verify_run(run)
 
 
-def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     """`rlcsc checksums FOLDER` on a sealed run whose listed file was edited refuses, naming it, and keeps the
     old checksums: forgetting `--check` must not bless an edit that the report would then read."""
     run = tmp_path / "K25-paper"
@@ -218,7 +214,7 @@ def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, capsys: pytest
     seal(run)
     sums = (run / SUMS).read_text()
     (run / "metrics.json").write_text("{}\n")
-    assert one_line_error(capsys, ["checksums", str(run)]).startswith(f"rlcsc checksums: error: corrupt {run / 'metrics.json'}")
+    assert one_line_error(["checksums", str(run)]).startswith(f"rlcsc checksums: error: corrupt {run / 'metrics.json'}")
     assert (run / SUMS).read_text() == sums
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,6 @@ def write(tmp_path: Path, edit) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
-
-
-def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize("where,key,value,allowed", [
@@ -60,7 +53,7 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     ("budget", "weight_decay", float("nan"), "a number >= 0"),
 ])
 def test_a_bad_value_anywhere_gives_one_line_naming_layer_key_value_and_what_is_allowed(
-        tmp_path: Path, capsys, where: str, key: str, value, allowed: str) -> None:
+        tmp_path: Path, where: str, key: str, value, allowed: str, one_line_error: Callable[[list[str]], str]) -> None:
     def edit(params: dict) -> None:
         if where == "block":
             params["train"][key] = value
@@ -69,7 +62,7 @@ def test_a_bad_value_anywhere_gives_one_line_naming_layer_key_value_and_what_is_
         else:
             params["experiments"]["K25"][key] = value
     layer = {"block": "train", "budget": "budgets.quick.train", "experiment": "experiments.K25"}[where]
-    line = one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+    line = one_line_error(["params", "--params", str(write(tmp_path, edit))])
     assert f"{layer}: {key} = {value!r} is not allowed; it must be {allowed}" in line
 
 
@@ -79,40 +72,42 @@ def test_a_value_the_budget_overrides_is_still_checked(tmp_path: Path) -> None:
         load_block(path, "train", TrainParams, "K25")
 
 
-def test_evaluate_and_data_blocks_are_checked_too(tmp_path: Path, capsys) -> None:
+def test_evaluate_and_data_blocks_are_checked_too(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     cases = [(lambda p: p["evaluate"].update(scales=[5]), "scales = [5] is not allowed; it must be a non-empty list, each item one of 2, 3, 4"),
              (lambda p: p["budgets"]["quick"]["evaluate"].update(datasets=["Set6"]), "budgets.quick.evaluate: datasets = ['Set6']"),
              (lambda p: p["augment"].update(factors=[1.5]), "each item a number in (0, 1]"),
              (lambda p: p["patch"].update(size=0), "size = 0 is not allowed; it must be an integer >= 1")]
     for edit, message in cases:
-        assert message in one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+        assert message in one_line_error(["params", "--params", str(write(tmp_path, edit))])
 
 
-def test_a_budget_may_not_change_what_an_experiment_is(tmp_path: Path, capsys) -> None:
+def test_a_budget_may_not_change_what_an_experiment_is(tmp_path: Path,
+                                                       one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, lambda p: p["budgets"]["quick"]["train"].update(recursions=5))
-    line = one_line_error(capsys, ["params", "--params", str(path)])
+    line = one_line_error(["params", "--params", str(path)])
     assert "and budgets.quick.train both set ['recursions']; a budget may not change what an experiment is" in line
     machine = write(tmp_path, lambda p: p["budgets"]["quick"]["train"].update(precision="fp32"))
-    assert "budgets.quick.train sets ['precision']" in one_line_error(capsys, ["params", "--params", str(machine)])
+    assert "budgets.quick.train sets ['precision']" in one_line_error(["params", "--params", str(machine)])
 
 
-def test_unknown_blocks_keys_budgets_and_yaml_errors_are_one_line(tmp_path: Path, capsys) -> None:
+def test_unknown_blocks_keys_budgets_and_yaml_errors_are_one_line(tmp_path: Path,
+                                                                  one_line_error: Callable[[list[str]], str]) -> None:
     cases = [(lambda p: p.update(evalute={"ifc": False}), "unknown block(s) ['evalute']"),
              (lambda p: p["train"].update(learning_rate=0.1), "unknown key(s) ['learning_rate'] in"),
              (lambda p: p.update(budget="huge"), "budget = 'huge' is not allowed; it must name an entry of `budgets`"),
              (lambda p: p["budgets"]["quick"].update(report={}), "budgets.quick must be a mapping of stage blocks ["
               "'augment', 'patch', 'train', 'evaluate'] to their overrides, got unknown block(s) ['report']")]
     for edit, message in cases:
-        assert message in one_line_error(capsys, ["params", "--params", str(write(tmp_path, edit))])
+        assert message in one_line_error(["params", "--params", str(write(tmp_path, edit))])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [\n")
-    assert "is not valid YAML" in one_line_error(capsys, ["params", "--params", str(bad)])
+    assert "is not valid YAML" in one_line_error(["params", "--params", str(bad)])
 
 
-def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, capsys) -> None:
+def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     binary = tmp_path / "params.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    line = one_line_error(capsys, ["params", "--params", str(binary)])
+    line = one_line_error(["params", "--params", str(binary)])
     assert line.endswith(f"params file {binary} is not UTF-8 text (byte 0x89 at offset 0)")
 
 
@@ -127,19 +122,20 @@ def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, capsys) -> Non
     (lambda p: p.update(report="K25"), "report must be a mapping of keys to values, got 'K25'"),
     (lambda p: p.update({1: "x", "foo": "y"}), "unknown block(s) [1, 'foo'] in"),
 ])
-def test_a_file_of_the_wrong_shape_is_one_line_naming_where(tmp_path: Path, capsys, edit, message: str) -> None:
+def test_a_file_of_the_wrong_shape_is_one_line_naming_where(tmp_path: Path, edit, message: str,
+                                                            one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, edit)
     for argv in (["params", "--params", str(path)],
                  ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "o")]):
-        assert message in one_line_error(capsys, argv)
+        assert message in one_line_error(argv)
 
 
-def test_report_main_must_name_an_experiment(tmp_path: Path, capsys) -> None:
+def test_report_main_must_name_an_experiment(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, lambda p: p["report"].update(main="K99"))
-    line = one_line_error(capsys, ["params", "--params", str(path)])
+    line = one_line_error(["params", "--params", str(path)])
     assert "report: main = 'K99' is not allowed; it must name an entry of `experiments`: ['K15', " in line
     argv = ["report", "table1", "--params", str(path), "--out", str(tmp_path / "o")]
-    assert "report: main = 'K99' is not allowed" in one_line_error(capsys, argv)
+    assert "report: main = 'K99' is not allowed" in one_line_error(argv)
     assert not (tmp_path / "o").exists()
 
 
@@ -151,10 +147,11 @@ def test_report_main_must_name_an_experiment(tmp_path: Path, capsys) -> None:
     (lambda p: p["budgets"]["fast"]["train"].update(recursions=5),
      "and budgets.fast.train both set ['recursions']"),
 ])
-def test_a_budget_that_is_not_active_is_checked_too(tmp_path: Path, capsys, edit, message: str) -> None:
+def test_a_budget_that_is_not_active_is_checked_too(tmp_path: Path, edit, message: str,
+                                                    one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, edit)
     assert yaml.safe_load(path.read_text())["budget"] == "quick"
-    assert message in one_line_error(capsys, ["params", "--params", str(path)])
+    assert message in one_line_error(["params", "--params", str(path)])
 
 
 def test_yaml_numbers_without_a_dot_and_null_clip_are_read_as_meant(tmp_path: Path) -> None:
@@ -190,19 +187,20 @@ def test_no_traceback_reaches_the_user_from_a_bad_value(tmp_path: Path) -> None:
     (1e-300, "width = 1e-300 is not allowed with features = 128: it makes 0 features, and must make from 1 to 4096"),
     (24, "width = 24.0 is not allowed with codes = 256: it makes 6144 codes, and must make from 1 to 4096"),
 ])
-def test_a_width_that_leaves_no_feature_or_too_many_is_refused(tmp_path: Path, capsys, width: float,
-                                                               message: str) -> None:
+def test_a_width_that_leaves_no_feature_or_too_many_is_refused(tmp_path: Path, width: float,
+                                                               message: str,
+        one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, lambda p: p.update(budget="paper") or p["train"].update(width=width))
-    line = one_line_error(capsys, ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "m")])
+    line = one_line_error(["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "m")])
     assert line == f"rlcsc train: error: {path}, train of experiment K25: TrainParams: {message}"
     assert not (tmp_path / "m").exists()
 
 
-def test_a_key_given_twice_is_refused(tmp_path: Path, capsys) -> None:
+def test_a_key_given_twice_is_refused(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text().replace("  K25: {recursions: 25}\n",
                                                                 "  K25: {recursions: 25}\n  K25: {recursions: 30}\n"))
-    line = one_line_error(capsys, ["params", "--params", str(path)])
+    line = one_line_error(["params", "--params", str(path)])
     assert line.startswith(f"rlcsc params: error: params file {path} is not valid YAML: found duplicate key 'K25'")
     assert ", line 107, column 3: K25: {recursions: 30}" in line
 
@@ -222,29 +220,32 @@ def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path
 
 @pytest.mark.parametrize("name", ["$(touch pwned)", "a;touch pwned", "K25'", "models/K25", "..", "K25 x", "train@K25",
                                   "K2.5", "_K25", "25", "bicubic", "VDSR", "null", "Yes", "off"])
-def test_an_experiment_name_that_could_reach_a_shell_or_another_output_is_refused(tmp_path: Path, capsys, name: str) -> None:
+def test_an_experiment_name_that_could_reach_a_shell_or_another_output_is_refused(tmp_path: Path, name: str,
+                                                                                  one_line_error: Callable[[list[str]], str]) -> None:
     """Names become stage names, shell words and folders: K25_seed1 and K25-fast are fine; a name that
     holds anything else, reads as a YAML boolean or null, or takes another stage's folder is refused by
     every command that reads params.yaml."""
     path = write(tmp_path, lambda p: p["experiments"].update({name: {"recursions": 5}}))
     for argv in (["params", "--params", str(path)], ["augment", "--params", str(path), "--out", str(tmp_path / "a")],
                  ["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "o")]):
-        assert f"experiment name {name!r} is not allowed; a name is a letter, then " in one_line_error(capsys, argv)
+        assert f"experiment name {name!r} is not allowed; a name is a letter, then " in one_line_error(argv)
     assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
 
 
-def test_an_unquoted_yaml_boolean_as_a_name_is_refused(tmp_path: Path, capsys) -> None:
+def test_an_unquoted_yaml_boolean_as_a_name_is_refused(tmp_path: Path,
+                                                       one_line_error: Callable[[list[str]], str]) -> None:
     """PyYAML reads `yes:` as true, DVC as the string "yes": such a name means two things."""
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text().replace("  K25: {recursions: 25}\n",
                                                                 "  K25: {recursions: 25}\n  yes: {recursions: 5}\n"))
-    assert "experiment name True is not allowed" in one_line_error(capsys, ["params", "--params", str(path)])
+    assert "experiment name True is not allowed" in one_line_error(["params", "--params", str(path)])
 
 
-def test_two_names_that_differ_in_case_alone_are_refused(tmp_path: Path, capsys) -> None:
+def test_two_names_that_differ_in_case_alone_are_refused(tmp_path: Path,
+                                                         one_line_error: Callable[[list[str]], str]) -> None:
     path = write(tmp_path, lambda p: p["experiments"].update({"k25": {"recursions": 5}}))
     assert "experiment names 'K25' and 'k25' differ in letter case alone" in one_line_error(
-        capsys, ["params", "--params", str(path)])
+        ["params", "--params", str(path)])
 
 
 def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path, capsys) -> None:
@@ -253,7 +254,8 @@ def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path
     assert "train@K25-fast_2\n" in capsys.readouterr().out
 
 
-def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_path: Path, capsys) -> None:
+def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_path: Path,
+                                                                          one_line_error: Callable[[list[str]], str]) -> None:
     """A budget added to params.yaml and put in use: its blocks are read by the stages, but `dvc repro` reruns a
     stage only for the params dvc.yaml declares, so the check stage (`rlcsc params --checked`) names what to add."""
     def mine(p: dict) -> None:
@@ -263,7 +265,7 @@ def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_pa
     path = write(tmp_path, mine)
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     argv = ["params", "--params", str(path), "--checked", str(tmp_path / "checked")]
-    assert "budget mine is not declared in" in one_line_error(capsys, argv) and not (tmp_path / "checked").exists()
+    assert "budget mine is not declared in" in one_line_error(argv) and not (tmp_path / "checked").exists()
     assert main(["params", "--params", str(path)]) == 0  # listing the values is not refused
     declared = (REPO / "dvc.yaml").read_text().replace("- budgets.fast.", "- budgets.mine.")
     (tmp_path / "dvc.yaml").write_text(declared)
