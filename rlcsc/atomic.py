@@ -89,7 +89,8 @@ def folder_atomically(path: Path) -> Iterator[Path]:
 
 
 def write_text(text: str, path: Path) -> None:
-    atomically(lambda tmp: tmp.write_text(text), path)
+    """UTF-8; a file name that is not UTF-8 (held by Python as surrogates) is written as its own bytes."""
+    atomically(lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"), path)
 
 
 def write_json(obj: dict | list, path: Path) -> None:

@@ -31,7 +31,7 @@ def read_sums(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     sums = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
         digest, _, name = line.partition("  ")
         sums[name] = digest
     return sums
@@ -42,6 +42,9 @@ def seal(folder: Path, names: Iterable[str] | None = None) -> None:
     `files`, and no other line); the lines of other files are kept."""
     sums = read_sums(folder) if names is not None else {}
     sums.update({name: file_sha256(folder / name) for name in (files(folder) if names is None else names)})
+    newline = next((name for name in sums if "\n" in name or "\r" in name), None)
+    if newline is not None:  # a line per file: such a name would make a SHA256SUMS that its own check refuses
+        raise RlcscError(f"{folder}: the file name {newline!r} holds a line break, which {SUMS} cannot list; rename it")
     write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())), folder / SUMS)
 
 

@@ -106,10 +106,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     params = _load(args, "evaluate", EvaluateParams) if args.params else EvaluateParams()
     # the overrides are checked as the block's values, each scored once
-    datasets = tuple(dict.fromkeys(check_value(EvaluateParams, "datasets", args.datasets, "--datasets")
-                                   if args.datasets else params.datasets))
-    scales = tuple(dict.fromkeys(check_value(EvaluateParams, "scales", args.scales, "--scales")
-                                 if args.scales else params.scales))
+    datasets = (check_value(EvaluateParams, "datasets", list(dict.fromkeys(args.datasets)), "--datasets")
+                if args.datasets else params.datasets)
+    scales = (check_value(EvaluateParams, "scales", list(dict.fromkeys(args.scales)), "--scales")
+              if args.scales else params.scales)
     with_ifc = params.ifc and not args.no_ifc
     if args.model is None:
         upscale, model = bicubic, None
@@ -119,8 +119,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         model = describe_model(args.model)
         upscale = Network(args.model, pick_device("auto").type, params.precision)
+    fresh = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the scoring
-    scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
+    try:
+        scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
+    except BaseException:  # a missing test image, Ctrl-C: no empty folder left behind
+        if fresh and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
               "budget": budget, "model": model,
@@ -152,6 +158,8 @@ def _report(args: argparse.Namespace) -> None:
         if not folder.is_dir():  # a mistyped path would leave its runs out of the page without a word
             raise RlcscError(f"{flag} {folder} is not a folder")
     for run in sorted(p for p in args.runs.glob("*") if p.is_dir()):  # no number from an edited run
+        if not any(run.glob("*.json")):  # nothing a page reads (an empty folder, say): not a run
+            continue
         verify_run(run)
     parameters = {"params": str(args.params), "results": str(args.results), "models": str(args.models),
                   "runs": str(args.runs), "raw": str(args.raw), "main": params.main}
@@ -286,6 +294,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     from rlcsc.train import TrainParams
 
     steps = args.steps or BENCHMARK_STEPS.get(args.what)
+    if args.out is not None and args.out.exists():  # before the minutes of measurement, not after them
+        raise RlcscError(f"{args.out} already exists; give another --out or move it away")
     if args.what == "read":
         result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "input-precision":

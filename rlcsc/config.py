@@ -85,7 +85,8 @@ _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str:
 
 
 def _coerce(hint: Any, value: Any) -> Any:
-    """`value` as type `hint` (int, float, bool, str, tuple[X, ...], X | None); ValueError if it is not."""
+    """`value` as type `hint` (int, float, bool, str, tuple[X, ...] of distinct items, X | None); ValueError if
+    it is not."""
     if isinstance(hint, types.UnionType):
         if value is None and type(None) in hint.__args__:
             return None
@@ -93,7 +94,10 @@ def _coerce(hint: Any, value: Any) -> Any:
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError
-        return tuple(_coerce(hint.__args__[0], v) for v in value)
+        items = tuple(_coerce(hint.__args__[0], v) for v in value)
+        if len(set(items)) < len(items):  # a value twice would make (or score) the same data twice
+            raise ValueError
+        return items
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -117,7 +121,7 @@ def _describe(hint: Any, rule: Rule | None) -> str:
         (inner,) = [a for a in hint.__args__ if a is not type(None)]
         return f"null or {_describe(inner, rule)}"
     if typing.get_origin(hint) is tuple:
-        return f"a non-empty list, each item {_describe(hint.__args__[0], rule)}"
+        return f"a non-empty list of distinct items, each {_describe(hint.__args__[0], rule)}"
     if rule and rule.text.startswith("one of"):
         return rule.text
     words = _TYPE_WORDS[hint]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,12 +162,18 @@ def _orientation(value: object) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _exif_orientation(im: Image.Image) -> int:
+def _exif_orientation(im: Image.Image) -> int | None:
     """The EXIF orientation that Pillow's image `im` holds in its header (a JPEG's APP1, a PNG's eXIf chunk
-    before its pixels), read without decoding a pixel (Pillow's `getexif` decodes a PNG to look past them)."""
+    before its pixels), read without decoding a pixel (Pillow's `getexif` decodes a PNG to look past them);
+    None for an EXIF block that cannot be read, whose orientation is not known."""
     exif = Image.Exif()
     if "exif" in im.info:
-        exif.load(im.info["exif"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's warnings of a damaged block, on stderr
+                exif.load(im.info["exif"])
+        except READ_ERRORS:
+            return None
     return _orientation(exif.get(EXIF_ORIENTATION, 1))
 
 
@@ -180,7 +187,9 @@ def _upright(x: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _sized(width: int, height: int, orientation: int) -> tuple[int, int]:
-    """(width, height) of stored pixels of `width` x `height` once upright."""
+    """(width, height) of stored pixels of `width` x `height` once upright; an error for an image without a pixel."""
+    if width < 1 or height < 1:
+        raise ValueError(f"it is {width}x{height}, without a pixel")
     return (height, width) if orientation >= 5 else (width, height)
 
 
@@ -209,7 +218,7 @@ def _check_tiff(page: tifffile.TiffPage) -> None:
 
 def read_header(path: Path) -> Header:
     """The header of image file `path`; no pixel is decoded, whatever the image's size. A picture that
-    `read_picture` cannot make of it (its mode is not supported) is one error here already."""
+    `read_picture` cannot make of it (its mode is not supported, or it has no pixel) is one error here already."""
     _regular(path)
     try:
         kind = _kind(path)
@@ -230,7 +239,7 @@ def read_header(path: Path) -> Header:
                 raise ValueError(f"mode {im.mode} is not supported; save it as grey or RGB, with or without alpha, "
                                  "8 or 16 bits per channel")
             bits = 16 if kind in ("png16", "pnm16") or im.mode.startswith("I;16") else 8
-            size = _sized(im.width, im.height, _exif_orientation(im))
+            size = _sized(im.width, im.height, _exif_orientation(im) or 1)
             return Header(*size, channels, bits, getattr(im, "n_frames", 1))
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
@@ -257,8 +266,10 @@ def read_picture(path: Path) -> Picture:
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
     notes = [f"the first of its {frames} frames" if frames > 1 else "",
-             "turned upright by its EXIF orientation" if orientation != 1 or turned else "", picture.note]
-    return Picture(_upright(picture.pixels, orientation), picture.bits, "; ".join(filter(None, notes)), icc or None)
+             "turned upright by its EXIF orientation" if orientation not in (1, None) or turned else "",
+             "not turned: its EXIF block is damaged" if orientation is None else "", picture.note]
+    return Picture(_upright(picture.pixels, orientation or 1), picture.bits, "; ".join(filter(None, notes)),
+                   icc or None)
 
 
 def _read_pillow(im: Image.Image) -> Picture:

@@ -103,11 +103,13 @@ def _check_sha256(path: Path, state: dict) -> None:
     remedy = _remedy(path, state)
     digest = state.get("network_sha256")
     if digest is None:
-        sums = read_sums(path.parent)
-        if path.name not in sums:
+        real = path.resolve()  # a link to a recorded run's model.pt: the SHA256SUMS beside the file itself
+        sums = read_sums(real.parent)
+        if real.name not in sums:
             raise RlcscError(f"{path} carries no SHA-256 of its network (written before model files had one) and "
-                             f"no {SUMS} beside it lists it; {remedy}")
-        verify_file(path, sums[path.name], remedy)
+                             f"no {SUMS} beside it lists it; load it from the run folder it came from (or copy that "
+                             f"folder's {SUMS} beside it), else {remedy}")
+        verify_file(real, sums[real.name], remedy)
         return
     try:
         actual = network_sha256(state["arch"], state["config"], state["model"])

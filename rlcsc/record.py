@@ -117,10 +117,11 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     e = blocks["evaluate"]
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
+    pick_device(p.device)  # device: cuda without a GPU ends here, before any data are prepared or written
     work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
     out.mkdir(parents=True, exist_ok=True)
     env_path = out / "environment.json"
-    calls = _read_json(env_path)["calls"] if env_path.exists() else []
+    calls = _calls(env_path)
     _check_sealed(out, calls)
     held = _held(out, calls)
     if held not in (None, "training"):
@@ -167,7 +168,7 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
     kept, env_path = out / "model.pt", out / "environment.json"
-    calls = _read_json(env_path)["calls"] if env_path.exists() else []
+    calls = _calls(env_path)
     held = _held(out, calls) if out.is_dir() else None
     if held == "training":
         raise RlcscError(f"{out} holds a training run; record the evaluation into another --out")
@@ -184,6 +185,7 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         write_json({"calls": [{**call, "evaluated": False}]}, env_path)  # first: what a call cut short was
         if model is not None and not kept.exists():
             atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
+            seal(out, [kept.name])  # a model without a checksum of its own loads by the SHA256SUMS beside it
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
         about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
@@ -251,11 +253,26 @@ def _steps_done(out: Path, ckpt: dict | None) -> int:
 
 
 def _read_json(path: Path) -> dict:
-    """A JSON file of a recorded run, or one clear error naming it."""
+    """A JSON file of a recorded run (a mapping), or one clear error naming it."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RlcscError(f"{path} is not readable JSON ({err}); restore it from the commit that recorded it") from None
+    if not isinstance(data, dict):
+        raise RlcscError(f"{path} holds {type(data).__name__}, not the mapping the program wrote; restore it from "
+                         "the commit that recorded it")
+    return data
+
+
+def _calls(path: Path) -> list[dict]:
+    """The calls of a run's `environment.json` (none when there is no such file), or one clear error naming it."""
+    if not path.exists():
+        return []
+    calls = _read_json(path).get("calls")
+    if not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+        raise RlcscError(f"{path} holds no list of calls, as the program writes it; restore it from the commit "
+                         "that recorded it")
+    return calls
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -286,17 +303,23 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
         raise RlcscError(f"variant names must differ, got {', '.join(names)}")
     if out.exists():  # a comparison's GPU minutes are never written over
         raise RlcscError(f"{out} already exists; give another --out or move it away")
-    out.parent.mkdir(parents=True, exist_ok=True)
     limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
     base = replace(blocks["train"], **limit)
+    trained = {}
+    for name, changes in parsed:  # a variant that cannot run ends here, not after the ones before it trained
+        try:
+            trained[name] = replace(base, **changes)
+            pick_device(trained[name].device)
+        except RlcscError as err:
+            raise RlcscError(f"variant {name}: {err}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
     patches = prepare_data(blocks, raw, work, jobs)
     result = {"what": "comparison", "budget": budget, "experiment": experiment, **limit,
               "environment": environment({k: asdict(v) for k, v in blocks.items()}),
               "planned": names, "variants": []}
     for name, changes in parsed:
-        p = replace(base, **changes)
         with tempfile.TemporaryDirectory() as tmp:
-            summary = train(p, patches, raw, Path(tmp), blocks["evaluate"].precision,
+            summary = train(trained[name], patches, raw, Path(tmp), blocks["evaluate"].precision,
                             {"experiment": experiment, "budget": budget})
         if summary["status"] == "interrupted":  # the variants done so far are already written
             raise KeyboardInterrupt

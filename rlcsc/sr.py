@@ -15,7 +15,17 @@ import rlcsc
 from rlcsc.color import rgb2ycbcr, ycbcr2rgb
 from rlcsc.device import inference_precision, inferring, pick_device
 from rlcsc.errors import RlcscError
-from rlcsc.imageio import MODES, Header, Picture, format_of, output_format, read_header, read_picture, write_picture
+from rlcsc.imageio import (
+    FORMATS,
+    MODES,
+    Header,
+    Picture,
+    format_of,
+    output_format,
+    read_header,
+    read_picture,
+    write_picture,
+)
 from rlcsc.imresize import imresize
 from rlcsc.inference import CPU_TILE, apply, describe_model, for_inference, load_model, receptive_radius
 
@@ -88,8 +98,9 @@ def super_resolve(model: torch.nn.Module, picture: Picture, scale: float) -> Pic
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     """Where each input's result goes: `output` itself for one input, unless it is a folder; else
-    `<output>/<the input's name>`, in the format the name says, with `output` an existing folder. An input
-    that is a folder is one clear error."""
+    `<output>/<the input's name>`, in the format the name says (PNG, named `<stem>.png`, for a format this
+    command reads but does not write: GIF, WebP, PGM, ...), with `output` an existing folder. An input that is a
+    folder is one clear error."""
     folder = next((i for i in inputs if i.is_dir()), None)
     if folder:
         raise RlcscError(f"{folder} is a folder; name the image files in it (e.g. {folder / '*.png'})")
@@ -98,11 +109,11 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     if not output.is_dir():
         raise RlcscError(f"-o {output} is not a folder; with {len(inputs)} images, name the existing folder "
                          "their results go to")
-    names = [i.name for i in inputs]
+    names = [i.name if i.suffix.lower() in FORMATS else f"{i.stem}.png" for i in inputs]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
-        raise RlcscError(f"two images are named {twice}; each result takes its image's name in {output}, "
-                         "so give them different names")
+        raise RlcscError(f"two results would be named {twice} in {output} (each takes its image's name), "
+                         "so give the images different names")
     return [output / name for name in names]
 
 

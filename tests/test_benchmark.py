@@ -40,6 +40,21 @@ def test_benchmark_train_runs_on_cpu(tmp_path: Path, monkeypatch) -> None:
     assert main(argv + ["--steps", "1"]) == 0 and len(calls) == 1  # the very step `rlcsc train` runs
 
 
+def test_an_existing_out_is_refused_before_anything_is_measured(tmp_path: Path, monkeypatch,
+                                                                one_line_error) -> None:
+    from rlcsc import benchmark
+
+    monkeypatch.setattr(benchmark, "train_step", lambda *a: pytest.fail("measured before --out was checked"))
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY)
+    out = tmp_path / "kept.json"
+    out.write_text('{"ms_per_step": 1}\n')
+    for target in (out, tmp_path):
+        argv = ["benchmark", "train", "--params", str(params), "--experiment", "tiny", "--out", str(target)]
+        assert one_line_error(argv).endswith(f"{target} already exists; give another --out or move it away")
+    assert out.read_text() == '{"ms_per_step": 1}\n'
+
+
 def test_benchmark_evaluate_times_the_evaluate_block(mirror: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(TINY + "evaluate: {datasets: [Set5], scales: [3, 4], ifc: false}\n")

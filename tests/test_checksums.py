@@ -5,6 +5,7 @@ refusal is one line naming the file and what writes it again."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -80,6 +81,26 @@ def test_a_model_file_from_before_checksums_loads_as_its_run_sealed_it(tmp_path:
     with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(run / 'model.pt'))}: its bytes differ from the "
                        r"SHA-256 that .*SHA256SUMS holds; restore it from the commit that recorded it"):
         load_model(run / "model.pt")
+
+
+def test_a_link_to_a_sealed_model_loads_by_its_run_and_a_bare_copy_is_told_where_its_seal_is(tmp_path: Path) -> None:
+    """A model file without a checksum of its own is checked by the SHA256SUMS beside the file a link points to;
+    a copy without that SHA256SUMS is refused, with where to load it from (its bytes are not known to be wrong)."""
+    model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    state = model_state(model)
+    del state["network_sha256"]
+    save_torch(state, run / "model.pt")
+    seal(run)
+    (tmp_path / "link.pt").symlink_to(run / "model.pt")
+    load_model(tmp_path / "link.pt")
+    shutil.copy(run / "model.pt", tmp_path / "copy.pt")
+    with pytest.raises(RlcscError, match="load it from the run folder it came from .or copy that folder's SHA256SUMS"):
+        load_model(tmp_path / "copy.pt")
+    flip_exponent(run / "model.pt", model.state_dict()["f0.weight"])
+    with pytest.raises(RlcscError, match="its bytes differ from the SHA-256"):
+        load_model(tmp_path / "link.pt")
 
 
 def test_the_recorded_runs_are_sealed_and_their_models_load() -> None:
@@ -190,6 +211,40 @@ def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path,
     assert one_line_error(["checksums", "--check", str(runs / "K25-paper")]).endswith(expected)
     metrics.write_text(text)
     assert main(["checksums", "--check", str(runs / "K25-paper")]) == 0
+
+
+def test_a_folder_of_runs_that_holds_no_run_files_is_passed_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 one_line_error: Callable[[list[str]], str]) -> None:
+    """An empty folder, or one of notes, under runs/ is not a run to verify; one with a page's JSON files is."""
+    from rlcsc import report
+
+    monkeypatch.setattr(report, "execute_notebook", lambda *a: None)
+    runs = tmp_path / "runs"
+    (runs / "new").mkdir(parents=True)
+    (runs / "notes").mkdir()
+    (runs / "notes" / "plan.md").write_text("K48 next\n")
+    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out", str(tmp_path / "book")]
+    assert main(argv) == 0
+    (runs / "new" / "metrics.json").write_text("{}\n")
+    assert f"corrupt {runs / 'new'}" in one_line_error(argv)
+
+
+def test_file_names_that_are_not_utf8_are_sealed_and_a_line_break_is_refused(
+        tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
+    """SHA256SUMS lists a name in its own bytes, one line each: a name holding a line break cannot be listed."""
+    run = tmp_path / "run"
+    run.mkdir()
+    odd = run / os.fsdecode(b"caf\xe9.txt")  # Latin-1, not UTF-8
+    odd.write_text("x")
+    assert main(["checksums", str(run)]) == 0 and main(["checksums", "--check", str(run)]) == 0
+    assert os.fsencode(odd.name) in (run / SUMS).read_bytes()
+    odd.write_text("y")
+    with pytest.raises(RlcscError, match="its bytes differ"):
+        verify_run(run)
+    odd.unlink()
+    (run / "a\nb.txt").write_text("x")
+    assert one_line_error(["checksums", str(run)]).endswith(
+        f"{run}: the file name 'a\\nb.txt' holds a line break, which {SUMS} cannot list; rename it")
 
 
 def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     assert main(argv + ["--datasets", "Set5"]) == 1
     assert f"missing image {tmp_path}/Set5/img_001_SRF_2_HR.png: run `rlcsc download --out {tmp_path}` first" \
         in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing scored, no folder left
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  datasets: [Set5]\n  scale: [2]\n")
     assert main(argv + ["--params", str(params)]) == 1
@@ -77,9 +78,9 @@ def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) 
     assert "unknown key(s) ['scale']" in err and "valid keys" in err and "\n" not in err
     for bad in ("Set6", "T91"):  # T91 is a training set
         assert main(argv + ["--datasets", bad]) == 1
-        assert "each item one of Set5, Set14, BSD100, Urban100" in capsys.readouterr().err
+        assert "each one of Set5, Set14, BSD100, Urban100" in capsys.readouterr().err
     assert main(argv + ["--scales", "5"]) == 1
-    assert "each item one of 2, 3, 4" in capsys.readouterr().err
+    assert "each one of 2, 3, 4" in capsys.readouterr().err
     model = ["evaluate", "--model", str(tmp_path / "none.pt"), "--raw", str(tmp_path), "--out", str(tmp_path / "m")]
     assert main(model) == 1 and "model file not found" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing is made before the model is found
@@ -95,7 +96,7 @@ def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path
     assert main(argv) == 1  # a pinned test image replaced by a tiny one is not the pinned file: named, nothing scored
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"rlcsc evaluate: error: corrupt {small}: not the file manifest.tsv pins")
-    assert not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
     with pytest.raises(RlcscError, match=r"is 1x1: the protocol at x3 needs at least 54x54 \(3 pixels shaved from each "
                                          r"border, 48 left for IFC\)"):
         read_y(small, 3)  # read elsewhere (the figures, the benchmarks), its size is named
@@ -209,5 +210,6 @@ def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mir
     assert main(argv + ["--datasets", "Set5", "--scales", "4"]) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert {d: list(cells) for d, cells in metrics.items()} == {"Set5": ["x4"]} and metrics["Set5"]["x4"]["images"] == 5
+    out.unlink()  # an existing --out is refused
     assert main(argv) == 0
     assert {d: list(cells) for d, cells in json.loads(out.read_text())["metrics"].items()} == {"Set14": ["x2", "x3"]}

@@ -73,9 +73,15 @@ def test_a_value_the_budget_overrides_is_still_checked(tmp_path: Path) -> None:
 
 
 def test_evaluate_and_data_blocks_are_checked_too(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
-    cases = [(lambda p: p["evaluate"].update(scales=[5]), "scales = [5] is not allowed; it must be a non-empty list, each item one of 2, 3, 4"),
+    cases = [(lambda p: p["evaluate"].update(scales=[5]),
+              "scales = [5] is not allowed; it must be a non-empty list of distinct items, each one of 2, 3, 4"),
              (lambda p: p["budgets"]["quick"]["evaluate"].update(datasets=["Set6"]), "budgets.quick.evaluate: datasets = ['Set6']"),
-             (lambda p: p["augment"].update(factors=[1.5]), "each item a number in (0, 1]"),
+             (lambda p: p["augment"].update(factors=[1.5]), "each a number in (0, 1]"),
+             # a value twice would augment, cut or score the same data twice
+             (lambda p: p["augment"].update(rotations=[0, 90, 0]), "rotations = [0, 90, 0] is not allowed"),
+             (lambda p: p["augment"].update(factors=[1, 1.0]), "factors = [1, 1.0] is not allowed"),
+             (lambda p: p["patch"].update(scales=[3, 3]), "scales = [3, 3] is not allowed"),
+             (lambda p: p["evaluate"].update(datasets=["Set5", "Set5"]), "datasets = ['Set5', 'Set5'] is not allowed"),
              (lambda p: p["patch"].update(size=0), "size = 0 is not allowed; it must be an integer >= 1")]
     for edit, message in cases:
         assert message in one_line_error(["params", "--params", str(write(tmp_path, edit))])

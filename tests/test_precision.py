@@ -178,6 +178,7 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     native(False)  # and an untrained network of --experiment
     params = tmp_path / "params.yaml"
     params.write_text("train: {recursions: 2, features: 4, codes: 8, device: cpu}\nexperiments: {tiny: {}}\n")
+    out.unlink()  # an existing --out is refused
     assert main(argv + ["--params", str(params), "--experiment", "tiny"]) == 0
     result = json.loads(out.read_text())
     assert set(result["variants"]) == {"fp32"} | quantized

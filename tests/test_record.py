@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
     for name, damaged, said in (("environment.json", b"{", f"{out / 'environment.json'} is not readable JSON"),
+                                ("environment.json", b"[]", f"{out / 'environment.json'} holds list, not the mapping"),
+                                ("environment.json", b'{"calls": [1]}', f"{out / 'environment.json'} holds no list of calls"),
                                 ("checkpoint.pt", b"not a checkpoint", f"corrupt {out / 'checkpoint.pt'}: its bytes differ")):
         (out / name).write_bytes(damaged)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -194,6 +197,38 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
         assert err.startswith(f"rlcsc record: error: {said}") and "\n" not in err
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         shutil.copy(recorded / "runs" / "K25-quick" / name, out / name)
+
+
+def test_device_cuda_without_a_gpu_ends_before_any_data_or_folder(mirror: Path, tmp_path: Path,
+                                                                 one_line_error: Callable[[list[str]], str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["train"]["device"] = "cuda"
+    (tmp_path / "cuda.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+    said = "device cuda was asked for but no CUDA GPU is available (use auto or cpu)"
+    common = ["--budget", "quick", "--raw", str(mirror), "--work", str(tmp_path / "work"), "--jobs", "2"]
+    argv = ["record", "--params", str(tmp_path / "cuda.yaml"), *common, "--out", str(tmp_path / "run")]
+    assert one_line_error(argv).endswith(said)
+    argv = ["compare", "--params", str(REPO / "params.yaml"), *common, "--steps", "2", "--variant", "base:",
+            "--variant", "gpu:device=cuda", "--out", str(tmp_path / "ladder.json")]
+    assert one_line_error(argv).endswith(f"variant gpu: {said}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cuda.yaml"]
+
+
+def test_a_model_sealed_by_its_run_folder_is_recorded_at_the_first_call(mirror: Path, tmp_path: Path) -> None:
+    """runs/VDSR-official/model.pt carries no checksum of its own: its copy in the new folder is sealed there
+    before it is loaded, and scores what the recorded evaluation holds."""
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["budgets"]["quick"]["evaluate"] = {"datasets": ["Set5"], "scales": [3], "ifc": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+    out = tmp_path / "vdsr"
+    assert main(["record", "--params", str(tmp_path / "params.yaml"), "--budget", "quick", "--model",
+                 str(REPO / "runs" / "VDSR-official" / "model.pt"), "--raw", str(mirror), "--out", str(out),
+                 "--jobs", "2"]) == 0
+    verify_run(out)
+    recorded = json.loads((REPO / "runs" / "VDSR-official" / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
+    assert json.loads((out / "metrics.json").read_text())["Set5"]["x3"]["psnr"] == pytest.approx(recorded, abs=1e-4)
 
 
 def test_an_edited_file_of_a_run_is_never_sealed_as_the_program_s(recorded: Path, mirror: Path, params: Path,
@@ -334,7 +369,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert cosine["steps_done"] == 20 and cosine["curve"][-1]["lr"] < 0.01 * 1e-3  # decayed over the comparison
     assert half["steps_done"] == 10  # a variant's own length
     other = tmp_path / "other.json"
-    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"], ["--variant", "a:", "--variant", "a:lr=1"]):
+    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"], ["--variant", "a:", "--variant", "a:lr=1"],
+                ["--variant", "a:", "--variant", "bad:width=0.00001"]):  # found before variant a trains
         assert main(argv[:-4] + bad + ["--out", str(other)]) == 1 and not other.exists()
     kept = out.read_text()  # a comparison is never written over
     assert main(argv) == 1 and out.read_text() == kept

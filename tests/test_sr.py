@@ -305,6 +305,25 @@ def test_palette_bilevel_and_exif_orientation_are_converted_and_said(tiny: Path,
 
 
 
+def test_a_damaged_exif_block_leaves_the_picture_unturned_and_says_so(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """EXIF is read for the orientation alone: a block Pillow cannot parse costs the turn, not the image."""
+    rgb = pixels("RGB", 8, (8, 6))
+    for name in ("x.jpg", "x.png"):
+        Image.fromarray(rgb).save(tmp_path / name, exif=b"Exif\x00\x00\x01\x02\x03")
+        picture = read_picture(tmp_path / name)
+        assert picture.note == "not turned: its EXIF block is damaged" and picture.pixels.shape == (8, 6, 3)
+        assert read_header(tmp_path / name) == Header(6, 8, 3, 8, 1)
+    assert capsys.readouterr().err == ""  # nor Pillow's warnings
+
+
+def test_an_image_without_a_pixel_is_one_error(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="zero-size"):
+        tifffile.imwrite(tmp_path / "empty.tif", np.zeros((0, 5), np.uint16))
+    with pytest.raises(RlcscError, match=re.escape(f"cannot read image {tmp_path / 'empty.tif'}: it is 0x0, without")):
+        read_header(tmp_path / "empty.tif")
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: Path, orientation: int) -> None:
     """The same stored pixels and orientation tag give the same upright picture, and a header of its size, from an
@@ -818,12 +837,30 @@ def test_several_images_go_into_a_folder_each_under_its_name(tiny: Path, tmp_pat
     assert (one / "a.png").read_bytes() == (together / "a.png").read_bytes()
 
 
+def test_into_a_folder_a_format_that_is_read_but_not_written_becomes_png(tiny: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    rgb = pixels("RGB", 8)
+    Image.fromarray(rgb).save(tmp_path / "a.gif")
+    Image.fromarray(rgb).save(tmp_path / "b.webp", lossless=True)
+    netpbm(tmp_path / "c.PGM", b"P5", 4095, pixels("L", 8).astype(np.uint16) * 16)
+    save(rgb, tmp_path / "d.JPG")
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ("a.gif", "b.webp", "c.PGM", "d.JPG")
+    status, err = sr_in_process(capsys, *(str(tmp_path / n) for n in names), "--scale", "2", "--model", str(tiny),
+                                "-o", str(out))
+    assert status == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.JPG"]
+    assert load(out / "c.png").dtype == np.uint16 and load(out / "a.png").shape == (18, 14, 3)
+
+
 def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     """A mistake about any image is one line before the first is computed: nothing is written."""
     for name in ("a.png", "b.png", "sub/b.png", "in/a.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         save(pixels("RGB", 8), tmp_path / name)
+    Image.fromarray(pixels("RGB", 8)).save(tmp_path / "a.gif")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     png_header(tmp_path / "huge.png", 12000, 12000, 8, 0)
     Image.fromarray(pixels("RGB", 8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
@@ -836,7 +873,8 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
     (out / "b.png").write_bytes(b"keep me")
     cases = [
         (["a.png", "b.png"], "file.png", "is not a folder; with 2 images, name the existing folder"),
-        (["a.png", "sub/b.png", "b.png"], "out", "two images are named b.png"),
+        (["a.png", "sub/b.png", "b.png"], "out", "two results would be named b.png"),
+        (["a.gif", "a.png"], "empty", "two results would be named a.png"),  # a GIF's result is a PNG
         (["a.png", "b.png"], "out", "b.png exists; pass --overwrite"),
         (["a.png", "bad.png"], "empty", "cannot read image"),
         (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),

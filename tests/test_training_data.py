@@ -121,7 +121,7 @@ def test_missing_augmented_folder_and_bad_params_are_clear(tmp_path: Path) -> No
         make_patches(tmp_path / "none", tmp_path / "p", PatchParams())
     with pytest.raises(RlcscError, match="input_dtype = 'int8' is not allowed; it must be one of float16, float32"):
         PatchParams(input_dtype="int8")
-    with pytest.raises(RlcscError, match="each item one of updown, leftright, none"):
+    with pytest.raises(RlcscError, match="each one of updown, leftright, none"):
         AugmentParams(flips=("diagonal",))
 
 
