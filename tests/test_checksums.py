@@ -66,13 +66,19 @@ def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path,
     assert not (tmp_path / "o.png").exists()
 
 
-def test_a_model_file_from_before_checksums_loads_as_its_run_sealed_it(tmp_path: Path) -> None:
+def old_model_file(run: Path) -> torch.nn.Module:
+    """A tiny network saved as `run/model.pt` as model files were written before they carried a checksum."""
     model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
-    run = tmp_path / "runs" / "old"
     run.mkdir(parents=True)
     state = model_state(model)
     del state["network_sha256"]
     save_torch(state, run / "model.pt")
+    return model
+
+
+def test_a_model_file_from_before_checksums_loads_as_its_run_sealed_it(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "old"
+    model = old_model_file(run)
     with pytest.raises(RlcscError, match="model.pt carries no SHA-256 of its network .* and no SHA256SUMS beside it"):
         load_model(run / "model.pt")
     seal(run)
@@ -86,12 +92,8 @@ def test_a_model_file_from_before_checksums_loads_as_its_run_sealed_it(tmp_path:
 def test_a_link_to_a_sealed_model_loads_by_its_run_and_a_bare_copy_is_told_where_its_seal_is(tmp_path: Path) -> None:
     """A model file without a checksum of its own is checked by the SHA256SUMS beside the file a link points to;
     a copy without that SHA256SUMS is refused, with where to load it from (its bytes are not known to be wrong)."""
-    model = build("rlcsc", {"recursions": 1, "features": 2, "codes": 2})
     run = tmp_path / "runs" / "old"
-    run.mkdir(parents=True)
-    state = model_state(model)
-    del state["network_sha256"]
-    save_torch(state, run / "model.pt")
+    model = old_model_file(run)
     seal(run)
     (tmp_path / "link.pt").symlink_to(run / "model.pt")
     load_model(tmp_path / "link.pt")
