@@ -871,11 +871,13 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
     out.mkdir()
     (tmp_path / "empty").mkdir()
     (out / "b.png").write_bytes(b"keep me")
+    (tmp_path / "link.png").symlink_to(tmp_path / "nowhere.png")
     cases = [
         (["a.png", "b.png"], "file.png", "is not a folder; with 2 images, name the existing folder"),
         (["a.png", "sub/b.png", "b.png"], "out", "two results would be named b.png"),
         (["a.gif", "a.png"], "empty", "two results would be named a.png"),  # a GIF's result is a PNG
         (["a.png", "b.png"], "out", "b.png exists; pass --overwrite"),
+        (["a.png"], "link.png", "link.png exists; pass --overwrite"),  # a symbolic link to nothing
         (["a.png", "bad.png"], "empty", "cannot read image"),
         (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),
         (["a.png", "cmyk.jpg"], "empty", "mode CMYK is not supported"),
@@ -893,4 +895,4 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (names, err)
     assert [p.name for p in out.iterdir()] == ["b.png"] and (out / "b.png").read_bytes() == b"keep me"
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.png"] and not list((tmp_path / "empty").iterdir())
-    assert not (tmp_path / "file.png").exists()
+    assert not (tmp_path / "file.png").exists() and (tmp_path / "link.png").is_symlink()
