@@ -123,7 +123,7 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
     if not output.parent.is_dir():
         raise RlcscError(f"folder {output.parent} (of -o {output}) does not exist")
     format_of(output)
-    if (output.exists() or output.is_symlink()) and not overwrite:  # a link to nothing is replaced, not followed
+    if os.path.lexists(output) and not overwrite:  # a link to nothing too: it is replaced, not followed
         if input.exists() and output.exists() and os.path.samefile(input, output):
             raise RlcscError(f"-o {output} is the input file; name another file, or pass --overwrite to replace it")
         raise RlcscError(f"{output} exists; pass --overwrite to replace it")
