@@ -119,14 +119,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         model = describe_model(args.model)
         upscale = Network(args.model, pick_device("auto").type, params.precision)
-    fresh = not args.out.exists()
-    args.out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the scoring
-    try:
-        scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
-    except BaseException:  # a missing test image, Ctrl-C: no empty folder left behind
-        if fresh and not any(args.out.iterdir()):
-            args.out.rmdir()
-        raise
+    if args.out.exists() and not args.out.is_dir():  # refused before the scoring, not after it
+        raise RlcscError(f"--out {args.out} is not a folder")
+    scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
               "budget": budget, "model": model,

@@ -102,15 +102,15 @@ def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path
         read_y(small, 3)  # read elsewhere (the figures, the benchmarks), its size is named
 
 
-def test_what_the_file_system_refuses_is_one_line(mirror: Path, tmp_path: Path, capsys) -> None:
+def test_what_the_file_system_refuses_is_one_line(tmp_path: Path, capsys) -> None:
     from rlcsc.atomic import write_json
 
     taken = tmp_path / "taken"
     taken.write_text("keep me\n")  # a file where the output folder should be
-    argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--datasets", "Set5", "--scales", "3", "--no-ifc"]
-    assert main(argv + ["--out", str(taken)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"rlcsc evaluate: error: {taken}") and "\n" not in err and taken.read_text() == "keep me\n"
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(tmp_path / "none"), "--datasets", "Set5", "--scales", "3"]
+    assert main(argv + ["--out", str(taken)]) == 1  # refused before the scoring, which would miss the test images
+    assert capsys.readouterr().err.strip() == f"rlcsc evaluate: error: --out {taken} is not a folder"
+    assert taken.read_text() == "keep me\n"
     with pytest.raises(IsADirectoryError):  # a folder where a file should be: no temporary file is left
         write_json({}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
