@@ -34,13 +34,14 @@ UMASK = _umask()
 def temporary(path: Path, folder: bool = False) -> Iterator[Path]:
     """A new empty file (or folder) beside `path`, hidden, keeping its suffix (a writer may choose its
     format by it), with the permissions a new file gets; removed when the block ends, unless it was
-    renamed into place."""
+    renamed into place. Its name begins with at most 32 characters of `path`'s, so that it is no longer
+    than `path`'s when that is near the system's limit."""
     try:
         if folder:
-            tmp = Path(tempfile.mkdtemp(".tmp", f".{path.name}.", path.parent))
+            tmp = Path(tempfile.mkdtemp(".tmp", f".{path.name[:32]}.", path.parent))
             os.chmod(tmp, 0o777 & ~UMASK)
         else:
-            fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem}.", path.parent)
+            fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem[:32]}.", path.parent)
             os.close(fd)
             tmp = Path(name)
             os.chmod(tmp, 0o666 & ~UMASK)
