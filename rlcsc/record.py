@@ -41,7 +41,7 @@ import yaml
 from rlcsc.atomic import atomically, write_json
 from rlcsc.checksums import files, read_sums, seal, verify_run
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
-from rlcsc.data.augment import AugmentParams, augment, training_files
+from rlcsc.data.augment import AugmentParams, augment, check_found, training_files
 from rlcsc.data.patches import PatchParams, made_by, make_patches
 from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
@@ -69,18 +69,26 @@ def resolved(params_path: Path, budget: str, experiment: str) -> dict:
     return {name: build(cls, resolve(params, params_path, name, cls, e), where) for name, (cls, e) in blocks.items()}
 
 
+def _data_stamp(blocks: dict) -> dict:
+    """What `work/data.json` says of the training pairs there: the params and the code that made them."""
+    return {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"]), "code": code_hash("rlcsc.data.patches")}
+
+
+def _prepared(blocks: dict, work: Path) -> bool:
+    """Whether `work` holds the training pairs of `blocks`' params, made by this code."""
+    path = work / "data.json"
+    return path.exists() and path.read_text(errors="replace") == json.dumps(_data_stamp(blocks), indent=2) + "\n"
+
+
 def prepare_data(blocks: dict, raw: Path, work: Path, jobs: int | None) -> Path:
     """Augment and patch into `work` unless it already holds them for the same params, made by the same
     code (one writer at a time: `rlcsc.lock`); the patch folder."""
-    stamp = {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"]),
-             "code": code_hash("rlcsc.data.patches")}
-    stamp_path, text = work / "data.json", json.dumps(stamp, indent=2) + "\n"  # as write_json writes it
     with writing(work):
-        if not (stamp_path.exists() and stamp_path.read_text(errors="replace") == text):
-            stamp_path.unlink(missing_ok=True)
+        if not _prepared(blocks, work):
+            (work / "data.json").unlink(missing_ok=True)
             augment(training_files(raw, blocks["augment"]), work / "augmented", blocks["augment"], jobs)
             make_patches(work / "augmented", work / "patches", blocks["patch"], jobs)
-            write_json(stamp, stamp_path)
+            write_json(_data_stamp(blocks), work / "data.json")
     return work / "patches"
 
 
@@ -118,11 +126,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     if not raw.is_dir():
         raise RlcscError(f"no raw images at {raw}: run `rlcsc download --out {raw}` or pass --raw")
     pick_device(p.device)  # device: cuda without a GPU ends here, before any data are prepared or written
-    work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
-    out.mkdir(parents=True, exist_ok=True)
     env_path = out / "environment.json"
     calls = _calls(env_path)
-    _check_sealed(out, calls)
+    if out.is_dir():
+        _check_sealed(out, calls)
     held = _held(out, calls)
     if held not in (None, "training"):
         raise RlcscError(f"{out} holds the recorded evaluation of {EVALUATED[held]}, not a training run; record into "
@@ -138,6 +145,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     elif needs_training and (out / "train.json").exists():
         raise RlcscError(f"{out} holds a run but not its checkpoint.pt, which extending it needs: restore the "
                          "checkpoint (from the machine or commit that made it), or record into another --out")
+    if needs_training and not _prepared(blocks, work):  # missing training images end here, before any writing
+        check_found(training_files(raw, blocks["augment"]))
+    work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
+    out.mkdir(parents=True, exist_ok=True)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     try:
         if needs_training:

@@ -179,11 +179,18 @@ def test_a_run_finished_short_of_its_plan_needs_no_training(tmp_path: Path) -> N
 
 def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
-    """No raw images, or a damaged file in the run's folder: one line, and nothing is written."""
+    """No raw images, no training images, or a damaged file in the run's folder: one line, and nothing is written."""
     argv = ["record", "--params", str(params), "--budget", "quick", "--work", str(recorded / "work"),
             "--steps", "40", "--jobs", "2"]
     assert main([*argv, "--raw", str(tmp_path / "none"), "--out", str(tmp_path / "new")]) == 1
     assert "no raw images at" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    shutil.copytree(mirror / "Set5", tmp_path / "tests" / "Set5")  # the test images alone, no pairs made yet
+    fresh = [*argv[:5], "--work", str(tmp_path / "work"), *argv[7:], "--raw", str(tmp_path / "tests")]
+    assert main([*fresh, "--out", str(tmp_path / "new")]) == 1
+    first = sorted((mirror / "T91").iterdir())[0].name
+    assert capsys.readouterr().err.strip() == (f"rlcsc record: error: missing training image {tmp_path}/tests/T91/{first}: "
+                                               "run `rlcsc download` first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tests"]
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
     for name, damaged, said in (("environment.json", b"{", f"{out / 'environment.json'} is not readable JSON"),

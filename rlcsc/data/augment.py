@@ -109,15 +109,20 @@ def check_out(out: Path, outputs: Sequence[str], stage: str) -> None:
                          "refusing to delete them: choose a new or empty folder")
 
 
+def check_found(files: Sequence[Path]) -> None:
+    """One clear error naming the first of the training images `files` that is missing."""
+    missing = next((p for p in files if not p.is_file()), None)
+    if missing:
+        raise RlcscError(f"missing training image {missing}: run `rlcsc download` first")
+
+
 def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int | None = None) -> pd.DataFrame:
     """Write every variant of every image in `files` to `out` (images.u8 + index.csv), atomically.
 
     A file that cannot be read stops the stage with an error naming it; nothing is left in `out`.
     An `out` holding anything but a previous augment output is refused before any work.
     """
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise RlcscError(f"missing training image {missing[0]}: run `rlcsc download` first")
+    check_found(files)
     check_out(out, OUTPUTS, "augment")
     vs = variants(params)
     rows, offset = [], 0
