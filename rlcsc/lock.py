@@ -13,6 +13,7 @@ leaves nothing behind). A file of that name that is not such a lock is never wri
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -82,17 +83,31 @@ def _holding(path: Path) -> Iterator[None]:
             if os.stat(lock.file, follow_symlinks=False).st_ino == os.fstat(lock.fd).st_ino:
                 lock.file.unlink()  # while still holding it: a writer waiting on it then finds it gone
         os.close(lock.fd)
-        for folder in lock.made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # the output, or something else, is in it
+        _remove_empty(lock.made)
+
+
+def _remove_empty(folders: tuple[Path, ...]) -> None:
+    """Remove the folders made for a lock (the deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # the output, or something else, is in it
 
 
 def _acquire(path: Path) -> Lock:
-    file = lock_file(path)
+    """Take the lock of `path`; a lock that cannot be taken leaves none of the folders made for it."""
     made = tuple(folder for folder in (path.parent, *path.parent.parents) if not folder.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _take(path, lock_file(path), made)
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _take(path: Path, file: Path, made: tuple[Path, ...]) -> Lock:
+    """The lock file `file` of `path`, made or taken over from a process that ended, and locked."""
     while True:
         try:
             fd, created = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
@@ -101,6 +116,11 @@ def _acquire(path: Path) -> Lock:
                 fd, created = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), False
             except FileNotFoundError:
                 continue  # its holder ended and removed it meanwhile: take a fresh one
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            raise RlcscError(f"the name of {path} is too long: its lock file, .<name>.lock beside it, would pass the "
+                             "system's limit on a name; give a shorter one") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RlcscError(f"{file} (the lock of {path}) is not a file; move it away")

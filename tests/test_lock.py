@@ -131,6 +131,16 @@ def test_a_refused_command_leaves_no_folder_it_made(tmp_path: Path, capsys: pyte
                                           params]
 
 
+def test_a_name_too_long_for_its_lock_is_one_line_and_leaves_no_folder(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "a" / "b" / ("o" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".lock")))  # the name fits
+    assert main(["evaluate", "--method", "bicubic", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (f"rlcsc evaluate: error: the name of {out} is too long: its lock file, "
+                                               ".<name>.lock beside it, would pass the system's limit on a name; give "
+                                               "a shorter one")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("moment", ["open", "flock"])
 def test_a_lock_its_holder_removes_meanwhile_is_taken_afresh(moment: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
