@@ -170,3 +170,30 @@ def test_input_precision_scores_float32_inputs_by_the_protocol_and_float16_again
     protocol = summarize(evaluate(Network(model), mirror, ["Set5"], [3], False, jobs=1))["Set5"]["x3"]["psnr"]
     assert result["psnr_float32"] == pytest.approx(protocol, abs=1e-6)
     assert result["difference_db"] == result["psnr_float32"] - result["psnr_float16"] != 0
+
+
+def test_batch_reads_are_timed_after_the_warm_up_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first 20 batches (the page cache filling) take 1 s each on a fake clock, the rest 2 ms: none of the
+    first is among the timed reads."""
+    from rlcsc import benchmark
+
+    clock = {"now": 0.0, "reads": 0}
+
+    class Patches:
+        @classmethod
+        def open(cls, folder: Path) -> Patches:
+            return cls()
+
+        def __len__(self) -> int:
+            return 1000
+
+        def batch(self, positions: np.ndarray) -> None:
+            assert len(positions) == 16 and 0 <= positions.min() and positions.max() < 1000
+            clock["now"] += 1.0 if clock["reads"] < 20 else 0.002
+            clock["reads"] += 1
+
+    monkeypatch.setattr(benchmark, "PatchSet", Patches)
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock["now"])
+    result = benchmark.read_batches(Path("unused"), batch=16, steps=30)
+    assert clock["reads"] == 50 and (result["pairs"], result["batch"], result["steps"]) == (1000, 16, 30)
+    assert result["median_ms"] == pytest.approx(2.0) and result["p95_ms"] == pytest.approx(2.0)
