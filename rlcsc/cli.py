@@ -318,9 +318,22 @@ def _benchmark(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+class _Version(argparse.Action):
+    """`--version`: the package's version and the commit its code is at (`rlcsc.provenance.commit`), found
+    only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from rlcsc import __version__
+        from rlcsc.provenance import commit
+
+        print(f"rlcsc {__version__} (commit {commit() or 'unknown'})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rlcsc` parser with one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(prog="rlcsc", description=__doc__)
+    parser.add_argument("--version", action=_Version, nargs=0, help="the package's version and its code's commit")
     sub = parser.add_subparsers(dest="command", required=True)
     jobs = {"type": positive(int), "default": os.cpu_count(), "help": "worker processes (default: all cores)"}
     params = {"type": Path, "default": Path("params.yaml"), "help": "the params file"}

@@ -213,3 +213,16 @@ def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mir
     out.unlink()  # an existing --out is refused
     assert main(argv) == 0
     assert {d: list(cells) for d, cells in json.loads(out.read_text())["metrics"].items()} == {"Set14": ["x2", "x3"]}
+
+
+def test_version_names_the_package_s_version_and_its_code_s_commit(capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    from rlcsc import provenance
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    monkeypatch.setattr(provenance, "commit", lambda: "0123abc-dirty")
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out == f"rlcsc {version} (commit 0123abc-dirty)\n"
