@@ -79,17 +79,19 @@ def source_hash() -> str:
 def commit() -> str | None:
     """The project's git commit, else $RLCSC_COMMIT, else None; with "-dirty" where the package's code differs from
     it (a changed file, or one git does not track), not for what runs write beside it (a new or extended
-    `runs/<name>/`)."""
+    `runs/<name>/`). A repository that the package is merely installed inside (a virtual environment in
+    another project) is not the project's."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--", PACKAGE.name)
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("RLCSC_COMMIT")
+        top, head = git("rev-parse", "--show-toplevel", "HEAD").splitlines()
+        if Path(top).resolve() == PACKAGE.parent.resolve():
+            return head + ("-dirty" if git("status", "--porcelain", "--", PACKAGE.name) else "")
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        pass
+    return os.environ.get("RLCSC_COMMIT")
 
 
 def stamp() -> dict:

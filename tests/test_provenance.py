@@ -44,6 +44,25 @@ def test_outside_a_git_checkout_the_commit_is_the_one_the_environment_names(tmp_
     assert provenance.commit() is None
 
 
+def test_a_repository_the_package_is_installed_inside_is_not_the_project_s(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed (not editable) into a virtual environment inside another project's checkout, the package records
+    $RLCSC_COMMIT, else no commit: never that project's commit."""
+    package = tmp_path / ".venv" / "lib" / "site-packages" / "rlcsc"
+    package.mkdir(parents=True)
+    (package / "train.py").write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "another project"], check=True)
+    monkeypatch.setattr(provenance, "PACKAGE", package)
+    monkeypatch.setenv("RLCSC_COMMIT", "abc123")
+    assert provenance.commit() == "abc123"
+    monkeypatch.delenv("RLCSC_COMMIT")
+    assert provenance.commit() is None
+
+
 def test_the_code_hash_changes_when_a_module_is_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hash covers each file's path with its bytes: the same code under another module's name is other code."""
     package = tmp_path / "rlcsc"
