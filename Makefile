@@ -12,7 +12,7 @@ install: $(STAMP)
 # On a machine without an NVIDIA GPU, torch is pinned first (its CPU-only build where the pip index
 # serves one, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu); with a GPU, the
 # package's own `torch>=2.2` brings the CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml rlcsc/__init__.py  # the version pip records comes from rlcsc/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV)
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e ".[test]"
