@@ -221,7 +221,7 @@ def test_version_names_the_package_s_version_and_its_code_s_commit(capsys: pytes
 
     from rlcsc import provenance
 
-    version = installed_version("rlcsc")  # pyproject.toml's, as pip installed it
+    version = installed_version("rlcsc")  # as pip recorded it, from rlcsc.__version__
     monkeypatch.setattr(provenance, "commit", lambda: "0123abc-dirty")
     with pytest.raises(SystemExit) as ended:
         main(["--version"])
