@@ -143,8 +143,8 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 @torch.no_grad()
 def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int = 5, size: int = 288,
               datasets: Sequence[str] = ("Set5",), scale: int = 3) -> dict:
-    """Every inference precision the device runs natively (fp32; on a GPU tf32; bf16 where native:
-    `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8: `rlcsc.int8`) on the model file
+    """Every inference precision the device runs natively (fp32; on a GPU tf32; bf16 where native; on a CPU
+    winograd: `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8: `rlcsc.int8`) on the model file
     `model` or, without one, an untrained network of `p`: the median ms of a forward pass over a `size` x
     `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats` rounds so
     that a load on the machine falls on all of them alike; GFLOP/s, speed against fp32; and on each of
@@ -159,9 +159,9 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     else:
         arch, config = p.arch, p.model_config()
         base, label = for_inference(build(arch, config), device), f"untrained {config}"
-    modes = [m for m in ("fp32", "tf32", "bf16") if inference_precision(device, m) == m]
+    modes = [m for m in ("fp32", "tf32", "bf16", "winograd") if inference_precision(device, m) == m]
     missing = {m: f"runs as {inference_precision(device, m)} on this {device.type}"
-               for m in ("tf32", "bf16") if m not in modes}
+               for m in ("tf32", "bf16", "winograd") if m not in modes}
     nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
     steps = {m: (lambda m=m: nets[m](x)) for m in modes}

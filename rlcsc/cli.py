@@ -403,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
     p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
-                   "write the image in bfloat16, where the CPU or GPU computes it natively, else fp32) or fp32 "
-                   "(exact)")
+                   "write the image in bfloat16, where the CPU or GPU computes it natively; else winograd on a CPU, "
+                   "fp32 on a GPU), winograd (those convolutions in fp32 by Winograd's F(4x4, 3x3), on a CPU; "
+                   "fp32 on a GPU) or fp32 (exact)")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
                    "peak memory of --experiment under the current budget; inference: each precision the device runs "
-                   "natively (and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 tile, GFLOP/s, "
+                   "natively (winograd on a CPU, and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 tile, GFLOP/s, "
                    "speed and x3 PSNR and grey levels against fp32 on --datasets (default Set5), of "
                    "--model (default: an untrained --experiment network); "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "

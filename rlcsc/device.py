@@ -5,13 +5,15 @@ Training (`train.precision`, CUDA only; the CPU trains in fp32): `fp32` (plain f
 bfloat16 in the forward pass, on top of TF32). `using_precision` sets the TF32 switches for the code
 inside it and restores them on leaving, so no setting outlives the code that asked for it.
 
-Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; fp32 on the CPU) and
+Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; fp32 on the CPU),
 `bf16`: the convolutions between the image and the image in bfloat16 (for RL-CSC W1, the K
 applications of S and W2, 99% of its arithmetic), those that read or write the image (F0, F1 and H)
 and the residual sum in fp32 (`bf16_inside`; rounding the image itself to bf16 costs tenths of a grey
-level). `inference_precision` says what really runs: bf16 needs a device that computes it natively
-(a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than fp32), and
-falls back to fp32 where there is none, saying so once.
+level), and `winograd` (CPU): the same convolutions in fp32 by Winograd's F(4x4, 3x3)
+(`rlcsc.winograd`). `inference_precision` says what really runs: bf16 needs a device that computes it
+natively (a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than
+fp32), and falls back to winograd on a CPU (fp32 on a GPU) where there is none, saying so once; a GPU
+runs winograd as fp32, its convolution library choosing its own algorithms.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from torch import nn
 
 from rlcsc.errors import RlcscError
 
-PRECISIONS = ("bf16", "tf32", "fp32")
+PRECISIONS = ("bf16", "tf32", "fp32")  # of training
+INFERENCE_PRECISIONS = ("bf16", "winograd", "tf32", "fp32")
 
 
 def pick_device(name: str) -> torch.device:
@@ -90,16 +93,23 @@ def _say_once(line: str) -> None:
 
 
 def inference_precision(device: torch.device | str, mode: str) -> str:
-    """The precision a network runs in on `device` when `mode` is asked for: `mode` on CUDA, fp32 for
-    tf32 on the CPU, and fp32 for bf16 where the device lacks native bf16 (said once on stderr)."""
-    if mode not in PRECISIONS:
-        raise RlcscError(f"precision must be one of {', '.join(PRECISIONS)}, got {mode!r}")
+    """The precision a network runs in on `device` when `mode` is asked for: on CUDA `mode`, but fp32 for
+    winograd; on the CPU fp32 for tf32; where the device lacks native bf16, winograd on the CPU and fp32 on
+    a GPU for bf16 (a fallback said once on stderr)."""
+    if mode not in INFERENCE_PRECISIONS:
+        raise RlcscError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {mode!r}")
     cuda = torch.device(device).type == "cuda"
     if mode == "bf16" and not native_bf16(device):
+        fallback = "fp32" if cuda else "winograd"
         what = "this GPU has no bf16 units" if cuda else "this CPU has no AVX-512 BF16 or AMX"
-        _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in fp32")
+        how = "" if cuda else " (fp32 by Winograd's F(4x4, 3x3))"
+        _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in {fallback}{how}")
+        return fallback
+    if mode == "winograd" and cuda:
+        _say_once("rlcsc: winograd is for the CPU; on a GPU cuDNN picks its own convolution algorithms: "
+                  "computing in fp32")
         return "fp32"
-    return mode if cuda or mode == "bf16" else "fp32"
+    return mode if cuda or mode in ("bf16", "winograd") else "fp32"
 
 
 def _input_as_weights(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -45,13 +45,14 @@ MIN_SHAVED = 48
 @dataclass(frozen=True)
 class EvaluateParams(Checked):
     """Block `evaluate` of params.yaml: which test sets and scales are scored, whether IFC is, and
-    the precision of a network's convolutions (tf32 | fp32 | bf16; the CPU computes tf32 in fp32, and bf16
-    where it has native bf16: `rlcsc.device.inference_precision`)."""
+    the precision of a network's convolutions (tf32 | fp32 | bf16 | winograd; the CPU computes tf32 in fp32,
+    and bf16 where it has native bf16, else winograd; a GPU winograd in fp32:
+    `rlcsc.device.inference_precision`)."""
 
     datasets: tuple[str, ...] = param(TEST_SETS, one_of(*TEST_SETS))
     scales: tuple[int, ...] = param(SCALES, one_of(*SCALES))
     ifc: bool = param(True)
-    precision: str = param("tf32", one_of("tf32", "fp32", "bf16"))
+    precision: str = param("tf32", one_of("tf32", "fp32", "bf16", "winograd"))  # device.INFERENCE_PRECISIONS
 
 
 # Maps the ILR image (float64 Y in [0, 1]; a tensor on its device for an `in_process` upscaler)

@@ -18,6 +18,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.models.vdsr import VDSR, VDSRConfig
+from rlcsc.winograd import winograd_inside
 
 ARCHS = {"rlcsc": (RLCSC, RLCSCConfig), "drrn": (DRRN, DRRNConfig), "vdsr": (VDSR, VDSRConfig)}
 # The largest networks made: recursions, units or layers, and feature maps; far above the paper's (K = 48,
@@ -149,12 +150,14 @@ def load_model(path: Path, device: torch.device | str = "cpu", precision: str = 
 
 def for_inference(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> torch.nn.Module:
     """`model` in eval mode on `device`, its inner layers in bfloat16 when `precision` is bf16
-    (`rlcsc.device.bf16_inside`; which precision a device should run is `inference_precision`'s to say);
-    on the CPU with its weights channels-last, a layout whose convolutions oneDNN runs faster there (the
-    same sums up to fp32 rounding; `rlcsc benchmark evaluate` times a whole evaluation)."""
+    (`rlcsc.device.bf16_inside`) and by Winograd's F(4x4, 3x3) when it is winograd
+    (`rlcsc.winograd.winograd_inside`; which precision a device should run is `inference_precision`'s to
+    say); on the CPU with its weights channels-last, a layout whose convolutions oneDNN runs faster there
+    (the same sums up to fp32 rounding; `rlcsc benchmark evaluate` times a whole evaluation)."""
     cpu = torch.device(device).type == "cpu"
     model = model.to(device, memory_format=torch.channels_last if cpu else torch.preserve_format).eval()
-    return bf16_inside(model) if precision == "bf16" else model
+    inside = {"bf16": bf16_inside, "winograd": winograd_inside}.get(precision)
+    return inside(model) if inside else model
 
 
 def describe_model(path: Path) -> dict:
@@ -204,7 +207,8 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
 class Network:
     """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use) in the precision
     that `precision` gives on `device` (`rlcsc.device.inference_precision`, resolved here, once): on the
-    CPU fp32 unless bf16 is asked for and native; on a GPU TF32 convolutions for "tf32" only
+    CPU fp32 for tf32 and fp32, and winograd for winograd, or for bf16 where it is not native; on a GPU
+    TF32 convolutions for "tf32" only
     (`rlcsc.device.inferring`).
 
     On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the forward

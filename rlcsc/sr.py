@@ -39,9 +39,10 @@ NAMED_MODELS = {
 
 
 # The precision `rlcsc sr` runs in unless --precision says otherwise: the fastest whose Set5 x3 PSNR is
-# within 0.001 dB of fp32's (`rlcsc benchmark inference`), where the device computes it natively.
+# within 0.001 dB of fp32's (`rlcsc benchmark inference`), where the device computes it natively; on a
+# CPU without native bf16, winograd.
 PRECISION = "bf16"
-SR_PRECISIONS = ("bf16", "fp32")
+SR_PRECISIONS = ("bf16", "winograd", "fp32")
 
 
 def named_model(name: str = "rlcsc") -> Path:
@@ -133,8 +134,8 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
 # its float64 copies through `imresize` and the colour conversions (33 to 45 measured by peak memory).
 BYTES_PER_SAMPLE = 40
 # Feature maps a network holds at once per pixel of a tile, in units of its widest layer (4.5 to 5.1
-# measured on the CPU); float32.
-MAPS_PER_PIXEL = 5
+# measured on the CPU; winograd adds a padded copy of a layer's input); float32.
+MAPS_PER_PIXEL = 6
 
 
 def available_memory() -> int:
@@ -179,10 +180,11 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
 def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,
                         max_memory: float | None = None, precision: str = PRECISION) -> Iterator[str]:
     """Upscale each image file of `inputs` by `scale` into `output_paths(inputs, output)` with the network
-    in `precision` (fp32 where bf16 is not native: `rlcsc.device.inference_precision`), yielding a line
-    that says what was done as each is written. What can be checked before any work is checked for
-    every image first: the outputs, the headers, the model, and the memory each image takes (more than
-    `max_memory` GiB, default what is available, is refused from its header, before it is decoded)."""
+    in `precision` (bf16 where it is native, else winograd on a CPU and fp32 on a GPU; winograd on a GPU
+    runs in fp32: `rlcsc.device.inference_precision`), yielding a line that says what was done as each is
+    written. What can be checked before any work is checked for every image first: the outputs, the
+    headers, the model, and the memory each image takes (more than `max_memory` GiB, default what is
+    available, is refused from its header, before it is decoded)."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
     if precision not in SR_PRECISIONS:

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -67,16 +68,24 @@ def test_bf16_is_fp32_up_to_rounding_its_inner_layers(arch: str, config: dict) -
     assert np.abs(apply(fast, rounded_image) - exact).max() > tolerance
 
 
-def test_bf16_falls_back_to_fp32_where_it_is_not_native_and_says_so_once(native, capsys) -> None:
+def test_bf16_falls_back_to_winograd_on_a_cpu_where_it_is_not_native_and_says_so_once(native, capsys) -> None:
     native(False)
-    assert [device.inference_precision("cpu", m) for m in ("bf16", "bf16", "tf32", "fp32")] == ["fp32"] * 4
+    asked = ("bf16", "bf16", "winograd", "tf32", "fp32")
+    assert [device.inference_precision("cpu", m) for m in asked] == ["winograd"] * 3 + ["fp32"] * 2
     assert capsys.readouterr().err == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where bf16 "
-                                       "runs slower than fp32: computing in fp32\n")
+                                       "runs slower than fp32: computing in winograd (fp32 by Winograd's F(4x4, 3x3))\n")
     native(True)
-    assert [device.inference_precision("cpu", m) for m in ("bf16", "tf32", "fp32")] == ["bf16", "fp32", "fp32"]
+    assert [device.inference_precision("cpu", m) for m in asked[1:]] == ["bf16", "winograd", "fp32", "fp32"]
     assert capsys.readouterr().err == ""
-    with pytest.raises(device.RlcscError, match="precision must be one of bf16, tf32, fp32, got 'int4'"):
+    with pytest.raises(device.RlcscError, match="precision must be one of bf16, winograd, tf32, fp32, got 'int4'"):
         device.inference_precision("cpu", "int4")
+
+
+def test_a_gpu_runs_winograd_as_fp32_and_says_so_once(capsys) -> None:
+    """cuDNN picks its own convolution algorithms (Winograd's among them) on a GPU."""
+    assert [device.inference_precision("cuda", "winograd") for _ in range(2)] == ["fp32"] * 2
+    assert capsys.readouterr().err == ("rlcsc: winograd is for the CPU; on a GPU cuDNN picks its own convolution "
+                                       "algorithms: computing in fp32\n")
 
 
 @pytest.fixture
@@ -89,7 +98,8 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
     """--precision fp32 is the network as it always ran; bf16 (the default) differs from it by rounding where
-    native and is fp32 where not, saying so; anything else is one line, and nothing is written."""
+    native and is winograd where not, saying so; winograd is fp32 up to its rounding; anything else is one
+    line, and nothing is written."""
     def sr(out: str, *precision: str) -> tuple[int, list[str]]:
         """Exit status and the lines said on stderr (the progress bar left out)."""
         status = main(["sr", str(tmp_path / "in.png"), "--scale", "3", "--model", str(tiny), "-o",
@@ -102,10 +112,15 @@ def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
     assert status == 0 and len(said) == 1 and said[0].endswith(") in fp32")
     status, said = sr("fallback.png")
     assert status == 0 and said[0] == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where "
-                                       "bf16 runs slower than fp32: computing in fp32")
-    assert len(said) == 2 and said[1].endswith(") in fp32")
+                                       "bf16 runs slower than fp32: computing in winograd (fp32 by Winograd's "
+                                       "F(4x4, 3x3))")
+    assert len(said) == 2 and said[1].endswith(") in winograd")
+    status, said = sr("winograd.png", "--precision", "winograd")
+    assert status == 0 and len(said) == 1 and said[0].endswith(") in winograd")
     exact = np.asarray(Image.open(tmp_path / "fp32.png"))
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "fallback.png")), exact)
+    winograd = np.asarray(Image.open(tmp_path / "winograd.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "fallback.png")), winograd)
+    assert np.abs(winograd.astype(int) - exact).max() <= 1
     native(True)
     status, said = sr("bf16.png", "--precision", "bf16")
     assert status == 0 and len(said) == 1 and said[0].endswith(") in bf16")
@@ -113,35 +128,38 @@ def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
     assert 0 < np.abs(fast - exact).max() <= 2
     for bad in ("fp16", "tf32", "int8"):
         status, said = sr(f"{bad}.png", "--precision", bad)
-        assert status == 1 and said == [f"rlcsc sr: error: --precision must be one of bf16, fp32, got '{bad}'"]
+        assert status == 1 and said == [f"rlcsc sr: error: --precision must be one of bf16, winograd, fp32, got "
+                                        f"'{bad}'"]
         assert not (tmp_path / f"{bad}.png").exists()
 
 
-def test_evaluate_precision_bf16_is_recorded_as_computed(tiny: Path, tmp_path: Path, mirror: Path, native) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text("evaluate: {precision: bf16, ifc: false}\n")
-    for answer, computed in ((True, "bf16"), (False, "fp32")):
+def test_evaluate_precision_is_recorded_as_computed(tiny: Path, tmp_path: Path, mirror: Path, native) -> None:
+    psnr = {}
+    for asked, answer, computed in (("bf16", True, "bf16"), ("bf16", False, "winograd"), ("fp32", True, "fp32")):
         native(answer)
-        out = tmp_path / f"o-{computed}"
+        params, out = tmp_path / f"{computed}.yaml", tmp_path / f"o-{computed}"
+        params.write_text(f"evaluate: {{precision: {asked}, ifc: false}}\n")
         argv = ["evaluate", "--model", str(tiny), "--params", str(params), "--raw", str(mirror), "--out", str(out),
                 "--datasets", "Set5", "--scales", "3", "--jobs", "1"]
         assert main(argv) == 0
         record = json.loads((out / "evaluation.json").read_text())
-        assert record["precision"] == "bf16" and record["computed_in"] == computed
-    exact, fast = (json.loads((tmp_path / f"o-{c}" / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
-                   for c in ("fp32", "bf16"))
-    assert exact != fast and abs(exact - fast) < 0.01
+        assert record["precision"] == asked and record["computed_in"] == computed
+        psnr[computed] = json.loads((out / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
+    assert psnr["fp32"] != psnr["bf16"] and abs(psnr["fp32"] - psnr["bf16"]) < 0.01
+    assert abs(psnr["fp32"] - psnr["winograd"]) < 1e-4
     assert Network(tiny, "cpu", "tf32").precision == "fp32"  # the default evaluate.precision, on the CPU
 
 
-def test_the_training_monitor_scores_in_bf16_on_a_copy(tiny: Path, mirror: Path, native) -> None:
+def test_the_training_monitor_scores_in_bf16_and_winograd_on_a_copy(tiny: Path, mirror: Path, native) -> None:
     native(True)
     model = build("rlcsc", {"recursions": 1, "features": 4, "codes": 8})
     model.load_state_dict(load_model(tiny).state_dict())
     before = copy.deepcopy(model.state_dict())
     exact, fast = Monitor(mirror, "Set5", 3, "fp32")(model), Monitor(mirror, "Set5", 3, "bf16")(model)
     assert exact["psnr"] != fast["psnr"] and abs(exact["psnr"] - fast["psnr"]) < 0.01
+    assert abs(Monitor(mirror, "Set5", 3, "winograd")(model)["psnr"] - exact["psnr"]) < 1e-4
     assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in model.state_dict().items())
+    assert all(type(m) is torch.nn.Conv2d for m in model.inner_layers())
     assert Network(tiny, "cpu", "bf16").precision == "bf16"
 
 
@@ -154,9 +172,8 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     result = json.loads(out.read_text())
     fp32, bf16 = result["variants"]["fp32"], result["variants"]["bf16"]
     quantized = {"int8"} if int8.available() else set()
-    assert set(result["variants"]) == {"fp32", "bf16"} | quantized
-    assert result["not_native"]["tf32"] == "runs as fp32 on this cpu"
-    assert ("int8" in result["not_native"]) != bool(quantized)
+    assert set(result["variants"]) == {"fp32", "bf16", "winograd"} | quantized
+    assert result["not_native"] == {"tf32": "runs as fp32 on this cpu", **({} if quantized else {"int8": ANY})}
     # 9 (1*4 + 4*4 + 4*8 + 1*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, on a 288x288 tile
     assert result["gflop_per_tile"] == pytest.approx(2 * 9 * 152 * 288 * 288 / 1e9)
     assert fp32["speed_vs_fp32"] == 1 and set(fp32["quality"]) == {"Set5", "Set14"}
@@ -168,6 +185,9 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
         for q in result["variants"][name]["quality"].values():
             assert 0 < abs(q["psnr_change_db"]) <= abs(q["largest_image_change_db"]) < 0.05
             assert 1 <= q["max_grey_difference"] <= 3 and 0 <= q["share_over_1_grey"] < 0.05
+    for q in result["variants"]["winograd"]["quality"].values():
+        assert abs(q["psnr_change_db"]) <= abs(q["largest_image_change_db"]) < 1e-4
+        assert q["max_grey_difference"] <= 1 and q["share_over_1_grey"] == 0
     machine = result["machine"]
     assert machine["cpu"] == device.cpu_description() and machine["threads"] == torch.get_num_threads()
     assert machine["gpu"] is None and machine["cpu_cores"] == os.cpu_count() and machine["commit"] and machine["date"]
@@ -181,8 +201,8 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     out.unlink()  # an existing --out is refused
     assert main(argv + ["--params", str(params), "--experiment", "tiny"]) == 0
     result = json.loads(out.read_text())
-    assert set(result["variants"]) == {"fp32"} | quantized
-    assert result["not_native"]["bf16"] == "runs as fp32 on this cpu" and result["model"].startswith("untrained")
+    assert set(result["variants"]) == {"fp32", "winograd"} | quantized
+    assert result["not_native"]["bf16"] == "runs as winograd on this cpu" and result["model"].startswith("untrained")
     assert np.isfinite(result["variants"]["fp32"]["quality"]["Set5"]["psnr"])
 
 

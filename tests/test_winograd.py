@@ -1,0 +1,70 @@
+"""Winograd's F(4x4, 3x3) (`rlcsc.winograd`): its matrices, its convolution against torch's, and the networks
+whose inner layers it computes (`for_inference(..., "winograd")`)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rlcsc.inference import apply, build, for_inference
+from rlcsc.winograd import WinogradConv, transforms
+
+from test_precision import NETWORKS, PHOTO, small_residual
+
+
+def test_the_transforms_compute_four_outputs_of_a_3_tap_correlation_exactly() -> None:
+    """A^T [(G g) * (B^T d)] is the correlation of six inputs d with three taps g, in exact arithmetic (float64
+    here, to its rounding)."""
+    at, g, bt = transforms()
+    assert at.shape == (4, 6) and g.shape == (6, 3) and bt.shape == (6, 6)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        taps, data = torch.from_numpy(rng.normal(size=3)), torch.from_numpy(rng.normal(size=6))
+        expected = torch.stack([(taps * data[i : i + 3]).sum() for i in range(4)])
+        torch.testing.assert_close(at @ ((g @ taps) * (bt @ data)), expected, rtol=0, atol=1e-13)
+    assert torch.equal(at.float().double(), at) and torch.equal(bt.float().double(), bt)  # exact in fp32
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 4, 4), (2, 5, 13, 18), (1, 7, 1, 30), (1, 3, 35, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_it_is_torchs_convolution_up_to_fp32_rounding(shape: tuple[int, ...], bias: bool) -> None:
+    """Any height and width (multiples of the 4x4 blocks or not, and more than its 4 block rows at once),
+    batch, channels and bias; in the channels-last layout of the CPU's inference as in the default one."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 6, 3, padding=1, bias=bias)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        exact = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), padding=1)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            out = WinogradConv(conv)(x.contiguous(memory_format=layout))
+            assert out.shape == exact.shape and out.dtype == torch.float32
+            error = (out.double() - exact).abs().max().item()
+            assert 0 < error < 1e-5 * exact.abs().max().item(), error
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(2, 2, 5, padding=2), torch.nn.Conv2d(2, 2, 3, stride=2, padding=1),
+                                  torch.nn.Conv2d(2, 2, 3), torch.nn.Conv2d(2, 2, 3, padding=2, dilation=2),
+                                  torch.nn.Conv2d(2, 2, 3, padding=1, groups=2)])
+def test_it_refuses_a_convolution_it_does_not_compute(conv: torch.nn.Conv2d) -> None:
+    with pytest.raises(ValueError, match="3x3 convolution of stride 1 and padding 1"):
+        WinogradConv(conv)
+
+
+@pytest.mark.parametrize("arch,config", NETWORKS)
+def test_a_network_computes_its_inner_layers_by_winograd_and_its_output_as_in_fp32(arch: str, config: dict) -> None:
+    """The inner layers become `WinogradConv`, the layers that read and write the image stay torch's; the output
+    stays within a thousandth of a grey level of fp32's (bf16's moves by up to a quarter)."""
+    torch.manual_seed(0)
+    model = small_residual(build(arch, config))
+    exact = apply(for_inference(copy.deepcopy(model), "cpu"), PHOTO)
+    fast = for_inference(copy.deepcopy(model), "cpu", "winograd")
+    inner = fast.inner_layers()
+    assert inner and all(isinstance(m, WinogradConv) for m in inner)
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d)) - len(inner)
+    error = np.abs(apply(fast, PHOTO) - exact).max()
+    assert 0 < error < 0.001 / 255, error
