@@ -477,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
                    "peak memory of --experiment under the current budget; inference: each precision the device runs "
-                   "natively (winograd on a CPU, and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 tile, GFLOP/s, "
-                   "speed and x3 PSNR and grey levels against fp32 on --datasets (default Set5), of "
+                   "natively (winograd on a CPU, and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 "
+                   "tile, GFLOP/s, speed and x3 PSNR and grey levels against fp32 on --datasets (default Set5), of "
                    "--model (default: an untrained --experiment network); "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "

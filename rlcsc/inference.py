@@ -208,8 +208,7 @@ class Network:
     """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use) in the precision
     that `precision` gives on `device` (`rlcsc.device.inference_precision`, resolved here, once): on the
     CPU fp32 for tf32 and fp32, and winograd for winograd, or for bf16 where it is not native; on a GPU
-    TF32 convolutions for "tf32" only
-    (`rlcsc.device.inferring`).
+    TF32 convolutions for "tf32" only (`rlcsc.device.inferring`).
 
     On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the forward
     passes run in the calling process, and only the metrics are spread over processes.

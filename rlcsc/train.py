@@ -259,10 +259,10 @@ class Batches:
 
 class Monitor:
     """One test set at one scale (Set5 x3) scored by the evaluation protocol in `precision` (as
-    `rlcsc.device.inference_precision` resolved it; bf16 and winograd on a copy of the model made for it), with the
-    mean of the residual image R (eq. 11: the output minus the input, or the whole output without the
-    identity branch), the fraction of output pixels that round to 0, and H's mean bias (None without
-    biases)."""
+    `rlcsc.device.inference_precision` resolved it; bf16 and winograd on a copy of the model made for
+    them), with the mean of the residual image R (eq. 11: the output minus the input, or the whole output
+    without the identity branch), the fraction of output pixels that round to 0, and H's mean bias (None
+    without biases)."""
 
     def __init__(self, raw: Path, dataset: str, scale: int, precision: str) -> None:
         self.scale, self.precision = scale, precision
@@ -273,8 +273,8 @@ class Monitor:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        inside = self.precision in ("bf16", "winograd")  # layers swapped on a copy made for it
-        net = for_inference(copy.deepcopy(model), device, self.precision) if inside else model
+        swapped = self.precision in ("bf16", "winograd")  # inner layers replaced, on a copy
+        net = for_inference(copy.deepcopy(model), device, self.precision) if swapped else model
         with inferring(device, self.precision):
             outs = [apply(net, ilr) for _, ilr in self.pairs]
         model.train(was_training)
