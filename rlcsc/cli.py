@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
     p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
                    "write the image in bfloat16, where the CPU or GPU computes it natively; else winograd on a CPU, "
-                   "fp32 on a GPU), winograd (those convolutions in fp32 by Winograd's F(4x4, 3x3), on a CPU; "
+                   "fp32 on a GPU), winograd (those convolutions in fp32 by Winograd's F(6x6, 3x3), on a CPU; "
                    "fp32 on a GPU) or fp32 (exact)")
     p.set_defaults(func=_sr)
 

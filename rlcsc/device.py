@@ -9,7 +9,7 @@ Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; 
 `bf16`: the convolutions between the image and the image in bfloat16 (for RL-CSC W1, the K
 applications of S and W2, 99% of its arithmetic), those that read or write the image (F0, F1 and H)
 and the residual sum in fp32 (`bf16_inside`; rounding the image itself to bf16 costs tenths of a grey
-level), and `winograd` (CPU): the same convolutions in fp32 by Winograd's F(4x4, 3x3)
+level), and `winograd` (CPU): the same convolutions in fp32 by Winograd's F(6x6, 3x3)
 (`rlcsc.winograd`). `inference_precision` says what really runs: bf16 needs a device that computes it
 natively (a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than
 fp32), and falls back to winograd on a CPU (fp32 on a GPU) where there is none, saying so once; a GPU
@@ -102,7 +102,7 @@ def inference_precision(device: torch.device | str, mode: str) -> str:
     if mode == "bf16" and not native_bf16(device):
         fallback = "fp32" if cuda else "winograd"
         what = "this GPU has no bf16 units" if cuda else "this CPU has no AVX-512 BF16 or AMX"
-        how = "" if cuda else " (fp32 by Winograd's F(4x4, 3x3))"
+        how = "" if cuda else " (fp32 by Winograd's F(6x6, 3x3))"
         _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in {fallback}{how}")
         return fallback
     if mode == "winograd" and cuda:

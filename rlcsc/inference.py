@@ -150,7 +150,7 @@ def load_model(path: Path, device: torch.device | str = "cpu", precision: str = 
 
 def for_inference(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> torch.nn.Module:
     """`model` in eval mode on `device`, its inner layers in bfloat16 when `precision` is bf16
-    (`rlcsc.device.bf16_inside`) and by Winograd's F(4x4, 3x3) when it is winograd
+    (`rlcsc.device.bf16_inside`) and by Winograd's F(6x6, 3x3) when it is winograd
     (`rlcsc.winograd.winograd_inside`; which precision a device should run is `inference_precision`'s to
     say); on the CPU with its weights channels-last, a layout whose convolutions oneDNN runs faster there
     (the same sums up to fp32 rounding; `rlcsc benchmark evaluate` times a whole evaluation)."""

@@ -1,15 +1,15 @@
-"""Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+"""Winograd's minimal filtering F(6x6, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 Networks", 2016): the CPU's fp32 path for the 3x3 convolutions between the image's first and last layers
 (for RL-CSC W1, the K applications of S and W2 of eqs. 9-11).
 
-Each 4x4 block of an output is computed from the 6x6 window of input around it as
-`A^T [(G w G^T) * (B^T d B)] A`, summed over input channels: 36 products per block and pair of channels
-where a direct convolution takes 144, so S's arithmetic falls from 9 to 2.25 multiply-adds per weight and
-output pixel. The sums over channels are 36 batched matrix products; the transforms are small matrix
-products. The matrices follow from the interpolation points 0, 1, -1, 1/2, -1/2 and infinity: fp32 holds
-the entries of A^T and B^T (multiples of 1/8) exactly, and G transforms the weights once, in float64; the
-result is the convolution's up to fp32 rounding (`rlcsc benchmark inference` measures how far it moves
-the output from fp32's).
+Each 6x6 block of an output is computed from the 8x8 window of input around it as
+`A^T [(G w G^T) * (B^T d B)] A`, summed over input channels: 64 products per block and pair of channels
+where a direct convolution takes 324, so S's arithmetic falls from 9 to 1.78 multiply-adds per weight and
+output pixel. The sums over channels are 64 batched matrix products; the transforms are small matrix
+products. The matrices follow from the interpolation points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity: fp32
+holds the entries of A^T and B^T (multiples of 1/32 and 1/4) exactly, and G transforms the weights once, in
+float64; the result is the convolution's up to fp32 rounding (`rlcsc benchmark inference` measures how far
+it moves the output from fp32's).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from fractions import Fraction
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2))  # and infinity
-BLOCK, ROWS = 4, 4  # output pixels per block side; block rows transformed at once, which bounds the memory
+POINTS = tuple(map(Fraction, (0, 1, -1, 2, -2, "1/2", "-1/2")))  # and infinity
+TILE = len(POINTS) + 1  # input pixels per window side: 8
+BLOCK = TILE - 2  # output pixels per block side: 6
+ROWS = 3  # block rows transformed at once: their transforms stay in the cache and bound the memory
 
 
 def _coefficients(roots: list[Fraction]) -> list[Fraction]:
@@ -48,18 +49,18 @@ def transforms(points: tuple[Fraction, ...] = POINTS, r: int = 3) -> tuple[torch
 
 
 class WinogradConv(nn.Module):
-    """A 3x3 convolution of stride 1 and zero padding 1 (`conv`'s weights and bias), computed by F(4x4, 3x3)
+    """A 3x3 convolution of stride 1 and zero padding 1 (`conv`'s weights and bias), computed by F(6x6, 3x3)
     in float32."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1 \
                 or conv.dilation != (1, 1):
-            raise ValueError(f"Winograd F(4x4, 3x3) computes a 3x3 convolution of stride 1 and padding 1, not {conv}")
+            raise ValueError(f"Winograd F(6x6, 3x3) computes a 3x3 convolution of stride 1 and padding 1, not {conv}")
         at, g, bt = transforms()
         w = conv.weight.detach().double()
-        u = (g @ w @ g.T).permute(2, 3, 1, 0)  # (6, 6, cin, cout): the transformed filters
-        self.register_buffer("u", u.reshape(36, conv.in_channels, conv.out_channels).float().contiguous())
+        u = (g @ w @ g.T).permute(2, 3, 1, 0)  # (8, 8, cin, cout): the transformed filters
+        self.register_buffer("u", u.reshape(TILE**2, conv.in_channels, conv.out_channels).float().contiguous())
         self.register_buffer("at", at.float())
         self.register_buffer("bt", bt.float())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
@@ -68,15 +69,18 @@ class WinogradConv(nn.Module):
         n, cin, h, w = x.shape
         cout = self.u.shape[2]
         th, tw = -(-h // BLOCK), -(-w // BLOCK)  # blocks down and across; the last may overhang the image
-        xp = F.pad(x, (1, BLOCK * tw + 1 - w, 1, BLOCK * th + 1 - h)).permute(0, 2, 3, 1)  # (n, rows, cols, cin)
+        xp = x.new_empty(n, BLOCK * th + 2, BLOCK * tw + 2, cin)  # the input, zero-bordered, channels last
+        xp[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)
+        xp[:, 0] = xp[:, h + 1 :] = xp[:, :, 0] = xp[:, :, w + 1 :] = 0
         out = x.new_empty(n, BLOCK * th, BLOCK * tw, cout)
         for i0 in range(0, th, ROWS):
             i1 = min(i0 + ROWS, th)
-            windows = xp[:, BLOCK * i0 : BLOCK * i1 + 2].unfold(1, 6, BLOCK).unfold(2, 6, BLOCK)  # (n, ti, tw, cin, 6, 6)
-            d = windows.permute(4, 5, 0, 1, 2, 3).reshape(6, -1)  # (a, (b, n, ti, tw, cin))
-            v = torch.matmul(self.bt, (self.bt @ d).view(6, 6, -1))  # B^T d B
-            products = torch.bmm(v.view(36, -1, cin), self.u)  # summed over input channels
-            y = self.at @ torch.matmul(self.at, products.view(6, 6, -1)).view(6, -1)  # A^T [.] A
+            band = xp[:, BLOCK * i0 : BLOCK * i1 + 2]
+            windows = band.unfold(1, TILE, BLOCK).unfold(2, TILE, BLOCK)  # (n, ti, tw, cin, 8, 8)
+            d = windows.permute(4, 5, 0, 1, 2, 3).reshape(TILE, -1)  # (a, (b, n, ti, tw, cin))
+            v = torch.matmul(self.bt, (self.bt @ d).view(TILE, TILE, -1))  # B^T d B
+            products = torch.bmm(v.view(TILE**2, -1, cin), self.u)  # summed over input channels
+            y = self.at @ torch.matmul(self.at, products.view(TILE, TILE, -1)).view(TILE, -1)  # A^T [.] A
             out[:, BLOCK * i0 : BLOCK * i1].view(n, i1 - i0, BLOCK, tw, BLOCK, cout).copy_(
                 y.view(BLOCK, BLOCK, n, i1 - i0, tw, cout).permute(2, 3, 0, 4, 1, 5))
         if self.bias is not None:
