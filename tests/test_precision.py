@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from skimage import data as skdata
 from rlcsc import device, int8
 from rlcsc.atomic import save_torch
 from rlcsc.cli import main
+from rlcsc.evaluate import EvaluateParams
 from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.train import Monitor
@@ -86,6 +88,14 @@ def test_a_gpu_runs_winograd_as_fp32_and_says_so_once(capsys) -> None:
     assert [device.inference_precision("cuda", "winograd") for _ in range(2)] == ["fp32"] * 2
     assert capsys.readouterr().err == ("rlcsc: winograd is for the CPU; on a GPU cuDNN picks its own convolution "
                                        "algorithms: computing in fp32\n")
+
+
+def test_evaluate_precision_allows_exactly_the_inference_precisions() -> None:
+    """`evaluate.precision` spells its choices out, since rlcsc/evaluate.py imports no torch: the same as
+    `device.INFERENCE_PRECISIONS`, which `inference_precision` accepts."""
+    rule = next(f.metadata["rule"] for f in dataclasses.fields(EvaluateParams) if f.name == "precision")
+    assert [m for m in device.INFERENCE_PRECISIONS if rule.test(m)] == list(device.INFERENCE_PRECISIONS)
+    assert sorted(rule.text.removeprefix("one of ").split(", ")) == sorted(device.INFERENCE_PRECISIONS)
 
 
 @pytest.fixture
