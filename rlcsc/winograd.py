@@ -23,7 +23,7 @@ from torch import nn
 POINTS = tuple(map(Fraction, (0, 1, -1, 2, -2, "1/2", "-1/2")))  # and infinity
 TILE = len(POINTS) + 1  # input pixels per window side: 8
 BLOCK = TILE - 2  # output pixels per block side: 6
-ROWS = 3  # block rows transformed at once: their transforms stay in the cache and bound the memory
+ROWS = 3  # block rows transformed at once, which bounds the memory their transforms take
 
 
 def _coefficients(roots: list[Fraction]) -> list[Fraction]:
