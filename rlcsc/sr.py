@@ -133,9 +133,10 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
 # Bytes per sample of the output image (each of Y, Cb, Cr, or grey, and alpha) while `super_resolve` runs:
 # its float64 copies through `imresize` and the colour conversions (33 to 45 measured by peak memory).
 BYTES_PER_SAMPLE = 40
-# Feature maps a network holds at once per pixel of a tile, in units of its widest layer (4.5 to 5.4
-# measured on the CPU; winograd adds a zero-bordered copy of a layer's input); float32.
-MAPS_PER_PIXEL = 6
+# Feature maps a network holds at once per pixel of a tile, in units of its widest layer, float32: up to
+# 6.4 measured on the CPU (DRRN by winograd, whose scratch keeps a zero-bordered copy of a layer's input;
+# K25 3.5 in fp32, 4.9 by winograd).
+MAPS_PER_PIXEL = 7
 
 
 def available_memory() -> int:

@@ -48,11 +48,28 @@ def transforms(points: tuple[Fraction, ...] = POINTS, r: int = 3) -> tuple[torch
     return tuple(torch.tensor([[float(v) for v in row] for row in a], dtype=torch.float64) for a in (at, g, bt))
 
 
+class Scratch:
+    """The temporaries of the `WinogradConv` layers of one network, kept from call to call in flat buffers
+    (one per temporary, grown to its largest use; one forward at a time). Allocated afresh, they would have
+    the system map and zero their pages again for every band of every layer."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The buffer `name` as an uninitialised tensor of `shape`, with `like`'s dtype and device."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = like.new_empty(size)
+        return buffer[:size].view(shape)
+
+
 class WinogradConv(nn.Module):
     """A 3x3 convolution of stride 1 and zero padding 1 (`conv`'s weights and bias), computed by F(6x6, 3x3)
-    in float32."""
+    in float32, its temporaries in `scratch` (its own unless given one)."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, scratch: Scratch | None = None) -> None:
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1 \
                 or conv.dilation != (1, 1):
@@ -64,23 +81,28 @@ class WinogradConv(nn.Module):
         self.register_buffer("at", at.float())
         self.register_buffer("bt", bt.float())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
+        self.scratch = scratch or Scratch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, cin, h, w = x.shape
         cout = self.u.shape[2]
+        take = self.scratch.take
         th, tw = -(-h // BLOCK), -(-w // BLOCK)  # blocks down and across; the last may overhang the image
-        xp = x.new_empty(n, BLOCK * th + 2, BLOCK * tw + 2, cin)  # the input, zero-bordered, channels last
+        xp = take("input", (n, BLOCK * th + 2, BLOCK * tw + 2, cin), x)  # zero-bordered, channels last
         xp[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)
         xp[:, 0] = xp[:, h + 1 :] = xp[:, :, 0] = xp[:, :, w + 1 :] = 0
         out = x.new_empty(n, BLOCK * th, BLOCK * tw, cout)
         for i0 in range(0, th, ROWS):
             i1 = min(i0 + ROWS, th)
-            band = xp[:, BLOCK * i0 : BLOCK * i1 + 2]
-            windows = band.unfold(1, TILE, BLOCK).unfold(2, TILE, BLOCK)  # (n, ti, tw, cin, 8, 8)
-            d = windows.permute(4, 5, 0, 1, 2, 3).reshape(TILE, -1)  # (a, (b, n, ti, tw, cin))
-            v = torch.matmul(self.bt, (self.bt @ d).view(TILE, TILE, -1))  # B^T d B
-            products = torch.bmm(v.view(TILE**2, -1, cin), self.u)  # summed over input channels
-            y = self.at @ torch.matmul(self.at, products.view(TILE, TILE, -1)).view(TILE, -1)  # A^T [.] A
+            blocks = n * (i1 - i0) * tw
+            windows = xp[:, BLOCK * i0 : BLOCK * i1 + 2].unfold(1, TILE, BLOCK).unfold(2, TILE, BLOCK)
+            d = take("d", (TILE, TILE, n, i1 - i0, tw, cin), x).copy_(windows.permute(4, 5, 0, 1, 2, 3))
+            bd = torch.matmul(self.bt, d.view(TILE, -1), out=take("bd", (TILE, TILE * blocks * cin), x))
+            v = torch.matmul(self.bt, bd.view(TILE, TILE, -1), out=take("v", (TILE, TILE, blocks * cin), x))  # B^T d B
+            products = torch.bmm(v.view(TILE**2, blocks, cin), self.u,  # summed over input channels
+                                 out=take("products", (TILE**2, blocks, cout), x))
+            ap = torch.matmul(self.at, products.view(TILE, TILE, -1), out=take("ap", (TILE, BLOCK, blocks * cout), x))
+            y = torch.matmul(self.at, ap.view(TILE, -1), out=take("y", (BLOCK, BLOCK * blocks * cout), x))  # A^T [.] A
             out[:, BLOCK * i0 : BLOCK * i1].view(n, i1 - i0, BLOCK, tw, BLOCK, cout).copy_(
                 y.view(BLOCK, BLOCK, n, i1 - i0, tw, cout).permute(2, 3, 0, 4, 1, 5))
         if self.bias is not None:
@@ -89,11 +111,11 @@ class WinogradConv(nn.Module):
 
 
 def winograd_inside(model: nn.Module) -> nn.Module:
-    """`model` (in place) with the convolutions of its `inner_layers` computed by `WinogradConv`; those that
-    read or write the image stay direct."""
-    inner = set(model.inner_layers())
+    """`model` (in place) with the convolutions of its `inner_layers` computed by `WinogradConv`, all with one
+    `Scratch`; those that read or write the image stay direct."""
+    inner, scratch = set(model.inner_layers()), Scratch()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if child in inner:
-                setattr(parent, child_name, WinogradConv(child))
+                setattr(parent, child_name, WinogradConv(child, scratch))
     return model

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from rlcsc.inference import apply, build, for_inference
-from rlcsc.winograd import WinogradConv, transforms
+from rlcsc.winograd import Scratch, WinogradConv, transforms
 
 from test_precision import NETWORKS, PHOTO, small_residual
 
@@ -44,6 +44,22 @@ def test_it_is_torchs_convolution_up_to_fp32_rounding(shape: tuple[int, ...], bi
             assert out.shape == exact.shape and out.dtype == torch.float32
             error = (out.double() - exact).abs().max().item()
             assert 0 < error < 1e-5 * exact.abs().max().item(), error
+
+
+def test_layers_sharing_one_scratch_compute_what_each_computes_alone() -> None:
+    """Two layers of other widths take their temporaries from one `Scratch`: the first, largest calls allocate
+    them, and the calls of other sizes that follow, in turn, reuse them and get each layer's own results."""
+    torch.manual_seed(0)
+    convs = torch.nn.Conv2d(5, 6, 3, padding=1), torch.nn.Conv2d(6, 4, 3, padding=1, bias=False)
+    scratch = Scratch()
+    shared, alone = [WinogradConv(c, scratch) for c in convs], [WinogradConv(c) for c in convs]
+    with torch.no_grad():
+        for i, shape in enumerate([(2, 5, 25, 31), (1, 5, 7, 8), (1, 5, 31, 19), (2, 5, 25, 31)]):
+            x = torch.randn(shape)
+            assert torch.equal(shared[1](shared[0](x)), alone[1](alone[0](x)))
+            if i == 0:
+                first = {name: b.data_ptr() for name, b in scratch.buffers.items()}
+    assert {name: b.data_ptr() for name, b in scratch.buffers.items()} == first
 
 
 @pytest.mark.parametrize("conv", [torch.nn.Conv2d(2, 2, 5, padding=2), torch.nn.Conv2d(2, 2, 3, stride=2, padding=1),
