@@ -148,6 +148,9 @@ def load_model(path: Path, device: torch.device | str = "cpu", precision: str = 
     return for_inference(model, device, precision)
 
 
+LAYER_SWAPS = {"bf16": bf16_inside, "winograd": winograd_inside}  # precisions that replace the inner layers
+
+
 def for_inference(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> torch.nn.Module:
     """`model` in eval mode on `device`, its inner layers in bfloat16 when `precision` is bf16
     (`rlcsc.device.bf16_inside`) and by Winograd's F(6x6, 3x3) when it is winograd
@@ -156,7 +159,7 @@ def for_inference(model: torch.nn.Module, device: torch.device | str, precision:
     (the same sums up to fp32 rounding; `rlcsc benchmark evaluate` times a whole evaluation)."""
     cpu = torch.device(device).type == "cpu"
     model = model.to(device, memory_format=torch.channels_last if cpu else torch.preserve_format).eval()
-    inside = {"bf16": bf16_inside, "winograd": winograd_inside}.get(precision)
+    inside = LAYER_SWAPS.get(precision)
     return inside(model) if inside else model
 
 

@@ -48,7 +48,7 @@ from rlcsc.device import (
 )
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import checked_test_images, ilr_pair, score
-from rlcsc.inference import MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
+from rlcsc.inference import LAYER_SWAPS, MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
 from rlcsc.manifest import TEST_SETS
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
@@ -273,7 +273,7 @@ class Monitor:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        swapped = self.precision in ("bf16", "winograd")  # inner layers replaced, on a copy
+        swapped = self.precision in LAYER_SWAPS  # inner layers replaced, on a copy
         net = for_inference(copy.deepcopy(model), device, self.precision) if swapped else model
         with inferring(device, self.precision):
             outs = [apply(net, ilr) for _, ilr in self.pairs]
