@@ -16,7 +16,16 @@ from tqdm import tqdm
 
 from rlcsc import int8
 from rlcsc.data.patches import PatchSet
-from rlcsc.device import device_name, effective, inference_precision, inferring, machine, pick_device, using_precision
+from rlcsc.device import (
+    INFERENCE_PRECISIONS,
+    device_name,
+    effective,
+    inference_precision,
+    inferring,
+    machine,
+    pick_device,
+    using_precision,
+)
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
@@ -159,9 +168,10 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     else:
         arch, config = p.arch, p.model_config()
         base, label = for_inference(build(arch, config), device), f"untrained {config}"
-    modes = [m for m in ("fp32", "tf32", "bf16", "winograd") if inference_precision(device, m) == m]
+    fp32_first = sorted(INFERENCE_PRECISIONS, key=lambda m: m != "fp32")  # the baseline of every ratio
+    modes = [m for m in fp32_first if inference_precision(device, m) == m]
     missing = {m: f"runs as {inference_precision(device, m)} on this {device.type}"
-               for m in ("tf32", "bf16", "winograd") if m not in modes}
+               for m in INFERENCE_PRECISIONS if m not in modes}
     nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
     steps = {m: (lambda m=m: nets[m](x)) for m in modes}
