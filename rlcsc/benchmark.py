@@ -33,6 +33,7 @@ from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
+BENCHMARK_PRECISIONS = (*INFERENCE_PRECISIONS, "int8")  # what `inference` can measure (int8: `rlcsc.int8`)
 
 
 def read_batches(folder: Path, batch: int = 128, steps: int = 500, seed: int = 0) -> dict:
@@ -151,15 +152,19 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 
 @torch.no_grad()
 def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int = 5, size: int = 288,
-              datasets: Sequence[str] = ("Set5",), scale: int = 3) -> dict:
-    """Every inference precision the device runs natively (fp32; on a GPU tf32; bf16 where native; on a CPU
-    winograd: `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8: `rlcsc.int8`) on the
-    model file `model` or, without one, an untrained network of `p`: the median ms of a forward pass over a
+              datasets: Sequence[str] = ("Set5",), scale: int = 3, precisions: Sequence[str] = BENCHMARK_PRECISIONS
+              ) -> dict:
+    """fp32 and each of `precisions` (default: all) that the device runs natively (on a GPU tf32; bf16 where
+    native; on a CPU winograd: `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8:
+    `rlcsc.int8`) on the model file `model` or, without one, an untrained network of `p`: the median ms of a forward pass over a
     `size` x `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats`
     rounds so that a load on the machine falls on all of them alike; GFLOP/s, speed against fp32; and on each of
     `datasets` at x`scale`, by the evaluation protocol: the PSNR, its change against fp32 (of the mean,
     and the largest of one image), the largest difference of an output pixel from fp32's in grey levels
     and the share of pixels more than 1 grey level from it."""
+    unknown = [m for m in precisions if m not in BENCHMARK_PRECISIONS]
+    if unknown:
+        raise RlcscError(f"precisions must be among {', '.join(BENCHMARK_PRECISIONS)}, got {', '.join(unknown)}")
     device = pick_device(p.device)
     pairs = {d: _test_pairs(raw, d, scale) for d in datasets}
     if model is not None:
@@ -168,22 +173,24 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     else:
         arch, config = p.arch, p.model_config()
         base, label = for_inference(build(arch, config), device), f"untrained {config}"
-    fp32_first = sorted(INFERENCE_PRECISIONS, key=lambda m: m != "fp32")  # the baseline of every ratio
-    modes = [m for m in fp32_first if inference_precision(device, m) == m]
+    asked = {"fp32", *precisions}  # fp32: the baseline of every ratio
+    fp32_first = sorted(INFERENCE_PRECISIONS, key=lambda m: m != "fp32")
+    modes = [m for m in fp32_first if m in asked and inference_precision(device, m) == m]
     missing = {m: f"runs as {inference_precision(device, m)} on this {device.type}"
-               for m in INFERENCE_PRECISIONS if m not in modes}
+               for m in INFERENCE_PRECISIONS if m in asked and m not in modes}
     nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
     steps = {m: (lambda m=m: nets[m](x)) for m in modes}
     upscalers = {m: (lambda ilr, m=m: apply(nets[m], ilr)) for m in modes}
     calibration = None
-    if device.type != "cpu":
+    if "int8" in asked and device.type != "cpu":
         missing["int8"] = f"runs on a CPU only, not on this {device.type}"
-    elif not int8.available():
+    elif "int8" in asked and not int8.available():
         missing["int8"] = "needs ONNX Runtime: pip install 'rlcsc[int8]'"
-    ran_on = _machine(device, "int8" not in missing)  # the commit as the measurement starts
+    with_int8 = "int8" in asked and "int8" not in missing
+    ran_on = _machine(device, with_int8)  # the commit as the measurement starts
     with tempfile.TemporaryDirectory(prefix="rlcsc-int8-") as tmp:
-        if "int8" not in missing:
+        if with_int8:
             calibration = int8.calibration_inputs(raw)
             int8.quantize(base, calibration, Path(tmp) / "int8.onnx")
             quantized, tile = int8.Int8Network(Path(tmp) / "int8.onnx"), x[0, 0].double().cpu().numpy()
@@ -209,7 +216,8 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
                 for m in modes}
     result = {"what": "inference", "device": device_name(device), "machine": ran_on,
               "model": label, "arch": arch, "config": config, "tile": size, "gflop_per_tile": gflop, "rounds": repeats,
-              "scale": scale, "variants": variants, "not_native": missing}
+              "scale": scale, "variants": variants, "not_native": missing,
+              "not_asked": [m for m in BENCHMARK_PRECISIONS if m not in asked]}
     if calibration is not None:
         result["int8_calibration"] = {"pairs": len(calibration), "size": calibration.shape[-1], "scales": [2, 3, 4],
                                       "percentile": int8.PERCENTILE, "training_sets": list(int8.TRAINING_SETS)}

@@ -306,7 +306,8 @@ def _benchmark(args: argparse.Namespace) -> None:
         if args.what == "train":
             result = benchmark.train_step(p, steps, args.warmup)
         elif args.what == "inference":
-            result = benchmark.inference(p, args.raw, args.model, steps, datasets=args.datasets or ("Set5",))
+            result = benchmark.inference(p, args.raw, args.model, steps, datasets=args.datasets or ("Set5",),
+                                         precisions=args.precisions or benchmark.BENCHMARK_PRECISIONS)
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
@@ -496,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", **jobs)
     p.add_argument("--datasets", nargs="+", choices=TEST_SETS, help="test sets of `inference` and `output-route`")
     p.add_argument("--scales", nargs="+", type=int, choices=(2, 3, 4), help="scales of `output-route`")
+    p.add_argument("--precisions", nargs="+", help="the precisions `inference` measures beside fp32: of bf16, "
+                   "winograd, tf32 and int8 (default: all that the device runs natively)")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=_benchmark)
     return parser

@@ -62,13 +62,20 @@ def cpu_description() -> str:
     return f"{fields.get('model name', 'unknown CPU')} ({', '.join(flags) or 'no AVX2'})"
 
 
+# The environment variables by which a user limits the vector instructions that torch's own kernels,
+# oneDNN and MKL use below what the CPU has.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine(device: torch.device | str) -> dict:
     """What a computation runs on and with: the GPU when `device` is CUDA (and how many there are), the
-    CPU with its vector instructions, its cores and torch's threads, and the versions of torch, CUDA,
-    cuDNN, Python and the platform."""
+    CPU with its vector instructions, those torch's own kernels use and any `ISA_LIMITS` set, its cores and
+    torch's threads, and the versions of torch, CUDA, cuDNN, Python and the platform."""
     cuda = torch.device(device).type == "cuda"
     return {"gpu": device_name(device) if cuda else None, "gpus": torch.cuda.device_count(),
-            "cpu": cpu_description(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cpu": cpu_description(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)},
+            "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None,
             "python": platform.python_version(), "platform": platform.platform()}

@@ -173,8 +173,8 @@ def test_the_training_monitor_scores_in_bf16_and_winograd_on_a_copy(tiny: Path, 
     assert Network(tiny, "cpu", "bf16").precision == "bf16"
 
 
-def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path: Path, mirror: Path,
-                                                            native) -> None:
+def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path: Path, mirror: Path, native,
+                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     native(True)
     out = tmp_path / "inference.json"
     argv = ["benchmark", "inference", "--raw", str(mirror), "--steps", "1", "--out", str(out)]
@@ -184,6 +184,7 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     quantized = {"int8"} if int8.available() else set()
     assert set(result["variants"]) == {"fp32", "bf16", "winograd"} | quantized
     assert result["not_native"] == {"tf32": "runs as fp32 on this cpu", **({} if quantized else {"int8": ANY})}
+    assert result["not_asked"] == []
     # 9 (1*4 + 4*4 + 4*8 + 1*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, on a 288x288 tile
     assert result["gflop_per_tile"] == pytest.approx(2 * 9 * 152 * 288 * 288 / 1e9)
     assert fp32["speed_vs_fp32"] == 1 and set(fp32["quality"]) == {"Set5", "Set14"}
@@ -201,6 +202,7 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     machine = result["machine"]
     assert machine["cpu"] == device.cpu_description() and machine["threads"] == torch.get_num_threads()
     assert machine["gpu"] is None and machine["cpu_cores"] == os.cpu_count() and machine["commit"] and machine["date"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["isa_limits"] == {}
     assert ("onnxruntime" in machine) == bool(quantized)
     if quantized:
         assert result["int8_calibration"] == {"pairs": 256, "size": 33, "scales": [2, 3, 4], "percentile": 99.999,
@@ -214,6 +216,18 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     assert set(result["variants"]) == {"fp32", "winograd"} | quantized
     assert result["not_native"]["bf16"] == "runs as winograd on this cpu" and result["model"].startswith("untrained")
     assert np.isfinite(result["variants"]["fp32"]["quality"]["Set5"]["psnr"])
+    out.unlink()  # only the precisions asked for, and the ISA limits of the environment recorded
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert main(argv + ["--model", str(tiny), "--precisions", "winograd"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"fp32", "winograd"} and result["not_native"] == {}
+    assert result["not_asked"] == ["bf16", "tf32", "int8"] and "int8_calibration" not in result
+    assert result["machine"]["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and "onnxruntime" not in result["machine"]
+    out.unlink()
+    assert main(argv + ["--model", str(tiny), "--precisions", "winograd", "fp16"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "rlcsc benchmark: error: precisions must be among bf16, winograd, tf32, fp32, int8, got fp16")
+    assert not out.exists()
 
 
 def test_inference_in_bf16_keeps_its_fp32_layers_exact_on_a_gpu() -> None:
