@@ -55,3 +55,18 @@ def test_the_readme_inference_table_is_the_recorded_benchmark() -> None:
             assert len(printed) == len(values), (name, cell)
             for (shown, half), value in zip(printed, values):
                 assert abs(shown - value) <= half + 1e-12, (name, cell, value)
+
+
+def test_the_readme_avx2_sentence_is_the_recorded_benchmark() -> None:
+    """The README's fp32 and winograd timings with the libraries limited to AVX2 are those of the recorded
+    benchmark, made with those limits."""
+    result = json.loads((RUNS / "K25-paper" / "inference_cpu_avx2.json").read_text())
+    limits = result["machine"]["isa_limits"]
+    assert limits == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert result["machine"]["cpu_capability"] == "AVX2"
+    fp32, winograd = result["variants"]["fp32"], result["variants"]["winograd"]
+    grey = max(q["max_grey_difference"] for q in winograd["quality"].values())
+    text = " ".join(README.read_text().split())
+    assert (f"fp32 took {fp32['ms_per_tile']:.0f} ms per {result['tile']}x{result['tile']} tile and winograd "
+            f"{winograd['ms_per_tile']:.0f} ms ({winograd['speed_vs_fp32']:.2f}x), no output pixel more than {grey} "
+            f"grey level{'s' if grey != 1 else ''} from fp32's") in text
