@@ -86,12 +86,23 @@ def effective(device: torch.device | str, mode: str) -> str:
     return mode if torch.device(device).type == "cuda" else "fp32"
 
 
+# The values of ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16: oneDNN, which computes the CPU's convolutions,
+# then emulates bf16, slower than fp32, whatever the CPU has.
+ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether `device` computes bf16 natively: a CUDA GPU with bf16 units, or a CPU with AVX-512 BF16
-    or AMX."""
+    or AMX that ONEDNN_MAX_CPU_ISA does not keep oneDNN from."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return not _bf16_limit() and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def _bf16_limit() -> str | None:
+    """ONEDNN_MAX_CPU_ISA where it keeps oneDNN below AVX512_CORE_BF16."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return limit if limit.upper() in ISAS_WITHOUT_BF16 else None
 
 
 @functools.cache
@@ -108,7 +119,9 @@ def inference_precision(device: torch.device | str, mode: str) -> str:
     cuda = torch.device(device).type == "cuda"
     if mode == "bf16" and not native_bf16(device):
         fallback = "fp32" if cuda else "winograd"
-        what = "this GPU has no bf16 units" if cuda else "this CPU has no AVX-512 BF16 or AMX"
+        what = ("this GPU has no bf16 units" if cuda else
+                f"ONEDNN_MAX_CPU_ISA={_bf16_limit()} keeps oneDNN from AVX-512 BF16 and AMX" if _bf16_limit() else
+                "this CPU has no AVX-512 BF16 or AMX")
         how = "" if cuda else " (fp32 by Winograd's F(6x6, 3x3))"
         _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in {fallback}{how}")
         return fallback

@@ -263,3 +263,17 @@ def test_either_avx512_bf16_or_amx_makes_bf16_native(avx512_bf16: bool, amx: boo
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert device.native_bf16("cpu") == (avx512_bf16 or amx)
+
+
+@pytest.mark.parametrize("limit,expected", [("AVX2", False), ("avx512_core_vnni", False), ("AVX512_CORE_BF16", True),
+                                          ("AVX512_CORE_AMX", True), ("ALL", True), ("", True)])
+def test_a_limit_below_avx512_bf16_on_onednn_makes_bf16_emulated(limit: str, expected: bool,
+                                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    device._say_once.cache_clear()
+    assert device.native_bf16("cpu") == expected
+    assert device.inference_precision("cpu", "bf16") == ("bf16" if expected else "winograd")
+    if not expected:
+        assert capsys.readouterr().err.startswith(f"rlcsc: bf16 asked for, but ONEDNN_MAX_CPU_ISA={limit} keeps oneDNN "
+                                                  "from AVX-512 BF16 and AMX, where bf16 runs slower than fp32")
