@@ -31,6 +31,7 @@ from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pa
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
 from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
+from rlcsc.winograd import WIDE, WinogradConv
 
 PAPER_PAIRS = 1_929_728
 BENCHMARK_PRECISIONS = (*INFERENCE_PRECISIONS, "int8")  # what `inference` can measure (int8: `rlcsc.int8`)
@@ -222,6 +223,38 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
         result["int8_calibration"] = {"pairs": len(calibration), "size": calibration.shape[-1], "scales": [2, 3, 4],
                                       "percentile": int8.PERCENTILE, "training_sets": list(int8.TRAINING_SETS)}
     return result
+
+
+# The layers `winograd_layers` times: VDSR's (64), DRRN's and RL-CSC's with m = 128 (128), RL-CSC's W1 and S
+# (128 to 256, 256), and widths between.
+LAYER_WIDTHS = ((64, 64), (96, 96), (64, 256), (128, 128), (128, 256), (192, 192), (256, 256))
+
+
+@torch.no_grad()
+def winograd_layers(repeats: int = 8, size: int = 288,
+                    widths: Sequence[tuple[int, int]] = LAYER_WIDTHS) -> dict:
+    """One 3x3 convolution of each of `widths` (input, output channels) on a CPU, on a `size` x `size` map
+    followed by a ReLU, as the networks compute it in fp32 (channels-last) and by `WinogradConv`, alternated
+    in each of `repeats` rounds: the median ms of each, the speed of winograd against direct, and whether
+    `winograd_inside` computes a layer of that width by winograd (`rlcsc.winograd.WIDE`)."""
+    ran_on = {**machine("cpu"), **stamp()}
+    layers = []
+    for cin, cout in tqdm(widths, desc="layers", unit="layer"):
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False).eval()
+        fast = WinogradConv(conv)
+        conv = conv.to(memory_format=torch.channels_last)
+        x = torch.randn(1, cin, size, size).contiguous(memory_format=torch.channels_last)
+        steps = {"direct": lambda: torch.relu(conv(x)), "winograd": lambda: torch.relu(fast(x))}
+        timer, times = _timer(torch.device("cpu")), {k: [] for k in steps}
+        for i in range(repeats + 1):  # round 0 untimed
+            for k, step in steps.items():
+                ms = timer(step)
+                if i:
+                    times[k].append(ms)
+        direct, winograd = statistics.median(times["direct"]), statistics.median(times["winograd"])
+        layers.append({"in": cin, "out": cout, "direct_ms": direct, "winograd_ms": winograd,
+                       "speed_vs_direct": direct / winograd, "by_winograd": cin * cout >= WIDE})
+    return {"what": "winograd", "machine": ran_on, "tile": size, "rounds": repeats, "wide": WIDE, "layers": layers}
 
 
 def _machine(device: torch.device, with_int8: bool) -> dict:

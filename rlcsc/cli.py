@@ -279,7 +279,7 @@ def _compare(args: argparse.Namespace) -> None:
               f"{monitor['eval_dataset']} x{monitor['eval_scale']} {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
 
 
-BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5}
+BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5, "winograd": 8}
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -293,6 +293,8 @@ def _benchmark(args: argparse.Namespace) -> None:
         raise RlcscError(f"{args.out} already exists; give another --out or move it away")
     if args.what == "read":
         result = benchmark.read_batches(args.patches, args.batch, steps)
+    elif args.what == "winograd":
+        result = benchmark.winograd_layers(steps)
     elif args.what == "input-precision":
         result = benchmark.input_precision(args.model or Path("models/K25/model.pt"), args.raw)
     elif args.what == "output-route":
@@ -405,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
     p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
                    "write the image in bfloat16, where the CPU or GPU computes it natively; else winograd on a CPU, "
-                   "fp32 on a GPU), winograd (those convolutions in fp32 by Winograd's F(6x6, 3x3), on a CPU; "
-                   "fp32 on a GPU) or fp32 (exact)")
+                   "fp32 on a GPU), winograd (those convolutions of 96 x 96 channels or more in fp32 by Winograd's "
+                   "F(6x6, 3x3), on a CPU; fp32 on a GPU) or fp32 (exact)")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")
@@ -475,12 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_checksums)
 
     p = sub.add_parser("benchmark", help="measurements behind the project's speed and precision claims")
-    p.add_argument("what", choices=["train", "inference", "evaluate", "read", "input-precision", "output-route"],
+    p.add_argument("what", choices=["train", "inference", "winograd", "evaluate", "read", "input-precision",
+                                    "output-route"],
                    help="train: ms per training step (the step `rlcsc train` runs), TFLOP/s, projected run time, "
                    "peak memory of --experiment under the current budget; inference: each precision the device runs "
                    "natively (winograd on a CPU, and int8 on a CPU with ONNX Runtime), alternated: ms per 288x288 "
                    "tile, GFLOP/s, speed and x3 PSNR and grey levels against fp32 on --datasets (default Set5), of "
-                   "--model (default: an untrained --experiment network); "
+                   "--model (default: an untrained --experiment network); winograd: one 3x3 convolution of each "
+                   "width from 64 to 256 channels on a CPU, direct against Winograd's F(6x6, 3x3), alternated: "
+                   "ms per 288x288 map, and the widths the winograd precision computes by it; "
                    "evaluate: wall time of the `evaluate` block's evaluation of --model (default: an "
                    "untrained --experiment network); read: time random batches from the patch set; "
                    "input-precision: Set5 x3 PSNR of --model (default models/K25/model.pt) on float32 "
@@ -493,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))
     p.add_argument("--batch", type=positive(int), default=128, help="batch of `read`")
-    p.add_argument("--steps", type=positive(int), help=f"steps, or inference's rounds (default: {BENCHMARK_STEPS})")
+    p.add_argument("--steps", type=positive(int),
+                   help=f"steps, or the rounds of inference and winograd (default: {BENCHMARK_STEPS})")
     p.add_argument("--jobs", **jobs)
     p.add_argument("--datasets", nargs="+", choices=TEST_SETS, help="test sets of `inference` and `output-route`")
     p.add_argument("--scales", nargs="+", type=int, choices=(2, 3, 4), help="scales of `output-route`")

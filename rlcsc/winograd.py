@@ -24,6 +24,10 @@ POINTS = tuple(map(Fraction, (0, 1, -1, 2, -2, "1/2", "-1/2")))  # and infinity
 TILE = len(POINTS) + 1  # input pixels per window side: 8
 BLOCK = TILE - 2  # output pixels per block side: 6
 ROWS = 3  # block rows transformed at once, which bounds the memory their transforms take
+# Input times output channels from which a layer is computed by F(6x6, 3x3): its transforms cost in
+# proportion to the channels, what it saves in proportion to their product, so a narrow layer (VDSR's 64
+# in and out) gains little or nothing by it and stays direct (`rlcsc benchmark winograd` times both).
+WIDE = 96 * 96
 
 
 def _coefficients(roots: list[Fraction]) -> list[Fraction]:
@@ -111,9 +115,11 @@ class WinogradConv(nn.Module):
 
 
 def winograd_inside(model: nn.Module) -> nn.Module:
-    """`model` (in place) with the convolutions of its `inner_layers` computed by `WinogradConv`, all with one
-    `Scratch`; those that read or write the image stay direct."""
-    inner, scratch = set(model.inner_layers()), Scratch()
+    """`model` (in place) with the convolutions of its `inner_layers` of at least `WIDE` input times output
+    channels computed by `WinogradConv`, all with one `Scratch`; narrower ones, and those that read or write the
+    image, stay direct."""
+    inner = {m for m in model.inner_layers() if m.in_channels * m.out_channels >= WIDE}
+    scratch = Scratch()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if child in inner:

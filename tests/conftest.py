@@ -37,3 +37,12 @@ def one_line_error(capsys: pytest.CaptureFixture) -> Callable[[list[str]], str]:
         assert len(lines) == 1, lines
         return lines[0]
     return run
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every inner layer of a network by winograd, however narrow: the tests' networks are tiny, and
+    `rlcsc.winograd.WIDE` keeps layers as narrow as theirs direct."""
+    from rlcsc import winograd
+
+    monkeypatch.setattr(winograd, "WIDE", 1)

@@ -197,3 +197,19 @@ def test_batch_reads_are_timed_after_the_warm_up_only(monkeypatch: pytest.Monkey
     result = benchmark.read_batches(Path("unused"), batch=16, steps=30)
     assert clock["reads"] == 50 and (result["pairs"], result["batch"], result["steps"]) == (1000, 16, 30)
     assert result["median_ms"] == pytest.approx(2.0) and result["p95_ms"] == pytest.approx(2.0)
+
+
+def test_benchmark_winograd_times_each_width_directly_and_by_winograd(tmp_path: Path, monkeypatch) -> None:
+    from rlcsc import benchmark, winograd
+
+    result = benchmark.winograd_layers(repeats=2, size=24, widths=((4, 8), (96, 96)))
+    layers = result["layers"]
+    assert [(x["in"], x["out"], x["by_winograd"]) for x in layers] == [(4, 8, False), (96, 96, True)]
+    assert all(x["direct_ms"] > 0 and x["winograd_ms"] > 0 for x in layers)
+    assert all(x["speed_vs_direct"] == pytest.approx(x["direct_ms"] / x["winograd_ms"]) for x in layers)
+    assert (result["tile"], result["rounds"], result["wide"]) == (24, 2, winograd.WIDE) and result["machine"]["commit"]
+    rounds = []
+    monkeypatch.setattr(benchmark, "winograd_layers", lambda repeats: rounds.append(repeats) or {"what": "winograd"})
+    out = tmp_path / "winograd.json"
+    assert main(["benchmark", "winograd", "--steps", "3", "--out", str(out)]) == 0 and rounds == [3]
+    assert json.loads(out.read_text()) == {"what": "winograd"}

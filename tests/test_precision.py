@@ -24,6 +24,8 @@ from rlcsc.inference import Network, apply, build, for_inference, load_model, mo
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.train import Monitor
 
+pytestmark = pytest.mark.usefixtures("winograd_everywhere")
+
 NETWORKS = [("rlcsc", {"recursions": 3, "features": 8, "codes": 16}), ("vdsr", {"layers": 5, "features": 8}),
             ("drrn", {"units": 2, "features": 8})]
 PHOTO = skdata.camera()[200:264, 200:264] / 255.0  # a 64x64 crop: edges and flat areas

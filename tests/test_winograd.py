@@ -70,6 +70,7 @@ def test_it_refuses_a_convolution_it_does_not_compute(conv: torch.nn.Conv2d) -> 
         WinogradConv(conv)
 
 
+@pytest.mark.usefixtures("winograd_everywhere")
 @pytest.mark.parametrize("arch,config", NETWORKS)
 def test_a_network_computes_its_inner_layers_by_winograd_and_its_output_as_in_fp32(arch: str, config: dict) -> None:
     """The inner layers become `WinogradConv`, the layers that read and write the image stay torch's; the output
@@ -84,3 +85,17 @@ def test_a_network_computes_its_inner_layers_by_winograd_and_its_output_as_in_fp
     assert len(convs) == sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d)) - len(inner)
     error = np.abs(apply(fast, PHOTO) - exact).max()
     assert 0 < error < 0.001 / 255, error
+
+
+@pytest.mark.parametrize("arch,config,by_winograd", [
+    ("rlcsc", {"recursions": 1, "features": 128, "codes": 256}, [True, True, True]),  # the paper's K25: W1, S, W2
+    ("rlcsc", {"recursions": 1, "features": 128, "codes": 128}, [True, True, True]),  # Figure 8's m = 128
+    ("rlcsc", {"recursions": 1, "features": 64, "codes": 128}, [False, True, False]),
+    ("rlcsc", {"recursions": 1, "features": 64, "codes": 96}, [False, True, False]),
+    ("drrn", {"units": 1, "features": 128}, [True, True]),
+    ("vdsr", {"layers": 4, "features": 64}, [False, False]),  # VDSR's width
+])
+def test_only_layers_of_wide_inputs_and_outputs_are_computed_by_winograd(arch: str, config: dict,
+                                                                         by_winograd: list[bool]) -> None:
+    fast = for_inference(build(arch, config), "cpu", "winograd")
+    assert [isinstance(m, WinogradConv) for m in fast.inner_layers()] == by_winograd
