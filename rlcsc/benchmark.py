@@ -153,12 +153,12 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
 
 @torch.no_grad()
 def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int = 5, size: int = 288,
-              datasets: Sequence[str] = ("Set5",), scale: int = 3, precisions: Sequence[str] = BENCHMARK_PRECISIONS
-              ) -> dict:
+              datasets: Sequence[str] = ("Set5",), scale: int = 3,
+              precisions: Sequence[str] = BENCHMARK_PRECISIONS) -> dict:
     """fp32 and each of `precisions` (default: all) that the device runs natively (on a GPU tf32; bf16 where
     native; on a CPU winograd: `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8:
-    `rlcsc.int8`) on the model file `model` or, without one, an untrained network of `p`: the median ms of a forward pass over a
-    `size` x `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats`
+    `rlcsc.int8`) on the model file `model` or, without one, an untrained network of `p`: the median ms of
+    a forward pass over a `size` x `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats`
     rounds so that a load on the machine falls on all of them alike; GFLOP/s, speed against fp32; and on each of
     `datasets` at x`scale`, by the evaluation protocol: the PSNR, its change against fp32 (of the mean,
     and the largest of one image), the largest difference of an output pixel from fp32's in grey levels

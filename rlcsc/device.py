@@ -10,9 +10,10 @@ Inference (`evaluate.precision`, `rlcsc sr --precision`): `fp32`, `tf32` (CUDA; 
 applications of S and W2, 99% of its arithmetic), those that read or write the image (F0, F1 and H)
 and the residual sum in fp32 (`bf16_inside`; rounding the image itself to bf16 costs tenths of a grey
 level), and `winograd` (CPU): the same convolutions in fp32 by Winograd's F(6x6, 3x3)
-(`rlcsc.winograd`), those of at least `WIDE` input times output channels (narrower ones stay direct). `inference_precision` says what really runs: bf16 needs a device that computes it
-natively (a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than
-fp32), and falls back to winograd on a CPU (fp32 on a GPU) where there is none, saying so once; a GPU
+(`rlcsc.winograd`), those of at least its `WIDE` input times output channels (narrower ones stay
+direct). `inference_precision` says what really runs: bf16 needs a device that computes it natively
+(a CPU with AVX-512 BF16 or AMX; elsewhere oneDNN emulates it, several times slower than fp32), and
+falls back to winograd on a CPU (fp32 on a GPU) where there is none, saying so once; a GPU
 runs winograd as fp32, its convolution library choosing its own algorithms.
 """
 
