@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rlcsc import int8
+from rlcsc import int8, winograd
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import (
     INFERENCE_PRECISIONS,
@@ -31,7 +31,6 @@ from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pa
 from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
 from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
-from rlcsc.winograd import WIDE, WinogradConv
 
 PAPER_PAIRS = 1_929_728
 BENCHMARK_PRECISIONS = (*INFERENCE_PRECISIONS, "int8")  # what `inference` can measure (int8: `rlcsc.int8`)
@@ -241,20 +240,21 @@ def winograd_layers(repeats: int = 8, size: int = 288,
     layers = []
     for cin, cout in tqdm(widths, desc="layers", unit="layer"):
         conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False).eval()
-        fast = WinogradConv(conv)
+        fast = winograd.WinogradConv(conv)
         conv = conv.to(memory_format=torch.channels_last)
         x = torch.randn(1, cin, size, size).contiguous(memory_format=torch.channels_last)
         steps = {"direct": lambda: torch.relu(conv(x)), "winograd": lambda: torch.relu(fast(x))}
         timer, times = _timer(torch.device("cpu")), {k: [] for k in steps}
         for i in range(repeats + 1):  # round 0 untimed
             for k, step in steps.items():
-                ms = timer(step)
+                took = timer(step)
                 if i:
-                    times[k].append(ms)
-        direct, winograd = statistics.median(times["direct"]), statistics.median(times["winograd"])
-        layers.append({"in": cin, "out": cout, "direct_ms": direct, "winograd_ms": winograd,
-                       "speed_vs_direct": direct / winograd, "by_winograd": cin * cout >= WIDE})
-    return {"what": "winograd", "machine": ran_on, "tile": size, "rounds": repeats, "wide": WIDE, "layers": layers}
+                    times[k].append(took)
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        layers.append({"in": cin, "out": cout, "direct_ms": ms["direct"], "winograd_ms": ms["winograd"],
+                       "speed_vs_direct": ms["direct"] / ms["winograd"], "by_winograd": cin * cout >= winograd.WIDE})
+    return {"what": "winograd", "machine": ran_on, "tile": size, "rounds": repeats, "wide": winograd.WIDE,
+            "layers": layers}
 
 
 def _machine(device: torch.device, with_int8: bool) -> dict:
