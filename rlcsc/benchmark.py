@@ -235,7 +235,7 @@ def winograd_layers(repeats: int = 8, size: int = 288,
     """One 3x3 convolution of each of `widths` (input, output channels) on a CPU, on a `size` x `size` map
     followed by a ReLU, as the networks compute it in fp32 (channels-last) and by `WinogradConv`, alternated
     in each of `repeats` rounds: the median ms of each, the speed of winograd against direct, and whether
-    `winograd_inside` computes a layer of that width by winograd (`rlcsc.winograd.WIDE`)."""
+    `winograd_inside` computes a layer of that width by winograd (`rlcsc.winograd.by_winograd`)."""
     ran_on = {**machine("cpu"), **stamp()}
     layers = []
     for cin, cout in tqdm(widths, desc="layers", unit="layer"):
@@ -252,7 +252,7 @@ def winograd_layers(repeats: int = 8, size: int = 288,
                     times[k].append(took)
         ms = {k: statistics.median(v) for k, v in times.items()}
         layers.append({"in": cin, "out": cout, "direct_ms": ms["direct"], "winograd_ms": ms["winograd"],
-                       "speed_vs_direct": ms["direct"] / ms["winograd"], "by_winograd": cin * cout >= winograd.WIDE})
+                       "speed_vs_direct": ms["direct"] / ms["winograd"], "by_winograd": winograd.by_winograd(conv)})
     return {"what": "winograd", "machine": ran_on, "tile": size, "rounds": repeats, "wide": winograd.WIDE,
             "layers": layers}
 

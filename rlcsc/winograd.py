@@ -114,11 +114,17 @@ class WinogradConv(nn.Module):
         return out[:, :h, :w].permute(0, 3, 1, 2)
 
 
+def by_winograd(conv: nn.Conv2d) -> bool:
+    """Whether `winograd_inside` computes the inner layer `conv` by F(6x6, 3x3): at least `WIDE` input times
+    output channels."""
+    return conv.in_channels * conv.out_channels >= WIDE
+
+
 def winograd_inside(model: nn.Module) -> nn.Module:
     """`model` (in place) with the convolutions of its `inner_layers` of at least `WIDE` input times output
     channels computed by `WinogradConv`, all with one `Scratch`; narrower ones, and those that read or write the
     image, stay direct."""
-    inner = {m for m in model.inner_layers() if m.in_channels * m.out_channels >= WIDE}
+    inner = set(filter(by_winograd, model.inner_layers()))
     scratch = Scratch()
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
