@@ -28,7 +28,7 @@ from rlcsc.device import (
 )
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
-from rlcsc.inference import Network, apply, build, describe_model, for_inference, load_model, model_state
+from rlcsc.inference import Network, apply, build, computes_in, describe_model, for_inference, load_model, model_state
 from rlcsc.provenance import stamp
 from rlcsc.train import TrainParams, prepare
 
@@ -175,9 +175,11 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
         base, label = for_inference(build(arch, config), device), f"untrained {config}"
     asked = {"fp32", *precisions}  # fp32: the baseline of every ratio
     fp32_first = sorted(INFERENCE_PRECISIONS, key=lambda m: m != "fp32")
-    modes = [m for m in fp32_first if m in asked and inference_precision(device, m) == m]
-    missing = {m: f"runs as {inference_precision(device, m)} on this {device.type}"
-               for m in INFERENCE_PRECISIONS if m in asked and m not in modes}
+    on_device = {m: inference_precision(device, m) for m in INFERENCE_PRECISIONS if m in asked}
+    missing = {m: f"runs as {computes_in(base, r)} " + (f"on this {device.type}" if r != m else
+                                                        "for this network, whose layers are too narrow for it")
+               for m, r in on_device.items() if computes_in(base, r) != m}
+    modes = [m for m in fp32_first if m in on_device and m not in missing]
     nets = {m: for_inference(copy.deepcopy(base), device, m) for m in modes}
     x = torch.rand(1, 1, size, size, device=device)
     steps = {m: (lambda m=m: nets[m](x)) for m in modes}

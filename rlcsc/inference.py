@@ -18,7 +18,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.models.drrn import DRRN, DRRNConfig
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.models.vdsr import VDSR, VDSRConfig
-from rlcsc.winograd import winograd_inside
+from rlcsc.winograd import by_winograd, winograd_inside
 
 ARCHS = {"rlcsc": (RLCSC, RLCSCConfig), "drrn": (DRRN, DRRNConfig), "vdsr": (VDSR, VDSRConfig)}
 # The largest networks made: recursions, units or layers, and feature maps; far above the paper's (K = 48,
@@ -163,6 +163,15 @@ def for_inference(model: torch.nn.Module, device: torch.device | str, precision:
     return inside(model) if inside else model
 
 
+def computes_in(model: torch.nn.Module, precision: str) -> str:
+    """The precision `for_inference(model, device, precision)` computes in, for a `precision` the device runs
+    (`rlcsc.device.inference_precision`): fp32 for winograd where none of `model`'s inner layers is wide enough
+    for it (`rlcsc.winograd.by_winograd`: VDSR's), else `precision`."""
+    if precision == "winograd" and not any(map(by_winograd, model.inner_layers())):
+        return "fp32"
+    return precision
+
+
 def describe_model(path: Path) -> dict:
     """What a model file says of itself: network, and the experiment, budget, status and extent (epochs
     done of those planned) of its training, or the released file it was converted from (`source`)."""
@@ -209,16 +218,17 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
 
 class Network:
     """An `Upscaler` for `rlcsc.evaluate` that runs a model file (loaded on first use) in the precision
-    that `precision` gives on `device` (`rlcsc.device.inference_precision`, resolved here, once): on the
-    CPU fp32 for tf32 and fp32, and winograd for winograd, or for bf16 where it is not native; on a GPU
-    TF32 convolutions for "tf32" only (`rlcsc.device.inferring`).
+    that `precision` gives on `device` for its network (`rlcsc.device.inference_precision` and `computes_in`,
+    resolved here, once): on the CPU fp32 for tf32 and fp32, and winograd for winograd, or for bf16 where it
+    is not native; on a GPU TF32 convolutions for "tf32" only (`rlcsc.device.inferring`).
 
     On the CPU it runs inside the evaluation's worker processes; on a GPU (`in_process`) the forward
     passes run in the calling process, and only the metrics are spread over processes.
     """
 
     def __init__(self, path: Path, device: str = "cpu", precision: str = "tf32") -> None:
-        self.path, self.device, self.precision = Path(path), device, inference_precision(device, precision)
+        self.path, self.device = Path(path), device
+        self.precision = computes_in(load_model(self.path), inference_precision(device, precision))
         self._model: torch.nn.Module | None = None
 
     @property

@@ -27,7 +27,7 @@ from rlcsc.imageio import (
     write_picture,
 )
 from rlcsc.imresize import imresize
-from rlcsc.inference import CPU_TILE, apply, describe_model, for_inference, load_model, receptive_radius
+from rlcsc.inference import CPU_TILE, apply, computes_in, describe_model, for_inference, load_model, receptive_radius
 
 REPO = Path(rlcsc.__file__).resolve().parents[1]
 # The models `--model NAME` names, each the recorded run's file, else the pipeline's, and the stage
@@ -181,8 +181,9 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
 def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,
                         max_memory: float | None = None, precision: str = PRECISION) -> Iterator[str]:
     """Upscale each image file of `inputs` by `scale` into `output_paths(inputs, output)` with the network
-    in `precision` (bf16 where it is native, else winograd on a CPU and fp32 on a GPU; winograd on a GPU
-    runs in fp32: `rlcsc.device.inference_precision`), yielding a line that says what was done as each is
+    in `precision` (bf16 where it is native, else winograd on a CPU and fp32 on a GPU; winograd on a GPU,
+    or of a network without a layer wide enough for it, runs in fp32: `rlcsc.device.inference_precision`,
+    `rlcsc.inference.computes_in`), yielding a line that says what was done as each is
     written. What can be checked before any work is checked for every image first: the outputs, the
     headers, the model, and the memory each image takes (more than `max_memory` GiB, default what is
     available, is refused from its header, before it is decoded)."""
@@ -205,7 +206,7 @@ def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: s
     network = load_model(model, device)  # checked before anything is said of the precision
     for input, header in zip(inputs, headers):
         _check_memory(input, header, scale, memory_needed(header, scale, network, device), max_memory)
-    precision = inference_precision(device, precision)
+    precision = computes_in(network, inference_precision(device, precision))
     network = for_inference(network, device, precision)
     for i, (input, out) in enumerate(zip(inputs, outputs), 1):
         picture = read_picture(input)

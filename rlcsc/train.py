@@ -48,7 +48,17 @@ from rlcsc.device import (
 )
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import checked_test_images, ilr_pair, score
-from rlcsc.inference import LAYER_SWAPS, MAX_DEPTH, MAX_WIDTH, apply, build, for_inference, load_torch, model_state
+from rlcsc.inference import (
+    LAYER_SWAPS,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    apply,
+    build,
+    computes_in,
+    for_inference,
+    load_torch,
+    model_state,
+)
 from rlcsc.manifest import TEST_SETS
 from rlcsc.provenance import code_hash
 from rlcsc.rounding import im2uint
@@ -347,7 +357,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         seconds from the start of the call, ms/step, and where and in which precision they ran."""
         if not this_call:
             return calls
-        precision = {"train": effective(device, p.precision), "monitor": eval_precision}
+        precision = {"train": effective(device, p.precision), "monitor": computes_in(model, eval_precision)}
         return calls + [{"steps": this_call, "seconds": round(time.time() - started, 1),
                          "ms_per_step": _ms_per_step(syncs), "device": device_name(device), "processes": dist.world,
                          **host, "precision": precision}]

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from rlcsc import device, int8
+from rlcsc import device, int8, winograd
 from rlcsc.atomic import save_torch
 from rlcsc.cli import main
 from rlcsc.evaluate import EvaluateParams
-from rlcsc.inference import Network, apply, build, for_inference, load_model, model_state
+from rlcsc.inference import Network, apply, build, computes_in, for_inference, load_model, model_state
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.train import Monitor
 
@@ -145,6 +145,20 @@ def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
         assert not (tmp_path / f"{bad}.png").exists()
 
 
+def test_a_network_too_narrow_for_winograd_is_said_to_compute_in_fp32(tiny: Path, tmp_path: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no inner layer is wide enough for winograd (VDSR's), winograd computes exactly as fp32, and what
+    says which precision computed says fp32."""
+    network = load_model(tiny)
+    assert computes_in(network, "winograd") == "winograd"  # every layer by winograd (the module's fixture)
+    monkeypatch.setattr(winograd, "WIDE", 96 * 96)  # the package's width: the tiny network's layers stay direct
+    assert [computes_in(network, m) for m in ("winograd", "bf16", "fp32")] == ["fp32", "bf16", "fp32"]
+    assert Network(tiny, "cpu", "winograd").precision == "fp32"
+    assert main(["sr", str(tmp_path / "in.png"), "--scale", "3", "--model", str(tiny), "-o", str(tmp_path / "o.png"),
+                 "--precision", "winograd"]) == 0
+    assert capsys.readouterr().err.rstrip().endswith(") in fp32")
+
+
 def test_evaluate_precision_is_recorded_as_computed(tiny: Path, tmp_path: Path, mirror: Path, native) -> None:
     psnr = {}
     for asked, answer, computed in (("bf16", True, "bf16"), ("bf16", False, "winograd"), ("fp32", True, "fp32")):
@@ -225,6 +239,12 @@ def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path
     assert set(result["variants"]) == {"fp32", "winograd"} and result["not_native"] == {}
     assert result["not_asked"] == ["bf16", "tf32", "int8"] and "int8_calibration" not in result
     assert result["machine"]["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and "onnxruntime" not in result["machine"]
+    out.unlink()  # a network too narrow for winograd computes it as fp32, which is measured already
+    monkeypatch.setattr(winograd, "WIDE", 96 * 96)
+    assert main(argv + ["--model", str(tiny), "--precisions", "winograd"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"fp32"}
+    assert result["not_native"] == {"winograd": "runs as fp32 for this network, whose layers are too narrow for it"}
     out.unlink()
     assert main(argv + ["--model", str(tiny), "--precisions", "winograd", "fp16"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

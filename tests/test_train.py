@@ -107,8 +107,9 @@ def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Pa
     metrics = json.loads((tmp_path / "train_metrics.json").read_text())
     assert metrics == {"status": "completed", "epochs_done": 2.0, "steps_done": 16, "ms_per_step": summary["ms_per_step"],
                        "set5_x3_psnr": summary["curve"][-1]["psnr"], "set5_x3_ssim": summary["curve"][-1]["ssim"]}
-    plain = train(replace(TINY, max_steps=3), patches, mirror, tmp_path / "plain")
+    plain = train(replace(TINY, max_steps=3), patches, mirror, tmp_path / "plain", "winograd")
     assert plain["curve"][-1]["h_bias"] is None and plain["steps_done"] == 3  # no biases: nothing to log
+    assert plain["precision"] == {"train": "fp32", "monitor": "fp32"}  # layers too narrow for winograd
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirror: Path, tmp_path: Path) -> None:
