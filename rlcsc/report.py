@@ -116,11 +116,9 @@ class Run(Evaluated):
 
     @property
     def device(self) -> str:
-        """The device it trained on: a GPU's name, or the CPU's with its cores where the run recorded them."""
+        """The device it trained on, as `machine` names it."""
         call = self.train["calls"][-1] if self.train.get("calls") else {}
-        if self.train["device"] != "cpu" or "cpu" not in call:
-            return self.train["device"]
-        return f"cpu: {call['cpu']}, {call['cpu_cores']} cores"
+        return machine(None if self.train["device"] == "cpu" else self.train["device"], call)
 
     @property
     def curve(self) -> pd.DataFrame:
@@ -194,6 +192,16 @@ class Run(Evaluated):
                 "trained": self.state(),
                 "machine": self.device + ("" if precision == "fp32" else f", {precision}"),
                 "commit": commit(calls[-1]) if self.recorded else "this one"}
+
+
+def machine(gpu: str | None, call: dict) -> str:
+    """Where a call ran, for a runs table: the GPU's name; else the CPU's, its cores and the limits set on its
+    vector instructions (`rlcsc.device.ISA_LIMITS`), each where the call recorded it."""
+    if gpu:
+        return gpu
+    cores = f", {call['cpu_cores']} cores" if call.get("cpu_cores") else ""
+    limits = "".join(f", {name}={value}" for name, value in (call.get("isa_limits") or {}).items())
+    return (f"cpu: {call['cpu']}" if call.get("cpu") else "cpu") + cores + limits
 
 
 def commit(call: dict) -> str:
@@ -292,7 +300,6 @@ class Measured(Evaluated):
         """What the evaluation is, as a row of a page's runs table."""
         e = self.evaluation
         call = ((self.environment or {}).get("calls") or [{}])[-1]
-        machine = call.get("gpu") or (f"cpu, {call['cpu_cores']} cores" if call.get("cpu_cores") else "cpu")
         if self.method == "Bicubic":
             made, network = "`rlcsc record --method bicubic`", "bicubic interpolation (MATLAB's `imresize`)"
         else:
@@ -301,7 +308,7 @@ class Measured(Evaluated):
         return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
-                "machine": machine if self.recorded else "this one",
+                "machine": machine(call.get("gpu"), call) if self.recorded else "this one",
                 "commit": commit(call) if self.recorded else "this one"}
 
 

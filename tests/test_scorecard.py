@@ -234,6 +234,16 @@ def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
     assert report.commit({"commit": "0123456789abcdef"}) == "0123456789" and report.commit({}) == "unknown"
 
 
+def test_a_runs_table_names_the_machine_as_far_as_the_call_recorded_it() -> None:
+    cpu = {"cpu": "AMD EPYC (avx2)", "cpu_cores": 2}
+    assert report.machine("NVIDIA H100 80GB HBM3", cpu) == "NVIDIA H100 80GB HBM3"
+    assert report.machine(None, cpu) == "cpu: AMD EPYC (avx2), 2 cores"
+    limited = {**cpu, "isa_limits": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    assert report.machine(None, limited) == "cpu: AMD EPYC (avx2), 2 cores, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
+    assert report.machine(None, {"cpu_cores": 2, "isa_limits": {}}) == "cpu, 2 cores"  # recorded before the CPU's name
+    assert report.machine(None, {}) == "cpu"
+
+
 def test_a_difference_of_exactly_the_tolerance_is_within_it() -> None:
     """"Within 0.1 dB" includes 0.1 dB itself (here in binary fractions, which floats hold exactly)."""
     keys = tuple(scorecard.number(30, "Set5", s, "psnr") for s in (2, 3, 4))
