@@ -184,13 +184,12 @@ class Run(Evaluated):
         """What the run is, as a row of a page's runs table."""
         n, m = self.model["features"], self.model["codes"]
         network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
-        precision = self.train["precision"]["train"]
         calls = (self.environment or {}).get("calls") or [{}]
         return {"run": self.name, "made by": "`rlcsc record`" if self.recorded else "this pipeline",
                 "network": network + (", biases" if self.model["bias"] else ""),
                 "budget": f"{self.train.get('budget')} ({self.recipe()})", "seed": str(self.config["seed"]),
                 "trained": self.state(),
-                "machine": self.device + ("" if precision == "fp32" else f", {precision}"),
+                "machine": self.device + precisions(self.train["precision"]["train"], self.evaluated_in()),
                 "commit": commit(calls[-1]) if self.recorded else "this one"}
 
 
@@ -202,6 +201,12 @@ def machine(gpu: str | None, call: dict) -> str:
     cores = f", {call['cpu_cores']} cores" if call.get("cpu_cores") else ""
     limits = "".join(f", {name}={value}" for name, value in (call.get("isa_limits") or {}).items())
     return (f"cpu: {call['cpu']}" if call.get("cpu") else "cpu") + cores + limits
+
+
+def precisions(trained: str | None, scored: str | None) -> str:
+    """What a runs table adds to the machine: the precisions a network trained and was scored in, where not
+    fp32 (`rlcsc.device`)."""
+    return "".join(f", {what} in {p}" for what, p in (("trained", trained), ("scored", scored)) if p not in (None, "fp32"))
 
 
 def commit(call: dict) -> str:
@@ -308,7 +313,8 @@ class Measured(Evaluated):
         return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
-                "machine": machine(call.get("gpu"), call) if self.recorded else "this one",
+                "machine": machine(call.get("gpu"), call) + precisions(None, self.evaluated_in()) if self.recorded
+                else "this one",
                 "commit": commit(call) if self.recorded else "this one"}
 
 

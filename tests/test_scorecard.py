@@ -242,6 +242,8 @@ def test_a_runs_table_names_the_machine_as_far_as_the_call_recorded_it() -> None
     assert report.machine(None, limited) == "cpu: AMD EPYC (avx2), 2 cores, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
     assert report.machine(None, {"cpu_cores": 2, "isa_limits": {}}) == "cpu, 2 cores"  # recorded before the CPU's name
     assert report.machine(None, {}) == "cpu"
+    assert report.precisions("bf16", "tf32") == ", trained in bf16, scored in tf32"  # what the machine computed in
+    assert report.precisions("fp32", "winograd") == ", scored in winograd" and report.precisions(None, "fp32") == ""
 
 
 def test_a_difference_of_exactly_the_tolerance_is_within_it() -> None:
