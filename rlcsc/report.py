@@ -131,6 +131,12 @@ class Run(Evaluated):
         return self.train.get("budget") in PAPER_SCALE
 
     @property
+    def finished(self) -> bool:
+        """Trained as far as its schedule runs (`rlcsc.train.TrainParams.planned_steps`); a `stop_epoch` or a time
+        limit leaves a run short of it."""
+        return self.train["epochs_done"] >= self.train["epochs_planned"]
+
+    @property
     def diverged(self) -> bool:
         return self.train["status"].startswith("diverged")
 
@@ -169,7 +175,7 @@ class Run(Evaluated):
     def extent(self) -> str:
         """How far it trained: "1 of 35 epochs" when it stopped short of its plan, else "35 epochs"."""
         done, planned = self.train["epochs_done"], self.train["epochs_planned"]
-        return f"{done:g} of {planned:g} epochs" if done < planned else f"{done:g} epochs"
+        return f"{done:g} epochs" if self.finished else f"{done:g} of {planned:g} epochs"
 
     def state(self) -> str:
         """How it ended: its extent, and a divergence where it diverged (never "completed" for a run

@@ -1,10 +1,10 @@
 """The book's first page: how much of the paper's RL-CSC numbers this package's runs reproduce.
 
 For every table and figure of the paper that reports RL-CSC numbers, the published values
-(`rlcsc/reference/*.csv`) are set against the paper-scale run of the same network that trained
-furthest (`paper` or `fast` budget, recorded or this pipeline's; a `quick` run never counts): how many
-lie within the tolerances of `params.yaml` (`report`), the range of the differences, the run and how
-far it trained. Beside them, the protocol checks (bicubic and the released comparison models
+(`rlcsc/reference/*.csv`) are set against the counting run of the same network (`counting`: `paper` or
+`fast` budget, recorded or this pipeline's, nearest the end of its training; a `quick` run never counts;
+Table 3's points along the paper's recipe against a `paper` run only): how many lie within the
+tolerances of `params.yaml` (`report`), the range of the differences, the run and how far it trained. Beside them, the protocol checks (bicubic and the released comparison models
 against the paper's columns for them), and what closing the rest would cost in GPU-hours, from the
 measured ms per step of the recorded runs scaled by each network's arithmetic
 (`benchmark.forward_flops_per_pixel`).
@@ -73,11 +73,14 @@ def network(run: Run) -> tuple:
     return m["arch"], m["recursions"], m["features"], m["codes"], m["residual"], m["bias"]
 
 
-def furthest(runs: list[Run], k: int, n: int, m: int, residual: bool = True) -> Run | None:
-    """The counting run of the paper's RL-CSC network (K, n, m, residual; no biases) that trained the
-    most steps; None when there is none."""
-    hits = [r for r in runs if r.paper_scale and network(r) == ("rlcsc", k, n, m, residual, False)]
-    return max(hits, key=lambda r: (r.train["steps_done"], r.recorded), default=None)
+def counting(runs: list[Run], k: int, n: int, m: int, residual: bool = True, budget: str | None = None) -> Run | None:
+    """The run that counts for the paper's RL-CSC network (K, n, m, residual; no biases): of its paper-scale
+    runs (of `budget` alone, where given), one that finished its plan before one that stopped short of it (a
+    finished fast run before a paper-recipe run a few of its 35 epochs in), then the one that trained the most
+    steps; None when there is none."""
+    hits = [r for r in runs if r.paper_scale and network(r) == ("rlcsc", k, n, m, residual, False)
+            and budget in (None, r.train.get("budget"))]
+    return max(hits, key=lambda r: (r.finished, r.train["steps_done"], r.recorded), default=None)
 
 
 def epoch_psnr(run: Run) -> dict[int, float]:
@@ -104,7 +107,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     and 7; Figure 8 publishes no RL-CSC score but Table 1's, and Table 4's RL-CSC memory is a cost, not a
     score, compared on its page)."""
     k, n, m = page.main_network()
-    main = furthest(page.runs, k, n, m)
+    main = counting(page.runs, k, n, m)
     f7 = table("figure7")
     depth = int(f7[f7.recursions == RLCSCConfig().recursions].depth.iloc[0])  # the network of Tables 1-3
     out = []
@@ -114,7 +117,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
         out.append(Line(item, metric, keys, measured, diffs, tolerance[metric], main))
     t3 = table("table3")
     for residual, words in ((True, "with residual"), (False, "no residual")):
-        run = furthest(page.runs, k, n, m, residual)
+        run = counting(page.runs, k, n, m, residual, "paper")  # epochs of the paper's recipe
         ref = t3[t3.residual == residual]
         at = epoch_psnr(run) if run else {}
         keys = tuple(number(depth, "Set5", 3, "psnr", e, residual) for e in ref.epoch)
@@ -125,7 +128,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     points = [("Figure 1", k_of[r.layers], r.layers, r.psnr) for r in table("figure1").query("model == 'RL-CSC'").itertuples()]
     points += [("Figure 7", r.recursions, r.depth, r.psnr) for r in f7.itertuples()]
     for figure, k_point, depth_point, psnr in points:  # Set5 x3 PSNR after 35 epochs of the network of depth K + 5
-        run = furthest(page.runs, int(k_point), n, m)
+        run = counting(page.runs, int(k_point), n, m)
         key = number(int(depth_point), "Set5", 3, "psnr")
         out.append(Line(f"{figure}, K = {k_point}", "psnr", (key,), (key,) if run else (),
                         (run.last_psnr() - psnr,) if run else (), tolerance["psnr"], run))
@@ -192,7 +195,7 @@ def _frames(measured: Measured) -> dict[str, pd.DataFrame]:
 
 @dataclass(frozen=True)
 class Cost:
-    """GPU time to train one paper experiment to its plan, from where its furthest counting run stands."""
+    """GPU time to train one paper experiment to its plan, from where its furthest paper-recipe run stands."""
 
     experiment: str
     steps_left: int

@@ -83,6 +83,32 @@ def test_a_quick_run_never_counts_and_a_paper_scale_one_does(tmp_path: Path) -> 
     assert psnr_beyond.matched == 0
 
 
+def test_a_finished_run_counts_for_the_final_numbers_and_only_a_paper_recipe_run_for_table_3(tmp_path: Path) -> None:
+    """The numbers after the paper's 35 epochs are set against the run nearest the end of its training: a fast
+    run that finished its schedule before a paper-recipe run that trained more steps but stopped short of its 35
+    epochs. Table 3's are points along the paper's recipe: a paper-budget run's only, never a fast run's."""
+    runs = tmp_path / "runs"
+
+    def extent(folder: Path, steps: int, epochs: float, planned: float) -> None:
+        train = json.loads((folder / "train.json").read_text())
+        train |= {"steps_done": steps, "epochs_done": epochs, "epochs_planned": planned}
+        (folder / "train.json").write_text(json.dumps(train))
+
+    extent(_run(runs, "K25-fast", "fast", _paper_metrics(0.0)), 23000, 1.5256, 1.5256)
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
+    assert found["Table 1, PSNR"].run.name == "K25-fast" and found["Figure 7, K = 25"].run.name == "K25-fast"
+    assert found["Table 3, with residual"].run is None and found["Table 3, with residual"].differences == ()
+    extent(_run(runs, "K25-paper", "paper", _paper_metrics(-0.5)), 30152, 2.0, 35.0)
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
+    assert found["Table 1, PSNR"].run.name == "K25-fast" and found["Table 1, PSNR"].matched == 12
+    assert found["Table 3, with residual"].run.name == "K25-paper" and len(found["Table 3, with residual"].differences) == 1
+    extent(runs / "K25-paper", 35 * 15076, 35.0, 35.0)  # the paper's recipe to its end: the most steps of two finished
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(runs), "K25")
+    assert scorecard.lines(page, TOLERANCE)[0].run.name == "K25-paper"
+
+
 def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(tmp_path: Path) -> None:
     """Table 1's Set5 x3 PSNR of RL-CSC is also Figure 1's K = 25 point and Figure 7's K = 25 point, and Figure 1's
     K = 48 point is Figure 7's: each of those rows counts it, the totals once; each point is set against the run
