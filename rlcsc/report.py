@@ -212,7 +212,8 @@ def machine(gpu: str | None, call: dict) -> str:
 def precisions(trained: str | None, scored: str | None) -> str:
     """What a runs table adds to the machine: the precisions a network trained and was scored in, where not
     fp32 (`rlcsc.device`)."""
-    return "".join(f", {what} in {p}" for what, p in (("trained", trained), ("scored", scored)) if p not in (None, "fp32"))
+    named = (("trained", trained), ("scored", scored))
+    return "".join(f", {what} in {p}" for what, p in named if p not in (None, "fp32"))
 
 
 def commit(call: dict) -> str:

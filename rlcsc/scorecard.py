@@ -4,10 +4,10 @@ For every table and figure of the paper that reports RL-CSC numbers, the publish
 (`rlcsc/reference/*.csv`) are set against the counting run of the same network (`counting`: `paper` or
 `fast` budget, recorded or this pipeline's, nearest the end of its training; a `quick` run never counts;
 Table 3's points along the paper's recipe against a `paper` run only): how many lie within the
-tolerances of `params.yaml` (`report`), the range of the differences, the run and how far it trained. Beside them, the protocol checks (bicubic and the released comparison models
-against the paper's columns for them), and what closing the rest would cost in GPU-hours, from the
-measured ms per step of the recorded runs scaled by each network's arithmetic
-(`benchmark.forward_flops_per_pixel`).
+tolerances of `params.yaml` (`report`), the range of the differences, the run and how far it trained.
+Beside them, the protocol checks (bicubic and the released comparison models against the paper's
+columns for them), and what closing the rest would cost in GPU-hours, from the measured ms per step of
+the recorded runs scaled by each network's arithmetic (`benchmark.forward_flops_per_pixel`).
 """
 
 from __future__ import annotations

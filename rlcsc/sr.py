@@ -183,10 +183,10 @@ def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: s
     """Upscale each image file of `inputs` by `scale` into `output_paths(inputs, output)` with the network
     in `precision` (bf16 where it is native, else winograd on a CPU and fp32 on a GPU; winograd on a GPU,
     or of a network without a layer wide enough for it, runs in fp32: `rlcsc.device.inference_precision`,
-    `rlcsc.inference.computes_in`), yielding a line that says what was done as each is
-    written. What can be checked before any work is checked for every image first: the outputs, the
-    headers, the model, and the memory each image takes (more than `max_memory` GiB, default what is
-    available, is refused from its header, before it is decoded)."""
+    `rlcsc.inference.computes_in`), yielding a line that says what was done as each is written. What can
+    be checked before any work is checked for every image first: the outputs, the headers, the model, and
+    the memory each image takes (more than `max_memory` GiB, default what is available, is refused from
+    its header, before it is decoded)."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
     if precision not in SR_PRECISIONS:
