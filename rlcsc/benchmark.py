@@ -157,11 +157,11 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     """fp32 and each of `precisions` (default: all) that the device runs natively (on a GPU tf32; bf16 where
     native; on a CPU winograd: `rlcsc.device.inference_precision`; on a CPU with ONNX Runtime, int8:
     `rlcsc.int8`) on the model file `model` or, without one, an untrained network of `p`: the median ms of
-    a forward pass over a `size` x `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated in each of `repeats`
-    rounds so that a load on the machine falls on all of them alike; GFLOP/s, speed against fp32; and on each of
-    `datasets` at x`scale`, by the evaluation protocol: the PSNR, its change against fp32 (of the mean,
-    and the largest of one image), the largest difference of an output pixel from fp32's in grey levels
-    and the share of pixels more than 1 grey level from it."""
+    a forward pass over a `size` x `size` tile (the paper: 0.15 s for 288 x 288), the variants alternated
+    in each of `repeats` rounds so that a load on the machine falls on all of them alike; GFLOP/s, speed
+    against fp32; and on each of `datasets` at x`scale`, by the evaluation protocol: the PSNR, its change
+    against fp32 (of the mean, and the largest of one image), the largest difference of an output pixel
+    from fp32's in grey levels and the share of pixels more than 1 grey level from it."""
     unknown = [m for m in precisions if m not in BENCHMARK_PRECISIONS]
     if unknown:
         raise RlcscError(f"precisions must be among {', '.join(BENCHMARK_PRECISIONS)}, got {', '.join(unknown)}")

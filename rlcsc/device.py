@@ -123,7 +123,7 @@ def inference_precision(device: torch.device | str, mode: str) -> str:
         what = ("this GPU has no bf16 units" if cuda else
                 f"ONEDNN_MAX_CPU_ISA={_bf16_limit()} keeps oneDNN from AVX-512 BF16 and AMX" if _bf16_limit() else
                 "this CPU has no AVX-512 BF16 or AMX")
-        how = "" if cuda else " (fp32 by Winograd's F(6x6, 3x3))"
+        how = "" if cuda else " (fp32 by Winograd's F(6x6, 3x3) in the layers wide enough for it)"
         _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in {fallback}{how}")
         return fallback
     if mode == "winograd" and cuda:

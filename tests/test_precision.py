@@ -77,7 +77,8 @@ def test_bf16_falls_back_to_winograd_on_a_cpu_where_it_is_not_native_and_says_so
     asked = ("bf16", "bf16", "winograd", "tf32", "fp32")
     assert [device.inference_precision("cpu", m) for m in asked] == ["winograd"] * 3 + ["fp32"] * 2
     assert capsys.readouterr().err == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where bf16 "
-                                       "runs slower than fp32: computing in winograd (fp32 by Winograd's F(6x6, 3x3))\n")
+                                       "runs slower than fp32: computing in winograd (fp32 by Winograd's F(6x6, 3x3) "
+                                       "in the layers wide enough for it)\n")
     native(True)
     assert [device.inference_precision("cpu", m) for m in asked[1:]] == ["bf16", "winograd", "fp32", "fp32"]
     assert capsys.readouterr().err == ""
@@ -125,7 +126,7 @@ def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
     status, said = sr("fallback.png")
     assert status == 0 and said[0] == ("rlcsc: bf16 asked for, but this CPU has no AVX-512 BF16 or AMX, where "
                                        "bf16 runs slower than fp32: computing in winograd (fp32 by Winograd's "
-                                       "F(6x6, 3x3))")
+                                       "F(6x6, 3x3) in the layers wide enough for it)")
     assert len(said) == 2 and said[1].endswith(") in winograd")
     status, said = sr("winograd.png", "--precision", "winograd")
     assert status == 0 and len(said) == 1 and said[0].endswith(") in winograd")
