@@ -288,7 +288,8 @@ def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, n
     return [ilr_pair(f, scale) for f in checked_test_images(raw, [dataset])]
 
 
-def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None, jobs: int | None = None) -> dict:
+def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None,
+               jobs: int | None = None) -> dict:
     """Wall time of `rlcsc evaluate` on the test sets, scales and metrics of `e`, for the model file
     `model` or, without one, an untrained network of `p` (the time does not depend on the weights).
 

@@ -29,7 +29,8 @@ def positive(kind: type[int | float]) -> Callable[[str], int | float]:
         except ValueError:
             value = 0
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'} above 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'} above 0, "
+                                             f"got {text!r}")
         return value
 
     return parse
@@ -133,7 +134,8 @@ def _convert(args: argparse.Namespace) -> None:
     from rlcsc.released import convert
 
     source = convert(args.arch, args.weights, args.out)
-    print(f"{args.out}: {args.arch} from {source['group']}/{source['file']} (sha256 {source['sha256']})", file=sys.stderr)
+    print(f"{args.out}: {args.arch} from {source['group']}/{source['file']} (sha256 {source['sha256']})",
+          file=sys.stderr)
 
 
 def _sr(args: argparse.Namespace) -> None:
@@ -249,9 +251,9 @@ def _check_declared(params: dict, dvc_yaml: Path) -> None:
     budget = params.get("budget")
     for block in (params.get("budgets") or {}).get(budget) or {}:
         if f"budgets.{budget}.{block}" not in declared:
-            raise RlcscError(f"budget {budget} is not declared in {dvc_yaml}: add budgets.{budget}.{block} to the params "
-                             f"of the stages that read {block} (beside budgets.quick.{block}), or dvc repro will not "
-                             "rerun them when its values change")
+            raise RlcscError(f"budget {budget} is not declared in {dvc_yaml}: add budgets.{budget}.{block} to the "
+                             f"params of the stages that read {block} (beside budgets.quick.{block}), or dvc repro "
+                             "will not rerun them when its values change")
 
 
 def _record(args: argparse.Namespace) -> None:
@@ -276,7 +278,8 @@ def _compare(args: argparse.Namespace) -> None:
         last = v["curve"][-1] if v["curve"] else {}
         monitor = {**result["environment"]["params"]["train"], **v["changes"]}
         print(f"{v['name']:<12} {v['status']:<28} {v['steps_done']:>7} steps {v['seconds_training']:>8.1f} s  "
-              f"{monitor['eval_dataset']} x{monitor['eval_scale']} {last.get('psnr', float('nan')):.3f} dB", file=sys.stderr)
+              f"{monitor['eval_dataset']} x{monitor['eval_scale']} {last.get('psnr', float('nan')):.3f} dB",
+              file=sys.stderr)
 
 
 BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5, "winograd": 8}

@@ -8,8 +8,8 @@ the layer, the key, the value and what is allowed. A budget may not set a key th
 also sets (the experiment would silently lose it), nor a machine setting (`MACHINE`: where and in
 which precision the arithmetic runs is not part of a protocol); `report.main` must name an
 experiment. An experiment's name becomes part of DVC stage names, shell commands and folder names, so
-it must match `NAME` and be none of `RESERVED`. `resolve` keeps the layer every value came from, which `rlcsc params` prints and every
-stage announces where the budget replaced a block's value.
+it must match `NAME` and be none of `RESERVED`. `resolve` keeps the layer every value came from, which `rlcsc params`
+prints and every stage announces where the budget replaced a block's value.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ class Checked:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, check_value(type(self), f.name, getattr(self, f.name), type(self).__name__))
+            object.__setattr__(self, f.name,
+                               check_value(type(self), f.name, getattr(self, f.name), type(self).__name__))
 
     @classmethod
     def known(cls: type[T], block: dict) -> T:

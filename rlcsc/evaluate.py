@@ -214,5 +214,6 @@ def write_results(scores: Sequence[ImageScore], out: Path, record: dict) -> dict
     summary = summarize(scores)
     write_json(summary, out / "metrics.json")
     write_json(record, out / "evaluation.json")
-    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"), out / "per_image.csv")
+    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"),
+               out / "per_image.csv")
     return summary

@@ -134,7 +134,8 @@ def _kind(path: Path) -> str:
                 raise ValueError("it holds no readable image")
             page = tif.pages.first
             turned = _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1
-            plain = page.dtype == np.uint8 and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+            plain = page.dtype == np.uint8 and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
+                                                                    tifffile.PHOTOMETRIC.RGB)
             if page.bitspersample == 16 or (turned and plain and page.compression in tifffile.TIFF.DECOMPRESSORS):
                 return "tiff"
     if head[:2] in PNM_MAGIC:

@@ -142,7 +142,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", precision: str = 
     except RlcscError as err:
         raise RlcscError(f"{path}: {err}") from None
     except (TypeError, RuntimeError) as err:
-        raise RlcscError(f"{path}: its weights do not fit its network config: {' '.join(str(err).split())[:300]}") from None
+        raise RlcscError(f"{path}: its weights do not fit its network config: "
+                         f"{' '.join(str(err).split())[:300]}") from None
     if not all(torch.isfinite(w).all() for w in state["model"].values()):
         raise RlcscError(f"{path}: its weights are not all finite; expected a model.pt written by `rlcsc train`")
     return for_inference(model, device, precision)

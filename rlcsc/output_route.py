@@ -57,7 +57,8 @@ def _score(task: tuple[str, Path, int, Network]) -> dict:
     return row
 
 
-def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequence[int], jobs: int | None = None) -> dict:
+def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequence[int],
+                 jobs: int | None = None) -> dict:
     """Mean PSNR, SSIM and IFC of the network in `model` on each dataset and scale by both routes (`y`: this
     package's protocol; `rgb`: through a saved RGB result image), the rgb route minus the y route, and the
     machine, commit and date of the measurement."""

@@ -83,7 +83,8 @@ def commit() -> str | None:
     another project) is not the project's."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
 
     try:
         top, head = git("rev-parse", "--show-toplevel", "HEAD").splitlines()

@@ -71,7 +71,8 @@ def resolved(params_path: Path, budget: str, experiment: str) -> dict:
 
 def _data_stamp(blocks: dict) -> dict:
     """What `work/data.json` says of the training pairs there: the params and the code that made them."""
-    return {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"]), "code": code_hash("rlcsc.data.patches")}
+    return {"augment": asdict(blocks["augment"]), "patch": asdict(blocks["patch"]),
+            "code": code_hash("rlcsc.data.patches")}
 
 
 def _prepared(blocks: dict, work: Path) -> bool:
@@ -184,8 +185,8 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     if held == "training":
         raise RlcscError(f"{out} holds a training run; record the evaluation into another --out")
     if held not in (None, "model" if model else "bicubic"):
-        raise RlcscError(f"{out} holds the evaluation of {EVALUATED[held]}, not of {EVALUATED['model' if model else 'bicubic']}; "
-                         "record into another --out")
+        raise RlcscError(f"{out} holds the evaluation of {EVALUATED[held]}, "
+                         f"not of {EVALUATED['model' if model else 'bicubic']}; record into another --out")
     if model is not None and kept.exists() and file_sha256(kept) != file_sha256(model):
         raise RlcscError(f"{kept} is another model than {model}; record into another --out")
     if out.is_dir():

@@ -316,7 +316,8 @@ class Measured(Evaluated):
             made, network = "`rlcsc record --method bicubic`", "bicubic interpolation (MATLAB's `imresize`)"
         else:
             src = self.source
-            made, network = "`rlcsc record --model`", f"{self.method}: the authors' `{src['file']}` (sha256 {src['sha256'][:10]})"
+            made, network = ("`rlcsc record --model`",
+                             f"{self.method}: the authors' `{src['file']}` (sha256 {src['sha256'][:10]})")
         return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
@@ -328,7 +329,8 @@ class Measured(Evaluated):
 def measured_methods(results: Path, runs: Path) -> list[Measured]:
     """Every evaluation of a released model: this pipeline's (results/), then the recorded ones (runs/)."""
     found = []
-    for recorded, folder in [(False, p) for p in sorted(results.glob("*"))] + [(True, p) for p in sorted(runs.glob("*"))]:
+    for recorded, folder in ([(False, p) for p in sorted(results.glob("*"))]
+                             + [(True, p) for p in sorted(runs.glob("*"))]):
         evaluation = _json(folder / "evaluation.json")
         if evaluation and ((evaluation.get("model") or {}).get("source")) and (folder / "metrics.json").exists():
             found.append(Measured(folder.name, recorded, evaluation, _json(folder / "metrics.json"), folder,
@@ -386,7 +388,7 @@ class Page:
         """The colour of every run and measured model (by `short()`), the same on every page."""
         from rlcsc.plots import colours
 
-        first = [r.short() for r in self.runs if r.paper_scale] + [m.short() for m in self.measured]  # the first colours
+        first = [r.short() for r in self.runs if r.paper_scale] + [m.short() for m in self.measured]  # colours 1, 2..
         return colours(first + [r.short() for r in self.runs if not r.paper_scale])
 
     def run(self, name: str) -> Run | None:
@@ -403,10 +405,12 @@ class Page:
         """The fullest evaluation of bicubic: this pipeline's (`results/bicubic`) or a recorded one (`runs/<name>/`,
         `rlcsc record --method bicubic`), the one with more cells (a recorded one before the pipeline's of as many)."""
         found = []
-        for recorded, folder in ((False, self.results / "bicubic"), *((True, p) for p in sorted(self.runs_dir.glob("*")))):
+        for recorded, folder in ((False, self.results / "bicubic"),
+                                 *((True, p) for p in sorted(self.runs_dir.glob("*")))):
             evaluation, metrics = _json(folder / "evaluation.json"), _json(folder / "metrics.json")
             if evaluation is not None and metrics is not None and evaluation.get("method") == "bicubic":
-                found.append(Measured(folder.name, recorded, evaluation, metrics, folder, _json(folder / "environment.json")))
+                found.append(Measured(folder.name, recorded, evaluation, metrics, folder,
+                                      _json(folder / "environment.json")))
         return max(found, key=lambda b: (b.cells(), b.recorded), default=None)
 
     def tolerance(self) -> dict[str, float]:
@@ -536,7 +540,8 @@ def spread_table(group: list[Run], metric: str) -> pd.DataFrame:
 
 
 PAPER, OURS = "paper", "this package"  # the two groups of a table's columns
-TABLE = [{"selector": "", "props": "font-size: 0.9em; margin-left: 0"}, {"selector": "th, td", "props": "padding: 0.2em 0.5em"},
+TABLE = [{"selector": "", "props": "font-size: 0.9em; margin-left: 0"},
+         {"selector": "th, td", "props": "padding: 0.2em 0.5em"},
          {"selector": "td", "props": "white-space: nowrap"}]
 
 

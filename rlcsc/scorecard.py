@@ -125,7 +125,8 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
         out.append(Line(f"Table 3, {words}", "psnr", keys, tuple(key for key, _ in hits), tuple(d for _, d in hits),
                         tolerance["psnr"], run))
     k_of = dict(zip(f7.depth, f7.recursions))
-    points = [("Figure 1", k_of[r.layers], r.layers, r.psnr) for r in table("figure1").query("model == 'RL-CSC'").itertuples()]
+    points = [("Figure 1", k_of[r.layers], r.layers, r.psnr)
+              for r in table("figure1").query("model == 'RL-CSC'").itertuples()]
     points += [("Figure 7", r.recursions, r.depth, r.psnr) for r in f7.itertuples()]
     for figure, k_point, depth_point, psnr in points:  # Set5 x3 PSNR after 35 epochs of the network of depth K + 5
         run = counting(page.runs, int(k_point), n, m)
@@ -183,7 +184,8 @@ def checks(page: Page) -> list[Check]:
         out.append(Check("Bicubic", where, _frames(bic), bic))
     for method in dict.fromkeys(m.method for m in page.measured):
         chosen = page.measured_method(method)
-        where = f"recorded evaluation `runs/{chosen.name}`" if chosen.recorded else f"this pipeline's `results/{chosen.name}`"
+        where = (f"recorded evaluation `runs/{chosen.name}`" if chosen.recorded
+                 else f"this pipeline's `results/{chosen.name}`")
         out.append(Check(method, f"the authors' released weights, {where}", _frames(chosen), chosen))
     return out
 

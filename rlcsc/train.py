@@ -121,8 +121,8 @@ class TrainParams(Checked):
         for key in ("features", "codes"):
             n = round(getattr(self, key) * self.width)
             if not 1 <= n <= MAX_WIDTH:
-                raise RlcscError(f"TrainParams: width = {self.width!r} is not allowed with {key} = {getattr(self, key)}: "
-                                 f"it makes {n} {key}, and must make from 1 to {MAX_WIDTH}")
+                raise RlcscError(f"TrainParams: width = {self.width!r} is not allowed with {key} = "
+                                 f"{getattr(self, key)}: it makes {n} {key}, and must make from 1 to {MAX_WIDTH}")
 
     def model_config(self) -> dict:
         """Config fields of the network this run trains (widths scaled by `width`)."""
@@ -390,7 +390,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     bad |= ~(torch.isfinite(losses[step]) & torch.isfinite(norms[step]))
                     step += 1
                     this_call += 1
-                    finished = (step == per_epoch and epoch + 1 >= p.last_epoch()) or bool(p.max_steps and done() >= p.max_steps)
+                    finished = ((step == per_epoch and epoch + 1 >= p.last_epoch())
+                                or bool(p.max_steps and done() >= p.max_steps))
                     snapshot = step == per_epoch or finished or bool(p.eval_every and done() % p.eval_every == 0)
                     save = done() % p.checkpoint_every == 0
                     stop_asked = stop_after is not None and this_call >= stop_after
@@ -477,8 +478,8 @@ def _snapshot(p: TrainParams, step: int, per_epoch: int, lr: float, losses: torc
     norms = norms.float().cpu()
     clipped = None if p.clip is None else round(float((norms > p.clip).float().mean()), 4)
     return {"step": step, "epoch": round(step / per_epoch, 4), "seconds": round(seconds, 1), "lr": lr,
-            "loss": float(losses.mean()), "grad_norm_median": float(norms.median()), "grad_norm_max": float(norms.max()),
-            "clipped_fraction": clipped, "steps": len(norms), **scores}
+            "loss": float(losses.mean()), "grad_norm_median": float(norms.median()),
+            "grad_norm_max": float(norms.max()), "clipped_fraction": clipped, "steps": len(norms), **scores}
 
 
 def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:

@@ -70,7 +70,8 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["new.npy"] and sorted(p.name for p in tmp_path.iterdir()) == ["patches"]
 
 
-def test_an_interrupt_between_the_renames_restores_the_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupt_between_the_renames_restores_the_old_folder(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C (or SIGTERM, which the command turns into the same) arriving just after the old folder was moved
     aside, before the new one took its place: the old one is put back."""
     out = tmp_path / "patches"

@@ -1,4 +1,5 @@
-"""`rlcsc benchmark` and `rlcsc memory` on the CPU, the evaluation's GPU pipeline (run here with bicubic), core sharing."""
+"""`rlcsc benchmark` and `rlcsc memory` on the CPU, the evaluation's GPU pipeline (run here with bicubic), core
+sharing."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def test_the_output_route_sentence_holds_the_file(html: Path) -> None:
 def test_no_page_calls_a_run_completed(html: Path) -> None:
     """A run says how far it trained ("1 of 35 epochs"), never "completed", which a run short of its plan is not."""
     for path in sorted((html / "generated").glob("*.html")):
-        assert "completed" not in BeautifulSoup(path.read_text(), "html.parser").select_one("article").get_text(), path.name
+        text = BeautifulSoup(path.read_text(), "html.parser").select_one("article").get_text()
+        assert "completed" not in text, path.name
 
 
 @pytest.mark.parametrize("name", ["table1", "figure7"])
@@ -136,7 +137,8 @@ def test_the_spread_over_seeds_is_shown(html: Path, name: str) -> None:
 MEASURE = """<script>window.addEventListener('load', () => {
   document.querySelectorAll('details').forEach(d => d.open = true);
   document.querySelectorAll('.toggle-hidden, .hide-output, .cell_output').forEach(e => e.style.display = 'block');
-  const sizes = [...document.querySelectorAll('article img')].map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width]);
+  const sizes = [...document.querySelectorAll('article img')]
+    .map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width]);
   const body = getComputedStyle(document.querySelector('article p')).fontSize;
   const out = document.createElement('pre'); out.id = 'measured'; out.textContent = JSON.stringify({sizes, body});
   document.body.appendChild(out);
@@ -153,9 +155,9 @@ def test_figures_are_shown_at_their_drawn_width(html: Path, name: str, tmp_path:
     probe = tmp_path / f"{name}.html"
     probe.write_text(source.replace("<head>", "<head>" + base, 1).replace("</body>", MEASURE + "</body>", 1))
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--allow-file-access-from-files",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000", "--virtual-time-budget=10000",
-           "--dump-dom", probe.as_uri()]
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000",
+           "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
     dom = BeautifulSoup(subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout, "html.parser")
     measured = json.loads(dom.select_one("#measured").get_text())
     assert float(measured["body"].rstrip("px")) >= 15, measured["body"]

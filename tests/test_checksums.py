@@ -1,7 +1,7 @@
 """Damaged inputs are named, never used: a model file carries the SHA-256 of its network, the
 augmented images and the patch set a SHA256SUMS that their readers verify, the test images the
-SHA-256 of the manifest (of the file, or of the Y channel that the protocol reads), and a recorded run's folder a SHA256SUMS that the report verifies. Each
-refusal is one line naming the file and what writes it again."""
+SHA-256 of the manifest (of the file, or of the Y channel that the protocol reads), and a recorded run's folder a
+SHA256SUMS that the report verifies. Each refusal is one line naming the file and what writes it again."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(root / f"{i}.png")
-    augment([root / "0.png", root / "1.png"], root / "augmented", AugmentParams(flips=("none",), factors=(1.0,)), jobs=1)
+    augment([root / "0.png", root / "1.png"], root / "augmented", AugmentParams(flips=("none",), factors=(1.0,)),
+            jobs=1)
     make_patches(root / "augmented", root / "patches", PatchParams(chunk=1), jobs=1)
     return root
 
@@ -60,7 +61,8 @@ def test_a_flipped_bit_in_a_model_file_is_named_not_used(tmp_path: Path,
     load_model(tmp_path / "model.pt")
     flip_exponent(tmp_path / "model.pt", model.state_dict()["f0.weight"])
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
-    argv = ["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "model.pt"), "-o", str(tmp_path / "o.png")]
+    argv = ["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "model.pt"), "-o",
+            str(tmp_path / "o.png")]
     assert one_line_error(argv).endswith(f"corrupt {tmp_path / 'model.pt'}: its network differs from the "
                                                  "SHA-256 it carries; train it again (`dvc repro train@K25`)")
     assert not (tmp_path / "o.png").exists()
@@ -139,7 +141,8 @@ def test_a_changed_byte_in_the_augmented_images_is_named_before_patching(folders
     blob = bytearray((augmented / "images.u8").read_bytes())
     blob[100] ^= 1
     (augmented / "images.u8").write_bytes(bytes(blob))
-    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(augmented / 'images.u8'))}: .*rerun `rlcsc augment`"):
+    with pytest.raises(RlcscError,
+                       match=rf"^corrupt {re.escape(str(augmented / 'images.u8'))}: .*rerun `rlcsc augment`"):
         make_patches(augmented, tmp_path / "patches", PatchParams(chunk=1), jobs=1)
     assert not (tmp_path / "patches").exists()
 
@@ -173,8 +176,8 @@ def test_a_replaced_test_image_is_named_not_scored(mirror: Path, tmp_path: Path,
         Monitor(raw, "Set5", 3, "fp32")  # training's Set5 x3 scores
 
 
-def test_a_test_image_in_another_lossless_form_of_its_y_is_scored_alike(mirror: Path, tmp_path: Path,
-                                                                       one_line_error: Callable[[list[str]], str]) -> None:
+def test_a_test_image_in_another_lossless_form_of_its_y_is_scored_alike(
+        mirror: Path, tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     """The protocol reads only Y: a test set brought as its Y channel alone (a grey PNG of each image) is
     accepted by its Y's SHA-256 and scores bit for bit as the pinned files do; one grey level off is not."""
     argv = ["evaluate", "--method", "bicubic", "--datasets", "Set5", "--scales", "3", "--no-ifc"]
@@ -204,7 +207,8 @@ def test_an_edited_run_is_named_before_the_report_reads_it(tmp_path: Path,
     metrics = runs / "K25-paper" / "metrics.json"
     text = metrics.read_text()
     metrics.write_text(text.replace("33.", "81.", 1))
-    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out", str(tmp_path / "book")]
+    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out",
+            str(tmp_path / "book")]
     expected = (f"corrupt {metrics}: its bytes differ from the SHA-256 that {runs / 'K25-paper' / SUMS} holds; restore "
                 f"it with `git checkout -- {runs / 'K25-paper'}` (a run whose `rlcsc record` was cut short is sealed "
                 "by its next call)")
@@ -225,7 +229,8 @@ def test_a_folder_of_runs_that_holds_no_run_files_is_passed_over(tmp_path: Path,
     (runs / "new").mkdir(parents=True)
     (runs / "notes").mkdir()
     (runs / "notes" / "plan.md").write_text("K48 next\n")
-    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out", str(tmp_path / "book")]
+    argv = ["report", "table1", "--params", str(REPO / "params.yaml"), "--runs", str(runs), "--out",
+            str(tmp_path / "book")]
     assert main(argv) == 0
     (runs / "new" / "metrics.json").write_text("{}\n")
     assert f"corrupt {runs / 'new'}" in one_line_error(argv)
@@ -257,7 +262,8 @@ def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_pat
         verify_run(run)
     assert main(["checksums", str(run)]) == 0
     verify_run(run)
-    assert (run / SUMS).read_text() == "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356  metrics.json\n"
+    assert (run / SUMS).read_text() == ("ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356  "
+                                        "metrics.json\n")
     (run / "output_route.json").write_text("{}\n")  # a measurement a command added beside the run: sealed too
     assert main(["checksums", str(run)]) == 0
     verify_run(run)

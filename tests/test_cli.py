@@ -50,7 +50,8 @@ def test_download_says_which_files_it_verified(mirror: Path, tmp_path: Path, cap
     (out / "T91").mkdir(parents=True)
     (out / "T91" / "t1.bmp").write_bytes(b"not an image")
     assert main(["download", "--out", str(out), "--mirror", str(mirror), "--datasets", "Set5"]) == 0
-    assert capsys.readouterr().err.splitlines()[-1] == f"5 file(s) fetched; all 5 of Set5 in manifest.tsv verified in {out}"
+    assert capsys.readouterr().err.splitlines()[-1] == ("5 file(s) fetched; all 5 of Set5 in manifest.tsv "
+                                                        f"verified in {out}")
 
 def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
     out = tmp_path / "bicubic"

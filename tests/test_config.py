@@ -75,7 +75,8 @@ def test_a_value_the_budget_overrides_is_still_checked(tmp_path: Path) -> None:
 def test_evaluate_and_data_blocks_are_checked_too(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     cases = [(lambda p: p["evaluate"].update(scales=[5]),
               "scales = [5] is not allowed; it must be a non-empty list of distinct items, each one of 2, 3, 4"),
-             (lambda p: p["budgets"]["quick"]["evaluate"].update(datasets=["Set6"]), "budgets.quick.evaluate: datasets = ['Set6']"),
+             (lambda p: p["budgets"]["quick"]["evaluate"].update(datasets=["Set6"]),
+              "budgets.quick.evaluate: datasets = ['Set6']"),
              (lambda p: p["augment"].update(factors=[1.5]), "each a number in (0, 1]"),
              # a value twice would augment, cut or score the same data twice
              (lambda p: p["augment"].update(rotations=[0, 90, 0]), "rotations = [0, 90, 0] is not allowed"),
@@ -182,11 +183,12 @@ def test_params_lists_every_value_with_its_source(capsys) -> None:
 
 def test_no_traceback_reaches_the_user_from_a_bad_value(tmp_path: Path) -> None:
     path = write(tmp_path, lambda p: p["experiments"]["K25"].update(recursions="abc"))
-    cmd = [sys.executable, "-m", "rlcsc.cli", "train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "rlcsc.cli", "train", "--params", str(path), "--experiment", "K25", "--out",
+           str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"rlcsc train: error: {path}, experiments.K25: recursions = 'abc' is not "
-                                                "allowed; it must be an integer in [1, 1000]"]
+    assert proc.stderr.strip().splitlines() == [f"rlcsc train: error: {path}, experiments.K25: recursions = 'abc' "
+                                                "is not allowed; it must be an integer in [1, 1000]"]
 
 
 @pytest.mark.parametrize("width,message", [
@@ -213,8 +215,8 @@ def test_a_key_given_twice_is_refused(tmp_path: Path, one_line_error: Callable[[
 
 def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path: Path) -> None:
     path = write(tmp_path, lambda p: p["evaluate"].update(ifc=False))
-    argv = ["evaluate", "--method", "bicubic", "--params", str(path), "--raw", str(mirror), "--out", str(tmp_path / "o"),
-            "--scales", "3", "--jobs", "1"]
+    argv = ["evaluate", "--method", "bicubic", "--params", str(path), "--raw", str(mirror), "--out",
+            str(tmp_path / "o"), "--scales", "3", "--jobs", "1"]
     proc = subprocess.run([sys.executable, "-m", "rlcsc.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     notes = [line for line in proc.stderr.splitlines() if "replaces" in line]
@@ -226,8 +228,8 @@ def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path
 
 @pytest.mark.parametrize("name", ["$(touch pwned)", "a;touch pwned", "K25'", "models/K25", "..", "K25 x", "train@K25",
                                   "K2.5", "_K25", "25", "bicubic", "VDSR", "null", "Yes", "off"])
-def test_an_experiment_name_that_could_reach_a_shell_or_another_output_is_refused(tmp_path: Path, name: str,
-                                                                                  one_line_error: Callable[[list[str]], str]) -> None:
+def test_an_experiment_name_that_could_reach_a_shell_or_another_output_is_refused(
+        tmp_path: Path, name: str, one_line_error: Callable[[list[str]], str]) -> None:
     """Names become stage names, shell words and folders: K25_seed1 and K25-fast are fine; a name that
     holds anything else, reads as a YAML boolean or null, or takes another stage's folder is refused by
     every command that reads params.yaml."""
@@ -260,8 +262,8 @@ def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path
     assert "train@K25-fast_2\n" in capsys.readouterr().out
 
 
-def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(tmp_path: Path,
-                                                                          one_line_error: Callable[[list[str]], str]) -> None:
+def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(
+        tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     """A budget added to params.yaml and put in use: its blocks are read by the stages, but `dvc repro` reruns a
     stage only for the params dvc.yaml declares, so the check stage (`rlcsc params --checked`) names what to add."""
     def mine(p: dict) -> None:

@@ -41,7 +41,8 @@ def handler_imports(command: str) -> set[str]:
             continue
         seen.add(name)
         found |= imported(functions[name])
-        todo += [n.func.id for n in ast.walk(functions[name]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+        todo += [n.func.id for n in ast.walk(functions[name])
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
     return found
 
 

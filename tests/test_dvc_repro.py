@@ -1,7 +1,7 @@
 """`dvc repro` and `dvc exp run` with a bad params.yaml, on a miniature workspace: this project's
 dvc.yaml (its check_params, train and evaluate stages) and params.yaml (with two of its experiments)
-over stand-in files that `dvc commit` records as built. A bad value stops at check_params, before DVC removes any output; an
-experiment's name reaches the shell only quoted."""
+over stand-in files that `dvc commit` records as built. A bad value stops at check_params, before DVC removes any
+output; an experiment's name reaches the shell only quoted."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "rlcsc", root / "rlcsc", ignore=shutil.ignore_patterns("__pycache__"))
     params = (REPO / "params.yaml").read_text()  # but two experiments, the fewer stages for DVC to hash
     start, end = params.index("\nexperiments:\n"), params.index("\n\n", params.index("\nexperiments:\n"))
-    (root / "params.yaml").write_text(params[:start] + "\nexperiments:\n  K25: {recursions: 25}\n  K48: {recursions: 48}"
-                                      + params[end:])
+    (root / "params.yaml").write_text(params[:start] + "\nexperiments:\n  K25: {recursions: 25}\n"
+                                      "  K48: {recursions: 48}" + params[end:])
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in STAGES}}, sort_keys=False))
     experiments = yaml.safe_load((root / "params.yaml").read_text())["experiments"]
@@ -99,7 +99,8 @@ def test_a_name_that_holds_a_command_runs_nothing_but_the_refusal(workspace: Pat
     refuses."""
     name = "x;touch pwned;$(touch pwned)"
     params = workspace / "params.yaml"
-    params.write_text(params.read_text().replace("  K25: {recursions: 25}\n", f"  K25: {{recursions: 25}}\n  '{name}': {{}}\n"))
+    params.write_text(params.read_text().replace("  K25: {recursions: 25}\n",
+                                                 f"  K25: {{recursions: 25}}\n  '{name}': {{}}\n"))
     refusal = f"experiment name {name!r} is not allowed"
     proc = run(workspace, "dvc", "repro")
     assert proc.returncode != 0 and refusal in proc.stdout + proc.stderr

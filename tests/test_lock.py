@@ -66,8 +66,9 @@ def test_a_second_writer_ends_at_once_naming_the_holder_and_a_killed_holder_is_t
     second = sr(tmp_path)
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert second.stderr.strip().splitlines() == [
-        (f"rlcsc sr: error: {tmp_path / 'out.png'} is being written by process {proc.pid} (`-c {tmp_path / 'out.png'}`, "
-         f"since {second.stderr.split('since ')[1].split(')')[0]}); wait for it to end, or write elsewhere")]
+        (f"rlcsc sr: error: {tmp_path / 'out.png'} is being written by process {proc.pid} "
+         f"(`-c {tmp_path / 'out.png'}`, since {second.stderr.split('since ')[1].split(')')[0]}); wait for it to end, "
+         "or write elsewhere")]
     assert not (tmp_path / "out.png").exists() and tmp.read_text() == "half"
     proc.kill()  # kill -9: neither its temporary nor its lock file is removed by it
     proc.wait()
@@ -201,7 +202,8 @@ def test_a_stale_lock_takes_only_hidden_temporaries_of_its_output_with_it(tmp_pa
     """A killed writer's lock lists what it made; the next writer removes those that are temporaries of the output
     (hidden names beside it), never a user's file it might list nor a file elsewhere."""
     out = tmp_path / "out.png"
-    theirs, mine, elsewhere = tmp_path / ".out.k2.tmp.png", tmp_path / "notes.tmp.txt", tmp_path / "o" / ".out.k3.tmp.png"
+    theirs, mine, elsewhere = (tmp_path / ".out.k2.tmp.png", tmp_path / "notes.tmp.txt",
+                               tmp_path / "o" / ".out.k3.tmp.png")
     elsewhere.parent.mkdir()
     for path in (theirs, mine, elsewhere):
         path.write_text("x")

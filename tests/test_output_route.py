@@ -64,7 +64,8 @@ def test_a_missing_model_or_a_set_that_is_not_a_test_set_is_one_clear_error(tmp_
         output_route(tmp_path / "none.pt", tmp_path, ["Set5"], [3])
     model = tmp_path / "model.pt"
     save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), model)
-    with pytest.raises(RlcscError, match=r"unknown test set 'T91'; choose from \['Set5', 'Set14', 'BSD100', 'Urban100'\]"):
+    with pytest.raises(RlcscError,
+                       match=r"unknown test set 'T91'; choose from \['Set5', 'Set14', 'BSD100', 'Urban100'\]"):
         output_route(model, tmp_path, ["Set5", "T91"], [3])
 
 
@@ -78,7 +79,8 @@ def test_each_cell_averages_its_own_dataset_and_scale(mirror: Path, tmp_path: Pa
         dataset, path, scale, _ = task
         index = [p.name for p in sorted((mirror / dataset).iterdir())].index(path.name)
         return {"dataset": dataset, "image": path.name, "scale": scale,
-                **{f"{m}_{r}": index + scale + (0.5 if r == "rgb" else 0) for m in ("psnr", "ssim", "ifc") for r in ("y", "rgb")}}
+                **{f"{m}_{r}": index + scale + (0.5 if r == "rgb" else 0)
+                   for m in ("psnr", "ssim", "ifc") for r in ("y", "rgb")}}
 
     monkeypatch.setattr(route, "_score", score)
     model = tmp_path / "model.pt"
@@ -87,5 +89,6 @@ def test_each_cell_averages_its_own_dataset_and_scale(mirror: Path, tmp_path: Pa
     for dataset, n in (("Set5", 5), ("Set14", 14)):
         for scale in (2, 4):
             cell = cells[dataset][f"x{scale}"]
-            assert cell["images"] == n and cell["psnr_y"] == (n - 1) / 2 + scale and cell["ssim_rgb"] == (n - 1) / 2 + scale + 0.5
+            assert (cell["images"] == n and cell["psnr_y"] == (n - 1) / 2 + scale
+                    and cell["ssim_rgb"] == (n - 1) / 2 + scale + 0.5)
             assert cell["ifc_rgb_minus_y"] == 0.5

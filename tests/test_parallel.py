@@ -102,7 +102,8 @@ def test_an_interrupted_map_of_large_results_ends_at_once(round_: int, tmp_path:
     from test_training_data import running, workers_of
 
     proc = subprocess.Popen([sys.executable, "-c", LARGE], stdout=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])})
+                            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path),
+                                 "PYTHONPATH": str(Path(__file__).parents[1])})
     for _ in range(3 + round_):  # results are flowing
         assert proc.stdout.readline().strip() == str(64 << 20)
     workers = workers_of(proc.pid)

@@ -124,7 +124,8 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp
 
 
 def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
     """Extending a run needs its training code and params: otherwise one line, and nothing changes."""
     from rlcsc import train as module
 
@@ -139,8 +140,9 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     commit = json.loads((out / "environment.json").read_text())["calls"][-1]["commit"]
-    assert err == (f"rlcsc record: error: {out / 'checkpoint.pt'} belongs to a run with other training code (made at commit "
-                   f"{commit}): extend it with that code and those params, or record into another --out")
+    assert err == (f"rlcsc record: error: {out / 'checkpoint.pt'} belongs to a run with other training code "
+                   f"(made at commit {commit}): extend it with that code and those params, "
+                   "or record into another --out")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not even environment.json
     monkeypatch.undo()
     other = yaml.safe_load(params.read_text())
@@ -188,15 +190,17 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
     fresh = [*argv[:5], "--work", str(tmp_path / "work"), *argv[7:], "--raw", str(tmp_path / "tests")]
     assert main([*fresh, "--out", str(tmp_path / "new")]) == 1
     first = sorted((mirror / "T91").iterdir())[0].name
-    assert capsys.readouterr().err.strip() == (f"rlcsc record: error: missing training image {tmp_path}/tests/T91/{first}: "
-                                               "run `rlcsc download` first")
+    assert capsys.readouterr().err.strip() == ("rlcsc record: error: missing training image "
+                                               f"{tmp_path}/tests/T91/{first}: run `rlcsc download` first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tests"]
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
     for name, damaged, said in (("environment.json", b"{", f"{out / 'environment.json'} is not readable JSON"),
                                 ("environment.json", b"[]", f"{out / 'environment.json'} holds list, not the mapping"),
-                                ("environment.json", b'{"calls": [1]}', f"{out / 'environment.json'} holds no list of calls"),
-                                ("checkpoint.pt", b"not a checkpoint", f"corrupt {out / 'checkpoint.pt'}: its bytes differ")):
+                                ("environment.json", b'{"calls": [1]}',
+                                 f"{out / 'environment.json'} holds no list of calls"),
+                                ("checkpoint.pt", b"not a checkpoint",
+                                 f"corrupt {out / 'checkpoint.pt'}: its bytes differ")):
         (out / name).write_bytes(damaged)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         assert main([*argv, "--raw", str(mirror), "--out", str(out)]) == 1
@@ -239,7 +243,8 @@ def test_a_model_sealed_by_its_run_folder_is_recorded_at_the_first_call(mirror: 
 
 
 def test_an_edited_file_of_a_run_is_never_sealed_as_the_program_s(recorded: Path, mirror: Path, params: Path,
-                                                                   tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     """`rlcsc record` seals the folder at the end of every call: a file edited by hand since the last seal is
     refused first, else the report's check of the seal would pass it. A call killed before it sealed leaves
     files the seal does not hold; the next call seals them."""
@@ -294,9 +299,11 @@ def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirro
               f"{model} holds the evaluation of a model made elsewhere, not of bicubic"),
              (["--model", str(run / "model.pt"), "--out", str(bicubic)],
               f"{bicubic} holds the evaluation of bicubic, not of a model made elsewhere"),
-             (["--steps", "10", "--out", str(model)], f"{model} holds the recorded evaluation of a model made elsewhere"),
+             (["--steps", "10", "--out", str(model)],
+              f"{model} holds the recorded evaluation of a model made elsewhere"),
              (["--steps", "10", "--out", str(bicubic)], f"{bicubic} holds the recorded evaluation of bicubic"),
-             (["--budget", "fast", "--steps", "10", "--out", str(tmp_path / "new")], "--steps would move where the cosine")]
+             (["--budget", "fast", "--steps", "10", "--out", str(tmp_path / "new")],
+              "--steps would move where the cosine")]
     capsys.readouterr()
     for args, said in cases:
         before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
@@ -362,7 +369,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     out = tmp_path / "comparison.json"
     argv = ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
             "--work", str(recorded / "work"), "--steps", "20", "--variant", "base:", "--variant", "again:",
-            "--variant", "bias:bias=true,lr=2e-3", "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2",
+            "--variant", "bias:bias=true,lr=2e-3",
+            "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2",
             "--variant", "half:max_steps=10,eval_scale=2", "--out", str(out), "--jobs", "2"]
     capsys.readouterr()
     assert main(argv) == 0
@@ -376,7 +384,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert cosine["steps_done"] == 20 and cosine["curve"][-1]["lr"] < 0.01 * 1e-3  # decayed over the comparison
     assert half["steps_done"] == 10  # a variant's own length
     other = tmp_path / "other.json"
-    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"], ["--variant", "a:", "--variant", "a:lr=1"],
+    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"],
+                ["--variant", "a:", "--variant", "a:lr=1"],
                 ["--variant", "a:", "--variant", "bad:width=0.00001"]):  # found before variant a trains
         assert main(argv[:-4] + bad + ["--out", str(other)]) == 1 and not other.exists()
     kept = out.read_text()  # a comparison is never written over
@@ -387,7 +396,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     out.rename(runs / "comparisons" / "ladder.json")
     seal(runs / "comparisons")  # its checksum moves with it
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
-    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
+               for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
     assert "none (the budget as it stood)" in text  # the base variant's changes, in words
@@ -423,7 +433,8 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     assert references(result, [decaying]) == []  # its learning rate at a step depends on its own length
 
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
-    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
+               for o in c.get("outputs", [])]
     assert row_headings(tables(outputs))[:3] == ["base", "lr", "K25-quick † (recorded run)"]  # after the two variants
 
 
@@ -448,7 +459,8 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     out.rename(runs / "comparisons" / "cut.json")
     seal(runs / "comparisons")
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
-    text = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
+    text = json.dumps([c.get("outputs", [])
+                       for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
     assert "Not measured (the comparison ended before them): fast, never." in text
 
 
@@ -464,7 +476,8 @@ def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, m
     seal(runs / "K15-quick")  # a run recorded so, not one edited since
     for name in ("table1", "table3"):
         assert main(report_argv(name, runs, mirror, tmp_path)) == 0
-        outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+        outputs = [o for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
+                   for o in c.get("outputs", [])]
         assert "| K25-quick | `rlcsc record` |" in json.dumps(outputs) and "K15-quick" not in json.dumps(outputs)
     last = json.loads((runs / "K25-quick" / "train.json").read_text())
     quick = tables(outputs)  # Table 3's quick section: the run's last snapshot and how far it trained

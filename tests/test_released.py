@@ -98,9 +98,11 @@ def test_a_file_that_is_not_matconvnets_is_one_clear_error(tmp_path: Path) -> No
 
 def test_only_the_pinned_file_converts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "other.mat").write_bytes(b"some other weights")
-    status = main(["convert", "--arch", "vdsr", "--weights", str(tmp_path / "other.mat"), "--out", str(tmp_path / "m.pt")])
+    status = main(["convert", "--arch", "vdsr", "--weights", str(tmp_path / "other.mat"), "--out",
+                   str(tmp_path / "m.pt")])
     assert status == 1 and "is not a file that weights.tsv pins" in capsys.readouterr().err
-    status = main(["convert", "--arch", "drrn", "--weights", str(tmp_path / "other.mat"), "--out", str(tmp_path / "m.pt")])
+    status = main(["convert", "--arch", "drrn", "--weights", str(tmp_path / "other.mat"), "--out",
+                   str(tmp_path / "m.pt")])
     assert status == 1 and "no converter for architecture 'drrn'" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
@@ -153,7 +155,8 @@ def test_converted_file_names_its_source(vdsr_model: Path) -> None:
     assert about["arch"] == "vdsr" and about["source"] == {"group": "VDSR", "file": "VDSR_Official.mat",
                                                             "sha256": entry.sha256, "url": entry.url}
     assert sum(p.numel() for p in load_model(vdsr_model).parameters()) == 665_921
-    assert released.pinned_source(vdsr_model.parent / "weights" / "VDSR" / "VDSR_Official.mat")["sha256"] == entry.sha256
+    assert (released.pinned_source(vdsr_model.parent / "weights" / "VDSR" / "VDSR_Official.mat")["sha256"]
+            == entry.sha256)
 
 
 def test_authors_vdsr_reproduces_the_papers_set5_column(vdsr_model: Path, mirror: Path) -> None:

@@ -116,7 +116,8 @@ def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(t
     of its own K."""
     t1, f1, f7 = table("table1"), table("figure1"), table("figure7")
     set5_x3 = t1.query("method == 'RL-CSC' and dataset == 'Set5' and scale == 3").psnr.iloc[0]
-    assert set5_x3 == f1.query("model == 'RL-CSC' and layers == 30").psnr.iloc[0] == f7.query("recursions == 25").psnr.iloc[0]
+    assert (set5_x3 == f1.query("model == 'RL-CSC' and layers == 30").psnr.iloc[0]
+            == f7.query("recursions == 25").psnr.iloc[0])
     assert f1.query("model == 'RL-CSC' and layers == 53").psnr.iloc[0] == f7.query("recursions == 48").psnr.iloc[0]
     runs = tmp_path / "runs"
     _run(runs, "K25-fast", "fast", _paper_metrics(0.0), epochs=35.0)
@@ -266,7 +267,8 @@ def test_a_runs_table_names_the_machine_as_far_as_the_call_recorded_it() -> None
     assert report.machine("NVIDIA H100 80GB HBM3", cpu) == "NVIDIA H100 80GB HBM3"
     assert report.machine(None, cpu) == "cpu: AMD EPYC (avx2), 2 cores"
     limited = {**cpu, "isa_limits": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
-    assert report.machine(None, limited) == "cpu: AMD EPYC (avx2), 2 cores, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
+    assert report.machine(None, limited) == ("cpu: AMD EPYC (avx2), 2 cores, ATEN_CPU_CAPABILITY=avx2, "
+                                             "ONEDNN_MAX_CPU_ISA=AVX2")
     assert report.machine(None, {"cpu_cores": 2, "isa_limits": {}}) == "cpu, 2 cores"  # recorded before the CPU's name
     assert report.machine(None, {}) == "cpu"
     assert report.precisions("bf16", "tf32") == ", trained in bf16, scored in tf32"  # what the machine computed in

@@ -76,7 +76,8 @@ def pixels(mode: str, bits: int, shape: tuple[int, int] = (9, 7), seed: int = 0)
 
 
 def save(data: np.ndarray, path: Path) -> None:
-    """Write integer pixels with the format's own library: tifffile, pypng for 16-bit colour or alpha PNG, else Pillow."""
+    """Write integer pixels with the format's own library: tifffile, pypng for 16-bit colour or alpha PNG, else
+    Pillow."""
     alpha = data.ndim == 3 and data.shape[2] in (2, 4)
     if path.suffix == ".tif":
         tifffile.imwrite(path, data, photometric="rgb" if data.ndim == 3 and data.shape[2] >= 3 else "minisblack",
@@ -340,7 +341,8 @@ def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: 
     Image.fromarray(grey).save(tmp_path / "g8.png", exif=exif)
     Image.fromarray(grey).save(tmp_path / "g8.tif", exif=exif)
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png", exif=exif)
-    tifffile.imwrite(tmp_path / "g16.tif", grey.astype(np.uint16) * 257, extratags=[(0x0112, "H", 1, orientation, True)])
+    tifffile.imwrite(tmp_path / "g16.tif", grey.astype(np.uint16) * 257,
+                     extratags=[(0x0112, "H", 1, orientation, True)])
     Image.fromarray(grey).save(tmp_path / "lzw.tif", exif=exif, compression="tiff_lzw")  # Pillow turns it itself
     rgb = pixels("RGB", 8, (4, 6))
     Image.fromarray(rgb).convert("P").save(tmp_path / "p.png", exif=exif)
@@ -370,7 +372,8 @@ def test_an_image_s_colour_profile_goes_into_its_output(tiny: Path, tmp_path: Pa
                            ("in16.tif", "o16.tif")):
         sr_file(tmp_path / source, tmp_path / target, 2, tiny, False)
         with Image.open(tmp_path / target) as im:
-            kept = im.info.get("icc_profile") if target != "o16.tif" else tifffile.TiffFile(tmp_path / target).pages.first.iccprofile
+            kept = (im.info.get("icc_profile") if target != "o16.tif"
+                    else tifffile.TiffFile(tmp_path / target).pages.first.iccprofile)
         assert kept == profile, (source, target)
 
 # The JPEG standard's example quantization tables (ITU-T T.81, Annex K.1 and K.2), in natural order; the IJG
@@ -541,7 +544,8 @@ def test_model_by_name_is_the_converted_vdsr(tiny: Path, tmp_path: Path, monkeyp
                                                 "(sha256 f6131666...)) in fp32")
     monkeypatch.chdir(tmp_path)
     Path("vdsr").mkdir()  # a folder of that name (as `rlcsc/` is in a checkout) does not hide the name
-    status, err = sr_in_process(capsys, "in.png", "--scale", "2", "--model", "vdsr", "-o", "out1.png", "--precision", "fp32")
+    status, err = sr_in_process(capsys, "in.png", "--scale", "2", "--model", "vdsr", "-o", "out1.png",
+                                "--precision", "fp32")
     assert status == 0 and f"(model {pipeline}: " in err
     Path("vdsr").rmdir()
     Path("vdsr").write_bytes(b"not a model")
@@ -569,7 +573,8 @@ def test_sr_beats_bicubic_on_an_unseen_photo(scale: float, trained: Path, tmp_pa
     hr = skdata.chelsea()[:, :450]  # not among the training photos; 300x450 is a multiple of 3 and of 5
     lr = np.clip(np.floor(imresize(hr, 1 / scale) + 0.5), 0, 255).astype(np.uint8)
     Image.fromarray(lr).save(tmp_path / "lr.png")
-    proc = run_sr(str(tmp_path / "lr.png"), "--scale", str(scale), "--model", str(trained), "-o", str(tmp_path / "sr.png"))
+    proc = run_sr(str(tmp_path / "lr.png"), "--scale", str(scale), "--model", str(trained), "-o",
+                  str(tmp_path / "sr.png"))
     assert proc.returncode == 0, proc.stderr
     out = np.asarray(Image.open(tmp_path / "sr.png"))
     assert out.shape == hr.shape and out.dtype == np.uint8
@@ -581,7 +586,8 @@ def test_sr_beats_bicubic_on_an_unseen_photo(scale: float, trained: Path, tmp_pa
 
 
 def test_large_output_is_tiled(tiny: Path, tmp_path: Path) -> None:
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 1334, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 1334, 3),
+                                                      dtype=np.uint8)).save(tmp_path / "big.png")
     proc = run_sr(str(tmp_path / "big.png"), "--scale", "3", "--model", str(tiny), "-o", str(tmp_path / "o.png"))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "o.png").size == (4002, 3000)
@@ -600,14 +606,16 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         made = {**state, **changes}
         return {**made, "network_sha256": network_sha256(made["arch"], made["config"], made["model"])}
 
-    save_torch(sealed(model={k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}), tmp_path / "nan.pt")
+    save_torch(sealed(model={k: torch.full_like(w, float("nan")) for k, w in state["model"].items()}),
+               tmp_path / "nan.pt")
     save_torch(sealed(config={**state["config"], "recursions": -3}), tmp_path / "negative.pt")
     save_torch(sealed(config={**state["config"], "recursions": "25"}), tmp_path / "text.pt")
     cases = [
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
         (["ok.png", "--scale", "3", "--model", "negative.pt"],
          "negative.pt: the rlcsc network's recursions must be from 1 to 1000, got -3"),
-        (["ok.png", "--scale", "3", "--model", "text.pt"], "text.pt: the rlcsc network's recursions must be an integer"),
+        (["ok.png", "--scale", "3", "--model", "text.pt"],
+         "text.pt: the rlcsc network's recursions must be an integer"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
@@ -616,7 +624,8 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         (["ok.png", "--scale", "3", "--model", "checkpoint.pt"], "checkpoint.pt is a training checkpoint, not a model"),
     ]
     for i, (args, message) in enumerate(cases):
-        args = [str(tmp_path / a) if a.endswith((".png", ".pt", ".txt")) else a for a in args] + ["-o", str(tmp_path / "out.png")]
+        args = ([str(tmp_path / a) if a.endswith((".png", ".pt", ".txt")) else a for a in args]
+                + ["-o", str(tmp_path / "out.png")])
         if i == 0:  # in a fresh interpreter, whose stderr nothing else (an import warning) may write to
             proc = run_sr(*args)
             status, err = proc.returncode, proc.stderr
@@ -668,7 +677,8 @@ def png_header(path: Path, width: int, height: int, bits: int, colour: int) -> N
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not pixels") + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not pixels")
+                     + chunk(b"IEND", b""))
 
 
 def test_an_image_too_large_for_the_memory_is_refused_from_its_header(tiny: Path, tmp_path: Path,
@@ -701,7 +711,8 @@ def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() ->
     from rlcsc.sr import BYTES_PER_SAMPLE, MAPS_PER_PIXEL, memory_needed
 
     k25, cpu = RLCSC(), torch.device("cpu")
-    assert memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu) == BYTES_PER_SAMPLE * 48 * 40 * 3 + 48 * 40 * MAPS_PER_PIXEL * 256 * 4
+    assert (memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu)
+            == BYTES_PER_SAMPLE * 48 * 40 * 3 + 48 * 40 * MAPS_PER_PIXEL * 256 * 4)
     assert memory_needed(Header(24, 20, 3, 8, 1), 2, k25, cpu) < 2**24
     big = memory_needed(Header(3000, 2000, 3, 8, 1), 2, k25, cpu)
     assert big - BYTES_PER_SAMPLE * 6000 * 4000 * 3 > 2**30  # a whole tile's maps, with its context
@@ -729,7 +740,8 @@ def test_jpeg_and_bmp_refuse_any_alpha_and_16_bits() -> None:
                 output_format(Path(name), mode, bits)
         assert output_format(Path(name), "RGB", 8) in ("JPEG", "BMP")
     for name in ("out.png", "out.tif"):
-        assert [output_format(Path(name), mode, 16) for mode in ("LA", "RGBA")] == [name[4:].upper().replace("TIF", "TIFF")] * 2
+        assert ([output_format(Path(name), mode, 16) for mode in ("LA", "RGBA")]
+                == [name[4:].upper().replace("TIF", "TIFF")] * 2)
 
 
 def test_a_palette_with_a_transparent_entry_counts_four_channels_in_its_header(tmp_path: Path) -> None:

@@ -105,8 +105,9 @@ def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Pa
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["curve"] == summary["curve"] and saved["train"]["eval_every"] == 3
     metrics = json.loads((tmp_path / "train_metrics.json").read_text())
-    assert metrics == {"status": "completed", "epochs_done": 2.0, "steps_done": 16, "ms_per_step": summary["ms_per_step"],
-                       "set5_x3_psnr": summary["curve"][-1]["psnr"], "set5_x3_ssim": summary["curve"][-1]["ssim"]}
+    assert metrics == {"status": "completed", "epochs_done": 2.0, "steps_done": 16,
+                       "ms_per_step": summary["ms_per_step"], "set5_x3_psnr": summary["curve"][-1]["psnr"],
+                       "set5_x3_ssim": summary["curve"][-1]["ssim"]}
     plain = train(replace(TINY, max_steps=3), patches, mirror, tmp_path / "plain", "winograd")
     assert plain["curve"][-1]["h_bias"] is None and plain["steps_done"] == 3  # no biases: nothing to log
     assert plain["precision"] == {"train": "fp32", "monitor": "fp32"}  # layers too narrow for winograd
@@ -157,8 +158,8 @@ def test_a_full_disk_or_a_read_only_folder_is_one_line_and_keeps_the_last_checkp
             "--out", str(out)]
     assert main(argv) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"rlcsc train: error: cannot write {out / 'checkpoint.pt'}: {os.strerror(refusal)}; training stopped at epoch 1, "
-        "step 4: rerun it to resume from the last checkpoint written")
+        f"rlcsc train: error: cannot write {out / 'checkpoint.pt'}: {os.strerror(refusal)}; training stopped at "
+        "epoch 1, step 4: rerun it to resume from the last checkpoint written")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock left
     assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]  # no temporary
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 0  # the first, whole
@@ -224,7 +225,8 @@ def test_a_run_its_time_limit_ended_trains_no_further(patches: Path, mirror: Pat
     assert more["steps_done"] == more["steps_per_epoch"] and len(more["calls"]) == 2
 
 
-def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path, capsys) -> None:
+def test_changed_identity_does_not_resume_a_stale_checkpoint(patches: Path, mirror: Path, tmp_path: Path,
+                                                             capsys) -> None:
     train(TINY, patches, mirror, tmp_path, stop_after=3)
     other = train(replace(TINY, lr=0.02, epochs=1), patches, mirror, tmp_path)
     assert other["status"] == "completed" and other["epochs_done"] == 1
@@ -272,7 +274,8 @@ def test_non_finite_loss_fails_clearly_or_is_recorded(patches: Path, mirror: Pat
     assert json.loads((tmp_path / "record" / "train_metrics.json").read_text())["status"] == result["status"]
 
 
-def test_a_diverged_run_keeps_its_last_good_weights_and_is_finished(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_a_diverged_run_keeps_its_last_good_weights_and_is_finished(patches: Path, mirror: Path,
+                                                                    tmp_path: Path) -> None:
     """The status names the step the kept weights come from; a later call trains nothing and loses nothing."""
     wild = replace(TINY, lr=1e12, clip=None, log_every=1, on_divergence="record")
     result = train(wild, patches, mirror, tmp_path)
@@ -376,7 +379,8 @@ def test_a_cut_fast_run_resumes_to_the_same_weights(patches: Path, mirror: Path,
     mini = replace(fast, recursions=2, width=1 / 32, pairs=64, batch=8, warmup=4, eval_every=4, max_steps=12,
                    checkpoint_every=100, compile=False, device="cpu")
     straight = train(mini, patches, mirror, tmp_path / "a")
-    assert train(mini, patches, mirror, tmp_path / "b", stop_after=10) == {"status": "interrupted", "epoch": 1, "step": 2}
+    assert (train(mini, patches, mirror, tmp_path / "b", stop_after=10)
+            == {"status": "interrupted", "epoch": 1, "step": 2})
     resumed = train(mini, patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed" and resumed["steps_done"] == 12
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
@@ -432,7 +436,8 @@ def test_a_training_step_is_the_paper_s_sgd_update_computed_by_hand() -> None:
         torch.testing.assert_close(got[name].detach(), v, rtol=2e-6, atol=1e-7)  # weight decay moves them 3e-5
 
 
-def test_each_step_trains_at_the_learning_rate_the_schedule_gives_it(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_each_step_trains_at_the_learning_rate_the_schedule_gives_it(patches: Path, mirror: Path,
+                                                                     tmp_path: Path) -> None:
     """The schedule reaches the optimiser. A 2-step warm-up's first step trains at half the rate: the same weights
     as a step at that rate without warm-up. Divided by 10 after every epoch (lr_step 1, 8 steps an epoch), the
     8th step trains at lr and the 9th at lr / 10."""
@@ -515,7 +520,8 @@ def test_a_snapshot_summarises_its_interval_s_gradient_norms() -> None:
     assert point == pytest.approx({"step": 30, "epoch": 3.0, "seconds": 12.3, "lr": 0.1, "loss": 3.0,
                                    "grad_norm_median": 0.3, "grad_norm_max": 2.0, "clipped_fraction": 0.4, "steps": 5,
                                    "psnr": 30.0})
-    assert _snapshot(replace(TrainParams(), clip=None), 30, 10, 0.1, torch.ones(1), norms, 1.0, {})["clipped_fraction"] is None
+    assert _snapshot(replace(TrainParams(), clip=None), 30, 10, 0.1, torch.ones(1), norms, 1.0,
+                     {})["clipped_fraction"] is None
 
 
 def test_the_speed_is_the_median_interval_after_the_first_tenth() -> None:
@@ -545,7 +551,8 @@ def test_every_param_that_changes_the_weights_is_part_of_a_run_s_identity() -> N
         assert replace(base, **{key: value}).identity() == base.identity(), key
 
 
-def test_a_run_cut_within_a_snapshot_interval_resumes_that_interval(patches: Path, mirror: Path, tmp_path: Path) -> None:
+def test_a_run_cut_within_a_snapshot_interval_resumes_that_interval(patches: Path, mirror: Path,
+                                                                    tmp_path: Path) -> None:
     """Cut at step 5, inside the interval that began after the snapshot of step 3 (eval_every 3): the resumed run's
     snapshot of step 6 still covers steps 4 to 6, the loss and gradient norms of those before the cut included."""
     p = replace(TINY, eval_every=3, epochs=1)

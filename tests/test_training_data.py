@@ -37,7 +37,8 @@ def test_count_formula_on_awkward_sizes() -> None:
             labels, inputs, corners = make_pairs(y, s, 33, 33)
             assert len(labels) == len(inputs) == len(corners) == count_pairs(shape, s, 33, 33)
             hh, ww = shape[0] - shape[0] % s, shape[1] - shape[1] % s
-            assert count_pairs(shape, s, 33, 33) == (max(0, (hh - 33) // 33 + 1) * max(0, (ww - 33) // 33 + 1) if min(hh, ww) >= 33 else 0)
+            assert count_pairs(shape, s, 33, 33) == (max(0, (hh - 33) // 33 + 1) * max(0, (ww - 33) // 33 + 1)
+                                                     if min(hh, ww) >= 33 else 0)
     assert count_pairs((99, 131), 3, 33, 33) == 3 * 3  # 99x129 after modcrop: 3 rows, 3 cols
     assert count_pairs((34, 100), 4, 33, 33) == 0  # 32 rows after modcrop by 4
     assert count_pairs((65, 66), 2, 33, 10) == 4 * 4
@@ -79,7 +80,8 @@ def test_stored_pair_equals_protocol_for_flipped_rotated_downsized(tiny_set: lis
     ilr = imresize(imresize(label / 255, 1 / 3), size=label.shape)
     image = index.query("file == 'a.png' and flip == 'updown' and rotation == 90 and factor == 0.7").index[0]
     origin = np.load(tmp_path / "patches" / "origin.npy")
-    row = int(np.flatnonzero((origin["image"] == image) & (origin["scale"] == 3) & (origin["row"] == 33) & (origin["col"] == 0))[0])
+    row = int(np.flatnonzero((origin["image"] == image) & (origin["scale"] == 3) & (origin["row"] == 33)
+                             & (origin["col"] == 0))[0])
     labels = np.load(tmp_path / "patches" / "labels.npy", mmap_mode="r")
     inputs = np.load(tmp_path / "patches" / "inputs.npy", mmap_mode="r")
     assert inputs.dtype == np.float16
@@ -135,7 +137,8 @@ def augmented(tiny_set: list[Path], tmp_path: Path) -> Path:
     return tmp_path / "aug"
 
 
-def test_augment_progress_bar_reaches_the_end(tiny_set: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_augment_progress_bar_reaches_the_end(tiny_set: list[Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
     augment(tiny_set, tmp_path / "aug", ONE_VARIANT, jobs=1)
     assert "2/2" in capsys.readouterr().err
 
@@ -267,11 +270,13 @@ def _rewrite_index(folder: Path, edit) -> None:
         (lambda f: _rewrite_index(f, lambda ls: ls[:-1]), "images.u8"),
         (lambda f: _rewrite_index(f, lambda ls: [ls[0], *ls[:0:-1]]), "index.csv"),
     ],
-    ids=["truncated-blob", "empty-index", "extra-field", "renamed-column", "text-offset", "missing-row", "shuffled-offsets"],
+    ids=["truncated-blob", "empty-index", "extra-field", "renamed-column", "text-offset", "missing-row",
+         "shuffled-offsets"],
 )
 def test_corrupt_augmented_folder_is_named_before_work(augmented: Path, tmp_path: Path, corrupt, culprit: str) -> None:
     corrupt(augmented)
-    with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(augmented / culprit))}: .*rerun `rlcsc augment`") as err:
+    with pytest.raises(RlcscError,
+                       match=rf"^corrupt {re.escape(str(augmented / culprit))}: .*rerun `rlcsc augment`") as err:
         make_patches(augmented, tmp_path / "patches", PatchParams(chunk=1), jobs=2)
     assert "\n" not in str(err.value) and not (tmp_path / "patches").exists()
 
@@ -287,14 +292,16 @@ def test_corrupt_augmented_folder_is_named_before_work(augmented: Path, tmp_path
         (lambda f: np.save(f / "keep.npy", np.array([0, 10**6])), ""),
         (lambda f: np.save(f / "inputs.npy", np.zeros((1, 33, 33), np.float32)), ""),
     ],
-    ids=["truncated-labels", "truncated-header", "junk-keep", "empty-keep", "pickled-keep", "keep-out-of-range", "short-inputs"],
+    ids=["truncated-labels", "truncated-header", "junk-keep", "empty-keep", "pickled-keep", "keep-out-of-range",
+         "short-inputs"],
 )
 def test_corrupt_patch_folder_is_named_on_open(augmented: Path, tmp_path: Path, corrupt, culprit: str) -> None:
     folder = tmp_path / "patches"
     make_patches(augmented, folder, PatchParams(chunk=1), jobs=1)
     corrupt(folder)
     where = folder / culprit if culprit else folder
-    with pytest.raises(RlcscError, match=rf"^corrupt patch (file|set in) {re.escape(str(where))}: .*rerun `rlcsc patch`") as err:
+    with pytest.raises(RlcscError,
+                       match=rf"^corrupt patch (file|set in) {re.escape(str(where))}: .*rerun `rlcsc patch`") as err:
         PatchSet.open(folder)
     assert "\n" not in str(err.value)
 
@@ -383,4 +390,5 @@ def test_every_n_th_training_image_is_kept_from_the_first() -> None:
 
     files = training_files(Path("raw"), AugmentParams(every=12))
     assert len(files) == 25 and len(training_files(Path("raw"), AugmentParams())) == 291
-    assert [f.relative_to("raw").as_posix() for f in files[:2]] == ["T91/t1.bmp", "T91/t20.bmp"]  # t1, t10, ..., t19, t2, t20
+    # t1, t10, ..., t19, t2, t20
+    assert [f.relative_to("raw").as_posix() for f in files[:2]] == ["T91/t1.bmp", "T91/t20.bmp"]

@@ -103,7 +103,8 @@ def check_out(out: Path, outputs: Sequence[str], stage: str) -> None:
                          "its folder whole, so name that folder itself, or link the folder above it")
     if out.is_file():
         raise RlcscError(f"output folder {out} is a file; choose a new or empty folder")
-    foreign = [p.name for p in sorted(out.iterdir()) if p.name not in outputs or not p.is_file()] if out.is_dir() else []
+    foreign = ([p.name for p in sorted(out.iterdir()) if p.name not in outputs or not p.is_file()]
+               if out.is_dir() else [])
     if foreign:
         raise RlcscError(f"output folder {out} holds files that are not {stage} output (e.g. {foreign[0]}); "
                          "refusing to delete them: choose a new or empty folder")
@@ -129,7 +130,8 @@ def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int |
     with folder_atomically(out) as tmp:
         with open(tmp / "images.u8", "wb") as blob:
             # strict: zip then asks pmap for one more item, which lets its progress bar reach the end
-            for path, images in zip(files, pmap(_augment_one, [(p, vs) for p in files], jobs, desc="augment"), strict=True):
+            for path, images in zip(files, pmap(_augment_one, [(p, vs) for p in files], jobs, desc="augment"),
+                                    strict=True):
                 for v, y in zip(vs, images):
                     rows.append((path.parent.name, path.name, v.flip, v.rotation, v.factor, *y.shape, offset))
                     blob.write(y.tobytes())
@@ -158,6 +160,7 @@ def load_augmented(folder: Path) -> pd.DataFrame:
     if (h <= 0).any() or (w <= 0).any() or not np.array_equal(index.offset, np.cumsum(sizes) - sizes):
         raise RlcscError(f"corrupt {index_path}: image shapes and byte offsets disagree; {REDO}")
     if sizes.sum() != blob.stat().st_size:
-        raise RlcscError(f"corrupt {blob}: it holds {blob.stat().st_size} bytes, {index_path.name} describes {sizes.sum()}; {REDO}")
+        raise RlcscError(f"corrupt {blob}: it holds {blob.stat().st_size} bytes, "
+                         f"{index_path.name} describes {sizes.sum()}; {REDO}")
     verify(folder, REDO)
     return index

@@ -144,7 +144,8 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         _reserve([tmp / f"{name}.npy" for name, _, _ in layout], out)
         rows = list(zip(index.index, index.offset, index.height, index.width, starts))
         step = max(1, len(rows) // (64 * (jobs or os.cpu_count() or 1)))
-        tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params) for i in range(0, len(rows), step)]
+        tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params)
+                 for i in range(0, len(rows), step)]
         for _ in pmap(_write_pairs, tasks, jobs, desc="patch", unit="chunk"):
             pass
         rng = np.random.default_rng(params.seed)
@@ -198,7 +199,8 @@ def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: 
         "per_scale": counts(origin["scale"]),
         "per_factor": counts(factor),
         "augmented_images": len(index),
-        "shapes": {"labels": [len(origin), params.size, params.size], "inputs": [len(origin), params.size, params.size]},
+        "shapes": {"labels": [len(origin), params.size, params.size],
+                   "inputs": [len(origin), params.size, params.size]},
         "dtypes": {"labels": "uint8", "inputs": params.input_dtype},
         "params": asdict(params),
         "bytes": {p.name: p.stat().st_size for p in sorted(folder.glob("*.npy"))},
@@ -235,7 +237,8 @@ class PatchSet:
         verify(folder, REDO)
         summary = json.loads((folder / "summary.json").read_text())
         if "made_by" not in summary:
-            raise RlcscError(f"the patch set in {folder} does not say what made its pairs (an older patch stage's); {REDO}")
+            raise RlcscError(f"the patch set in {folder} does not say what made its pairs "
+                             f"(an older patch stage's); {REDO}")
         return cls(labels, inputs, keep, summary["made_by"])
 
     def __len__(self) -> int:

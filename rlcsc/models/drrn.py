@@ -1,7 +1,7 @@
 """DRRN (Tai et al., CVPR 2017), the recursive residual network that Tables 2 and 4 compare with.
 
-An entry convolution, then one recursive block (B1) of U residual units. Every unit is pre-activation BN-ReLU-conv twice; the
-two convolutions are shared by all units (local residual learning: each unit adds the block's
+An entry convolution, then one recursive block (B1) of U residual units. Every unit is pre-activation BN-ReLU-conv
+twice; the two convolutions are shared by all units (local residual learning: each unit adds the block's
 input H0), and the output adds the interpolated input (global residual learning). 128 filters,
 3x3; depth 2U + 2 (B1U9: 20 layers, B1U25: 52 layers).
 """
