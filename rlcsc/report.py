@@ -321,7 +321,7 @@ class Measured(Evaluated):
         return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
-                "machine": machine(call.get("gpu"), call) + precisions(None, self.evaluated_in()) if self.recorded
+                "machine": (machine(call.get("gpu"), call) + precisions(None, self.evaluated_in())) if self.recorded
                 else "this one",
                 "commit": commit(call) if self.recorded else "this one"}
 
