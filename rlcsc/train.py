@@ -314,7 +314,9 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     if p.batch % dist.world:
         raise RlcscError(f"train.batch {p.batch} is not divisible by the {dist.world} processes")
     data = PatchSet.open(patches)
-    n = min(p.pairs, len(data)) if p.pairs else len(data)
+    if p.pairs > len(data):
+        raise RlcscError(f"train.pairs {p.pairs} is more than the {len(data)} pairs in {patches}")
+    n = p.pairs or len(data)
     per_epoch = n // p.batch
     if per_epoch == 0:
         raise RlcscError(f"{n} training pairs make no batch of {p.batch}")

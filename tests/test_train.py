@@ -23,7 +23,7 @@ from PIL import Image
 
 from rlcsc.checksums import seal
 from rlcsc.data.augment import AugmentParams, augment
-from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.data.patches import PatchParams, PatchSet, make_patches
 from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
 from rlcsc.recipe import learning_rate
@@ -498,7 +498,6 @@ def test_each_epoch_visits_every_pair_once_in_an_order_of_its_own() -> None:
 def test_a_run_on_part_of_the_set_draws_the_first_pairs_of_its_shuffle(patches: Path) -> None:
     """`pairs` keeps the first pairs of the shuffled set (keep.npy's order), not the first pairs of the files; a
     batch holds their inputs as stored and their labels scaled from 0-255 to 0-1."""
-    from rlcsc.data.patches import PatchSet
     from rlcsc.train import Batches
 
     data = PatchSet.open(patches)
@@ -566,3 +565,10 @@ def test_a_run_cut_within_a_snapshot_interval_resumes_that_interval(patches: Pat
 def test_fewer_pairs_than_a_batch_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
     with pytest.raises(RlcscError, match="^4 training pairs make no batch of 8$"):
         train(replace(TINY, pairs=4), patches, mirror, tmp_path)
+
+
+def test_more_pairs_than_the_patch_set_holds_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    held = len(PatchSet.open(patches))
+    with pytest.raises(RlcscError, match=f"^train.pairs {held + 1} is more than the {held} pairs in "):
+        train(replace(TINY, pairs=held + 1), patches, mirror, tmp_path)
+    assert not any(tmp_path.iterdir())
