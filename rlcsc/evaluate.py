@@ -28,7 +28,7 @@ from rlcsc.color import rgb2y
 from rlcsc.config import Checked, one_of, param
 from rlcsc.crop import modcrop, shave
 from rlcsc.errors import RlcscError
-from rlcsc.ifc import ifc
+from rlcsc.ifc import MIN_SIDE, ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.manifest import TEST_SETS, Entry, checked_images
@@ -37,9 +37,6 @@ from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
 
 SCALES = (2, 3, 4)
-# The side a test image must keep after shaving, for IFC's four pyramid levels (below about 42 pixels its
-# covariance of 3x3 blocks came out singular); SSIM's window needs 11.
-MIN_SHAVED = 48
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,11 @@ def bicubic(ilr: np.ndarray, scale: int) -> np.ndarray:
 
 def check_size(path: Path, shape: tuple[int, ...], scale: int) -> None:
     """One clear error naming a test image of `shape` too small for the protocol at `scale`: after
-    `modcrop` and shaving `scale` pixels from each border, `MIN_SHAVED` must be left."""
-    side = -(-(MIN_SHAVED + 2 * scale) // scale) * scale  # the smallest multiple of the scale that leaves it
+    `modcrop` and shaving `scale` pixels from each border, IFC's pyramid needs `MIN_SIDE` left (SSIM's window 11)."""
+    side = -(-(MIN_SIDE + 2 * scale) // scale) * scale  # the smallest multiple of the scale that leaves it
     if min(shape[:2]) < side:
         raise RlcscError(f"test image {path} is {shape[1]}x{shape[0]}: the protocol at x{scale} needs at least "
-                         f"{side}x{side} ({scale} pixels shaved from each border, {MIN_SHAVED} left for IFC)")
+                         f"{side}x{side} ({scale} pixels shaved from each border, {MIN_SIDE} left for IFC)")
 
 
 def y_sha256(y: np.ndarray) -> str:

@@ -23,6 +23,9 @@ TOL = 1e-15  # variance below this counts as zero (ifcsub_est_M)
 EPS_VV = 1e-10  # added to the distortion variance in the information sum
 
 _FILTERS = parse_filter("sp5_filters", normalize=False)
+# The smallest side of which `buildSpyr` builds LEVELS levels (`maxPyrHt`: each level halves the side, and
+# the coarsest must still hold the 9x9 lofilt); below it `ifcvec.m` stops with an error.
+MIN_SIDE = _FILTERS["lofilt"].shape[0] * 2 ** (LEVELS - 1)
 
 
 def _corr(img: np.ndarray, filt: np.ndarray, step: int = 1) -> np.ndarray:
@@ -121,6 +124,8 @@ def ifc(ref: np.ndarray, dist: np.ndarray) -> float:
     dist = np.asarray(dist, np.float64)
     if ref.shape != dist.shape:
         raise ValueError(f"IFC needs images of one shape, got {ref.shape} and {dist.shape}")
+    if min(ref.shape) < MIN_SIDE:
+        raise ValueError(f"IFC's {LEVELS}-level pyramid needs at least {MIN_SIDE} pixels a side, got {ref.shape}")
     ref_bands, dist_bands = subbands(ref), subbands(dist)
     total = 0.0
     for key, y in ref_bands.items():

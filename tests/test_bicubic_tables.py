@@ -40,8 +40,8 @@ def test_table2_bicubic_ifc(measured: dict) -> None:
 def test_the_ilr_input_keeps_bicubic_overshoot(tmp_path: Path) -> None:
     """Step 2 of the protocol is `imresize(imresize(Y, 1/s), s)` in double: nothing is clipped to [0, 1] before
     the network sees it (a sharp edge overshoots both ways)."""
-    img = np.zeros((60, 60), np.uint8)
-    img[:, 31:] = 255
+    img = np.zeros((81, 81), np.uint8)
+    img[:, 41:] = 255
     Image.fromarray(img).save(tmp_path / "edge.png")
     hr, ilr = ilr_pair(tmp_path / "edge.png", 3)
     np.testing.assert_array_equal(hr, img / 255)

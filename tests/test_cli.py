@@ -98,8 +98,8 @@ def test_a_test_image_too_small_for_the_protocol_is_named(mirror: Path, tmp_path
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"rlcsc evaluate: error: corrupt {small}: not the file manifest.tsv pins")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(RlcscError, match=r"is 1x1: the protocol at x3 needs at least 54x54 \(3 pixels shaved from each "
-                                         r"border, 48 left for IFC\)"):
+    with pytest.raises(RlcscError, match=r"is 1x1: the protocol at x3 needs at least 78x78 \(3 pixels shaved from each "
+                                         r"border, 72 left for IFC\)"):
         read_y(small, 3)  # read elsewhere (the figures, the benchmarks), its size is named
 
 

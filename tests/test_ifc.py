@@ -82,6 +82,19 @@ def test_ifc_rejects_shape_mismatch(image: np.ndarray) -> None:
         ifc.ifc(image, image[:-1])
 
 
+@pytest.mark.parametrize("shape", [(ifc.MIN_SIDE - 1, 300), (300, ifc.MIN_SIDE - 1)])
+def test_ifc_refuses_an_image_too_small_for_the_reference_pyramid(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    img = rng.random(shape) * 255
+    with pytest.raises(ValueError, match="Cannot build pyramid higher than 3 levels"):
+        pt.pyramids.SteerablePyramidSpace(img, height=4, order=5, edge_type="reflect1")
+    with pytest.raises(ValueError, match=f"needs at least {ifc.MIN_SIDE} pixels a side"):
+        ifc.ifc(img, img)
+    least = rng.random((ifc.MIN_SIDE, ifc.MIN_SIDE)) * 255  # the smallest the reference builds, and so does the port
+    pt.pyramids.SteerablePyramidSpace(least, height=4, order=5, edge_type="reflect1")
+    assert ifc.ifc(least, least) > 0
+
+
 def test_distortion_channel_estimates_the_noise_variance_per_coefficient() -> None:
     # D = g C + V: with g = 0.5 and white noise of variance 4, vv is near 4 (the residual variance, divided by n)
     rng = np.random.default_rng(7)
