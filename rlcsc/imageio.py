@@ -310,12 +310,16 @@ def _read_pnm16(path: Path, im: Image.Image) -> Picture:
 
 
 def _read_tiff(page: tifffile.TiffPage) -> Picture:
-    """The stored pixels of a grey or RGB TIFF page (alpha kept) of 8 or 16 bits."""
+    """The pixels of a grey or RGB TIFF page (alpha kept) of 8 or 16 bits; colour stored premultiplied by
+    its alpha (ExtraSamples 1, associated alpha) is divided by it, as Pillow reads such a file."""
     x = page.asarray()
     if "S" in page.axes:
         x = np.moveaxis(x, page.axes.index("S"), -1)
-    return Picture((x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / float(np.iinfo(x.dtype).max),
-                   page.bitspersample)
+    x = (x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / float(np.iinfo(x.dtype).max)
+    if page.extrasamples[:1] == (tifffile.EXTRASAMPLE.ASSOCALPHA,):
+        colour, alpha = x[..., :-1], x[..., -1:]
+        x[..., :-1] = np.minimum(np.divide(colour, alpha, out=np.zeros_like(colour), where=alpha > 0), 1)
+    return Picture(x, page.bitspersample)
 
 
 def format_of(path: Path) -> str:

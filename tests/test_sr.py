@@ -170,6 +170,23 @@ def test_planar_16bit_tiff_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(picture.pixels, data / 65535)
 
 
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_a_tiff_of_premultiplied_alpha_is_read_as_straight_colour(mode: str, tmp_path: Path) -> None:
+    """ExtraSamples 1 (associated alpha): the stored colour is premultiplied by alpha, so it is read divided by
+    it (0 where alpha is 0), as Pillow reads an 8-bit one; alpha is read as stored."""
+    rng = np.random.default_rng(0)
+    alpha = rng.integers(0, 65536, (9, 7, 1))
+    alpha[0, 0] = 0
+    data = np.concatenate([rng.integers(0, alpha + 1, (9, 7, CHANNELS[mode] - 1)), alpha], axis=2).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", data, photometric="rgb" if mode == "RGBA" else "minisblack",
+                     extrasamples=("assocalpha",))
+    picture = read_picture(tmp_path / "in.tif")
+    straight = np.divide(data[..., :-1], alpha, out=np.zeros(data[..., :-1].shape), where=alpha > 0)
+    assert (picture.mode, picture.bits) == (mode, 16)
+    np.testing.assert_allclose(picture.pixels[..., :-1], straight, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(picture.pixels[..., -1], alpha[..., 0] / 65535)
+
+
 def test_16bit_grey_that_pillow_reads_is_read_at_full_precision(tmp_path: Path) -> None:
     """A format read by Pillow alone (here lossless JPEG 2000) whose grey is 16-bit ("I;16"): 65535 is white."""
     data = pixels("L", 16)
