@@ -544,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    except MemoryError as err:  # more than the system gives the process (`ulimit -v`, or past --max-memory)
+        print(f"rlcsc {args.command}: error: out of memory: {err or 'an allocation failed'}", file=sys.stderr)
+        return 1
     except BrokenProcessPool:
         print(f"rlcsc {args.command}: error: a worker process ended abruptly (the system may have run out of "
               "memory and killed it)", file=sys.stderr)

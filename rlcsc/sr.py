@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -141,7 +142,8 @@ MAPS_PER_PIXEL = 7
 
 def available_memory() -> int:
     """Bytes of memory free for a computation: Linux's estimate (MemAvailable), within the container's
-    limit (cgroup v2) where there is one; elsewhere the machine's physical memory."""
+    limit (cgroup v2) and the process's address-space limit (`ulimit -v`) where there are; elsewhere the
+    machine's physical memory."""
     try:
         free = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) * 1024
     except (OSError, IndexError, ValueError):  # not Linux
@@ -153,6 +155,10 @@ def available_memory() -> int:
             free = min(free, int(limit) - int(used))
     except (OSError, ValueError):
         pass  # no cgroup v2 limit
+    address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if address_space != resource.RLIM_INFINITY:  # less what the process has mapped already
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        free = min(free, address_space - mapped)
     return free
 
 

@@ -720,6 +720,24 @@ def test_an_image_too_large_for_the_memory_is_refused_from_its_header(tiny: Path
 
 
 
+def test_memory_the_system_refuses_while_computing_is_one_line(tiny: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the check (--max-memory raised, or a limit it cannot see), an allocation that fails ends with one
+    line, and no output."""
+    save(pixels("RGB", 8), tmp_path / "in.png")
+    failed = "Unable to allocate 2.41 GiB for an array with shape (18000, 18000) and data type float64"
+
+    def allocate(*args: object) -> None:
+        raise MemoryError(failed)
+
+    monkeypatch.setattr(sr, "super_resolve", allocate)
+    status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny),
+                                "-o", str(tmp_path / "out.png"))
+    assert (status, err) == (1, f"rlcsc sr: error: out of memory: {failed}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt"]
+
+
 def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() -> None:
     """On the CPU the network's maps of one tile count, a tile no larger than the image: a thumbnail at x2
     needs megabytes (it was charged 1.6 GiB for K25, and refused where less was free)."""
@@ -801,6 +819,9 @@ def test_the_memory_available_is_within_the_container_s_limit(monkeypatch: pytes
     assert sr.available_memory() == 8000000 * 1024
     del files["/sys/fs/cgroup/memory.max"]
     assert sr.available_memory() == 8000000 * 1024  # no cgroup v2
+    files["/proc/self/statm"] = "262144 1000 500 1 0 2000 0\n"  # the pages the process has mapped
+    monkeypatch.setattr(sr.resource, "getrlimit", lambda kind: (5 * 2**30, sr.resource.RLIM_INFINITY))
+    assert sr.available_memory() == 5 * 2**30 - 262144 * os.sysconf("SC_PAGE_SIZE")  # ulimit -v, less what is mapped
 
 
 def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: Path,
