@@ -1,6 +1,7 @@
-"""One way to spread independent work over processes: an ordered map with a progress bar.
+"""One way to spread independent work over processes: an ordered map with a progress bar (and, for work
+that is not a map, the pool it runs on).
 
-An interrupted map ends its workers at once (its own only: a child process started before it keeps
+An interrupted map (or `pool` block) ends its workers at once (its own only: a child process started before it keeps
 running), and a killed one leaves none behind, however they were started (`_end_with`). A worker
 killed while it writes a result into the pool's result pipe would leave part of a message there, and
 the pool's manager thread would wait for the rest forever (and the process with it, at exit). So each
@@ -98,10 +99,22 @@ def _start_worker(jobs: int, creator: int) -> None:
     share_cores(jobs)
 
 
-def pool(jobs: int) -> ProcessPoolExecutor:
+@contextmanager
+def pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `jobs` worker processes that share the cores (see `share_cores`), keep the memory they
-    free (`keep_freed_memory`) and end with the process that made them (`_end_with`)."""
-    return ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs, os.getpid()))
+    free (`keep_freed_memory`) and end with the process that made them (`_end_with`). An error or an
+    interruption in the block ends them at once (its own only: a child process started before it keeps
+    running): their tasks are dropped, not waited for."""
+    others = set(multiprocessing.active_children())
+    workers = ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(jobs, os.getpid()))
+    try:
+        yield workers
+    except BaseException:
+        for worker in set(multiprocessing.active_children()) - others:
+            worker.terminate()
+        raise
+    finally:
+        workers.shutdown(cancel_futures=True)
 
 
 FOLDER, MAKING = "rlcsc-results-", "rlcsc-making-"  # the prefixes of a results folder, and of one being made
@@ -171,17 +184,8 @@ def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, 
                 yield fn(task)
                 bar.update()
             return
-        with _results_folder() as folder:
-            others = set(multiprocessing.active_children())  # children that are not this map's workers
-            workers = pool(jobs)
-            try:
-                chunk = max(1, min(8, len(tasks) // (8 * jobs)))
-                for i in workers.map(partial(_to_file, fn, folder), enumerate(tasks), chunksize=chunk):
-                    yield _from_file(folder, i)
-                    bar.update()
-            except BaseException:  # an error or an interruption: the workers' tasks are dropped, not waited for
-                for worker in set(multiprocessing.active_children()) - others:
-                    worker.terminate()
-                raise
-            finally:
-                workers.shutdown(cancel_futures=True)
+        with _results_folder() as folder, pool(jobs) as workers:
+            chunk = max(1, min(8, len(tasks) // (8 * jobs)))
+            for i in workers.map(partial(_to_file, fn, folder), enumerate(tasks), chunksize=chunk):
+                yield _from_file(folder, i)
+                bar.update()

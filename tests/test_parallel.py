@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcsc.parallel import pmap
+from rlcsc.parallel import pmap, pool
 
 # Workers that hand back 64 MB each: most of their time goes into passing the result to the parent,
 # where a worker ended mid-message once left the pool waiting forever.
@@ -94,6 +94,17 @@ def test_a_failed_map_ends_its_own_workers_and_no_other_child() -> None:
     finally:
         bystander.terminate()
         bystander.join()
+
+
+def test_an_interrupted_pool_drops_its_tasks_and_ends_its_workers() -> None:
+    """As the evaluation's GPU path submits them: no task submitted before the interruption is waited for."""
+    with pytest.raises(KeyboardInterrupt), pool(2) as workers:
+        tasks = [workers.submit(time.sleep, 30) for _ in range(8)]
+        while not tasks[0].running():  # handed to a worker
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+    assert not [t for t in tasks if not t.cancelled() and t.exception() is None]  # none ran to its end
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
