@@ -146,7 +146,7 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
         "ms_per_step": ms, "ms_min": min(times), "steps_timed": steps,
         "tflop_per_step": flops / 1e12, "tflops": flops / (ms / 1000) / 1e12,
         "steps_per_epoch": steps_per_epoch, "projected_epoch_min": steps_per_epoch * ms / 60000,
-        "projected_run_h": p.epochs * steps_per_epoch * ms / 3.6e6, "peak_memory_mib": _peak_memory_mib(device),
+        "projected_run_h": p.last_step(steps_per_epoch) * ms / 3.6e6, "peak_memory_mib": _peak_memory_mib(device),
     }
 
 

@@ -204,13 +204,16 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, flo
     return summary
 
 
+RESULTS = ("metrics.json", "evaluation.json", "per_image.csv")  # what `write_results` writes
+
+
 def write_results(scores: Sequence[ImageScore], out: Path, record: dict) -> dict:
-    """Write `out/metrics.json` (dataset means), `out/per_image.csv` and `out/evaluation.json` (`record`:
-    the resolved evaluation params and the model evaluated), each atomically; return the means."""
+    """Write `out/metrics.json` (dataset means), `out/evaluation.json` (`record`: the resolved evaluation
+    params and the model evaluated) and `out/per_image.csv`, each atomically; return the means."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(scores)
-    write_json(summary, out / "metrics.json")
-    write_json(record, out / "evaluation.json")
-    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"),
-               out / "per_image.csv")
+    metrics, evaluation, per_image = (out / name for name in RESULTS)
+    write_json(summary, metrics)
+    write_json(record, evaluation)
+    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"), per_image)
     return summary

@@ -9,7 +9,8 @@ run's folder, committed as `runs/<name>/`, then holds
 - `checkpoint.pt`: what a later call needs to extend the run by more epochs;
 - `train.json`: the curve (the monitor's snapshots with loss and gradient norms), steps and epochs
   done, ms/step, wall time; `train_metrics.json`: its summary;
-- `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it;
+- `metrics.json`, `per_image.csv`, `evaluation.json`: the evaluation, as `rlcsc evaluate` writes it
+  (a call that trains further removes the evaluation of the model it replaces);
 - `environment.json`: one entry per call that made or extended the run: GPU, CPU, versions, the project's
   commit and a hash of its source, the resolved params, the command, the date, and what the call did
   (the steps it trained, whether it evaluated);
@@ -45,7 +46,7 @@ from rlcsc.data.augment import AugmentParams, augment, check_found, training_fil
 from rlcsc.data.patches import PatchParams, made_by, make_patches
 from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
+from rlcsc.evaluate import RESULTS, EvaluateParams, bicubic, evaluate, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
@@ -105,8 +106,7 @@ def _needs_training(out: Path, p: TrainParams, pairs: dict, ckpt: dict | None) -
         return True
     if done["status"] != "completed" or (p.max_minutes and done["seconds_training"] >= 60 * p.max_minutes):
         return False
-    steps = p.last_epoch() * done["steps_per_epoch"]
-    return done["steps_done"] < (min(steps, p.max_steps) if p.max_steps else steps)
+    return done["steps_done"] < p.last_step(done["steps_per_epoch"])
 
 
 def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path, work: Path,
@@ -117,6 +117,9 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     p = blocks["train"]
     if epochs is not None:
         p = replace(p, stop_epoch=check_value(TrainParams, "stop_epoch", epochs, "--epochs"))
+        if epochs > p.epochs:
+            raise RlcscError(f"--epochs {epochs} is beyond the {p.epochs} epochs of budget {budget}'s schedule "
+                             "(train.epochs); a longer run is another schedule, planned in the params")
     if steps is not None:
         if p.schedule != "step":  # there `max_steps` is where the schedule decays to zero: part of the run's identity
             raise RlcscError(f"--steps would move where the {p.schedule} schedule of budget {budget} decays to zero "
@@ -157,6 +160,8 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
             summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
             if summary["status"] == "interrupted":
                 raise KeyboardInterrupt
+            for name in RESULTS:  # the evaluation of the model it replaced
+                (out / name).unlink(missing_ok=True)
         if evaluate_after:
             network = Network(out / "model.pt", pick_device(p.device).type, e.precision)
             scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)

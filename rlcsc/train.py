@@ -154,6 +154,11 @@ class TrainParams(Checked):
     def last_epoch(self) -> int:
         return min(self.epochs, self.stop_epoch or self.epochs)
 
+    def last_step(self, per_epoch: int) -> int:
+        """Where the run ends: after `last_epoch`, or after `max_steps` when that comes first."""
+        steps = self.last_epoch() * per_epoch
+        return min(steps, self.max_steps) if self.max_steps else steps
+
 
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

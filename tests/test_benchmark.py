@@ -34,6 +34,11 @@ def test_benchmark_train_runs_on_cpu(tmp_path: Path, monkeypatch) -> None:
     assert result["projected_epoch_min"] == pytest.approx(10 * result["ms_per_step"] / 60000)
     # 9 (1*4 + 4*4 + 4*8 + 2*8*8 + 8*4 + 4*1) multiply-adds per pixel, 2 flops each, x3 for backward
     assert result["tflop_per_step"] == pytest.approx(3 * 2 * 9 * 216 * 4 * 33 * 33 / 1e12)
+    for stop, steps in (("stop_epoch: 2", 20), ("max_steps: 25", 25)):  # a run ends where its params end it
+        params.write_text(TINY.replace("device: cpu", f"device: cpu, {stop}"))
+        assert main(argv + ["--out", str(tmp_path / f"{steps}.json")]) == 0
+        result = json.loads((tmp_path / f"{steps}.json").read_text())
+        assert result["projected_run_h"] == pytest.approx(steps * result["ms_per_step"] / 3.6e6)
     from rlcsc import benchmark, train
 
     calls = []

@@ -19,6 +19,8 @@ import yaml
 from rlcsc.checksums import seal, verify_run
 from rlcsc.cli import main
 from rlcsc.device import cpu_description
+from rlcsc.evaluate import RESULTS
+from rlcsc.inference import describe_model
 from rlcsc.provenance import source_hash
 from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
 from rlcsc.train import TrainParams
@@ -93,10 +95,13 @@ def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: 
     assert main(argv + ["--steps", "60", "--no-evaluate"]) == 0
     train = json.loads((out / "train.json").read_text())
     assert train["steps_done"] == 60 and [c["step"] for c in train["curve"]] == [40, 50, 60]  # eval_every: 50
+    assert not [name for name in RESULTS if (out / name).exists()]  # the 40-step model's evaluation is gone
+    verify_run(out)
     assert (work / "patches" / "inputs.npy").stat().st_mtime_ns == data_time  # the data were reused
     model_time = (out / "model.pt").stat().st_mtime_ns
     assert main(argv + ["--steps", "60"]) == 0  # already there: evaluation only
     assert (out / "model.pt").stat().st_mtime_ns == model_time
+    assert json.loads((out / "evaluation.json").read_text())["model"] == describe_model(out / "model.pt")
     calls = json.loads((out / "environment.json").read_text())["calls"]
     assert [(c["steps_before"], c["steps_after"], c["evaluated"]) for c in calls] == [(0, 40, True), (40, 60, False),
                                                                                      (60, 60, True)]
@@ -186,6 +191,11 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
             "--steps", "40", "--jobs", "2"]
     assert main([*argv, "--raw", str(tmp_path / "none"), "--out", str(tmp_path / "new")]) == 1
     assert "no raw images at" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main([*argv[:7], "--epochs", "5", "--raw", str(mirror), "--out", str(tmp_path / "new")]) == 1  # of 4
+    assert capsys.readouterr().err.strip() == ("rlcsc record: error: --epochs 5 is beyond the 4 epochs of budget "
+                                               "quick's schedule (train.epochs); a longer run is another schedule, "
+                                               "planned in the params")
+    assert not (tmp_path / "new").exists()
     shutil.copytree(mirror / "Set5", tmp_path / "tests" / "Set5")  # the test images alone, no pairs made yet
     fresh = [*argv[:5], "--work", str(tmp_path / "work"), *argv[7:], "--raw", str(tmp_path / "tests")]
     assert main([*fresh, "--out", str(tmp_path / "new")]) == 1
