@@ -325,6 +325,9 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     per_epoch = n // p.batch
     if per_epoch == 0:
         raise RlcscError(f"{n} training pairs make no batch of {p.batch}")
+    if p.warmup >= p.planned_steps(per_epoch):
+        raise RlcscError(f"train.warmup {p.warmup} is not shorter than the {p.planned_steps(per_epoch)} steps the "
+                         f"{p.schedule} schedule runs for: the learning rate would never leave its warm-up")
     model, optimizer, step_fn = prepare(p, device, dist.wrap)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"

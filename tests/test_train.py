@@ -572,3 +572,12 @@ def test_more_pairs_than_the_patch_set_holds_is_a_clear_error(patches: Path, mir
     with pytest.raises(RlcscError, match=f"^train.pairs {held + 1} is more than the {held} pairs in "):
         train(replace(TINY, pairs=held + 1), patches, mirror, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_warm_up_as_long_as_the_run_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    cosine = replace(TINY, optimizer="adamw", lr=1e-3, schedule="cosine")  # 64 pairs, batch 8, 2 epochs: 16 steps
+    with pytest.raises(RlcscError, match="^train.warmup 16 is not shorter than the 16 steps the cosine schedule "):
+        train(replace(cosine, warmup=16), patches, mirror, tmp_path)
+    with pytest.raises(RlcscError, match="^train.warmup 10 is not shorter than the 10 steps "):
+        train(replace(cosine, warmup=10, max_steps=10), patches, mirror, tmp_path)  # max_steps is where it decays
+    assert not any(tmp_path.iterdir())
