@@ -39,15 +39,14 @@ def temporary(path: Path, folder: bool = False) -> Iterator[Path]:
     try:
         if folder:
             tmp = Path(tempfile.mkdtemp(".tmp", f".{path.name[:32]}.", path.parent))
-            os.chmod(tmp, 0o777 & ~UMASK)
         else:
             fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem[:32]}.", path.parent)
             os.close(fd)
             tmp = Path(name)
-            os.chmod(tmp, 0o666 & ~UMASK)
     except OSError as err:  # a missing or read-only folder: named by the output, not the temporary
         raise OSError(err.errno, err.strerror, str(path)) from None
     try:
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~UMASK)
         note_temporary(path, tmp)
         yield tmp
     finally:

@@ -25,6 +25,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]
 
 
+@pytest.mark.parametrize("folder", [False, True])
+def test_a_temporary_whose_permissions_the_system_refuses_is_removed(folder: bool, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses chmod (vfat, CIFS): the error is raised, and the temporary made for it is gone."""
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    with pytest.raises(PermissionError):
+        if folder:
+            with folder_atomically(tmp_path / "patches"):
+                pass
+        else:
+            atomically(lambda tmp: tmp.write_text("x"), tmp_path / "out.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_temporary_is_a_new_name_that_keeps_the_suffix_and_no_other_file_is_touched(tmp_path: Path) -> None:
     mine = {".out.tmp.png": b"mine", ".out.png.part": b"mine too", ".patches.tmp": None}  # the names once used
     for name, data in mine.items():
