@@ -17,7 +17,7 @@ from rlcsc.manifest import TEST_SETS
 
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
-          "record": "out", "compare": "out"}
+          "record": "out", "compare": "out", "convert": "out"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -515,14 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count`; under torchrun only the first process writes;
-    `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it refuses)."""
+    `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it refuses;
+    `download` also its `--listing`)."""
     if args.command not in WRITES or getattr(args, "count", False) or os.environ.get("RANK", "0") != "0":
         return []
     if args.command == "sr":
         from rlcsc.sr import output_paths
 
         return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
-    return [getattr(args, WRITES[args.command])]
+    listing = [args.listing] if args.command == "download" and args.listing else []
+    return [getattr(args, WRITES[args.command]), *listing]
 
 
 def _terminated(signum: int, frame: object) -> None:

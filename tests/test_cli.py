@@ -191,6 +191,16 @@ def test_only_the_first_torchrun_process_holds_the_lock_of_what_it_writes(tmp_pa
     assert _outputs(args) == [tmp_path / "run"]
 
 
+def test_a_converted_model_and_the_download_s_listing_are_written_under_a_lock(tmp_path: Path) -> None:
+    from rlcsc.cli import _outputs, build_parser
+
+    convert = ["convert", "--arch", "vdsr", "--weights", str(tmp_path / "w.mat"), "--out", str(tmp_path / "m.pt")]
+    download = ["download", "--out", str(tmp_path / "raw"), "--listing", str(tmp_path / "raw.json")]
+    assert _outputs(build_parser().parse_args(convert)) == [tmp_path / "m.pt"]
+    assert _outputs(build_parser().parse_args(download)) == [tmp_path / "raw", tmp_path / "raw.json"]
+    assert _outputs(build_parser().parse_args(download[:3])) == [tmp_path / "raw"]
+
+
 def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mirror: Path, tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """--datasets and --scales override the `evaluate` block's (here each image is scored 0 to keep it fast)."""
