@@ -318,6 +318,30 @@ def test_retries_count_each_byte_once_on_the_progress_bar(tmp_path: Path, monkey
     assert bars[0].n == bars[0].total == len(DATA)
 
 
+def test_the_first_error_stops_the_transfers_under_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that fails (here its bytes are not the pinned ones) ends the download without waiting for a slow
+    transfer to finish: that one stops at its next chunk, and neither file is put in place."""
+    slow = dataclasses.replace(PINNED, file="slow.bin", url="https://example.org/slow.bin")
+    reads: list[int] = []
+
+    class Trickle(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            time.sleep(0.01)
+            reads.append(1)
+            return super().read(16)  # DATA in 640 reads: over 6 s
+
+    def serve(url: str, timeout: float) -> io.BytesIO:
+        if url == slow.url:
+            return Trickle(DATA)
+        time.sleep(0.2)  # the slow one is under way
+        return io.BytesIO(b"not the pinned bytes")
+
+    monkeypatch.setattr(download, "urlopen", serve)
+    with pytest.raises(RlcscError, match="size mismatch for Set5/x.bin"):
+        fetch([slow, PINNED], tmp_path, retries=1, jobs=2)
+    assert len(reads) < 100 and not (tmp_path / slow.relpath).exists() and parts(tmp_path) == []
+
+
 def test_the_pause_between_attempts_doubles(refused: list[str], set5: list[Entry], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Exponential backoff: BACKOFF_S before the second attempt, then twice as long before each next one."""

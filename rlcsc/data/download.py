@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -64,7 +65,8 @@ def fetch(
     """Fetch `entries` into `out` with `jobs` threads, from `mirror` or else their URLs.
 
     Returns the number of files fetched (verified files already in `out` are skipped). The first
-    error cancels the files not yet started and is raised once the running ones have stopped.
+    error (or an interruption) cancels the files not yet started, stops the running ones at their next
+    chunk, and is raised once they have stopped.
     """
     if retries < 1 or jobs < 1:
         raise RlcscError(f"retries and jobs must be at least 1 (got {retries} and {jobs})")
@@ -72,23 +74,27 @@ def fetch(
         raise RlcscError(f"data mirror not found: {mirror}")
     fetched = 0
     total = sum(e.bytes for e in entries)
+    stop = threading.Event()  # set by an error or an interruption: the transfers under way end at their next chunk
     with (
         tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar,
         ThreadPoolExecutor(max_workers=jobs) as pool,
     ):
-        futures = [pool.submit(_fetch_one, e, out, mirror, retries, bar) for e in entries]
+        futures = [pool.submit(_fetch_one, e, out, mirror, retries, bar, stop) for e in entries]
         try:
             for done, future in enumerate(as_completed(futures), 1):
                 fetched += future.result()
                 bar.set_postfix_str(f"{done}/{len(entries)} files", refresh=False)
+        except BaseException:
+            stop.set()
+            raise
         finally:
             pool.shutdown(cancel_futures=True)
     return fetched
 
 
-def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm) -> bool:
-    """Bring one file into place, renamed there only once verified; False when a verified copy was
-    already there."""
+def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm, stop: threading.Event) -> bool:
+    """Bring one file into place, renamed there only once verified (unless `stop` is set first); False when a
+    verified copy was already there."""
     dest = out / entry.relpath
     if dest.is_file():
         if dest.stat().st_size == entry.bytes and file_sha256(dest) == entry.sha256:
@@ -99,9 +105,9 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
 
     def fetch_verified(part: Path) -> None:
         if mirror is not None:
-            size, digest = _copy(entry, mirror, part, bar)
+            size, digest = _copy(entry, mirror, part, bar, stop)
         else:
-            size, digest = _download(entry, part, retries, bar)
+            size, digest = _download(entry, part, retries, bar, stop)
         if size != entry.bytes:
             raise RlcscError(
                 f"size mismatch for {entry.relpath}: expected {entry.bytes} bytes, got {size}"
@@ -115,17 +121,21 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
     return True
 
 
-def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm) -> tuple[int, str]:
+def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
     try:
         src = open(mirror / entry.dataset / entry.file, "rb")
     except FileNotFoundError:
         raise RlcscError(f"missing in data mirror {mirror}: {entry.relpath}") from None
     with src:
-        return _stream(iter(lambda: src.read(CHUNK), b""), part, bar)
+        return _stream(iter(lambda: src.read(CHUNK), b""), part, bar, stop)
 
 
 class _NetworkError(Exception):
     """A request or a read that failed on the network (its reason the message): worth another attempt."""
+
+
+class _Stopped(Exception):
+    """The download was stopped (another file's error, or an interruption) while this file was under way."""
 
 
 def _body(url: str) -> Iterator[bytes]:
@@ -140,26 +150,30 @@ def _body(url: str) -> Iterator[bytes]:
         raise _NetworkError(getattr(err, "reason", None) or err) from None
 
 
-def _download(entry: Entry, part: Path, retries: int, bar: tqdm) -> tuple[int, str]:
+def _download(entry: Entry, part: Path, retries: int, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
     """Fetch `entry` into `part`, up to `retries` times on network failures; an error writing `part` (a full
     disk) is raised at once."""
     for attempt in range(retries):
         if attempt:
             sleep(BACKOFF_S * 2 ** (attempt - 1))
+        if stop.is_set():
+            raise _Stopped
         try:
-            return _stream(_body(entry.url), part, bar)
+            return _stream(_body(entry.url), part, bar, stop)
         except _NetworkError as err:
             reason = err
     raise RlcscError(f"download failed after {retries} attempts: {entry.url}: {reason}")
 
 
-def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm) -> tuple[int, str]:
-    """Write `chunks` into `part`; return its size and SHA-256. The bytes count on `bar` as they come, and
-    are taken back if the copy fails (a next attempt counts them again)."""
+def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
+    """Write `chunks` into `part` until they end or `stop` is set; return its size and SHA-256. The bytes
+    count on `bar` as they come, and are taken back if the copy fails (a next attempt counts them again)."""
     digest, size = hashlib.sha256(), 0
     try:
         with open(part, "wb") as dst:
             for chunk in chunks:
+                if stop.is_set():
+                    raise _Stopped
                 dst.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
