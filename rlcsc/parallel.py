@@ -1,15 +1,15 @@
 """One way to spread independent work over processes: an ordered map with a progress bar (and, for work
 that is not a map, the pool it runs on).
 
-An interrupted map (or `pool` block) ends its workers at once (its own only: a child process started before it keeps
-running), and a killed one leaves none behind, however they were started (`_end_with`). A worker
-killed while it writes a result into the pool's result pipe would leave part of a message there, and
-the pool's manager thread would wait for the rest forever (and the process with it, at exit). So each
-result travels as a file, and the pipe carries only the task's number: a message far below the pipe's
-atomic write size (PIPE_BUF), which is there whole or not at all. The folder of those files is locked
-while its map lives, and the next map removes one whose map was killed (`_results_folder`). Workers,
-and the map when it runs in the calling process, keep the memory they free for reuse
-(`keep_freed_memory`).
+An interrupted map (or `pool` block) ends its workers at once (its own only: a child process started
+before it keeps running), and a killed one leaves none behind, however they were started (`_end_with`).
+A worker killed while it writes a result into the pool's result pipe would leave part of a message
+there, and the pool's manager thread would wait for the rest forever (and the process with it, at
+exit). So each result travels as a file, and the pipe carries only the task's number: a message far
+below the pipe's atomic write size (PIPE_BUF), which is there whole or not at all. The folder of those
+files is locked while its map lives, and the next map removes one whose map was killed
+(`_results_folder`). Workers, and the map when it runs in the calling process, keep the memory they
+free for reuse (`keep_freed_memory`).
 """
 
 from __future__ import annotations

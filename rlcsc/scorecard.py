@@ -207,7 +207,7 @@ class Cost:
 
 def costs(page: Page) -> list[Cost]:
     """For each network among the experiments of params.yaml (seeds once), the steps its paper-recipe
-    run still needs (35 epochs, or its `stop_epoch`; none once a run of it diverged, which finishes it) and
+    run still needs (to `rlcsc.train.TrainParams.last_step`; none once a run of it diverged, which finishes it) and
     their GPU-hours at the measured ms per step of a recorded paper-budget run of the same network, else of
     the one trained furthest scaled by the two networks' forward arithmetic. Empty when no paper-budget run
     was recorded."""
@@ -237,6 +237,6 @@ def costs(page: Page) -> list[Cost]:
             ms, basis = run.train["ms_per_step"], f"{run.name} ({run.device})"
         else:
             ms, basis = base.train["ms_per_step"] * flops(p) / base_flops, f"{base.name}, scaled by the arithmetic"
-        left = max(0, (p.stop_epoch or p.epochs) * base.train["steps_per_epoch"] - done)
+        left = max(0, p.last_step(base.train["steps_per_epoch"]) - done)
         out.append(Cost(name, left, left * ms / 3.6e6, basis))
     return out

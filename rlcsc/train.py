@@ -151,12 +151,10 @@ class TrainParams(Checked):
         steps = self.epochs * per_epoch
         return min(steps, self.max_steps) if self.max_steps and self.schedule != "step" else steps
 
-    def last_epoch(self) -> int:
-        return min(self.epochs, self.stop_epoch or self.epochs)
-
     def last_step(self, per_epoch: int) -> int:
-        """Where the run ends: after `last_epoch`, or after `max_steps` when that comes first."""
-        steps = self.last_epoch() * per_epoch
+        """Where the run ends: after `epochs` (or an earlier `stop_epoch`), or after `max_steps` when that
+        comes first."""
+        steps = min(self.epochs, self.stop_epoch or self.epochs) * per_epoch
         return min(steps, self.max_steps) if self.max_steps else steps
 
 
@@ -381,13 +379,12 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     lr = recipe.learning_rate(p, done(), per_epoch)
     late = bool(p.max_minutes) and elapsed >= 60 * p.max_minutes  # a run its time limit ended trains no further
 
-    def reached() -> bool:
-        return epoch >= p.last_epoch() or bool(p.max_steps and done() >= p.max_steps)
+    end = p.last_step(per_epoch)
 
     bar: tqdm | None = None  # the epoch's progress bar, closed however the loop ends (before an error's line)
     try:
         with using_precision(device, p.precision):
-            while status == "completed" and not (late or reached()):
+            while status == "completed" and not (late or done() >= end):
                 order, synced = batches.order(p.seed, epoch), step
                 bar = tqdm(total=per_epoch, initial=step, desc=f"epoch {epoch + 1}/{p.epochs}",
                            disable=not dist.main, unit="step")
@@ -400,8 +397,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     bad |= ~(torch.isfinite(losses[step]) & torch.isfinite(norms[step]))
                     step += 1
                     this_call += 1
-                    finished = ((step == per_epoch and epoch + 1 >= p.last_epoch())
-                                or bool(p.max_steps and done() >= p.max_steps))
+                    finished = done() >= end
                     snapshot = step == per_epoch or finished or bool(p.eval_every and done() % p.eval_every == 0)
                     save = done() % p.checkpoint_every == 0
                     stop_asked = stop_after is not None and this_call >= stop_after
