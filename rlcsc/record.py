@@ -42,7 +42,7 @@ import yaml
 from rlcsc.atomic import atomically, write_json
 from rlcsc.checksums import files, read_sums, seal, verify_run
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
-from rlcsc.data.augment import AugmentParams, augment, check_found, training_files
+from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, made_by, make_patches
 from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
@@ -149,8 +149,9 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     elif needs_training and (out / "train.json").exists():
         raise RlcscError(f"{out} holds a run but not its checkpoint.pt, which extending it needs: restore the "
                          "checkpoint (from the machine or commit that made it), or record into another --out")
-    if needs_training and not _prepared(blocks, work):  # missing training images end here, before any writing
-        check_found(training_files(raw, blocks["augment"]))
+    # a missing or damaged training image ends the call here, before anything is written
+    if needs_training and not _prepared(blocks, work):
+        training_files(raw, blocks["augment"])
     work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
     out.mkdir(parents=True, exist_ok=True)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran

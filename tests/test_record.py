@@ -200,8 +200,9 @@ def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: 
     fresh = [*argv[:5], "--work", str(tmp_path / "work"), *argv[7:], "--raw", str(tmp_path / "tests")]
     assert main([*fresh, "--out", str(tmp_path / "new")]) == 1
     first = sorted((mirror / "T91").iterdir())[0].name
-    assert capsys.readouterr().err.strip() == ("rlcsc record: error: missing training image "
-                                               f"{tmp_path}/tests/T91/{first}: run `rlcsc download` first")
+    assert capsys.readouterr().err.strip() == ("rlcsc record: error: missing image "
+                                               f"{tmp_path}/tests/T91/{first}: run `rlcsc download --out "
+                                               f"{tmp_path}/tests` first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tests"]
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
@@ -472,6 +473,31 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     text = json.dumps([c.get("outputs", [])
                        for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
     assert "Not measured (the comparison ended before them): fast, never." in text
+
+
+def test_a_comparison_in_minutes_gives_each_variant_that_time_limit(recorded: Path, mirror: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--minutes is each variant's training time (its max_minutes); the number of steps stays the budget's."""
+    import rlcsc.record
+    from rlcsc.record import resolved
+
+    trained: list[TrainParams] = []
+
+    def train(p, *args, **kwargs):  # what each variant would train, without the minutes of training
+        trained.append(p)
+        return {"status": "completed", "steps_done": 0, "epochs_done": 0, "ms_per_step": None,
+                "seconds_training": 0.0, "precision": {}, "model": {}, "curve": []}
+
+    monkeypatch.setattr(rlcsc.record, "train", train)
+    out = tmp_path / "comparison.json"
+    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+                 "--work", str(recorded / "work"), "--minutes", "1.5", "--variant", "base:", "--variant",
+                 "fast:lr=0.02", "--out", str(out), "--jobs", "2"]) == 0
+    budget = resolved(REPO / "params.yaml", "quick", "K25")["train"]
+    assert [(p.lr, p.max_minutes, p.max_steps) for p in trained] == [(budget.lr, 1.5, budget.max_steps),
+                                                                     (0.02, 1.5, budget.max_steps)]
+    result = json.loads(out.read_text())
+    assert result["max_minutes"] == 1.5 and "max_steps" not in result
 
 
 def test_tables_show_the_main_network_and_where_each_run_ended(recorded: Path, mirror: Path, tmp_path: Path) -> None:

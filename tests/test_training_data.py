@@ -329,8 +329,8 @@ def running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_an_ended_augment_leaves_no_worker_and_no_temporary(sig: int, mirror: Path, tmp_path: Path) -> None:
-    """SIGTERM ends it as Ctrl-C does; after kill -9 its workers end within a second and the next writer
-    of the folder removes its temporary."""
+    """SIGTERM ends it as Ctrl-C does; after kill -9 its workers end too (they watch their parent) and the next
+    writer of the folder removes its temporary."""
     (tmp_path / "params.yaml").write_text("augment: {}\n")  # the whole protocol: minutes of work
     out = tmp_path / "aug"
     proc = subprocess.Popen([sys.executable, "-m", "rlcsc.cli", "augment", "--params", str(tmp_path / "params.yaml"),
@@ -342,8 +342,10 @@ def test_an_ended_augment_leaves_no_worker_and_no_temporary(sig: int, mirror: Pa
     assert len(workers) == 2, "the workers did not start"
     time.sleep(1)  # at work
     proc.send_signal(sig)
-    assert proc.wait(timeout=5) == (-sig if sig == signal.SIGKILL else 130)  # at once, not after the running tasks
-    time.sleep(1.5)
+    assert proc.wait(timeout=20) == (-sig if sig == signal.SIGKILL else 130)  # not after the queued tasks (minutes)
+    deadline = time.time() + 20
+    while [pid for pid in workers if running(pid)] and time.time() < deadline:
+        time.sleep(0.1)
     assert not [pid for pid in workers if running(pid)]
     if sig == signal.SIGTERM:
         assert proc.stderr.read().strip().splitlines()[-1] == "rlcsc augment: interrupted"
@@ -384,11 +386,36 @@ def test_a_batch_is_the_kept_pairs_on_the_unit_scale_with_overshoot_kept(tmp_pat
     assert patches.inputs.max() > 1 and patches.inputs.min() < 0
 
 
-def test_every_n_th_training_image_is_kept_from_the_first() -> None:
+def test_every_n_th_training_image_is_kept_from_the_first(mirror: Path) -> None:
     """`every: 12` keeps 25 of the 291 images (T91 then BSD200, in manifest order): the 1st, 13th, 25th, ..."""
     from rlcsc.data.augment import training_files
 
-    files = training_files(Path("raw"), AugmentParams(every=12))
-    assert len(files) == 25 and len(training_files(Path("raw"), AugmentParams())) == 291
+    files = training_files(mirror, AugmentParams(every=12))
+    assert len(files) == 25 and len(training_files(mirror, AugmentParams())) == 291
     # t1, t10, ..., t19, t2, t20
-    assert [f.relative_to("raw").as_posix() for f in files[:2]] == ["T91/t1.bmp", "T91/t20.bmp"]
+    assert [f.relative_to(mirror).as_posix() for f in files[:2]] == ["T91/t1.bmp", "T91/t20.bmp"]
+
+
+def test_a_damaged_training_image_is_named_before_any_work(mirror: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A BMP has no checksum of its own, so a damaged one still decodes: its SHA-256 against the manifest's is
+    what finds it, even when `every` skips it, before augment writes anything."""
+    from rlcsc.cli import main
+
+    raw = tmp_path / "raw"
+    for name in ("T91", "BSD200"):
+        (raw / name).mkdir(parents=True)
+        for f in (mirror / name).iterdir():
+            (raw / name / f.name).symlink_to(f)
+    damaged = raw / "T91" / "t10.bmp"  # the 2nd in manifest order: skipped by every: 12
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.unlink()
+    damaged.write_bytes(bytes(data))
+    (tmp_path / "params.yaml").write_text("augment: {every: 12}\n")
+    out = tmp_path / "aug"
+    assert main(["augment", "--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (f"rlcsc augment: error: corrupt {damaged}: not the file manifest.tsv "
+                                               f"pins (its SHA-256 differs); fetch it again with `rlcsc download "
+                                               f"--out {raw}`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]

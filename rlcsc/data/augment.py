@@ -28,7 +28,7 @@ from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize, output_size
-from rlcsc.manifest import paths
+from rlcsc.manifest import checked_images
 from rlcsc.parallel import pmap
 
 FLIPS = ("updown", "leftright", "none")
@@ -65,8 +65,9 @@ def variants(params: AugmentParams) -> list[Variant]:
 
 
 def training_files(raw: Path, params: AugmentParams) -> list[Path]:
-    """The training images under `raw`, in manifest order, every `params.every`-th one."""
-    return paths(raw, params.datasets)[:: params.every]
+    """The training images under `raw`, in manifest order, every `params.every`-th one, each checked against
+    its SHA-256 first (a damaged BMP still decodes): one clear error names the first missing or corrupt."""
+    return checked_images(raw, params.datasets)[:: params.every]
 
 
 def transform(img: np.ndarray, v: Variant) -> np.ndarray:
@@ -110,20 +111,12 @@ def check_out(out: Path, outputs: Sequence[str], stage: str) -> None:
                          "refusing to delete them: choose a new or empty folder")
 
 
-def check_found(files: Sequence[Path]) -> None:
-    """One clear error naming the first of the training images `files` that is missing."""
-    missing = next((p for p in files if not p.is_file()), None)
-    if missing:
-        raise RlcscError(f"missing training image {missing}: run `rlcsc download` first")
-
-
 def augment(files: Sequence[Path], out: Path, params: AugmentParams, jobs: int | None = None) -> pd.DataFrame:
     """Write every variant of every image in `files` to `out` (images.u8 + index.csv), atomically.
 
     A file that cannot be read stops the stage with an error naming it; nothing is left in `out`.
     An `out` holding anything but a previous augment output is refused before any work.
     """
-    check_found(files)
     check_out(out, OUTPUTS, "augment")
     vs = variants(params)
     rows, offset = [], 0
