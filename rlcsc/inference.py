@@ -196,8 +196,10 @@ def apply(model: torch.nn.Module, ilr: np.ndarray | torch.Tensor, tile: int | No
     computed in overlapping tiles of `tile` pixels (default: 1024 on a GPU, so a test image is one
     tile, or two for the four Urban100 images longer than 1024 on a side; 512 on the CPU); each tile
     carries `receptive_radius` pixels of context where the image has them, so the result equals those
-    pixels of the untiled computation of the whole image while memory stays bounded (and a figure's
-    crop of a large image costs only the crop). `progress` shows a bar over the tiles."""
+    pixels of the untiled computation of the whole image up to the rounding of fp32 kernels, whose order of
+    summation can depend on a tensor's size (so, rarely, a pixel's uint8 rounds the other way),
+    while memory stays bounded (and a figure's crop of a large image costs only the crop). `progress` shows a
+    bar over the tiles."""
     device = next(model.parameters()).device
     tile = tile or (GPU_TILE if device.type == "cuda" else CPU_TILE)
     if isinstance(ilr, np.ndarray):
