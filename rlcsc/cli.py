@@ -217,7 +217,7 @@ def _params(args: argparse.Namespace) -> None:
     if args.checked is None:
         print("\n".join(lines))
         return
-    _check_declared(params, args.params.parent / "dvc.yaml")
+    _check_for_dvc(params, args.params)
     from rlcsc.atomic import write_text
 
     args.checked.parent.mkdir(parents=True, exist_ok=True)
@@ -225,35 +225,19 @@ def _params(args: argparse.Namespace) -> None:
     print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
 
 
-def _check_declared(params: dict, dvc_yaml: Path) -> None:
-    """One clear error if the budget in use has a block that no stage of `dvc_yaml` declares as a param (a
-    budget added to params.yaml): `dvc repro` would not rerun the stages that read it when its values change."""
-    import yaml
+def _check_for_dvc(params: dict, path: Path) -> None:
+    """One clear error where `dvc repro` would stop on `path` after the check: dvc.yaml's stages read the
+    budget in use (`budgets.${budget}.<block>`), so the file names one, which holds every block, if only {}."""
+    from rlcsc.config import BUDGETED
 
-    if not dvc_yaml.is_file():
-        return
-    declared: set[str] = set()
-
-    def collect(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "params" and isinstance(value, list):
-                    for item in value:
-                        declared.update([item] if isinstance(item, str) else
-                                        [k for keys in item.values() for k in keys] if isinstance(item, dict) else [])
-                else:
-                    collect(value)
-        elif isinstance(node, list):
-            for value in node:
-                collect(value)
-
-    collect(yaml.safe_load(dvc_yaml.read_text()))
     budget = params.get("budget")
-    for block in (params.get("budgets") or {}).get(budget) or {}:
-        if f"budgets.{budget}.{block}" not in declared:
-            raise RlcscError(f"budget {budget} is not declared in {dvc_yaml}: add budgets.{budget}.{block} to the "
-                             f"params of the stages that read {block} (beside budgets.quick.{block}), or dvc repro "
-                             "will not rerun them when its values change")
+    if budget is None:
+        raise RlcscError(f"{path} names no budget, which dvc.yaml's stages read: set `budget: paper` for the "
+                         "paper's protocol")
+    missing = [block for block in BUDGETED if block not in (params["budgets"][budget] or {})]
+    if missing:
+        raise RlcscError(f"{path}: budgets.{budget} has no {', '.join(missing)} block, which dvc.yaml's stages "
+                         f"read: add `{missing[0]}: {{}}` to it (no change to the block)")
 
 
 def _record(args: argparse.Namespace) -> None:

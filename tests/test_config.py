@@ -210,7 +210,8 @@ def test_a_key_given_twice_is_refused(tmp_path: Path, one_line_error: Callable[[
                                                                 "  K25: {recursions: 25}\n  K25: {recursions: 30}\n"))
     line = one_line_error(["params", "--params", str(path)])
     assert line.startswith(f"rlcsc params: error: params file {path} is not valid YAML: found duplicate key 'K25'")
-    assert ", line 107, column 3: K25: {recursions: 30}" in line
+    number = path.read_text().splitlines().index("  K25: {recursions: 30}") + 1
+    assert f", line {number}, column 3: K25: {{recursions: 30}}" in line
 
 
 def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path: Path) -> None:
@@ -262,21 +263,24 @@ def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path
     assert "train@K25-fast_2\n" in capsys.readouterr().out
 
 
-def test_a_budget_dvc_yaml_does_not_declare_is_refused_by_the_check_stage(
+def test_a_budget_is_checked_for_what_dvc_yaml_reads_of_it(
         tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
-    """A budget added to params.yaml and put in use: its blocks are read by the stages, but `dvc repro` reruns a
-    stage only for the params dvc.yaml declares, so the check stage (`rlcsc params --checked`) names what to add."""
+    """dvc.yaml's stages read `budget` and `budgets.${budget}.<block>`: a new budget needs no edit of dvc.yaml,
+    but DVC stops at a stage (after the check) where the file names no budget or the budget lacks a block,
+    so the check stage (`rlcsc params --checked`) names what to add."""
     def mine(p: dict) -> None:
-        p["budgets"]["mine"] = {"augment": {}, "patch": {}, "train": {"lr": 0.01}, "evaluate": {}}
+        p["budgets"]["mine"] = {"augment": {}, "patch": {}, "train": {"lr": 0.01}}
         p["budget"] = "mine"
 
     path = write(tmp_path, mine)
-    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     argv = ["params", "--params", str(path), "--checked", str(tmp_path / "checked")]
-    assert "budget mine is not declared in" in one_line_error(argv) and not (tmp_path / "checked").exists()
+    assert one_line_error(argv) == (f"rlcsc params: error: {path}: budgets.mine has no evaluate block, which "
+                                    "dvc.yaml's stages read: add `evaluate: {}` to it (no change to the block)")
+    assert not (tmp_path / "checked").exists()
     assert main(["params", "--params", str(path)]) == 0  # listing the values is not refused
-    declared = (REPO / "dvc.yaml").read_text().replace("- budgets.fast.", "- budgets.mine.")
-    (tmp_path / "dvc.yaml").write_text(declared)
+    path = write(tmp_path, lambda p: p.pop("budget"))
+    assert "names no budget, which dvc.yaml's stages read" in one_line_error(argv)
+    path = write(tmp_path, lambda p: (mine(p), p["budgets"]["mine"].update(evaluate={})))
     assert main(argv) == 0 and (tmp_path / "checked").exists()
 
 
