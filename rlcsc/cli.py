@@ -112,21 +112,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     scales = (check_value(EvaluateParams, "scales", list(dict.fromkeys(args.scales)), "--scales")
               if args.scales else params.scales)
     with_ifc = params.ifc and not args.no_ifc
+    from rlcsc.device import machine, pick_device
+    from rlcsc.provenance import stamp
+
     if args.model is None:
-        upscale, model = bicubic, None
+        upscale, model, device = bicubic, None, "cpu"
     else:
-        from rlcsc.device import pick_device
         from rlcsc.inference import Network, describe_model
 
-        model = describe_model(args.model)
-        upscale = Network(args.model, pick_device("auto").type, params.precision)
+        model, device = describe_model(args.model), pick_device("auto")
+        upscale = Network(args.model, device.type, params.precision)
     if args.out.exists() and not args.out.is_dir():  # refused before the scoring, not after it
         raise RlcscError(f"--out {args.out} is not a folder")
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
     record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
               "budget": budget, "model": model,
-              **({"computed_in": upscale.precision} if model else {"method": "bicubic"})}
+              **({"computed_in": upscale.precision} if model else {"method": "bicubic"}),
+              "environment": {**machine(device), **stamp()}}  # where and from which code it was scored
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
 

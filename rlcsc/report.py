@@ -2,10 +2,10 @@
 
 A notebook learns everything about a run from the files the run wrote: K, the filter sizes, the
 residual switch, biases, budget, where its recipe differs from the paper's, epochs done, status,
-device and precision (`train.json`; for a recorded run also the commit of `environment.json`),
-never from its name. Runs are this pipeline's (`models/<name>/` and
-`results/<name>/`, one per entry of `experiments`) and the recorded ones (`runs/<name>/`, made on
-a GPU by `rlcsc record`).
+device, precision and commit (`train.json`; for a recorded run the commit of `environment.json`; for this
+pipeline's evaluation of a released model the machine and commit of its `evaluation.json`), never from its
+name. Runs are this pipeline's (`models/<name>/` and `results/<name>/`, one per entry of `experiments`) and
+the recorded ones (`runs/<name>/`, made on a GPU by `rlcsc record`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Evaluated:
     and the calls that made them (`environment`)."""
 
     scores: Path
+    metrics: dict | None
     environment: dict | None
 
     def evaluated_in(self) -> str | None:
@@ -63,11 +64,40 @@ class Evaluated:
             return None
         if "computed_in" in e:
             return e["computed_in"]
-        calls = (self.environment or {}).get("calls") or []
-        call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else {})
-        if call.get("gpu") or e["precision"] == "fp32":
+        if self.evaluation_call().get("gpu") or e["precision"] == "fp32":
             return e["precision"]
         return "fp32" if e["precision"] == "tf32" else f"{e['precision']} if the CPU computed it natively, else fp32"
+
+    def evaluation_call(self) -> dict:
+        """Where and from which code its evaluation ran: the last call in `environment` that evaluated (its last
+        call where none says), else the `environment` of `evaluation.json` (this pipeline's); {} where neither
+        recorded it."""
+        calls = (self.environment or {}).get("calls") or []
+        call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else None)
+        return call if call is not None else ((_json(self.scores / "evaluation.json") or {}).get("environment") or {})
+
+    def scored_on(self) -> str:
+        """The machine its evaluation ran on (`machine`), "unknown" where no file recorded it."""
+        call = self.evaluation_call()
+        return machine(call.get("gpu"), call) if call else "unknown"
+
+    def fp32_rescored(self) -> list[dict]:
+        """The cells of its evaluation that an inference benchmark in its folder (`rlcsc benchmark inference`,
+        `inference*.json`, made after the call that evaluated, so of the same model) scored again in fp32: file,
+        machine, dataset, scale, the fp32 PSNR and the evaluation's. Empty where there is none."""
+        since = self.evaluation_call().get("date")
+        found = []
+        for path in sorted(self.scores.glob("inference*.json")) if since else []:
+            bench = _json(path)
+            ran = bench.get("machine") or {}
+            if bench.get("what") != "inference" or ran.get("date", "") < since:
+                continue
+            for dataset, quality in (bench.get("variants") or {}).get("fp32", {}).get("quality", {}).items():
+                scored = (self.metrics or {}).get(dataset, {}).get(f"x{bench['scale']}", {}).get("psnr")
+                if scored is not None:
+                    found.append({"file": path.name, "machine": machine(ran.get("gpu"), ran), "dataset": dataset,
+                                  "scale": bench["scale"], "fp32": quality["psnr"], "scored": scored})
+        return found
 
     def image_psnr(self, dataset: str, image: str, scale: int) -> float | None:
         """One test image's PSNR by its evaluation (`per_image.csv`), None where the evaluation did not score
@@ -173,9 +203,8 @@ class Run(Evaluated):
         return "not the paper's recipe: " + ", ".join(f"{k} {_word(v)}" for k, v in changes.items())
 
     def extent(self) -> str:
-        """How far it trained: "1 of 35 epochs" when it stopped short of its plan, else "35 epochs"."""
-        done, planned = self.train["epochs_done"], self.train["epochs_planned"]
-        return f"{done:g} epochs" if self.finished else f"{done:g} of {planned:g} epochs"
+        """How far it trained, the epochs done out of those planned: "1 of 35 epochs", "35 of 35 epochs"."""
+        return f"{self.train['epochs_done']:g} of {self.train['epochs_planned']:g} epochs"
 
     def state(self) -> str:
         """How it ended: its extent, and a divergence where it diverged (never "completed" for a run
@@ -190,13 +219,13 @@ class Run(Evaluated):
         """What the run is, as a row of a page's runs table."""
         n, m = self.model["features"], self.model["codes"]
         network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
-        calls = (self.environment or {}).get("calls") or [{}]
+        calls = ((self.environment if self.recorded else self.train) or {}).get("calls") or [{}]
         return {"run": self.name, "made by": "`rlcsc record`" if self.recorded else "this pipeline",
                 "network": network + (", biases" if self.model["bias"] else ""),
                 "budget": f"{self.train.get('budget')} ({self.recipe()})", "seed": str(self.config["seed"]),
                 "trained": self.state(),
                 "machine": self.device + precisions(self.train["precision"]["train"], self.evaluated_in()),
-                "commit": commit(calls[-1]) if self.recorded else "this one"}
+                "commit": commit(calls[-1])}
 
 
 def machine(gpu: str | None, call: dict) -> str:
@@ -282,7 +311,7 @@ class Measured(Evaluated):
 
     name: str  # the folder's name
     recorded: bool
-    evaluation: dict  # evaluation.json: the params, and the model with its `source`
+    evaluation: dict  # evaluation.json: the params, the model with its `source`, the `environment` it ran in
     metrics: dict
     scores: Path  # the folder of its files
     environment: dict | None = None  # environment.json (recorded evaluations)
@@ -310,8 +339,7 @@ class Measured(Evaluated):
 
     def row(self) -> dict[str, str]:
         """What the evaluation is, as a row of a page's runs table."""
-        e = self.evaluation
-        call = ((self.environment or {}).get("calls") or [{}])[-1]
+        e, call = self.evaluation, self.evaluation_call()
         if self.method == "Bicubic":
             made, network = "`rlcsc record --method bicubic`", "bicubic interpolation (MATLAB's `imresize`)"
         else:
@@ -321,9 +349,8 @@ class Measured(Evaluated):
         return {"run": self.short(), "made by": made if self.recorded else "this pipeline", "network": network,
                 "budget": f"{e.get('budget')}: {', '.join(e['datasets'])}{', IFC' if e['ifc'] else ''}",
                 "seed": "-", "trained": "-" if self.method == "Bicubic" else "by the authors",
-                "machine": (machine(call.get("gpu"), call) + precisions(None, self.evaluated_in())) if self.recorded
-                else "this one",
-                "commit": commit(call) if self.recorded else "this one"}
+                "machine": self.scored_on() + precisions(None, self.evaluated_in()),
+                "commit": commit(call)}
 
 
 def measured_methods(results: Path, runs: Path) -> list[Measured]:

@@ -136,6 +136,39 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     return out
 
 
+LAST = 5  # how many of a run's last snapshots `late_range` spans
+
+
+@dataclass(frozen=True)
+class LateRange:
+    """How much a run's Set5 x3 PSNR moves over its last snapshots within the epoch it ended in (the monitor's
+    snapshots, every `eval_every` steps and at the epoch's end): a bound on how much the epoch it stopped at decides
+    its numbers."""
+
+    epoch: int  # the epoch they lie in (1 for snapshots between epochs 0 and 1)
+    steps: tuple[int, ...]  # their steps, in order
+    low: float
+    high: float
+
+    @property
+    def range(self) -> float:
+        return self.high - self.low
+
+
+def late_range(run: Run, n: int = LAST) -> LateRange | None:
+    """The range of the Set5 x3 PSNR over the last `n` snapshots of `run` that lie in the epoch of its last one
+    (fewer where the epoch holds fewer); None where it holds fewer than two."""
+    curve = run.train["curve"]
+    if not curve:
+        return None
+    epoch = int(np.ceil(curve[-1]["epoch"]))
+    late = [c for c in curve if int(np.ceil(c["epoch"])) == epoch][-n:]
+    if len(late) < 2:
+        return None
+    psnr = [c["psnr"] for c in late]
+    return LateRange(epoch, tuple(c["step"] for c in late), min(psnr), max(psnr))
+
+
 @dataclass(frozen=True)
 class Totals:
     """The scorecard's headline: each distinct published number counted once, however many of its lines print it."""

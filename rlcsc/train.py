@@ -60,7 +60,7 @@ from rlcsc.inference import (
     model_state,
 )
 from rlcsc.manifest import TEST_SETS
-from rlcsc.provenance import code_hash
+from rlcsc.provenance import code_hash, commit
 from rlcsc.rounding import im2uint
 
 # Keys that do not change what a run computes: a run resumes across changes of these.
@@ -358,11 +358,12 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             raise RlcscError(f"cannot write {ckpt_path}: {err.strerror or err}; training stopped at epoch {epoch + 1}, "
                              f"step {step}: rerun it to resume from the last checkpoint written") from None
 
-    host = {"cpu": cpu_description(), "cpu_cores": os.cpu_count()}  # read once, named by every checkpoint
+    # read once, named by every checkpoint: the machine and the code (`provenance.commit`, -dirty where changed)
+    host = {"cpu": cpu_description(), "cpu_cores": os.cpu_count(), "commit": commit()}
 
     def trained() -> list[dict]:
         """The calls that trained this run, this one included once it has trained a step: steps, wall
-        seconds from the start of the call, ms/step, and where and in which precision they ran."""
+        seconds from the start of the call, ms/step, and where, at which commit and in which precision they ran."""
         if not this_call:
             return calls
         precision = {"train": effective(device, p.precision), "monitor": computes_in(model, eval_precision)}

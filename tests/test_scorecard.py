@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -78,7 +79,7 @@ def test_a_quick_run_never_counts_and_a_paper_scale_one_does(tmp_path: Path) -> 
     psnr, ssim, ifc = scorecard.lines(page, TOLERANCE)[:3]
     assert psnr.run.name == "K25-fast" and (psnr.published, psnr.matched) == (12, 12) and psnr.spread() == "+0.08 dB"
     assert (ssim.matched, ifc.matched) == (12, 9) and ssim.spread() == "+0.0000"
-    assert psnr.run.extent() == "35 epochs"
+    assert psnr.run.extent() == "35 of 35 epochs"  # a finished run says so too
     psnr_beyond = scorecard.lines(page, {**TOLERANCE, "psnr": 0.05})[0]
     assert psnr_beyond.matched == 0
 
@@ -147,7 +148,8 @@ def test_the_recorded_paper_run_is_scored_as_it_stands() -> None:
     page = report.page(str(REPO / "params.yaml"), "none", "none", str(REPO / "runs"), "K25")
     found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
     run = found["Table 1, PSNR"].run
-    assert run.name == "K25-paper" and run.extent() == "1 of 35 epochs"
+    train = json.loads((REPO / "runs" / "K25-paper" / "train.json").read_text())
+    assert run.name == "K25-paper" and run.extent() == f"{train['epochs_done']:g} of {train['epochs_planned']:g} epochs"
     metrics = json.loads((REPO / "runs" / "K25-paper" / "metrics.json").read_text())
     t1 = table("table1").query("method == 'RL-CSC'")
     diffs = [metrics[r.dataset][f"x{r.scale}"]["psnr"] - r.psnr for r in t1.itertuples()]
@@ -155,7 +157,6 @@ def test_the_recorded_paper_run_is_scored_as_it_stands() -> None:
     epoch1 = found["Table 3, with residual"]
     assert len(epoch1.differences) == 1 and epoch1.published == 4
     (cost,) = [c for c in scorecard.costs(page) if c.experiment == "K25"]
-    train = json.loads((REPO / "runs" / "K25-paper" / "train.json").read_text())
     assert cost.steps_left == 35 * train["steps_per_epoch"] - train["steps_done"]
     assert cost.hours == pytest.approx(cost.steps_left * train["ms_per_step"] / 3.6e6)
 
@@ -255,8 +256,9 @@ def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
     assert report.Run(run.name, True, train, run.metrics, folder).clipped_share() is None
     assert run.minutes_to(34.2) == 3 and run.minutes_to(33.0) == 2 and run.minutes_to(34.21) is None
     assert run.last_psnr() == 33.5 and report.Run(run.name, True, run.train, None, folder).last_psnr() == 34.2
-    assert run.extent() == "1 of 35 epochs"
-    assert report.Run(run.name, True, {**run.train, "epochs_done": 35.0}, None, folder).extent() == "35 epochs"
+    assert report.Run(run.name, True, {**run.train, "epochs_planned": 35.0}, None, folder).extent() == "1 of 35 epochs"
+    finished = {**run.train, "epochs_done": 4.0, "epochs_planned": 4.0}
+    assert report.Run(run.name, True, finished, None, folder).extent() == "4 of 4 epochs"
     assert [report.signed(v, 2) for v in (-0.004, 0.004, -0.006, 0.1)] == ["+0.00", "+0.00", "-0.01", "+0.10"]
     assert report.commit({"commit": "0123456789abcdef-dirty"}) == "0123456789-dirty"
     assert report.commit({"commit": "0123456789abcdef"}) == "0123456789" and report.commit({}) == "unknown"
@@ -280,3 +282,22 @@ def test_a_difference_of_exactly_the_tolerance_is_within_it() -> None:
     keys = tuple(scorecard.number(30, "Set5", s, "psnr") for s in (2, 3, 4))
     line = scorecard.Line("Table 1, PSNR", "psnr", keys, keys, (0.5, -0.5, 0.5 + 2**-20), 0.5, None)
     assert line.matched == 2
+
+
+def test_the_late_range_spans_the_last_snapshots_of_the_epoch_a_run_ended_in(tmp_path: Path) -> None:
+    """The range of the Set5 x3 PSNR over a run's last snapshots that lie in the epoch of its last one (epoch 1 runs
+    from just after 0 to 1 inclusive): none of the previous epoch, at most `n`, none where fewer than two."""
+    folder = _run(tmp_path, "K25-paper", "paper")
+    train = json.loads((folder / "train.json").read_text())
+    psnr = {0.9: 40.0, 1.0: 33.0, 1.2: 20.0, 1.4: 33.5, 1.6: 33.1, 1.8: 33.4, 2.0: 33.2}
+    curve = [{**train["curve"][0], "epoch": e, "step": int(100 * e), "psnr": p} for e, p in psnr.items()]
+    run = report.Run("K25-paper", True, {**train, "curve": curve}, None, folder)
+    late = scorecard.late_range(run, n=4)
+    assert (late.epoch, late.steps, late.low, late.high) == (2, (140, 160, 180, 200), 33.1, 33.5)
+    assert late.range == pytest.approx(0.4)
+    assert scorecard.late_range(run, n=10).low == 20.0  # epoch 1's snapshots never count for epoch 2
+    assert scorecard.late_range(report.Run("K25-paper", True, {**train, "curve": curve[:3]}, None, folder)) is None
+    recorded = report.recorded_runs(REPO / "runs")[0]
+    ended = [c for c in recorded.train["curve"] if np.ceil(c["epoch"]) == np.ceil(recorded.train["curve"][-1]["epoch"])]
+    psnr_late = [c["psnr"] for c in ended[-scorecard.LAST:]]
+    assert scorecard.late_range(recorded).range == pytest.approx(max(psnr_late) - min(psnr_late))

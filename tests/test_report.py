@@ -1,0 +1,110 @@
+"""What the runs tables say of where and from which code a run trained and an evaluation ran, and how far a run's
+score in another precision was checked in fp32, all from the files the pipeline writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rlcsc import report
+from rlcsc.data.augment import AugmentParams, augment
+from rlcsc.data.patches import PatchParams, make_patches
+from rlcsc.device import cpu_description, machine
+from rlcsc.provenance import commit
+from rlcsc.train import TrainParams, train
+
+REPO = Path(__file__).resolve().parents[1]
+K25 = REPO / "runs" / "K25-paper"
+VDSR = REPO / "runs" / "VDSR-official"
+CALL = {"cpu": "AMD EPYC (avx2)", "cpu_cores": 2, "commit": "0123456789abcdef-dirty"}
+
+
+def test_a_training_call_records_its_commit(mirror: Path, tmp_path: Path) -> None:
+    """Each call in train.json's `calls` names the commit it ran (`provenance.commit`) beside its machine."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:140, 0:150]
+    img = 128 + 90 * np.sin(xx / 5) * np.cos(yy / 7) + rng.normal(0, 10, (140, 150))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(tmp_path / "0.png")
+    augment([tmp_path / "0.png"], tmp_path / "aug", AugmentParams(flips=("none",), factors=(1.0,)), jobs=1)
+    make_patches(tmp_path / "aug", tmp_path / "patches", PatchParams(chunk=8), jobs=1)
+    tiny = TrainParams(recursions=2, features=4, codes=8, pairs=32, batch=8, epochs=1, lr=0.01, checkpoint_every=4,
+                       log_every=2, compile=False, device="cpu")
+    summary = train(tiny, tmp_path / "patches", mirror, tmp_path / "run")
+    (call,) = json.loads((tmp_path / "run" / "train.json").read_text())["calls"]
+    assert call["commit"] == commit() == summary["calls"][0]["commit"] and call["cpu"] == cpu_description()
+
+
+def test_an_evaluation_records_where_it_ran(mirror: Path, tmp_path: Path) -> None:
+    """`rlcsc evaluate`'s evaluation.json holds where it was scored: the machine as `device.machine` describes the
+    device it computed on (the CPU for bicubic, which runs no network), the commit and the date."""
+    from rlcsc.cli import main
+
+    out = tmp_path / "bicubic"
+    assert main(["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out), "--datasets", "Set5",
+                 "--scales", "3", "--no-ifc"]) == 0
+    env = json.loads((out / "evaluation.json").read_text())["environment"]
+    here = machine("cpu")
+    assert {k: env[k] for k in ("gpu", "cpu", "cpu_cores")} == {k: here[k] for k in ("gpu", "cpu", "cpu_cores")}
+    assert env["commit"] == commit() and env["date"]
+
+
+def _pipeline_run(tmp_path: Path, calls: list[dict]) -> report.Run:
+    """runs/K25-paper's training record as this pipeline's run, with `calls` as its train.json's."""
+    train_ = {**json.loads((K25 / "train.json").read_text()), "calls": calls, "device": "cpu"}
+    return report.Run("K25", False, train_, None, tmp_path)
+
+
+def test_a_pipeline_run_names_the_commit_its_training_recorded(tmp_path: Path) -> None:
+    row = _pipeline_run(tmp_path, [{"steps": 1, **CALL, "commit": "fedcba9876543210"}, {"steps": 2, **CALL}]).row()
+    assert row["commit"] == "0123456789-dirty" and row["machine"].startswith("cpu: AMD EPYC (avx2), 2 cores")
+    old = _pipeline_run(tmp_path, [{"steps": 1, "cpu": "AMD EPYC (avx2)", "cpu_cores": 2}])  # before calls had one
+    assert old.row()["commit"] == "unknown"
+
+
+def _pipeline_evaluation(tmp_path: Path, environment: dict | None) -> report.Measured:
+    """runs/VDSR-official's evaluation as this pipeline's (results/VDSR/), with `environment` in its evaluation.json."""
+    folder = tmp_path / "VDSR"
+    shutil.copytree(VDSR, folder, ignore=shutil.ignore_patterns("*.pt", "environment.json"))
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    evaluation = {**evaluation, "environment": environment} if environment else evaluation
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    (found,) = report.measured_methods(tmp_path, tmp_path / "none")
+    return found
+
+
+def test_a_pipeline_evaluation_names_the_machine_and_commit_it_recorded(tmp_path: Path) -> None:
+    measured = _pipeline_evaluation(tmp_path, {**CALL, "gpu": None})
+    assert not measured.recorded and measured.evaluated_in() == "fp32"
+    row = measured.row()
+    assert (row["machine"], row["commit"]) == ("cpu: AMD EPYC (avx2), 2 cores", "0123456789-dirty")
+    gpu = _pipeline_evaluation(tmp_path / "gpu", {**CALL, "gpu": "NVIDIA H100 80GB HBM3", "commit": "abc"}).row()
+    assert (gpu["machine"], gpu["commit"]) == ("NVIDIA H100 80GB HBM3", "abc")
+    old = _pipeline_evaluation(tmp_path / "old", None).row()  # written before evaluation.json recorded them
+    assert (old["machine"], old["commit"]) == ("unknown", "unknown")
+
+
+def test_a_run_scored_in_tf32_is_checked_in_fp32_by_its_later_benchmarks(tmp_path: Path) -> None:
+    """runs/K25-paper (scored in tf32 on a GPU) holds CPU benchmarks of the same model in fp32: each of their cells
+    beside its evaluation's; a benchmark older than the evaluation measured another model and counts for none."""
+    folder = tmp_path / "K25-paper"
+    shutil.copytree(K25, folder, ignore=shutil.ignore_patterns("*.pt"))
+    (run,) = report.recorded_runs(tmp_path)
+    metrics = json.loads((K25 / "metrics.json").read_text())
+    found = run.fp32_rescored()
+    assert run.evaluated_in() == "tf32" and run.scored_on() == "NVIDIA H100 80GB HBM3" and found
+    for cell in found:
+        bench = json.loads((K25 / cell["file"]).read_text())
+        assert cell["fp32"] == bench["variants"]["fp32"]["quality"][cell["dataset"]]["psnr"]
+        assert cell["scored"] == metrics[cell["dataset"]][f"x{cell['scale']}"]["psnr"]
+        assert abs(cell["fp32"] - cell["scored"]) < 0.01
+    for path in folder.glob("inference*.json"):
+        bench = json.loads(path.read_text())
+        bench["machine"]["date"] = "2000-01-01T00:00:00+00:00"
+        path.write_text(json.dumps(bench))
+    assert run.fp32_rescored() == []
+    assert replace(run, environment=None).fp32_rescored() == []  # no call that evaluated: nothing to compare
