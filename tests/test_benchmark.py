@@ -10,15 +10,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from rlcsc.cli import main
+from rlcsc.data.augment import AugmentParams, augment
+from rlcsc.data.patches import PatchParams, PatchSet, make_patches
 from rlcsc.evaluate import bicubic, evaluate
-from rlcsc.memory import count_training_memory, training_memory
+from rlcsc.memory import TABLE4, TABLE4_SIZES, count_training_memory, training_memory
 from rlcsc.parallel import pool
 
 TINY = ("train: {recursions: 2, features: 4, codes: 8, batch: 4, pairs: 40, epochs: 3, device: cpu}\n"
         "experiments: {tiny: {}}\n")
+
+
+def tiny_model(path: Path) -> Path:
+    """An untrained RL-CSC of one recursion and 4 channels, saved at `path` as `rlcsc train` saves a model."""
+    from rlcsc.atomic import save_torch
+    from rlcsc.inference import model_state
+    from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+
+    torch.manual_seed(0)
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), path)
+    return path
 
 
 def test_benchmark_train_runs_on_cpu(tmp_path: Path, monkeypatch) -> None:
@@ -122,6 +136,19 @@ def test_table4_settings_scale_with_the_batch() -> None:
     assert rows["DRRN", 52, 128, 33]["counted_total_mib"] > rows["DRRN", 20, 128, 33]["counted_total_mib"]
 
 
+def test_rlcsc_memory_writes_table4_s_rows(tmp_path: Path) -> None:
+    """`rlcsc memory` writes every network of Table 4 at every batch and patch size, into a folder it makes."""
+    out = tmp_path / "results" / "table4.json"
+    assert main(["memory", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["torch"] == torch.__version__
+    assert [(r["model"], r["layers"], r["batch"], r["patch"]) for r in result["rows"]] == [
+        (*network, *size) for network in TABLE4 for size in TABLE4_SIZES]
+    assert all(0 < r["counted_activations_mib"] < r["counted_total_mib"] for r in result["rows"])
+    if not torch.cuda.is_available():
+        assert result["gpu"] is None and all(r["cuda_peak_mib"] is None for r in result["rows"])
+
+
 
 def test_table4_builds_the_networks_of_the_paper_s_depths() -> None:
     """Table 4's networks have the paper's depths: RL-CSC of 30 layers (K = 25, K + 5), DRRN B1U9 of 20 and B1U25
@@ -163,19 +190,26 @@ def test_a_variant_is_judged_against_fp32_grey_level_by_grey_level() -> None:
 
 def test_input_precision_scores_float32_inputs_by_the_protocol_and_float16_against_them(mirror: Path,
                                                                                        tmp_path: Path) -> None:
-    from rlcsc.atomic import save_torch
     from rlcsc.benchmark import input_precision
     from rlcsc.evaluate import summarize
-    from rlcsc.inference import Network, model_state
-    from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
+    from rlcsc.inference import Network
 
-    torch.manual_seed(0)
-    model = tmp_path / "m.pt"
-    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=4, codes=4))), model)
+    model = tiny_model(tmp_path / "m.pt")
     result = input_precision(model, mirror)
     protocol = summarize(evaluate(Network(model), mirror, ["Set5"], [3], False, jobs=1))["Set5"]["x3"]["psnr"]
     assert result["psnr_float32"] == pytest.approx(protocol, abs=1e-6)
     assert result["difference_db"] == result["psnr_float32"] - result["psnr_float16"] != 0
+
+
+def test_benchmark_input_precision_scores_the_model_it_is_given(mirror: Path, tmp_path: Path) -> None:
+    """`rlcsc benchmark input-precision`: --model and --raw reach the measurement, whose result --out holds."""
+    model, out = tiny_model(tmp_path / "m.pt"), tmp_path / "input.json"
+    argv = ["benchmark", "input-precision", "--model", str(model), "--raw", str(mirror), "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["what"] == "input precision" and result["model"] == str(model)
+    assert (result["dataset"], result["scale"]) == ("Set5", 3)
+    assert result["difference_db"] == result["psnr_float32"] - result["psnr_float16"]
 
 
 def test_batch_reads_are_timed_after_the_warm_up_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,6 +237,19 @@ def test_batch_reads_are_timed_after_the_warm_up_only(monkeypatch: pytest.Monkey
     result = benchmark.read_batches(Path("unused"), batch=16, steps=30)
     assert clock["reads"] == 50 and (result["pairs"], result["batch"], result["steps"]) == (1000, 16, 30)
     assert result["median_ms"] == pytest.approx(2.0) and result["p95_ms"] == pytest.approx(2.0)
+
+
+def test_benchmark_read_times_batches_of_the_size_asked_for(tmp_path: Path) -> None:
+    """`rlcsc benchmark read --batch 3`, on a patch set cut from a small synthetic image."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8)).save(tmp_path / "0.png")
+    augment([tmp_path / "0.png"], tmp_path / "aug", AugmentParams(flips=("none",), factors=(1.0,)), jobs=1)
+    make_patches(tmp_path / "aug", tmp_path / "patches", PatchParams(chunk=1), jobs=1)
+    out = tmp_path / "read.json"
+    argv = ["benchmark", "read", "--patches", str(tmp_path / "patches"), "--batch", "3", "--steps", "5"]
+    assert main(argv + ["--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["pairs"], result["batch"], result["steps"]) == (len(PatchSet.open(tmp_path / "patches")), 3, 5)
+    assert 0 <= result["median_ms"] <= result["p95_ms"]
 
 
 def test_benchmark_winograd_times_each_width_directly_and_by_winograd(tmp_path: Path, monkeypatch) -> None:

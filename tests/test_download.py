@@ -323,17 +323,19 @@ def test_the_first_error_stops_the_transfers_under_way(tmp_path: Path, monkeypat
     transfer to finish: that one stops at its next chunk, and neither file is put in place."""
     slow = dataclasses.replace(PINNED, file="slow.bin", url="https://example.org/slow.bin")
     reads: list[int] = []
+    under_way = threading.Event()
 
     class Trickle(io.BytesIO):
         def read(self, size: int = -1) -> bytes:
             time.sleep(0.01)
             reads.append(1)
+            under_way.set()
             return super().read(16)  # DATA in 640 reads: over 6 s
 
     def serve(url: str, timeout: float) -> io.BytesIO:
         if url == slow.url:
             return Trickle(DATA)
-        time.sleep(0.2)  # the slow one is under way
+        under_way.wait(timeout=30)  # the slow one has read its first chunk
         return io.BytesIO(b"not the pinned bytes")
 
     monkeypatch.setattr(download, "urlopen", serve)

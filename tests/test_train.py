@@ -405,11 +405,14 @@ def test_precision_is_set_for_the_code_that_asks_and_restored_after_it() -> None
     assert flags() == before
 
 
-def test_a_training_step_is_the_paper_s_sgd_update_computed_by_hand() -> None:
+@pytest.mark.parametrize("loss_name", ["l2", "l1"])
+def test_a_training_step_is_the_paper_s_sgd_update_computed_by_hand(loss_name: str) -> None:
     """Section 5.2, by hand: the loss of eq. 14 (the squared error summed over each patch, averaged over the
-    batch), its gradient's global L2 norm clipped to theta = 0.4, then SGD with momentum 0.9 and weight decay
-    1e-4 at learning rate 0.1. Two steps, so that the momentum buffer carries the first into the second."""
-    p = replace(TINY, lr=0.1, momentum=0.9, weight_decay=1e-4, clip=0.4)
+    batch; `l1`: the absolute error, likewise), its gradient's global L2 norm clipped to theta = 0.4, then SGD
+    with momentum 0.9 and weight decay 1e-4 at learning rate 0.1. Two steps, so that the momentum buffer carries
+    the first into the second."""
+    per_pixel = {"l2": torch.square, "l1": torch.abs}[loss_name]
+    p = replace(TINY, lr=0.1, momentum=0.9, weight_decay=1e-4, clip=0.4, loss=loss_name)
     model, _, step = prepare(p, torch.device("cpu"))
     names = [k for k, _ in model.named_parameters()]
     w = [t.detach().clone() for _, t in model.named_parameters()]
@@ -421,8 +424,8 @@ def test_a_training_step_is_the_paper_s_sgd_update_computed_by_hand() -> None:
         for t, v in zip(twin.parameters(), w):
             t.data.copy_(v)
         err = twin(x) - y
-        loss = sum(float(err[i].detach().square().sum()) for i in range(4)) / 4  # per patch, then the mean
-        grads = torch.autograd.grad(err.square().sum() / 4, list(twin.parameters()))
+        loss = sum(float(per_pixel(err[i].detach()).sum()) for i in range(4)) / 4  # per patch, then the mean
+        grads = torch.autograd.grad(per_pixel(err).sum() / 4, list(twin.parameters()))
         norm = math.sqrt(sum(float(g.square().sum()) for g in grads))
         assert norm > 0.4  # the clipping acts
         scale = 0.4 / (norm + 1e-6)  # torch's clip_grad_norm_
