@@ -22,7 +22,7 @@ from rlcsc.device import cpu_description
 from rlcsc.evaluate import RESULTS
 from rlcsc.inference import describe_model
 from rlcsc.provenance import source_hash
-from rlcsc.report import Run, paper_set5_x3, recorded_runs, references
+from rlcsc.report import Run, commit, paper_set5_x3, recorded_runs, references
 from rlcsc.train import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,9 +345,10 @@ def test_the_book_labels_a_recorded_run_by_what_it_is(recorded: Path) -> None:
                              "lr_step 3)")
     assert row["trained"] == f"{run.train['epochs_done']:g} of 4 epochs"
     assert row["machine"] == f"cpu: {cpu_description()}, {os.cpu_count()} cores"  # the machine its last call ran on
-    assert row["commit"] != "this one" and run.short() == "K25-quick"  # a column's label: the name alone
+    assert row["commit"] == commit(run.environment["calls"][-1]) != "unknown"
+    assert run.short() == "K25-quick"  # a column's label: the name alone
     done = replace(run, train={**run.train, "epochs_done": 4})
-    assert done.row()["trained"] == "4 epochs"  # never "completed" for a run short of its plan
+    assert done.row()["trained"] == "4 of 4 epochs"  # never "completed" for a run short of its plan
     diverged = replace(run, train={**run.train, "status": "diverged at step 7"})
     assert diverged.state().endswith(", diverged at step 7")
 
@@ -411,7 +412,7 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
                for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
-    assert "none (the budget as it stood)" in text  # the base variant's changes, in words
+    assert "none (the budget as it stood, below)" in text  # the base variant's changes, in words
     assert row_headings(tables(outputs)) == ["base", "again", "bias", "cosine", "half"]  # one row per variant
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the ladder's curves (no run has trained)
 
