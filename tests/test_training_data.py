@@ -222,6 +222,34 @@ def test_patches_of_a_re_augmented_folder_come_from_its_new_images(
     assert not _stored_labels_match(augmented, tmp_path / "before")
 
 
+@pytest.mark.parametrize(("after", "jobs"), [("load_augmented", 1), ("check_out", 1), ("check_out", 2)])
+def test_a_folder_augment_replaces_while_patch_reads_it_is_one_line_and_no_patch_set(
+        tiny_set: list[Path], augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, after: str, jobs: int) -> None:
+    """An `rlcsc augment` that replaces the folder while `patch` checks it, or after (other images at other
+    offsets), ends the patch run with one line, not pairs cut from the new images at the old images' offsets, and
+    writes nothing."""
+    from rlcsc.cli import main
+    from rlcsc.data import patches
+
+    step = getattr(patches, after)
+
+    def replaced_meanwhile(*args: object) -> object:
+        done = step(*args)
+        augment(tiny_set, augmented, AugmentParams(flips=("none",), rotations=(0, 90), factors=(1.0,)), jobs=1)
+        return done
+
+    monkeypatch.setattr(patches, after, replaced_meanwhile)
+    (tmp_path / "params.yaml").write_text("patch: {chunk: 1}\n")
+    out = tmp_path / "patches"
+    assert main(["patch", "--params", str(tmp_path / "params.yaml"), "--augmented", str(augmented), "--out", str(out),
+                 "--jobs", str(jobs)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlcsc patch: error: {augmented} was replaced while patch read it (by an `rlcsc augment`?): "
+        "run patch again once it has ended")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["aug", "params.yaml", "raw"]
+
+
 def test_a_disk_without_room_or_a_dead_worker_is_one_line_and_keeps_the_patch_set(
         augmented: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         forked: None) -> None:

@@ -97,12 +97,28 @@ def kept(total: int, chunk: int) -> int:
     return total - total % chunk
 
 
-def _write_pairs(task: tuple[str, str, list[tuple[int, int, int, int, int]], PatchParams]) -> None:
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells one file apart from the file an `rlcsc augment` puts at its path (a new file, renamed there)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _replaced(augmented: Path | str) -> RlcscError:
+    return RlcscError(f"{augmented} was replaced while patch read it (by an `rlcsc augment`?): "
+                      "run patch again once it has ended")
+
+
+def _write_pairs(task: tuple[str, tuple[int, ...], str, list[tuple[int, int, int, int, int]], PatchParams]) -> None:
     """Worker: cut the pairs of a run of augmented images and write them at their rows. The images file is
-    mapped afresh for each run, never kept: a later call, or a worker forked from it, then reads the file now
-    at that path, not one an `rlcsc augment` has replaced since."""
-    blob_path, tmp, images, params = task
-    blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
+    mapped afresh for each run, never kept, and only if it is still the file whose index `make_patches`
+    checked (`identity`): one that an `rlcsc augment` has put there since holds other images at other offsets."""
+    blob_path, identity, tmp, images, params = task
+    try:
+        with open(blob_path, "rb") as f:
+            if _identity(os.fstat(f.fileno())) != identity:
+                raise _replaced(Path(blob_path).parent)
+            blob = np.memmap(f, dtype=np.uint8, mode="r")
+    except FileNotFoundError:
+        raise _replaced(Path(blob_path).parent) from None
     dtype = np.dtype(params.input_dtype)
     files = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r+") for name in ("labels", "inputs", "origin")}
     for image, offset, h, w, start in images:
@@ -126,7 +142,13 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
     Corrupt augmented files, or an `out` holding anything but a previous patch output, are refused
     before any work.
     """
+    blob = augmented / "images.u8"
+    before = _identity(blob.stat()) if blob.is_file() else None  # else `load_augmented` names what is missing
     index = load_augmented(augmented)
+    augmented_by = json.loads((augmented / "params.json").read_text())  # checked by `load_augmented`
+    identity = _identity(blob.stat())
+    if identity != before:  # the index and params read are not of the images file the workers would read
+        raise _replaced(augmented)
     check_out(out, OUTPUTS, "patch")
     per_image = np.array(
         [sum(count_pairs((h, w), s, params.size, params.stride) for s in params.scales)
@@ -144,14 +166,13 @@ def make_patches(augmented: Path, out: Path, params: PatchParams, jobs: int | No
         _reserve([tmp / f"{name}.npy" for name, _, _ in layout], out)
         rows = list(zip(index.index, index.offset, index.height, index.width, starts))
         step = max(1, len(rows) // (64 * (jobs or os.cpu_count() or 1)))
-        tasks = [(str(augmented / "images.u8"), str(tmp), rows[i : i + step], params)
+        tasks = [(str(blob), identity, str(tmp), rows[i : i + step], params)
                  for i in range(0, len(rows), step)]
         for _ in pmap(_write_pairs, tasks, jobs, desc="patch", unit="chunk"):
             pass
         rng = np.random.default_rng(params.seed)
         keep = rng.permutation(total)[: kept(total, params.chunk)]
         np.save(tmp / "keep.npy", keep)
-        augmented_by = json.loads((augmented / "params.json").read_text())  # checked by `load_augmented`
         summary = _summary(index, np.load(tmp / "origin.npy", mmap_mode="r"), keep, params, tmp)
         summary["made_by"] = made_by(augmented_by, asdict(params))
         write_json(summary, tmp / "summary.json")
