@@ -47,11 +47,12 @@ def _json(path: Path) -> dict | None:
 
 
 class Evaluated:
-    """What a run and a released model's evaluation share: the folder of the evaluation's files (`scores`)
-    and the calls that made them (`environment`)."""
+    """What a run and a released model's evaluation share: the folder of the evaluation's files (`scores`),
+    its `evaluation.json` (`evaluation`) and the calls that made them (`environment`)."""
 
     scores: Path
     metrics: dict | None
+    evaluation: dict | None
     environment: dict | None
 
     def evaluated_in(self) -> str | None:
@@ -59,7 +60,7 @@ class Evaluated:
         before that key, the precision it asked for as the device computes it (`rlcsc.device.inference_precision`:
         tf32 is fp32 on the CPU) on the machine of the last call in `environment` that evaluated. None where no
         network was evaluated (no file, or bicubic)."""
-        e = _json(self.scores / "evaluation.json")
+        e = self.evaluation
         if e is None or e.get("method") == "bicubic":
             return None
         if "computed_in" in e:
@@ -74,7 +75,7 @@ class Evaluated:
         recorded it."""
         calls = (self.environment or {}).get("calls") or []
         call = next((c for c in reversed(calls) if c.get("evaluated")), calls[-1] if calls else None)
-        return call if call is not None else ((_json(self.scores / "evaluation.json") or {}).get("environment") or {})
+        return call if call is not None else ((self.evaluation or {}).get("environment") or {})
 
     def scored_on(self) -> str:
         """The machine its evaluation ran on (`machine`), "unknown" where no file recorded it."""
@@ -120,6 +121,7 @@ class Run(Evaluated):
     metrics: dict | None  # metrics.json of the evaluation, None if it did not run
     scores: Path  # the folder of its evaluation's files (metrics.json, per_image.csv)
     environment: dict | None = None  # environment.json (recorded runs): one entry per call
+    evaluation: dict | None = None  # evaluation.json of the evaluation, None if it did not run or predates it
 
     @property
     def config(self) -> dict:
@@ -270,7 +272,9 @@ def pipeline_runs(params: Path, models: Path, results: Path) -> list[Run]:
     for name in names:
         train = _json(models / name / "train.json")
         if train is not None:
-            runs.append(Run(name, False, train, _json(results / name / "metrics.json"), results / name))
+            folder = results / name
+            runs.append(Run(name, False, train, _json(folder / "metrics.json"), folder,
+                            evaluation=_json(folder / "evaluation.json")))
     return runs
 
 
@@ -279,7 +283,7 @@ def recorded_runs(runs: Path) -> list[Run]:
     found = []
     for folder in sorted(p for p in runs.glob("*") if (p / "train.json").exists()):
         found.append(Run(folder.name, True, _json(folder / "train.json"), _json(folder / "metrics.json"), folder,
-                         _json(folder / "environment.json")))
+                         _json(folder / "environment.json"), _json(folder / "evaluation.json")))
     return found
 
 
