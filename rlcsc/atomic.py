@@ -9,6 +9,7 @@ what a killed process left. No file but the target is ever replaced or removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,14 +60,32 @@ def temporary(path: Path, folder: bool = False) -> Iterator[Path]:
 def atomically(write: Callable[[Path], None], path: Path) -> None:
     """`write` to a temporary beside `path`, then rename it to `path`; a failure leaves neither. A file
     the system refuses (a full disk, a read-only folder) is an OSError naming `path`."""
-    with temporary(path) as tmp:
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except OSError as err:
-            if err.filename not in (None, str(tmp)):
-                raise
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+    all_atomically({path: write})
+
+
+def all_atomically(writes: dict[Path, Callable[[Path], None]]) -> None:
+    """Each `write` to a temporary beside its path; once all are written, each renamed to its path: a failure in
+    any write leaves every path as it was, so files that describe one result never mix an old one and a new one
+    (but for an interruption between two renames). A file the system refuses is an OSError naming its path."""
+    with contextlib.ExitStack() as stack:
+        made = [(path, write, stack.enter_context(temporary(path))) for path, write in writes.items()]
+        for path, write, tmp in made:
+            with _named(path, tmp):
+                write(tmp)
+        for path, _, tmp in made:
+            with _named(path, tmp):
+                os.replace(tmp, path)
+
+
+@contextmanager
+def _named(path: Path, tmp: Path) -> Iterator[None]:
+    """An OSError about the temporary `tmp` (or about no file) raised as one about `path`, which the user asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename not in (None, str(tmp)):
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 @contextmanager
@@ -88,13 +107,22 @@ def folder_atomically(path: Path) -> Iterator[Path]:
                 raise
 
 
+def text_writer(text: str) -> Callable[[Path], None]:
+    """A `write` of `text` in UTF-8; a file name that is not UTF-8 (held by Python as surrogates) is written as
+    its own bytes."""
+    return lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
+
+
+def json_text(obj: dict | list) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
 def write_text(text: str, path: Path) -> None:
-    """UTF-8; a file name that is not UTF-8 (held by Python as surrogates) is written as its own bytes."""
-    atomically(lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"), path)
+    atomically(text_writer(text), path)
 
 
 def write_json(obj: dict | list, path: Path) -> None:
-    write_text(json.dumps(obj, indent=2) + "\n", path)
+    write_text(json_text(obj), path)
 
 
 def save_torch(obj: dict, path: Path) -> None:

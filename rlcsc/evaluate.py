@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from rlcsc.atomic import write_json, write_text
+from rlcsc.atomic import all_atomically, json_text, text_writer
 from rlcsc.color import rgb2y
 from rlcsc.config import Checked, one_of, param
 from rlcsc.crop import modcrop, shave
@@ -209,11 +209,11 @@ RESULTS = ("metrics.json", "evaluation.json", "per_image.csv")  # what `write_re
 
 def write_results(scores: Sequence[ImageScore], out: Path, record: dict) -> dict:
     """Write `out/metrics.json` (dataset means), `out/evaluation.json` (`record`: the resolved evaluation
-    params and the model evaluated) and `out/per_image.csv`, each atomically; return the means."""
+    params and the model evaluated) and `out/per_image.csv`, all or none (`all_atomically`); return the means."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(scores)
     metrics, evaluation, per_image = (out / name for name in RESULTS)
-    write_json(summary, metrics)
-    write_json(record, evaluation)
-    write_text(pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f"), per_image)
+    table = pd.DataFrame([asdict(s) for s in scores]).to_csv(index=False, float_format="%.6f")
+    all_atomically({metrics: text_writer(json_text(summary)), evaluation: text_writer(json_text(record)),
+                    per_image: text_writer(table)})
     return summary

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcsc.atomic import atomically, folder_atomically, write_json
+from rlcsc.atomic import all_atomically, atomically, folder_atomically, text_writer, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
@@ -122,3 +122,22 @@ def test_a_full_disk_while_writing_is_named_by_the_output(tmp_path: Path, named:
         atomically(full, target)
     assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(target))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"] and json.loads(target.read_text()) == {"old": 1}
+
+
+def test_files_written_together_are_all_new_or_all_old(tmp_path: Path) -> None:
+    """A full disk while the last of three files is written leaves all three as they were (none renamed yet), names
+    that file, and leaves no temporary; without a failure all three are new."""
+    paths = [tmp_path / name for name in ("metrics.json", "evaluation.json", "per_image.csv")]
+    for path in paths:
+        path.write_text("old")
+
+    def full(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    with pytest.raises(OSError) as err:
+        all_atomically({paths[0]: text_writer("new"), paths[1]: text_writer("new"), paths[2]: full})
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(paths[2]))
+    assert [p.read_text() for p in paths] == ["old"] * 3 and sorted(tmp_path.iterdir()) == sorted(paths)
+    all_atomically({path: text_writer("new") for path in paths})
+    assert [p.read_text() for p in paths] == ["new"] * 3 and sorted(tmp_path.iterdir()) == sorted(paths)

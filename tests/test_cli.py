@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,6 +66,29 @@ def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_pat
     rows = pd.read_csv(out / "per_image.csv")
     assert len(rows) == 10 and set(rows.columns) == {"dataset", "image", "scale", "psnr", "ssim", "ifc"}
     assert rows.query("scale == 4").psnr.mean() == pytest.approx(metrics["Set5"]["x4"]["psnr"], abs=1e-5)
+
+
+def test_an_evaluation_that_cannot_write_all_its_files_keeps_the_previous_one_whole(
+        mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A full disk as the per-image table is written leaves the previous evaluation's three files as they were
+    (not new means beside old per-image scores and an old record), with one line naming the table."""
+    out = tmp_path / "bicubic"
+    argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out), "--datasets", "Set5",
+            "--no-ifc", "--jobs", "1"]
+    assert main(argv + ["--scales", "4"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write_text = Path.write_text
+
+    def full_for_tables(path: Path, *args: object, **kwargs: object) -> int:
+        if path.suffix == ".csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_tables)
+    assert main(argv + ["--scales", "3"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rlcsc evaluate: error: {out / 'per_image.csv'}: No space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_evaluate_reports_missing_images_and_bad_params(tmp_path: Path, capsys) -> None:
