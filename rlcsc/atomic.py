@@ -1,5 +1,6 @@
 """Files and folders written atomically: to a temporary name beside the target, then renamed, so a
-crash never leaves a half-written result under the final name.
+crash never leaves a half-written result under the final name; a file is put on the disk (`fsync`)
+before it is renamed, so that a power cut does not either.
 
 A temporary is a new name from the system (`tempfile.mkstemp`/`mkdtemp`), created exclusively, so it is
 never a file of someone else's; it is removed on any exit the process lives through (an error, Ctrl-C,
@@ -10,6 +11,7 @@ what a killed process left. No file but the target is ever replaced or removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -72,9 +74,26 @@ def all_atomically(writes: dict[Path, Callable[[Path], None]]) -> None:
         for path, write, tmp in made:
             with _named(path, tmp):
                 write(tmp)
+                _sync(tmp)
         for path, _, tmp in made:
             with _named(path, tmp):
                 os.replace(tmp, path)
+        for folder in dict.fromkeys(path.parent for path in writes):
+            _sync(folder)
+
+
+def _sync(path: Path) -> None:
+    """Have the system put `path` (a file's bytes, or a folder's names) on the disk now: a power cut after a
+    rename then finds the new file whole or the old one, never an empty one (a folder's data stages are
+    checked by their `SHA256SUMS` when read, so only files are synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # a file system that does not sync folders
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -141,3 +141,27 @@ def test_files_written_together_are_all_new_or_all_old(tmp_path: Path) -> None:
     assert [p.read_text() for p in paths] == ["old"] * 3 and sorted(tmp_path.iterdir()) == sorted(paths)
     all_atomically({path: text_writer("new") for path in paths})
     assert [p.read_text() for p in paths] == ["new"] * 3 and sorted(tmp_path.iterdir()) == sorted(paths)
+
+
+def test_a_file_is_on_the_disk_before_it_is_renamed_and_its_name_after(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each temporary is synced before any rename, and the folder once the names are in place (a power cut
+    then leaves the old files or the new ones, whole)."""
+    events = []
+    sync, replace = os.fsync, os.replace
+
+    def synced(fd: int) -> None:
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        sync(fd)
+
+    def renamed(src: str, dst: str) -> None:
+        events.append(("rename", str(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    all_atomically({tmp_path / "a.json": text_writer("a"), tmp_path / "b.csv": text_writer("b")})
+    temporaries = [path for kind, path in events if kind == "rename"]
+    assert len(temporaries) == 2
+    assert events == [*(("sync", t) for t in temporaries), *(("rename", t) for t in temporaries),
+                      ("sync", str(tmp_path))]
