@@ -1,6 +1,7 @@
 """One writer per output: a command holds a lock on what it writes, and a second writer ends at once.
 
-The lock of an output `path` is the file `.<name>.lock` beside it, locked with `flock`, which the
+The lock of an output `path` is the file `.<name>.lock` beside it (in its folder with symbolic links
+resolved, so that every path to the output names one lock), locked with `flock`, which the
 system releases when its process ends, however it ends: the lock of a dead process is stale by
 construction and taken over. The file says who holds it (process id, host, command, since when), for
 the refusal of a second writer, and lists the temporaries the holder made for the output
@@ -64,8 +65,16 @@ def writing(*paths: Path) -> Iterator[None]:
     writes one of them."""
     with contextlib.ExitStack() as stack:
         for path in paths:
-            stack.enter_context(_holding(Path(os.path.abspath(path))))
+            stack.enter_context(_holding(_canonical(path)))
         yield
+
+
+def _canonical(path: Path) -> Path:
+    """`path` absolute, with the folder it lies in resolved (symbolic links followed) and its own name kept: one
+    output, whichever path names it (a rename to a name that is a symbolic link replaces the link, not its
+    target, so the name is not resolved)."""
+    path = Path(os.path.abspath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 @contextmanager
@@ -193,10 +202,10 @@ def _clean_up_after(path: Path, file: Path, fd: int) -> None:
 def note_temporary(path: Path, tmp: Path) -> None:
     """Record `tmp`, a temporary made for output `path`, in the lock that guards `path` (itself or a
     folder above it), if this process holds one."""
-    path = Path(os.path.abspath(path))
+    path = _canonical(path)
     for lock in _HELD:
         if lock.path == path or lock.path in path.parents:
             with _NOTING:
                 os.lseek(lock.fd, 0, os.SEEK_END)
-                os.write(lock.fd, (json.dumps(os.path.abspath(tmp)) + "\n").encode())
+                os.write(lock.fd, (json.dumps(str(_canonical(tmp))) + "\n").encode())
             return

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rlcsc.atomic import save_torch
+from rlcsc.atomic import save_torch, temporary
 from rlcsc.cli import main
 from rlcsc.errors import RlcscError
 from rlcsc.inference import model_state
@@ -103,6 +103,24 @@ def test_every_writer_of_a_folder_takes_its_lock(argv: list[str], holder: tuple[
                             f"(`-c {tmp_path / 'out.png'}`, since {err[-1].split('since ')[1]}")
     assert not (tmp_path / "out.png").is_file() and not (tmp_path / "c.json").exists()  # --work is made, left empty
     assert not (tmp_path / "out.png").exists() or not any((tmp_path / "out.png").iterdir())
+
+
+def test_an_output_named_through_a_linked_folder_is_the_same_output(holder: tuple[subprocess.Popen, Path],
+                                                                   tmp_path: Path) -> None:
+    """A second writer that names the held output through a symbolic link to its folder is refused too; and a
+    temporary made through the link, left by a killed holder, is removed by the next writer."""
+    proc, tmp = holder
+    (tmp_path / "link").symlink_to(tmp_path)
+    with pytest.raises(RlcscError, match=f"{tmp_path / 'out.png'} is being written by process {proc.pid} "):
+        with writing(tmp_path / "link" / "out.png"):
+            pass
+    proc.kill()
+    proc.wait()
+    with writing(tmp_path / "link" / "out.png"):
+        assert not tmp.exists()
+        with temporary(tmp_path / "link" / "out.png") as made:
+            assert json.loads(lock_file(tmp_path / "out.png").read_text().splitlines()[-1]) == str(
+                tmp_path / made.name)
 
 
 def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> None:
