@@ -1,6 +1,6 @@
 """Winograd's minimal filtering F(6x6, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 Networks", 2016): the CPU's fp32 path for the 3x3 convolutions between the image's first and last layers
-(for RL-CSC W1, the K applications of S and W2 of eqs. 9-11) that have `WIDE` channels or more.
+(for RL-CSC W1, the K applications of S and W2 of eqs. 9-11) whose input times output channels reach `WIDE`.
 
 Each 6x6 block of an output is computed from the 8x8 window of input around it as
 `A^T [(G w G^T) * (B^T d B)] A`, summed over input channels: 64 products per block and pair of channels
