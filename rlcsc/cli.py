@@ -142,10 +142,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _sr(args: argparse.Namespace) -> None:
-    from rlcsc.sr import PRECISION, super_resolve_files
+    from rlcsc.sr import super_resolve_files
 
     for line in super_resolve_files(args.inputs, args.output, args.scale, args.model, args.overwrite,
-                                    args.max_memory, args.precision or PRECISION):
+                                    args.max_memory, args.precision):
         print(line, file=sys.stderr)
 
 
@@ -395,10 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing over an existing file")
     p.add_argument("--max-memory", type=positive(float), metavar="GIB", help="the memory it may take, in GiB "
                    "(default: what is available); a larger image is refused from its header, before it is decoded")
-    p.add_argument("--precision", help="bf16 (the default: the convolutions between the layers that read and "
-                   "write the image in bfloat16, where the CPU or GPU computes it natively; else winograd on a CPU, "
-                   "fp32 on a GPU), winograd (those convolutions of 96 x 96 channels or more in fp32 by Winograd's "
-                   "F(6x6, 3x3), on a CPU; fp32 on a GPU) or fp32 (exact)")
+    p.add_argument("--precision", help="bf16 (the convolutions between the layers that read and write the image "
+                   "in bfloat16, where the CPU or GPU computes it natively; else winograd on a CPU, fp32 on a GPU), "
+                   "winograd (those convolutions whose input times output channels reach 96 x 96 in fp32 by "
+                   "Winograd's F(6x6, 3x3), on a CPU; fp32 on a GPU) or fp32 (exact); default: bf16 for RL-CSC, "
+                   "winograd for other networks (VDSR's then computes in fp32, none of its layers being that wide)")
     p.set_defaults(func=_sr)
 
     p = sub.add_parser("report", help="execute one report notebook (papermill) for the book")

@@ -29,6 +29,7 @@ from rlcsc.imageio import (
 )
 from rlcsc.imresize import imresize
 from rlcsc.inference import CPU_TILE, apply, computes_in, describe_model, for_inference, load_model, receptive_radius
+from rlcsc.models.rlcsc import RLCSC
 
 REPO = Path(rlcsc.__file__).resolve().parents[1]
 # The models `--model NAME` names, each the recorded run's file, else the pipeline's, and the stage
@@ -39,11 +40,17 @@ NAMED_MODELS = {
 }
 
 
-# The precision `rlcsc sr` runs in unless --precision says otherwise: the fastest whose Set5 x3 PSNR is
-# within 0.001 dB of fp32's (`rlcsc benchmark inference`), where the device computes it natively; on a
-# CPU without native bf16, winograd.
-PRECISION = "bf16"
 SR_PRECISIONS = ("bf16", "winograd", "fp32")
+NEAR_FP32_DB = 0.001  # how far from fp32's Set5 x3 PSNR the default precision may move a network
+
+
+def default_precision(network: torch.nn.Module) -> str:
+    """The precision `rlcsc sr` runs `network` in unless --precision says otherwise: the fastest whose Set5 x3 PSNR
+    stays within `NEAR_FP32_DB` of fp32's, as `rlcsc benchmark inference` measured it on the recorded models
+    (`runs/*/inference_cpu.json`): bf16 for RL-CSC, where the device computes it natively (winograd on a CPU
+    without it); winograd, fp32's arithmetic up to its rounding, for any other network (VDSR's 18 inner layers
+    in bf16 move it further)."""
+    return "bf16" if isinstance(network, RLCSC) else "winograd"
 
 
 def named_model(name: str = "rlcsc") -> Path:
@@ -185,17 +192,17 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
 
 
 def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,
-                        max_memory: float | None = None, precision: str = PRECISION) -> Iterator[str]:
+                        max_memory: float | None = None, precision: str | None = None) -> Iterator[str]:
     """Upscale each image file of `inputs` by `scale` into `output_paths(inputs, output)` with the network
-    in `precision` (bf16 where it is native, else winograd on a CPU and fp32 on a GPU; winograd on a GPU,
-    or of a network without a layer wide enough for it, runs in fp32: `rlcsc.device.inference_precision`,
-    `rlcsc.inference.computes_in`), yielding a line that says what was done as each is written. What can
-    be checked before any work is checked for every image first: the outputs, the headers, the model, and
-    the memory each image takes (more than `max_memory` GiB, default what is available, is refused from
-    its header, before it is decoded)."""
+    in `precision` (default: `default_precision`; bf16 where it is native, else winograd on a CPU and fp32 on a
+    GPU; winograd on a GPU, or of a network without a layer wide enough for it, runs in fp32:
+    `rlcsc.device.inference_precision`, `rlcsc.inference.computes_in`), yielding a line that says what was
+    done as each is written. What can be checked before any work is checked for every image first: the
+    outputs, the headers, the model, and the memory each image takes (more than `max_memory` GiB, default
+    what is available, is refused from its header, before it is decoded)."""
     if not 2 <= scale <= 4:
         raise RlcscError(f"--scale must be between 2 and 4 (the scales the model was trained on), got {scale:g}")
-    if precision not in SR_PRECISIONS:
+    if precision is not None and precision not in SR_PRECISIONS:
         raise RlcscError(f"--precision must be one of {', '.join(SR_PRECISIONS)}, got {precision!r}")
     outputs = output_paths(inputs, output)
     for input, out in zip(inputs, outputs):
@@ -212,7 +219,7 @@ def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: s
     network = load_model(model, device)  # checked before anything is said of the precision
     for input, header in zip(inputs, headers):
         _check_memory(input, header, scale, memory_needed(header, scale, network, device), max_memory)
-    precision = computes_in(network, inference_precision(device, precision))
+    precision = computes_in(network, inference_precision(device, precision or default_precision(network)))
     network = for_inference(network, device, precision)
     for i, (input, out) in enumerate(zip(inputs, outputs), 1):
         picture = read_picture(input)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from rlcsc import device, int8, winograd
+from rlcsc import device, int8, sr, winograd
 from rlcsc.atomic import save_torch
 from rlcsc.cli import main
 from rlcsc.evaluate import EvaluateParams
@@ -25,6 +25,7 @@ from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.train import Monitor
 
 pytestmark = pytest.mark.usefixtures("winograd_everywhere")
+REPO = Path(__file__).resolve().parents[1]
 
 NETWORKS = [("rlcsc", {"recursions": 3, "features": 8, "codes": 16}), ("vdsr", {"layers": 5, "features": 8}),
             ("drrn", {"units": 2, "features": 8})]
@@ -144,6 +145,37 @@ def test_sr_precision(tiny: Path, tmp_path: Path, native, capsys) -> None:
         assert status == 1 and said == [f"rlcsc sr: error: --precision must be one of bf16, winograd, fp32, got "
                                         f"'{bad}'"]
         assert not (tmp_path / f"{bad}.png").exists()
+
+
+def test_sr_runs_vdsr_by_default_in_winograd_which_is_its_fp32(tmp_path: Path, native, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --precision, a network other than RL-CSC runs in winograd, even where bf16 is native, and VDSR,
+    none of whose layers is wide enough for it, gives fp32's output and says fp32; RL-CSC's default is bf16."""
+    monkeypatch.setattr(winograd, "WIDE", 96 * 96)
+    torch.manual_seed(0)
+    vdsr = small_residual(build("vdsr", {"layers": 5, "features": 8}))
+    save_torch(model_state(vdsr), tmp_path / "vdsr.pt")
+    Image.fromarray(skdata.astronaut()[100:124, 200:230]).save(tmp_path / "in.png")
+    native(True)
+    for out, precision in (("default.png", []), ("fp32.png", ["--precision", "fp32"])):
+        assert main(["sr", str(tmp_path / "in.png"), "--scale", "3", "--model", str(tmp_path / "vdsr.pt"), "-o",
+                     str(tmp_path / out), *precision]) == 0
+        said = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+        assert said[-1].endswith(") in fp32") and not any("bf16" in line for line in said)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "default.png")),
+                                  np.asarray(Image.open(tmp_path / "fp32.png")))
+    assert sr.default_precision(vdsr) == "winograd" and sr.default_precision(build(*NETWORKS[0])) == "bf16"
+
+
+@pytest.mark.parametrize("run", sorted(p.parent.name for p in REPO.glob("runs/*/inference_cpu.json")))
+def test_the_default_precision_is_bf16_for_the_networks_it_was_measured_near_fp32_on(run: str) -> None:
+    """Each recorded inference benchmark bears out `rlcsc sr`'s default for its network: bf16 where bf16 moved
+    Set5 x3 by at most `NEAR_FP32_DB` from fp32, winograd (fp32's arithmetic) where it moved it further."""
+    bench = json.loads((REPO / "runs" / run / "inference_cpu.json").read_text())
+    moved = abs(bench["variants"]["bf16"]["quality"]["Set5"]["psnr_change_db"])
+    assert bench["scale"] == 3
+    default = sr.default_precision(build(bench["arch"], bench["config"]))
+    assert default == ("bf16" if moved <= sr.NEAR_FP32_DB else "winograd"), f"{run}: bf16 moved {moved} dB"
 
 
 def test_a_network_too_narrow_for_winograd_is_said_to_compute_in_fp32(tiny: Path, tmp_path: Path, capsys,
