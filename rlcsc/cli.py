@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -515,6 +516,18 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     return [getattr(args, WRITES[args.command]), *listing]
 
 
+def _allocation_failed(err: MemoryError | RuntimeError) -> str | None:
+    """What failed to allocate, in words, where `err` says that memory ran out: a MemoryError (numpy's names the
+    array), or torch's (a RuntimeError from its CPU allocator, an OutOfMemoryError from CUDA's); else None."""
+    text = str(err)
+    if isinstance(err, MemoryError):
+        return text or "an allocation failed"
+    if not re.search(r"can't allocate memory|out of memory", text, re.IGNORECASE):
+        return None
+    tried = re.search(r"tried to allocate ([\d.]+ ?(?:bytes|[KMGTP]i?B))", text, re.IGNORECASE)
+    return f"an allocation of {tried.group(1)} failed" if tried else text.splitlines()[0]
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: temporaries removed, locks released
 
@@ -534,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
-    except MemoryError as err:  # more than the system gives the process (`ulimit -v`, or past --max-memory)
-        print(f"rlcsc {args.command}: error: out of memory: {err or 'an allocation failed'}", file=sys.stderr)
+    except (MemoryError, RuntimeError) as err:  # more than the system gives the process (`ulimit -v`, or past
+        reason = _allocation_failed(err)        # --max-memory): Python's MemoryError, or torch's allocators'
+        if reason is None:
+            raise
+        print(f"rlcsc {args.command}: error: out of memory: {reason}", file=sys.stderr)
         return 1
     except BrokenProcessPool:
         print(f"rlcsc {args.command}: error: a worker process ended abruptly (the system may have run out of "

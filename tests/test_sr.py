@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -724,18 +725,35 @@ def test_memory_the_system_refuses_while_computing_is_one_line(tiny: Path, tmp_p
                                                               capsys: pytest.CaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the check (--max-memory raised, or a limit it cannot see), an allocation that fails ends with one
-    line, and no output."""
+    line, and no output: numpy's, one without a message, and torch's (its CPU allocator raises a RuntimeError)."""
     save(pixels("RGB", 8), tmp_path / "in.png")
     failed = "Unable to allocate 2.41 GiB for an array with shape (18000, 18000) and data type float64"
 
-    def allocate(*args: object) -> None:
-        raise MemoryError(failed)
+    def raising(err: Exception) -> Callable[..., None]:
+        def compute(*args: object) -> None:
+            raise err
+        return compute
 
-    monkeypatch.setattr(sr, "super_resolve", allocate)
-    status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny),
-                                "-o", str(tmp_path / "out.png"))
-    assert (status, err) == (1, f"rlcsc sr: error: out of memory: {failed}\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt"]
+    def torch_allocating(*args: object) -> None:
+        torch.empty(2**50, dtype=torch.uint8)
+
+    for compute, said in ((raising(MemoryError(failed)), failed), (raising(MemoryError()), "an allocation failed"),
+                          (torch_allocating, "an allocation of 1125899906842624 bytes failed")):
+        monkeypatch.setattr(sr, "super_resolve", compute)
+        status, err = sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny),
+                                    "-o", str(tmp_path / "out.png"))
+        assert (status, err) == (1, f"rlcsc sr: error: out of memory: {said}\n")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "m.pt"]
+    cuda = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.38 "
+            "GiB is free. Including non-PyTorch memory, this process has 77.80 GiB memory in use.")  # torch's words
+    monkeypatch.setattr(sr, "super_resolve", raising(torch.OutOfMemoryError(cuda)))
+    assert sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny), "-o",
+                         str(tmp_path / "out.png")) == (1, "rlcsc sr: error: out of memory: an allocation of 2.00 GiB "
+                                                           "failed\n")
+    monkeypatch.setattr(sr, "super_resolve", raising(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error of torch's is not called one of memory
+        sr_in_process(capsys, str(tmp_path / "in.png"), "--scale", "2", "--model", str(tiny), "-o",
+                      str(tmp_path / "out.png"))
 
 
 def test_a_small_image_is_charged_for_its_own_feature_maps_not_a_whole_tile() -> None:
