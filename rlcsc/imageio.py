@@ -123,9 +123,10 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 
 
 def _kind(path: Path) -> str:
-    """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or an 8-bit grey or RGB
-    one turned by its orientation tag, whose pixels Pillow scrambles when they are stored uncompressed; Pillow
-    turns other TIFFs upright itself), "png16", "pnm16" (a binary PGM or PPM of more than 8 bits) or "pillow"."""
+    """Which reader reads `path` at its full precision: "tiff" (tifffile: a 16-bit TIFF, or an 8-bit grey, RGB or
+    palette one turned by its orientation tag, whose pixels Pillow scrambles when they are stored uncompressed;
+    Pillow turns other TIFFs upright itself), "png16", "pnm16" (a binary PGM or PPM of more than 8 bits) or
+    "pillow"."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:4] in TIFF_MAGIC:
@@ -135,7 +136,8 @@ def _kind(path: Path) -> str:
             page = tif.pages.first
             turned = _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)) != 1
             plain = page.dtype == np.uint8 and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
-                                                                    tifffile.PHOTOMETRIC.RGB)
+                                                                    tifffile.PHOTOMETRIC.RGB,
+                                                                    tifffile.PHOTOMETRIC.PALETTE)
             if page.bitspersample == 16 or (turned and plain and page.compression in tifffile.TIFF.DECOMPRESSORS):
                 return "tiff"
     if head[:2] in PNM_MAGIC:
@@ -204,7 +206,8 @@ def _png_planes(path: Path) -> int:
 
 def _check_tiff(page: tifffile.TiffPage) -> None:
     """One error for a TIFF page that `_read_tiff` cannot read, from its tags alone."""
-    channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4)}.get(page.photometric, ())
+    channels = {tifffile.PHOTOMETRIC.MINISBLACK: (1, 2), tifffile.PHOTOMETRIC.RGB: (3, 4),
+                tifffile.PHOTOMETRIC.PALETTE: (1,)}.get(page.photometric, ())
     if page.dtype not in (np.uint8, np.uint16) or page.samplesperpixel not in channels:
         photometric = getattr(page.photometric, "name", page.photometric)
         turned = page.bitspersample != 16  # read here for its orientation tag
@@ -228,7 +231,9 @@ def read_header(path: Path) -> Header:
                 page = tif.pages.first
                 _check_tiff(page)
                 size = _sized(page.imagewidth, page.imagelength, _orientation(page.tags.valueof(EXIF_ORIENTATION, 1)))
-                return Header(*size, page.samplesperpixel, page.bitspersample, len(tif.pages))
+                palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE  # read as 8-bit RGB
+                return Header(*size, 3 if palette else page.samplesperpixel, 8 if palette else page.bitspersample,
+                              len(tif.pages))
         with _opened(path) as im:
             if kind == "png16":  # read by pypng; Pillow opens 16-bit grey+alpha as RGBA
                 channels = _png_planes(path)
@@ -310,9 +315,12 @@ def _read_pnm16(path: Path, im: Image.Image) -> Picture:
 
 
 def _read_tiff(page: tifffile.TiffPage) -> Picture:
-    """The pixels of a grey or RGB TIFF page (alpha kept) of 8 or 16 bits; colour stored premultiplied by
-    its alpha (ExtraSamples 1, associated alpha) is divided by it, as Pillow reads such a file."""
+    """The pixels of a grey or RGB TIFF page (alpha kept) of 8 or 16 bits, or RGB of a palette one (its colour
+    map's 16-bit entries cut to 8 bits, as Pillow reads them); colour stored premultiplied by its alpha
+    (ExtraSamples 1, associated alpha) is divided by it, as Pillow reads such a file."""
     x = page.asarray()
+    if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
+        return Picture((page.colormap[:, x] >> 8).transpose(1, 2, 0) / 255.0, 8, "converted from palette")
     if "S" in page.axes:
         x = np.moveaxis(x, page.axes.index("S"), -1)
     x = (x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x) / float(np.iinfo(x.dtype).max)

@@ -348,7 +348,7 @@ def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: 
     """The same stored pixels and orientation tag give the same upright picture, and a header of its size, from an
     8-bit PNG (the picture Pillow's own `exif_transpose` makes), an uncompressed 8-bit TIFF (which Pillow scrambles
     when the tag turns it), a 16-bit PNG and a 16-bit TIFF (whose readers once ignored the tag), an LZW TIFF (which
-    Pillow turns itself), and a palette PNG and TIFF."""
+    Pillow turns itself), and a palette PNG and TIFF, deflated and uncompressed (which Pillow scrambles too)."""
     from PIL import ImageOps
 
     from rlcsc.imageio import read_header, read_picture
@@ -365,12 +365,13 @@ def test_every_reader_turns_a_picture_upright_by_its_exif_orientation(tmp_path: 
     rgb = pixels("RGB", 8, (4, 6))
     Image.fromarray(rgb).convert("P").save(tmp_path / "p.png", exif=exif)
     Image.fromarray(rgb).convert("P").save(tmp_path / "p.tif", exif=exif, compression="tiff_deflate")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pu.tif", exif=exif)  # uncompressed: Pillow scrambles it too
     with Image.open(tmp_path / "g8.png") as im:
         upright = np.asarray(ImageOps.exif_transpose(im)) / 255
     with Image.open(tmp_path / "p.png") as im:
         palette = np.asarray(ImageOps.exif_transpose(im).convert("RGB")) / 255
     for name, want in [(n, upright) for n in ("g8.png", "g8.tif", "g16.png", "g16.tif", "lzw.tif")] + [
-            (n, palette) for n in ("p.png", "p.tif")]:
+            (n, palette) for n in ("p.png", "p.tif", "pu.tif")]:
         picture, header = read_picture(tmp_path / name), read_header(tmp_path / name)
         np.testing.assert_array_equal(picture.pixels, want, err_msg=name)
         assert (header.height, header.width) == want.shape[:2], name
