@@ -173,12 +173,31 @@ def computes_in(model: torch.nn.Module, precision: str) -> str:
     return precision
 
 
+SOURCE = ("group", "file", "sha256")  # what a converted model's `source` names of the released file
+# What a model file may say of itself beside its network, each of a kind (or None), in words for an error.
+DESCRIBED = {"experiment": (str, "a name"), "budget": (str, "a name"), "status": (str, "a word"),
+             "epochs_done": ((int, float), "a number"), "epochs_planned": ((int, float), "a number"),
+             "source": (dict, f"a mapping of {', '.join(SOURCE)}")}
+
+
 def describe_model(path: Path) -> dict:
     """What a model file says of itself: network, and the experiment, budget, status and extent (epochs
-    done of those planned) of its training, or the released file it was converted from (`source`)."""
+    done of those planned) of its training, or the released file it was converted from (`source`); each
+    checked to be of its kind (`DESCRIBED`), which the network's SHA-256 does not cover."""
     state = _read_model_file(path)
-    keys = ("experiment", "budget", "status", "epochs_done", "epochs_planned", "source")
-    return {"path": str(path), "arch": state["arch"], "config": state["config"], **{k: state.get(k) for k in keys}}
+    about = {key: state.get(key) for key in DESCRIBED}
+    for key, (kind, words) in DESCRIBED.items():
+        if about[key] is not None and not _of_kind(about[key], kind):
+            raise RlcscError(f"{path}: its {key} is {str(about[key])[:60]!r}, not {words}; expected a model.pt "
+                             "written by `rlcsc train` or `rlcsc convert`")
+    return {"path": str(path), "arch": state["arch"], "config": state["config"], **about}
+
+
+def _of_kind(value: object, kind: type | tuple[type, ...]) -> bool:
+    """Whether `value` is of `kind` (a bool is no number), a mapping naming each of `SOURCE` in words."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    return not isinstance(value, dict) or all(isinstance(value.get(k), str) for k in SOURCE)
 
 
 CPU_TILE, GPU_TILE = 512, 1024  # the side of the tiles `apply` computes at once

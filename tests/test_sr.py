@@ -629,7 +629,13 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
                tmp_path / "nan.pt")
     save_torch(sealed(config={**state["config"], "recursions": -3}), tmp_path / "negative.pt")
     save_torch(sealed(config={**state["config"], "recursions": "25"}), tmp_path / "text.pt")
+    save_torch({**state, "epochs_done": "3", "epochs_planned": 35}, tmp_path / "epochs.pt")  # beside the checksum
+    save_torch({**state, "source": "VDSR_Official.mat"}, tmp_path / "source.pt")
     cases = [
+        (["ok.png", "--scale", "3", "--model", "epochs.pt"],
+         "epochs.pt: its epochs_done is '3', not a number; expected a model.pt written by `rlcsc train` or"),
+        (["ok.png", "--scale", "3", "--model", "source.pt"],
+         "source.pt: its source is 'VDSR_Official.mat', not a mapping of group, file, sha256; expected"),
         (["ok.png", "--scale", "3", "--model", "nan.pt"], "nan.pt: its weights are not all finite"),
         (["ok.png", "--scale", "3", "--model", "negative.pt"],
          "negative.pt: the rlcsc network's recursions must be from 1 to 1000, got -3"),
@@ -652,8 +658,8 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
             status, err = sr_in_process(capsys, *args)
         assert status == 1 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "m.pt", "nan.pt", "negative.pt",
-                                                          "notes.txt", "ok.png", "text.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "epochs.pt", "m.pt", "nan.pt",
+                                                          "negative.pt", "notes.txt", "ok.png", "source.pt", "text.pt"]
 
 
 def retype(path: Path, page: int, tag: int) -> None:
