@@ -187,8 +187,13 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
         out = f"{math.ceil(header.width * scale)}x{math.ceil(header.height * scale)}"
         limit_words = "available" if max_memory is None else "that --max-memory allows"
         raise RlcscError(f"{input} is {header.width}x{header.height}: at x{scale:g} ({out}) it needs about "
-                         f"{need / 2**30:.1f} GiB of memory, more than the {limit / 2**30:.1f} GiB {limit_words}; "
+                         f"{_amount(need)} of memory, more than the {_amount(limit)} {limit_words}; "
                          f"pass --max-memory {math.ceil(need / 2**30)} to try anyway, or cut the image into parts")
+
+
+def _amount(size: float) -> str:
+    """Bytes in GiB to one decimal, or in MiB below a tenth of a GiB (which would read 0.0 GiB)."""
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.1f} MiB"
 
 
 def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,

@@ -724,6 +724,11 @@ def test_an_image_too_large_for_the_memory_is_refused_from_its_header(tiny: Path
         if name.endswith(".png"):  # allowed, it is decoded, and its pixels are found damaged
             status, err = sr_in_process(capsys, *args, "--max-memory", "100")
             assert status == 1 and "cannot read image" in err and len(err.strip().splitlines()) == 1, err
+    save(pixels("L", 8, (300, 300)), tmp_path / "small.png")  # under a tenth of a GiB: in MiB, not as 0.0 GiB
+    status, err = sr_in_process(capsys, str(tmp_path / "small.png"), "--scale", "2", "--model", str(tiny), "-o",
+                                str(tmp_path / "out.png"), "--max-memory", "0.001")
+    assert status == 1 and re.search(r"it needs about \d+\.\d MiB of memory, more than the 1\.0 MiB that --max-memory "
+                                     "allows; pass --max-memory 1 to try anyway", err), err
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
 
 
