@@ -126,8 +126,8 @@ def _take(path: Path, file: Path, made: tuple[Path, ...]) -> Lock:
             except FileNotFoundError:
                 continue  # its holder ended and removed it meanwhile: take a fresh one
         except OSError as err:
-            if err.errno != errno.ENAMETOOLONG:
-                raise
+            if err.errno != errno.ENAMETOOLONG:  # a read-only folder, or one it may not write: named by the output
+                raise OSError(err.errno, err.strerror, str(path)) from None
             raise RlcscError(f"the name of {path} is too long: its lock file, .<name>.lock beside it, would pass the "
                              "system's limit on a name; give a shorter one") from None
         try:

@@ -3,6 +3,7 @@ taken over with its temporaries removed, and a user's file is never taken for a 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -121,6 +122,24 @@ def test_an_output_named_through_a_linked_folder_is_the_same_output(holder: tupl
         with temporary(tmp_path / "link" / "out.png") as made:
             assert json.loads(lock_file(tmp_path / "out.png").read_text().splitlines()[-1]) == str(
                 tmp_path / made.name)
+
+
+def test_a_folder_the_system_will_not_let_a_writer_write_is_named_by_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A read-only folder refuses the lock file first: the one line names the output asked for, not its lock."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
+    save_torch(model_state(RLCSC(RLCSCConfig(recursions=1, features=2, codes=2))), tmp_path / "m.pt")
+    opened = os.open
+
+    def read_only(path: str | Path, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(["sr", str(tmp_path / "in.png"), "--scale", "2", "--model", str(tmp_path / "m.pt"), "-o",
+                 str(tmp_path / "out.png")]) == 1
+    assert capsys.readouterr().err == f"rlcsc sr: error: {tmp_path / 'out.png'}: Read-only file system\n"
 
 
 def test_a_file_in_the_way_of_a_lock_is_never_written_over(tmp_path: Path) -> None:
