@@ -130,7 +130,8 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
     """One clear error if `output` cannot or should not be written: a missing folder, a name that says no
     format, an existing file."""
     if not output.parent.is_dir():
-        raise RlcscError(f"folder {output.parent} (of -o {output}) does not exist")
+        what = "is a file, not a folder" if output.parent.exists() else "does not exist"
+        raise RlcscError(f"folder {output.parent} (of -o {output}) {what}")
     format_of(output)
     if os.path.lexists(output) and not overwrite:  # a link to nothing too: it is replaced, not followed
         if input.exists() and output.exists() and os.path.samefile(input, output):

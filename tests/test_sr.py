@@ -867,7 +867,10 @@ def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: P
         (["rgba.png", "-o", "out.bmp", *model], "BMP cannot hold the alpha channel"),
         (["rgb16.tif", "-o", "out.jpg", *model], "JPEG holds 8 bits per channel and this image has 16"),
         (["rgb.png", "-o", "out.webp", *model], "cannot tell an image format from the name out.webp"),
-        (["rgb.png", "-o", "nowhere/out.png", *model], "does not exist"),
+        (["rgb.png", "-o", "nowhere/out.png", *model], f"folder {tmp_path / 'nowhere'} (of -o "
+                                                       f"{tmp_path / 'nowhere' / 'out.png'}) does not exist"),
+        (["rgb.png", "-o", "rgb.png/out.png", *model], f"folder {tmp_path / 'rgb.png'} (of -o "
+                                                       f"{tmp_path / 'rgb.png' / 'out.png'}) is a file, not a folder"),
         (["cmyk.jpg", "-o", "out.png", *model], "mode CMYK is not supported"),
         (["float.tif", "-o", "out.png", *model], "mode F is not supported"),
     ]
