@@ -442,11 +442,17 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             bar.close()
         interrupted.restore()
         dist.close()
-    if status != "completed" and this_call:  # diverged now: the last good checkpoint's weights are the model,
-        good = read_checkpoint(ckpt_path)      # and the checkpoint then says where the run ended
+    if status != "completed" and this_call:  # diverged now: the run ends as its last good checkpoint holds it
+        good = read_checkpoint(ckpt_path)      # (weights, extent, curve), and that checkpoint says so
         model.load_state_dict(good["model"])
         optimizer.load_state_dict(good["optimizer"])
-        status += f"; the weights of step {good['epoch'] * per_epoch + good['step']} kept"
+        epoch, step, curve, since = good["epoch"], good["step"], good["curve"], good["since"]
+        losses[since:step], norms[since:step] = good["losses"], good["norms"]
+        status += f"; the weights of step {done()} kept"
+        if dist.main and step > since:  # the kept weights were not scored when they were saved: scored now
+            curve.append(_snapshot(p, done(), per_epoch, recipe.learning_rate(p, done() - 1, per_epoch),
+                                   losses[since:step], norms[since:step], good["elapsed"], monitor(model)))
+            since = step
         checkpoint()
     made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)

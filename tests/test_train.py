@@ -276,15 +276,50 @@ def test_non_finite_loss_fails_clearly_or_is_recorded(patches: Path, mirror: Pat
 
 def test_a_diverged_run_keeps_its_last_good_weights_and_is_finished(patches: Path, mirror: Path,
                                                                     tmp_path: Path) -> None:
-    """The status names the step the kept weights come from; a later call trains nothing and loses nothing."""
+    """The status names the step the kept weights come from, and the run's record ends there; a later call trains
+    nothing and loses nothing."""
     wild = replace(TINY, lr=1e12, clip=None, log_every=1, on_divergence="record")
     result = train(wild, patches, mirror, tmp_path)
-    assert result["status"] == f"diverged at epoch 1, step {result['steps_done']}; the weights of step 0 kept"
+    diverged = int(result["status"].split(";")[0].rsplit(" ", 1)[1])
+    assert result["status"] == f"diverged at epoch 1, step {diverged}; the weights of step 0 kept" and diverged > 0
+    assert result["steps_done"] == 0 and result["curve"] == [] and result["calls"][0]["steps"] >= diverged
     again = train(wild, patches, mirror, tmp_path)
     keep = ("status", "calls", "steps_done", "curve", "seconds_training")
     assert {k: again[k] for k in keep} == {k: result[k] for k in keep}
     assert torch.load(tmp_path / "model.pt", weights_only=True)["status"] == result["status"]
 
+
+
+def test_a_diverged_run_reports_the_score_of_the_weights_it_kept(patches: Path, mirror: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A divergence after a checkpoint, with snapshots between: the record ends at the checkpoint whose weights
+    model.pt holds, and its last score (train.json's curve, train_metrics.json) is theirs, scored on restoring
+    them, not that of a snapshot of the weights thrown away."""
+    from rlcsc import train as training
+
+    made = training.prepare
+
+    def failing_from_step_6(*args: object) -> tuple:
+        model, optimizer, step_fn = made(*args)
+        taken = []
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            taken.append(1)
+            loss, norm = step_fn(x, y)
+            return (loss * float("nan") if len(taken) >= 6 else loss), norm
+
+        return model, optimizer, step
+
+    monkeypatch.setattr(training, "prepare", failing_from_step_6)
+    p = replace(TINY, checkpoint_every=3, eval_every=2, log_every=1, on_divergence="record")
+    result = train(p, patches, mirror, tmp_path)
+    assert result["status"] == "diverged at epoch 1, step 6; the weights of step 3 kept"
+    assert result["steps_done"] == 3 and [c["step"] for c in result["curve"]] == [2, 3]
+    model = prepare(p, torch.device("cpu"))[0]
+    model.load_state_dict(weights(tmp_path / "model.pt"))
+    kept = Monitor(mirror, "Set5", 3, "fp32")(model)["psnr"]
+    assert result["curve"][-1]["psnr"] == kept
+    assert json.loads((tmp_path / "train_metrics.json").read_text())["set5_x3_psnr"] == kept
 
 
 def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_weights(patches: Path, mirror: Path,
@@ -297,7 +332,7 @@ def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_we
     sparse = train(replace(wild, log_every=6), patches, mirror, tmp_path / "six")
     first = every_step["status"].split(";")[0]
     assert first.startswith("diverged at epoch 1, step ") and sparse["status"].split(";")[0] == first
-    assert sparse["steps_done"] > int(first.rsplit(" ", 1)[1])  # found at a later sync
+    assert sparse["calls"][0]["steps"] > int(first.rsplit(" ", 1)[1])  # found at a later sync
     overflow = replace(TINY, lr=3.2e36, clip=None, checkpoint_every=1, log_every=1)
     with pytest.raises(RlcscError, match="non-finite"):
         train(overflow, patches, mirror, tmp_path / "overflow")
