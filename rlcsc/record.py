@@ -33,9 +33,12 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -51,7 +54,7 @@ from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
 from rlcsc.provenance import code_hash, source_hash, stamp
-from rlcsc.train import TrainParams, foreign, read_checkpoint, train
+from rlcsc.train import TrainParams, foreign, read_checkpoint, steps_per_epoch, train
 
 
 def environment(params: dict) -> dict:
@@ -301,6 +304,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, sep, value = item.partition("=")
         if not sep:
             raise RlcscError(f"variant {text!r}: expected name:key=value,..., got {item!r}")
+        if key.strip() in values:
+            raise RlcscError(f"variant {text!r} gives {key.strip()} twice")
         try:
             values[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -308,6 +313,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
     if not name:
         raise RlcscError(f"variant {text!r} has no name")
     return name, check_layer(TrainParams, values, f"variant {name}")
+
+
+@contextmanager
+def _named(variant: str) -> Iterator[None]:
+    """An error of the block said as one of `variant`."""
+    try:
+        yield
+    except RlcscError as err:
+        raise RlcscError(f"variant {variant}: {err}") from None
 
 
 def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Path, variants: list[str],
@@ -322,21 +336,23 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     if out.exists():  # a comparison's GPU minutes are never written over
         raise RlcscError(f"{out} already exists; give another --out or move it away")
     limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
-    base = replace(blocks["train"], **limit)
+    base = replace(blocks["train"], **limit, on_divergence="record")  # a variant that diverges: that is its result
     trained = {}
     for name, changes in parsed:  # a variant that cannot run ends here, not after the ones before it trained
-        try:
+        with _named(name):
             trained[name] = replace(base, **changes)
             pick_device(trained[name].device)
-        except RlcscError as err:
-            raise RlcscError(f"variant {name}: {err}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     patches = prepare_data(blocks, raw, work, jobs)
+    available = len(np.load(patches / "keep.npy", mmap_mode="r"))  # checked whole by each variant's training
+    for name, p in trained.items():
+        with _named(name):
+            steps_per_epoch(p, available, patches)
     result = {"what": "comparison", "budget": budget, "experiment": experiment, **limit,
               "environment": environment({k: asdict(v) for k, v in blocks.items()}),
               "planned": names, "variants": []}
     for name, changes in parsed:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _named(name):
             summary = train(trained[name], patches, raw, Path(tmp), blocks["evaluate"].precision,
                             {"experiment": experiment, "budget": budget})
         if summary["status"] == "interrupted":  # the variants done so far are already written

@@ -301,6 +301,22 @@ class Monitor:
                 "residual_mean": float(r.mean()), "zero_fraction": float(zeros.mean()), "h_bias": bias}
 
 
+def steps_per_epoch(p: TrainParams, available: int, patches: Path) -> int:
+    """The steps of one epoch of `p` on the `available` training pairs of the patch set in `patches`, or one clear
+    error where `p` cannot run on them: more pairs asked for than there are, no whole batch, or a warm-up no
+    shorter than the run."""
+    if p.pairs > available:
+        raise RlcscError(f"train.pairs {p.pairs} is more than the {available} pairs in {patches}")
+    n = p.pairs or available
+    per_epoch = n // p.batch
+    if per_epoch == 0:
+        raise RlcscError(f"{n} training pairs make no batch of {p.batch}")
+    if p.warmup >= p.planned_steps(per_epoch):
+        raise RlcscError(f"train.warmup {p.warmup} is not shorter than the {p.planned_steps(per_epoch)} steps the "
+                         f"{p.schedule} schedule runs for: the learning rate would never leave its warm-up")
+    return per_epoch
+
+
 def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: str = "fp32",
           label: dict | None = None, stop_after: int | None = None) -> dict:
     """Train into `out` (model.pt, checkpoint.pt, train.json, train_metrics.json); resume if a
@@ -317,15 +333,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     if p.batch % dist.world:
         raise RlcscError(f"train.batch {p.batch} is not divisible by the {dist.world} processes")
     data = PatchSet.open(patches)
-    if p.pairs > len(data):
-        raise RlcscError(f"train.pairs {p.pairs} is more than the {len(data)} pairs in {patches}")
+    per_epoch = steps_per_epoch(p, len(data), patches)
     n = p.pairs or len(data)
-    per_epoch = n // p.batch
-    if per_epoch == 0:
-        raise RlcscError(f"{n} training pairs make no batch of {p.batch}")
-    if p.warmup >= p.planned_steps(per_epoch):
-        raise RlcscError(f"train.warmup {p.warmup} is not shorter than the {p.planned_steps(per_epoch)} steps the "
-                         f"{p.schedule} schedule runs for: the learning rate would never leave its warm-up")
     model, optimizer, step_fn = prepare(p, device, dist.wrap)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"

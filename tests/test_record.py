@@ -396,10 +396,17 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert cosine["steps_done"] == 20 and cosine["curve"][-1]["lr"] < 0.01 * 1e-3  # decayed over the comparison
     assert half["steps_done"] == 10  # a variant's own length
     other = tmp_path / "other.json"
-    for bad in (["--variant", "bad:recursions=0"], ["--variant", "bad:lr=[1"],
-                ["--variant", "a:", "--variant", "a:lr=1"],
-                ["--variant", "a:", "--variant", "bad:width=0.00001"]):  # found before variant a trains
-        assert main(argv[:-4] + bad + ["--out", str(other)]) == 1 and not other.exists()
+    for bad, said in ((["--variant", "bad:recursions=0"], "variant bad: "), (["--variant", "bad:lr=[1"], "variant "),
+                      (["--variant", "a:", "--variant", "a:lr=1"], "variant names must differ"),
+                      (["--variant", "bad:clip=null,clip=0.4"], "variant 'bad:clip=null,clip=0.4' gives clip twice"),
+                      # found before variant a trains, those that need the patch set once it is made
+                      (["--variant", "a:", "--variant", "bad:width=0.00001"], "variant bad: "),
+                      (["--variant", "a:", "--variant", "bad:pairs=1000000"], "variant bad: train.pairs 1000000 is "
+                                                                              "more than the "),
+                      (["--variant", "a:", "--variant", "bad:schedule=cosine,warmup=50"], "variant bad: train.warmup "
+                                                                                          "50 is not shorter than")):
+        assert main(argv[:-4] + bad + ["--out", str(other)]) == 1 and not other.exists(), bad
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"rlcsc compare: error: {said}"), bad
     kept = out.read_text()  # a comparison is never written over
     assert main(argv) == 1 and out.read_text() == kept
 
@@ -415,6 +422,17 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert "none (the budget as it stood, below)" in text  # the base variant's changes, in words
     assert row_headings(tables(outputs)) == ["base", "again", "bias", "cosine", "half"]  # one row per variant
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the ladder's curves (no run has trained)
+
+
+def test_a_variant_that_diverges_is_recorded_as_such_and_the_next_one_trains(recorded: Path, mirror: Path,
+                                                                           tmp_path: Path) -> None:
+    """A recipe that diverges is a result of the comparison, not its end: the later variants still train."""
+    out = tmp_path / "comparison.json"
+    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+                 "--work", str(recorded / "work"), "--steps", "5", "--variant", "wild:lr=1e12,clip=null",
+                 "--variant", "base:", "--out", str(out), "--jobs", "2"]) == 0
+    wild, base = json.loads(out.read_text())["variants"]
+    assert wild["status"].startswith("diverged at epoch 1, step ") and base["status"] == "completed"
 
 
 def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(recorded: Path, mirror: Path,
