@@ -383,7 +383,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     clock, status, this_call = time.time(), state["status"], 0  # a run that diverged is finished
     if state["fresh"]:
         checkpoint()  # the initial weights: what a run that diverges before any other checkpoint keeps
-    syncs: list[tuple[int, float]] = []  # (steps done in this call, seconds) at each host sync
+    syncs: list[tuple[int, float]] = []  # (steps done in this call, seconds of its training) at each host sync
     interrupted = _InterruptFlag()
     bad = torch.zeros((), dtype=torch.bool, device=device)
     lr = recipe.learning_rate(p, done(), per_epoch)
@@ -421,7 +421,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                         status = _diverged(p, epoch, _first_bad(losses, norms, synced, step), ckpt_path)
                         break
                     synced = step
-                    syncs.append((this_call, time.time()))
+                    syncs.append((this_call, time.time() - clock))  # the monitor's pauses left out
                     bar.set_postfix(loss=f"{losses[max(0, step - p.log_every):step].mean().item():.3g}", lr=f"{lr:.3g}")
                     bar.update(step - bar.n)
                     if snapshot or late:
@@ -505,8 +505,8 @@ def _snapshot(p: TrainParams, step: int, per_epoch: int, lr: float, losses: torc
 
 
 def _ms_per_step(syncs: list[tuple[int, float]]) -> float | None:
-    """Training speed between host syncs, leaving out the first tenth of the run (warm-up,
-    compilation) and the pauses for the monitor's evaluations (the median interval)."""
+    """Training speed between host syncs (timed without the monitor's evaluations), leaving out the first tenth of
+    the run (warm-up, compilation) and the intervals with a checkpoint's write (the median interval)."""
     pairs = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in pairwise(syncs) if s1 > s0]
     if not pairs:
         return None

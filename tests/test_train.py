@@ -322,6 +322,22 @@ def test_a_diverged_run_reports_the_score_of_the_weights_it_kept(patches: Path, 
     assert json.loads((tmp_path / "train_metrics.json").read_text())["set5_x3_psnr"] == kept
 
 
+def test_the_speed_of_training_leaves_out_the_monitor_however_often_it_scores(patches: Path, mirror: Path,
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitor that takes 0.3 s at every host sync (every interval holds one) does not count as training: the
+    ms per step is far below it."""
+    scored = Monitor.__call__
+
+    def slow(self: Monitor, model: torch.nn.Module) -> dict:
+        time.sleep(0.3)
+        return scored(self, model)
+
+    monkeypatch.setattr(Monitor, "__call__", slow)
+    result = train(replace(TINY, log_every=1, eval_every=1, checkpoint_every=1000), patches, mirror, tmp_path)
+    assert len(result["curve"]) == result["steps_done"] and result["ms_per_step"] < 150
+
+
 def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_weights(patches: Path, mirror: Path,
                                                                                         tmp_path: Path) -> None:
     """The status names the step whose loss or gradient was first non-finite, however far apart the host syncs
