@@ -144,15 +144,19 @@ def write_json(obj: dict | list, path: Path) -> None:
     write_text(json_text(obj), path)
 
 
-def save_torch(obj: dict, path: Path) -> None:
-    """`torch.save`, atomically (torch is imported here, so that the data stages need not load it).
-    Through a Python file: its writes report a full disk as the OSError it is (torch's own writer turns
-    it into an obscure RuntimeError), and the archive inside is named "archive" whatever the temporary's
-    name (torch names it after the file otherwise), so the same object gives the same bytes."""
+def torch_writer(obj: dict) -> Callable[[Path], None]:
+    """A `write` of `torch.save` (torch is imported here, so that the data stages need not load it). Through a
+    Python file: its writes report a full disk as the OSError it is (torch's own writer turns it into an
+    obscure RuntimeError), and the archive inside is named "archive" whatever the temporary's name (torch
+    names it after the file otherwise), so the same object gives the same bytes."""
     import torch
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
 
-    atomically(save, path)
+    return save
+
+
+def save_torch(obj: dict, path: Path) -> None:
+    atomically(torch_writer(obj), path)

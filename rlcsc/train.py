@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rlcsc import recipe
-from rlcsc.atomic import save_torch, write_json
+from rlcsc.atomic import all_atomically, json_text, save_torch, text_writer, torch_writer
 from rlcsc.config import Checked, above, at_least, between, one_of, param, within
 from rlcsc.data.patches import PatchSet
 from rlcsc.device import (
@@ -480,9 +480,10 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         if not all(torch.isfinite(t).all() for t in weights["model"].values()):
             raise RlcscError(f"the weights kept in {ckpt_path} are not finite; no model written")
         extent = {k: summary[k] for k in ("steps_done", "epochs_done", "epochs_planned")}
-        save_torch({**weights, "train": asdict(p), "status": status, **extent, **(label or {})}, out / "model.pt")
-        write_json(summary, out / "train.json")
-        write_json(metrics(summary), out / "train_metrics.json")
+        model_file = {**weights, "train": asdict(p), "status": status, **extent, **(label or {})}
+        all_atomically({  # all or none: an interruption here leaves no model beside another run's record
+            out / "model.pt": torch_writer(model_file), out / "train.json": text_writer(json_text(summary)),
+            out / "train_metrics.json": text_writer(json_text(metrics(summary)))})
     return summary
 
 

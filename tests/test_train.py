@@ -338,6 +338,29 @@ def test_the_speed_of_training_leaves_out_the_monitor_however_often_it_scores(pa
     assert len(result["curve"]) == result["steps_done"] and result["ms_per_step"] < 150
 
 
+def test_an_interruption_while_a_run_writes_its_files_leaves_none_of_them(patches: Path, mirror: Path,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM) as the last of model.pt, train.json and train_metrics.json is written: none is in
+    place (no model beside another run's record), the final checkpoint is, and the next call writes all three."""
+    write_text = Path.write_text
+
+    def interrupted(path: Path, *args: object, **kwargs: object) -> int:
+        if path.name.startswith(".train_metrics."):
+            raise KeyboardInterrupt
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, patches, mirror, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.undo()
+    result = train(TINY, patches, mirror, tmp_path)
+    assert result["status"] == "completed" and len(result["calls"]) == 1  # the checkpoint held the whole run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "model.pt", "train.json",
+                                                          "train_metrics.json"]
+
+
 def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_weights(patches: Path, mirror: Path,
                                                                                         tmp_path: Path) -> None:
     """The status names the step whose loss or gradient was first non-finite, however far apart the host syncs
