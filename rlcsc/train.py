@@ -336,11 +336,11 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     per_epoch = steps_per_epoch(p, len(data), patches)
     n = p.pairs or len(data)
     model, optimizer, step_fn = prepare(p, device, dist.wrap)
+    monitor = Monitor(raw, p.eval_dataset, p.eval_scale, eval_precision) if dist.main else None  # its images first
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     state = _resume(ckpt_path, p, data.made_by, model, optimizer, per_epoch)
     epoch, step, curve, elapsed, calls = state["epoch"], state["step"], state["curve"], state["elapsed"], state["calls"]
-    monitor = Monitor(raw, p.eval_dataset, p.eval_scale, eval_precision) if dist.main else None
     batches = Batches(data, n, device)
     losses = torch.zeros(per_epoch, device=device)  # this epoch's steps: loss and gradient norm
     norms = torch.zeros(per_epoch, device=device)

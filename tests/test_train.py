@@ -378,6 +378,13 @@ def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_we
     kept = torch.load(tmp_path / "overflow" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.isfinite(t).all() for t in kept.values())
 
+def test_a_run_without_its_test_images_makes_no_folder(patches: Path, tmp_path: Path) -> None:
+    """The monitor's test images are missing: one clear error, before the run's folder is made."""
+    with pytest.raises(RlcscError, match=f"missing image {tmp_path / 'raw'}/Set5/"):
+        train(TINY, patches, tmp_path / "raw", tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cuda_requested_without_gpu_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
