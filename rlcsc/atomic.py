@@ -84,8 +84,8 @@ def all_atomically(writes: dict[Path, Callable[[Path], None]]) -> None:
 
 def _sync(path: Path) -> None:
     """Have the system put `path` (a file's bytes, or a folder's names) on the disk now: a power cut after a
-    rename then finds the new file whole or the old one, never an empty one (a folder's data stages are
-    checked by their `SHA256SUMS` when read, so only files are synced)."""
+    rename then finds the new file whole or the old one, never an empty one. (The folders of the data stages,
+    `folder_atomically`'s, are not synced: their `SHA256SUMS` are checked when they are read.)"""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
