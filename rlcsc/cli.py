@@ -547,15 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    except BrokenProcessPool:  # a RuntimeError: before the clause below
+        print(f"rlcsc {args.command}: error: a worker process ended abruptly (the system may have run out of "
+              "memory and killed it)", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as err:  # more than the system gives the process (`ulimit -v`, or past
         reason = _allocation_failed(err)        # --max-memory): Python's MemoryError, or torch's allocators'
         if reason is None:
             raise
         print(f"rlcsc {args.command}: error: out of memory: {reason}", file=sys.stderr)
-        return 1
-    except BrokenProcessPool:
-        print(f"rlcsc {args.command}: error: a worker process ended abruptly (the system may have run out of "
-              "memory and killed it)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rlcsc {args.command}: interrupted", file=sys.stderr)
