@@ -217,17 +217,31 @@ class Run(Evaluated):
         """A column's label, a legend entry or a row: the run's name (the runs table says what it is)."""
         return self.name
 
+    def training_call(self) -> dict:
+        """The last call that trained it (train.json's), with the commit of the matching call of a recorded run's
+        `environment` where train.json, written before its calls named one, does not say it."""
+        call = (self.train.get("calls") or [{}])[-1]
+        if call.get("commit") or not self.recorded:
+            return call
+        calls = (self.environment or {}).get("calls") or []
+        trained = next((c for c in reversed(calls) if c.get("steps_after", 0) > c.get("steps_before", 0)), {})
+        return {**call, "commit": trained.get("commit")}
+
     def row(self) -> dict[str, str]:
-        """What the run is, as a row of a page's runs table."""
+        """What the run is, as a row of a page's runs table: where and from which commit it trained, and where and
+        from which commit it was scored where that differs."""
         n, m = self.model["features"], self.model["codes"]
         network = f"K = {self.k}, n = {n}, m = {m}{'' if self.residual else ', no residual'}"
-        calls = ((self.environment if self.recorded else self.train) or {}).get("calls") or [{}]
+        scored_on = self.scored_on() if self.metrics else "unknown"
+        elsewhere = f"; scored on {scored_on}" if scored_on not in ("unknown", self.device) else ""
+        trained, scored = commit(self.training_call()), commit(self.evaluation_call()) if self.metrics else "unknown"
         return {"run": self.name, "made by": "`rlcsc record`" if self.recorded else "this pipeline",
                 "network": network + (", biases" if self.model["bias"] else ""),
                 "budget": f"{self.train.get('budget')} ({self.recipe()})", "seed": str(self.config["seed"]),
                 "trained": self.state(),
-                "machine": self.device + precisions(self.train["precision"]["train"], self.evaluated_in()),
-                "commit": commit(calls[-1])}
+                "machine": (self.device + precisions(self.train["precision"]["train"], None) + elsewhere
+                            + precisions(None, self.evaluated_in())),
+                "commit": trained if scored in ("unknown", trained) else f"{trained} (trained); {scored} (scored)"}
 
 
 def machine(gpu: str | None, call: dict) -> str:
@@ -306,6 +320,15 @@ def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]
 # How far a measured comparison method may lie from its published number before the page says the cell
 # needs an explanation: about the rounding of the published digits and of a test set's versions.
 EXPLAIN = {"psnr": 0.05, "ssim": 0.002, "ifc": 0.05}
+DIGITS = {"psnr": 2, "ssim": 4, "ifc": 3}  # the decimals the paper prints each metric with
+UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}
+
+
+def within(difference: float | pd.Series, metric: str, bound: float) -> bool | pd.Series:
+    """Whether a difference from a published number lies within `bound` as it prints: rounded to the decimals the
+    paper gives `metric` (0.1 dB above the paper reads +0.10, within 0.1 dB, whatever lies past the second decimal,
+    the float's last bit included). False for a missing (NaN) difference."""
+    return np.round(np.abs(difference), DIGITS[metric]) <= bound
 
 
 @dataclass(frozen=True)
@@ -384,7 +407,7 @@ def against_paper(measured: Measured, ref: str, metrics: tuple[str, ...]) -> pd.
         rows[(dataset, scale)] = row
     frame = pd.DataFrame(rows).T.rename_axis(["dataset", "scale"])
     for m in metrics:
-        frame[f"{m} within"] = frame[f"{m} difference"].abs() <= EXPLAIN[m]
+        frame[f"{m} within"] = within(frame[f"{m} difference"].astype(float), m, EXPLAIN[m])
     return frame
 
 
@@ -394,11 +417,11 @@ def agreement(frame: pd.DataFrame, metric: str) -> str:
     d = frame[f"{metric} difference"].dropna()
     if d.empty:
         return f"{metric.upper()}: no cell measured."
-    within = int((d.abs() <= EXPLAIN[metric]).sum())
-    digits, unit = {"psnr": (2, " dB"), "ssim": (4, ""), "ifc": (3, "")}[metric]
-    beyond = [f"{ds} x{s} ({signed(v, digits)})" for (ds, s), v in d.items() if abs(v) > EXPLAIN[metric]]
-    text = (f"{metric.upper()}: {within} of {len(d)} measured cells within {EXPLAIN[metric]:g}{unit} of the paper, "
-            f"differences {signed(d.min(), digits)} to {signed(d.max(), digits)}{unit}")
+    inside = within(d.astype(float), metric, EXPLAIN[metric])
+    digits, unit = DIGITS[metric], UNITS[metric]
+    beyond = [f"{ds} x{s} ({signed(v, digits)})" for (ds, s), v in d[~inside].items()]
+    text = (f"{metric.upper()}: {int(inside.sum())} of {len(d)} measured cells within {EXPLAIN[metric]:g}{unit} of "
+            f"the paper, differences {signed(d.min(), digits)} to {signed(d.max(), digits)}{unit}")
     return text + (f"; beyond it: {', '.join(beyond)}." if beyond else ".")
 
 
@@ -448,27 +471,29 @@ class Page:
         """How close a paper-scale run must come to a published number to match it (`report` of params.yaml)."""
         return load_block(self.params, "report", ReportParams).tolerance()
 
-    def main_network(self) -> tuple[int, int, int]:
-        """(K, n, m) of the main experiment: its run's, or before it has trained, those params.yaml gives
-        it (Section 5.2's 25, 128 and 256 by default)."""
+    def main_network(self) -> tuple[int, int, int, bool]:
+        """(K, n, m, biases) of the main experiment: its run's, or before it has trained, those params.yaml gives
+        it (Section 5.2's 25, 128 and 256, without biases, by default)."""
         main = self.run(self.main)
         if main:
-            return (main.k, *main.filters)
+            return main.k, *main.filters, main.model["bias"]
         params = read_params(self.params)
         block = {**(params.get("train") or {}), **((params.get("experiments") or {}).get(self.main) or {})}
-        return block.get("recursions", 25), block.get("features", 128), block.get("codes", 256)
+        return (block.get("recursions", 25), block.get("features", 128), block.get("codes", 256),
+                block.get("bias", False))
 
-    def main_filters(self) -> tuple[int, int]:
-        """(n, m) of the main experiment, the filter sizes that Figures 1 and 7 vary K at."""
-        return self.main_network()[1:]
+    def sweep_runs(self) -> list[Run]:
+        """The runs of the main network at any K (RL-CSC with the residual connection, the main experiment's filter
+        sizes and biases): the runs that Figures 1 and 7 set beside the paper's sweep of K."""
+        _, n, m, bias = self.main_network()
+        return [r for r in self.runs if r.model["arch"] == "rlcsc" and r.residual and r.filters == (n, m)
+                and r.model["bias"] == bias]
 
     def main_runs(self) -> list[Run]:
-        """This pipeline's run of the main experiment and every recorded run of its network (its K and filter
-        sizes, with the residual connection): the runs that Tables 1-3 and Figures 4-6 set beside the paper's
-        RL-CSC."""
-        network = self.main_network()
-        return [r for r in self.runs if (r.name == self.main or r.recorded) and r.residual
-                and (r.k, *r.filters) == network]
+        """This pipeline's run of the main experiment and every recorded run of its network (`sweep_runs` of its
+        K): the runs that Tables 1-3 and Figures 4-6 set beside the paper's RL-CSC."""
+        k = self.main_network()[0]
+        return [r for r in self.sweep_runs() if (r.name == self.main or r.recorded) and r.k == k]
 
 
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:

@@ -20,11 +20,8 @@ import pandas as pd
 from rlcsc.config import read_params
 from rlcsc.models.rlcsc import RLCSCConfig
 from rlcsc.reference import table
-from rlcsc.report import EXPLAIN, Measured, Page, Run, against_paper, signed
+from rlcsc.report import DIGITS, EXPLAIN, UNITS, Measured, Page, Run, against_paper, signed, within
 from rlcsc.train import TrainParams
-
-UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}
-DIGITS = {"psnr": 2, "ssim": 4, "ifc": 3}
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class Line:
 
     @property
     def matched(self) -> int:
-        return sum(abs(d) <= self.tolerance for d in self.differences)
+        return sum(bool(within(d, self.metric, self.tolerance)) for d in self.differences)
 
     def spread(self) -> str:
         """The range of the differences in words ("-1.10 to -0.30 dB"; one value alone; "-")."""
@@ -106,7 +103,8 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     """Every published RL-CSC number of the paper, set against the counting runs (Tables 1-3, Figures 1
     and 7; Figure 8 publishes no RL-CSC score but Table 1's, and Table 4's RL-CSC memory is a cost, not a
     score, compared on its page)."""
-    k, n, m = page.main_network()
+    paper = RLCSCConfig()  # the network the published numbers are of, whichever experiment the pages call main
+    k, n, m = paper.recursions, paper.features, paper.codes
     main = counting(page.runs, k, n, m)
     f7 = table("figure7")
     depth = int(f7[f7.recursions == RLCSCConfig().recursions].depth.iloc[0])  # the network of Tables 1-3
@@ -131,8 +129,10 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     for figure, k_point, depth_point, psnr in points:  # Set5 x3 PSNR after 35 epochs of the network of depth K + 5
         run = counting(page.runs, int(k_point), n, m)
         key = number(int(depth_point), "Set5", 3, "psnr")
-        out.append(Line(f"{figure}, K = {k_point}", "psnr", (key,), (key,) if run else (),
-                        (run.last_psnr() - psnr,) if run else (), tolerance["psnr"], run))
+        value = run.last_psnr() if run else np.nan  # NaN: neither evaluated nor scored by the monitor
+        measured = not np.isnan(value)
+        out.append(Line(f"{figure}, K = {k_point}", "psnr", (key,), (key,) if measured else (),
+                        (value - psnr,) if measured else (), tolerance["psnr"], run))
     return out
 
 
@@ -188,7 +188,7 @@ def totals(lines: list[Line]) -> Totals:
         for key in line.numbers:
             items.setdefault(key, []).append(line.item)
         for key, d in zip(line.measured, line.differences):
-            first.setdefault(key, abs(d) <= line.tolerance)
+            first.setdefault(key, bool(within(d, line.metric, line.tolerance)))
     return Totals(len(items), len(first), sum(first.values()),
                   tuple((key, tuple(names)) for key, names in items.items() if len(names) > 1))
 
@@ -204,8 +204,8 @@ class Check:
 
     def cells(self, metric: str) -> tuple[int, int]:
         """(within `EXPLAIN`, measured) for one metric."""
-        d = self.frames[metric][f"{metric} difference"].dropna()
-        return int((d.abs() <= EXPLAIN[metric]).sum()), len(d)
+        d = self.frames[metric][f"{metric} difference"].dropna().astype(float)
+        return int(within(d, metric, EXPLAIN[metric]).sum()), len(d)
 
 
 def checks(page: Page) -> list[Check]:

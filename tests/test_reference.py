@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
@@ -53,3 +56,19 @@ def test_tables_3_4_and_figures_match_the_paper_text() -> None:
     for k, row in zip((25, 48), ours.sort_values("layers").itertuples()):
         network = RLCSC(RLCSCConfig(recursions=k))
         assert (row.layers, row.parameters) == (network.depth, sum(p.numel() for p in network.parameters()))
+
+
+def test_a_published_number_given_twice_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every table holds each published number once; a second row of one (an edit of a copy) is named, not
+    averaged into a number the paper never printed."""
+    from rlcsc import reference
+
+    for name in reference.KEYS:
+        assert not table(name).duplicated(reference.KEYS[name]).any(), name
+    shutil.copytree(reference.HERE, tmp_path / "reference")
+    path = tmp_path / "reference" / "table1.csv"
+    path.write_text(path.read_text() + 'Set5,3,RL-CSC,34.50,0.9300,"an edit"\n')
+    monkeypatch.setattr(reference, "HERE", tmp_path / "reference")
+    with pytest.raises(ValueError, match=r"table1.csv: 2 rows give the same published number \(dataset, scale, "
+                                         r"method: Set5, 3, RL-CSC\); keep one"):
+        table("table1")

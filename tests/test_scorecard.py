@@ -277,11 +277,17 @@ def test_a_runs_table_names_the_machine_as_far_as_the_call_recorded_it() -> None
     assert report.precisions("fp32", "winograd") == ", scored in winograd" and report.precisions(None, "fp32") == ""
 
 
-def test_a_difference_of_exactly_the_tolerance_is_within_it() -> None:
-    """"Within 0.1 dB" includes 0.1 dB itself (here in binary fractions, which floats hold exactly)."""
-    keys = tuple(scorecard.number(30, "Set5", s, "psnr") for s in (2, 3, 4))
-    line = scorecard.Line("Table 1, PSNR", "psnr", keys, keys, (0.5, -0.5, 0.5 + 2**-20), 0.5, None)
-    assert line.matched == 2
+def test_a_difference_is_within_the_tolerance_as_it_prints() -> None:
+    """"Within 0.1 dB" holds for every difference that prints as 0.10 dB at the paper's two decimals: 34.21 against
+    34.11 (0.10000000000000142 in floats), and 0.104; not 0.106, which prints as 0.11. SSIM at its four decimals
+    alike; and each distinct number once in the totals, by the same rule."""
+    keys = tuple(scorecard.number(30, "Set5", s, "psnr") for s in (2, 3, 4)) * 2
+    line = scorecard.Line("Table 1, PSNR", "psnr", keys, keys, (34.21 - 34.11, 0.106, 0.104, 34.11 - 34.21, -0.106,
+                                                                float("nan")), 0.1, None)
+    assert line.matched == 3
+    ssim = scorecard.Line("Table 1, SSIM", "ssim", keys[:3], keys[:3], (0.00204, -0.00206, 0.002), 0.002, None)
+    assert ssim.matched == 2
+    assert scorecard.totals([line]).matched == 2  # each key's first value: 0.10, 0.11 and 0.10 as printed
 
 
 def test_the_late_range_spans_the_last_snapshots_of_the_epoch_a_run_ended_in(tmp_path: Path) -> None:
@@ -301,3 +307,61 @@ def test_the_late_range_spans_the_last_snapshots_of_the_epoch_a_run_ended_in(tmp
     ended = [c for c in recorded.train["curve"] if np.ceil(c["epoch"]) == np.ceil(recorded.train["curve"][-1]["epoch"])]
     psnr_late = [c["psnr"] for c in ended[-scorecard.LAST:]]
     assert scorecard.late_range(recorded).range == pytest.approx(max(psnr_late) - min(psnr_late))
+
+
+def _network(folder: Path, **model: object) -> None:
+    """Make the recorded run in `folder` one of another network (`model`'s keys, in its train block too)."""
+    train = json.loads((folder / "train.json").read_text())
+    train["model"] |= model
+    train["train"] |= {k: v for k, v in model.items() if k in train["train"]}
+    (folder / "train.json").write_text(json.dumps(train))
+
+
+def test_only_the_paper_s_network_counts_whichever_the_pages_call_main(tmp_path: Path) -> None:
+    """The published RL-CSC numbers are of K = 25 without biases: a run with biases, or a K = 48 run made the
+    pages' main experiment, counts for none of Tables 1-3 (the K = 48 run for its own point of Figures 1 and 7), and
+    the pages set only runs of the main network, biases alike, beside the paper's RL-CSC."""
+    runs = tmp_path / "runs"
+    _network(_run(runs, "K25-bias", "fast", _paper_metrics(0.0), epochs=35.0), bias=True)
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(runs), "K25")
+    assert page.main_runs() == [] and page.sweep_runs() == [] and scorecard.lines(page, TOLERANCE)[0].run is None
+    _network(_run(runs, "K48-fast", "fast", _paper_metrics(0.0), epochs=35.0), recursions=48, depth=53)
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(runs), "K48")
+    assert [r.name for r in page.main_runs()] == ["K48-fast"]
+    found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
+    assert found["Table 1, PSNR"].run is None and found["Figure 7, K = 48"].run.name == "K48-fast"
+
+
+def test_a_run_without_a_set5_x3_score_is_not_measured(tmp_path: Path) -> None:
+    """A counting run of Figure 7's K = 15 that has neither an evaluation nor a monitor's snapshot (it diverged at
+    once): its point is published, not measured, and the totals say so."""
+    folder = _run(tmp_path, "K15-paper", "paper")
+    (folder / "metrics.json").unlink()
+    _network(folder, recursions=15, depth=20)
+    train = json.loads((folder / "train.json").read_text())
+    (folder / "train.json").write_text(json.dumps({**train, "curve": []}))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    lines = scorecard.lines(page, TOLERANCE)
+    k15 = {line.item: line for line in lines}["Figure 7, K = 15"]
+    assert k15.run.name == "K15-paper" and (k15.published, k15.measured, k15.differences) == (1, (), ())
+    assert scorecard.totals(lines).measured == 0
+
+
+def test_a_runs_table_names_where_a_run_was_scored_where_it_was_not_where_it_trained(tmp_path: Path) -> None:
+    """runs/K25-paper trained on an H100; scored again by a later call on a CPU from another commit, its row names
+    both machines and both commits, each with its precision."""
+    folder = _run(tmp_path, "K25-paper", "paper")
+    env = json.loads((folder / "environment.json").read_text())
+    env["calls"].append({"gpu": None, "cpu": "AMD EPYC (avx2)", "cpu_cores": 2, "commit": "abcdef0123456789",
+                         "steps_before": 15076, "steps_after": 15076, "evaluated": True})
+    (folder / "environment.json").write_text(json.dumps(env))
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    (folder / "evaluation.json").write_text(json.dumps({**evaluation, "computed_in": "winograd"}))
+    (run,) = report.recorded_runs(tmp_path)
+    row = run.row()
+    assert row["machine"] == ("NVIDIA H100 80GB HBM3, trained in bf16; scored on cpu: AMD EPYC (avx2), 2 cores, "
+                              "scored in winograd")
+    assert row["commit"] == "6d459ddc9f (trained); abcdef0123 (scored)"
+    (same,) = report.recorded_runs(REPO / "runs")  # trained and scored on one machine, from one commit
+    assert same.row()["machine"] == "NVIDIA H100 80GB HBM3, trained in bf16, scored in tf32"
+    assert same.row()["commit"] == "6d459ddc9f"
