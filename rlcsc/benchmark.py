@@ -114,20 +114,22 @@ def _timer(device: torch.device):
     return run
 
 
-def _peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _max_rss_mib() -> float:
+    """The process's peak resident memory so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33) -> dict:
     """Median time of the training step that `rlcsc train` runs (`rlcsc.train.prepare`: forward,
     loss, backward, clipping, update) for the network and recipe `p` describes, on random patches
-    already on the device; with the analytic TFLOP/s and projected run times."""
+    already on the device; with the analytic TFLOP/s, projected run times and the memory the steps took at their
+    peak (on a GPU CUDA's peak of tensors; on a CPU how far the process's peak resident memory rose from before the
+    network was built)."""
     device = pick_device(p.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    before = _max_rss_mib()  # on a CPU: the interpreter's and the imports', left out of the peak below
     _, _, step = prepare(p, device)
     x = torch.rand(p.batch, 1, size, size, device=device)
     y = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
@@ -146,7 +148,8 @@ def train_step(p: TrainParams, steps: int = 30, warmup: int = 10, size: int = 33
         "ms_per_step": ms, "ms_min": min(times), "steps_timed": steps,
         "tflop_per_step": flops / 1e12, "tflops": flops / (ms / 1000) / 1e12,
         "steps_per_epoch": steps_per_epoch, "projected_epoch_min": steps_per_epoch * ms / 60000,
-        "projected_run_h": p.last_step(steps_per_epoch) * ms / 3.6e6, "peak_memory_mib": _peak_memory_mib(device),
+        "projected_run_h": p.last_step(steps_per_epoch) * ms / 3.6e6,
+        "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _max_rss_mib() - before,
     }
 
 

@@ -192,9 +192,25 @@ def _memory(args: argparse.Namespace) -> None:
     from rlcsc.atomic import write_json
     from rlcsc.memory import training_memory
 
+    _check_result_file(args.out, replace=True)
+    memory = training_memory()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(training_memory(), args.out)
-    print(f"Table 4 memory written to {args.out}", file=sys.stderr)
+    write_json(memory, args.out)
+    measured = f"and the CUDA peak on {memory['gpu']}" if memory["gpu"] else "only: no GPU here, so no CUDA peak"
+    print(f"Table 4 memory (counted {measured}) written to {args.out}", file=sys.stderr)
+
+
+def _check_result_file(path: Path, replace: bool) -> None:
+    """One clear error, before the minutes of a measurement, for a file its result could not be written to
+    after them: a folder, one inside a file, or (unless `replace`) one that exists (a measurement is never written
+    over)."""
+    if path.is_dir():
+        raise RlcscError(f"{path} is a folder; name the file the result goes to")
+    if path.exists() and not replace:
+        raise RlcscError(f"{path} already exists; give another --out or move it away")
+    inside = next((folder for folder in path.parents if folder.exists()), None)
+    if inside is not None and not inside.is_dir():
+        raise RlcscError(f"{inside} (in --out {path}) is a file, not a folder")
 
 
 def _params(args: argparse.Namespace) -> None:
@@ -280,8 +296,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     from rlcsc.train import TrainParams
 
     steps = args.steps or BENCHMARK_STEPS.get(args.what)
-    if args.out is not None and args.out.exists():  # before the minutes of measurement, not after them
-        raise RlcscError(f"{args.out} already exists; give another --out or move it away")
+    if args.out is not None:
+        _check_result_file(args.out, replace=False)
     if args.what == "read":
         result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "winograd":
@@ -304,12 +320,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         else:
             e = load_block(args.params, "evaluate", EvaluateParams)
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
+    print(json.dumps(result, indent=2))  # before the file: a result the file cannot take is not lost
     if args.out:
         from rlcsc.atomic import write_json
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, args.out)
-    print(json.dumps(result, indent=2))
 
 
 class _Version(argparse.Action):
@@ -485,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "through a saved RGB result image, on --datasets at --scales (default: the `evaluate` block's)")
     p.add_argument("--params", **params)
     p.add_argument("--experiment", default="K25")
-    p.add_argument("--warmup", type=positive(int), default=10, help="untimed steps before the timed ones")
+    p.add_argument("--warmup", type=positive(int), default=10, help="train: untimed steps before the timed ones "
+                   "(inference and winograd leave their first round untimed)")
     p.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--patches", type=Path, default=Path("data/patches"))

@@ -64,6 +64,7 @@ def output_route(model: Path, raw: Path, datasets: Sequence[str], scales: Sequen
     machine, commit and date of the measurement."""
     if not model.is_file():
         raise RlcscError(f"model file not found: {model}")
+    datasets, scales = list(dict.fromkeys(datasets)), list(dict.fromkeys(scales))  # each scored once
     unknown = [d for d in datasets if d not in TEST_SETS]
     if unknown:
         raise RlcscError(f"unknown test set {unknown[0]!r}; choose from {list(TEST_SETS)}")

@@ -243,7 +243,7 @@ def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mir
     out = tmp_path / "route.json"
     argv = ["benchmark", "output-route", "--params", str(params), "--model", str(tmp_path / "m.pt"), "--raw",
             str(mirror), "--jobs", "1", "--out", str(out)]
-    assert main(argv + ["--datasets", "Set5", "--scales", "4"]) == 0
+    assert main(argv + ["--datasets", "Set5", "Set5", "--scales", "4", "4"]) == 0  # each scored once
     metrics = json.loads(out.read_text())["metrics"]
     assert {d: list(cells) for d, cells in metrics.items()} == {"Set5": ["x4"]} and metrics["Set5"]["x4"]["images"] == 5
     out.unlink()  # an existing --out is refused
