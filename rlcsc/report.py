@@ -325,10 +325,12 @@ UNITS = {"psnr": " dB", "ssim": "", "ifc": ""}
 
 
 def within(difference: float | pd.Series, metric: str, bound: float) -> bool | pd.Series:
-    """Whether a difference from a published number lies within `bound` as it prints: rounded to the decimals the
-    paper gives `metric` (0.1 dB above the paper reads +0.10, within 0.1 dB, whatever lies past the second decimal,
-    the float's last bit included). False for a missing (NaN) difference."""
-    return np.round(np.abs(difference), DIGITS[metric]) <= bound
+    """Whether a difference from a published number lies within `bound` as `signed` prints it: rounded (as Python
+    rounds) to the decimals the paper gives `metric` (0.1 dB above the paper reads +0.10, within 0.1 dB, whatever
+    lies past the second decimal, the float's last bit included). False for a missing (NaN) difference."""
+    if isinstance(difference, pd.Series):
+        return difference.map(lambda d: within(d, metric, bound)).astype(bool)
+    return abs(round(float(difference), DIGITS[metric])) <= bound
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,9 @@ def test_a_difference_is_within_the_tolerance_as_it_prints() -> None:
     assert line.matched == 3
     ssim = scorecard.Line("Table 1, SSIM", "ssim", keys[:3], keys[:3], (0.00204, -0.00206, 0.002), 0.002, None)
     assert ssim.matched == 2
+    for metric, half in (("ssim", 0.00205), ("ifc", 0.0505)):  # half-way: as `signed` rounds it, beyond the bound
+        halfway = scorecard.Line("x", metric, keys[:1], keys[:1], (half,), report.EXPLAIN[metric], None)
+        assert halfway.matched == 0 and float(halfway.spread()) > report.EXPLAIN[metric], (metric, halfway.spread())
     assert scorecard.totals([line]).matched == 2  # each key's first value: 0.10, 0.11 and 0.10 as printed
 
 
