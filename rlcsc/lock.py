@@ -70,10 +70,10 @@ def writing(*paths: Path) -> Iterator[None]:
 
 
 def _canonical(path: Path) -> Path:
-    """`path` absolute, with the folder it lies in resolved (symbolic links followed) and its own name kept: one
-    output, whichever path names it (a rename to a name that is a symbolic link replaces the link, not its
-    target, so the name is not resolved)."""
-    path = Path(os.path.abspath(path))
+    """`path` with the folder it lies in resolved as the system resolves it (symbolic links followed before any
+    `..` after them) and its own name kept: one output, whichever path names it (a rename to a name that is a
+    symbolic link replaces the link, not its target, so the name is not resolved)."""
+    path = Path(path)
     return Path(os.path.realpath(path.parent)) / path.name
 
 

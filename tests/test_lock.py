@@ -20,7 +20,7 @@ from rlcsc.atomic import save_torch, temporary
 from rlcsc.cli import main
 from rlcsc.errors import RlcscError
 from rlcsc.inference import model_state
-from rlcsc.lock import lock_file, writing
+from rlcsc.lock import _canonical, lock_file, writing
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +112,9 @@ def test_an_output_named_through_a_linked_folder_is_the_same_output(holder: tupl
     temporary made through the link, left by a killed holder, is removed by the next writer."""
     proc, tmp = holder
     (tmp_path / "link").symlink_to(tmp_path)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c").symlink_to(tmp_path / "a" / "b")  # c/.. is a, as the system resolves it, not tmp_path
+    assert lock_file(_canonical(tmp_path / "c" / ".." / "out.png")) == tmp_path / "a" / ".out.png.lock"
     with pytest.raises(RlcscError, match=f"{tmp_path / 'out.png'} is being written by process {proc.pid} "):
         with writing(tmp_path / "link" / "out.png"):
             pass
