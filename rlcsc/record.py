@@ -329,6 +329,7 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     """Train each variant of `experiment` (same seed, same data order) for `steps` steps or `minutes`
     of training, one change each from the resolved train block; write and return their curves."""
     blocks = resolved(params_path, budget, experiment)
+    blocks["train"] = replace(blocks["train"], on_divergence="record")  # a variant that diverges: that is its result
     parsed = [parse_variant(v) for v in variants]
     names = [name for name, _ in parsed]
     if len(set(names)) < len(names):
@@ -336,7 +337,7 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     if out.exists():  # a comparison's GPU minutes are never written over
         raise RlcscError(f"{out} already exists; give another --out or move it away")
     limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
-    base = replace(blocks["train"], **limit, on_divergence="record")  # a variant that diverges: that is its result
+    base = replace(blocks["train"], **limit)
     trained = {}
     for name, changes in parsed:  # a variant that cannot run ends here, not after the ones before it trained
         with _named(name):

@@ -431,8 +431,10 @@ def test_a_variant_that_diverges_is_recorded_as_such_and_the_next_one_trains(rec
     assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
                  "--work", str(recorded / "work"), "--steps", "5", "--variant", "wild:lr=1e12,clip=null",
                  "--variant", "base:", "--out", str(out), "--jobs", "2"]) == 0
-    wild, base = json.loads(out.read_text())["variants"]
+    result = json.loads(out.read_text())
+    wild, base = result["variants"]
     assert wild["status"].startswith("diverged at epoch 1, step ") and base["status"] == "completed"
+    assert result["environment"]["params"]["train"]["on_divergence"] == "record"  # as the variants ran
 
 
 def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(recorded: Path, mirror: Path,
