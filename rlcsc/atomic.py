@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlcsc.lock import note_temporary
+from rlcsc.errors import RlcscError
+from rlcsc.lock import check_folders, note_temporary
 
 
 def _umask() -> int:
@@ -31,6 +32,17 @@ def _umask() -> int:
 
 
 UMASK = _umask()
+
+
+def check_result_file(path: Path, replace: bool) -> None:
+    """One clear error, before the minutes of a measurement, for a file its result could not be written to
+    after them: a folder, one inside a file, or (unless `replace`) one that exists (a measurement is never written
+    over)."""
+    if path.is_dir():
+        raise RlcscError(f"{path} is a folder; name the file the result goes to")
+    if path.exists() and not replace:
+        raise RlcscError(f"{path} already exists; give another --out or move it away")
+    check_folders(path)
 
 
 @contextmanager

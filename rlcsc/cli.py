@@ -189,28 +189,15 @@ def _checksums(args: argparse.Namespace) -> None:
 
 
 def _memory(args: argparse.Namespace) -> None:
-    from rlcsc.atomic import write_json
+    from rlcsc.atomic import check_result_file, write_json
     from rlcsc.memory import training_memory
 
-    _check_result_file(args.out, replace=True)
+    check_result_file(args.out, replace=True)
     memory = training_memory()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(memory, args.out)
     measured = f"and the CUDA peak on {memory['gpu']}" if memory["gpu"] else "only: no GPU here, so no CUDA peak"
     print(f"Table 4 memory (counted {measured}) written to {args.out}", file=sys.stderr)
-
-
-def _check_result_file(path: Path, replace: bool) -> None:
-    """One clear error, before the minutes of a measurement, for a file its result could not be written to
-    after them: a folder, one inside a file, or (unless `replace`) one that exists (a measurement is never written
-    over)."""
-    if path.is_dir():
-        raise RlcscError(f"{path} is a folder; name the file the result goes to")
-    if path.exists() and not replace:
-        raise RlcscError(f"{path} already exists; give another --out or move it away")
-    inside = next((folder for folder in path.parents if folder.exists()), None)
-    if inside is not None and not inside.is_dir():
-        raise RlcscError(f"{inside} (in --out {path}) is a file, not a folder")
 
 
 def _params(args: argparse.Namespace) -> None:
@@ -287,17 +274,36 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 BENCHMARK_STEPS = {"train": 100, "read": 500, "inference": 5, "winograd": 8}
+# The options each measurement reads (besides --out).
+BENCHMARK_OPTIONS = {"train": ("params", "experiment", "warmup", "steps"),
+                     "inference": ("params", "experiment", "model", "raw", "steps", "datasets", "precisions"),
+                     "winograd": ("steps",), "evaluate": ("params", "experiment", "model", "raw", "jobs"),
+                     "read": ("patches", "batch", "steps"), "input-precision": ("model", "raw"),
+                     "output-route": ("params", "model", "raw", "datasets", "scales", "jobs")}
+
+
+def _check_benchmark_options(args: argparse.Namespace) -> None:
+    """One clear error for an option given to a measurement that does not read it (else silently ignored)."""
+    defaults = vars(build_parser().parse_args(["benchmark", args.what]))
+    unread = [name for name, value in vars(args).items()
+              if name in defaults and value != defaults[name] and name not in (*BENCHMARK_OPTIONS[args.what], "out")]
+    if unread:
+        options = ", ".join("--" + name.replace("_", "-") for name in unread)
+        reads = ", ".join("--" + name for name in BENCHMARK_OPTIONS[args.what])
+        raise RlcscError(f"benchmark {args.what} does not read {options}; it reads {reads} (and --out)")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
     from rlcsc import benchmark
+    from rlcsc.atomic import check_result_file, write_json
     from rlcsc.config import load_block
     from rlcsc.evaluate import EvaluateParams
     from rlcsc.train import TrainParams
 
+    _check_benchmark_options(args)
     steps = args.steps or BENCHMARK_STEPS.get(args.what)
     if args.out is not None:
-        _check_result_file(args.out, replace=False)
+        check_result_file(args.out, replace=False)
     if args.what == "read":
         result = benchmark.read_batches(args.patches, args.batch, steps)
     elif args.what == "winograd":
@@ -322,8 +328,6 @@ def _benchmark(args: argparse.Namespace) -> None:
             result = benchmark.evaluation(p, e, args.raw, args.model, args.jobs)
     print(json.dumps(result, indent=2))  # before the file: a result the file cannot take is not lost
     if args.out:
-        from rlcsc.atomic import write_json
-
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, args.out)
 

@@ -104,8 +104,16 @@ def _remove_empty(folders: tuple[Path, ...]) -> None:
             break  # the output, or something else, is in it
 
 
+def check_folders(path: Path) -> None:
+    """One clear error where a file stands in the place of a folder that `path` would be written in."""
+    inside = next((folder for folder in path.parents if folder.exists()), None)
+    if inside is not None and not inside.is_dir():
+        raise RlcscError(f"{inside} (in {path}) is a file, not a folder")
+
+
 def _acquire(path: Path) -> Lock:
     """Take the lock of `path`; a lock that cannot be taken leaves none of the folders made for it."""
+    check_folders(path)
     made = tuple(folder for folder in (path.parent, *path.parent.parents) if not folder.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import yaml
 
-from rlcsc.atomic import atomically, write_json
+from rlcsc.atomic import atomically, check_result_file, write_json
 from rlcsc.checksums import files, read_sums, seal, verify_run
 from rlcsc.config import build, check_layer, check_value, read_params, resolve
 from rlcsc.data.augment import AugmentParams, augment, training_files
@@ -334,8 +334,7 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
     names = [name for name, _ in parsed]
     if len(set(names)) < len(names):
         raise RlcscError(f"variant names must differ, got {', '.join(names)}")
-    if out.exists():  # a comparison's GPU minutes are never written over
-        raise RlcscError(f"{out} already exists; give another --out or move it away")
+    check_result_file(out, replace=False)  # a comparison's GPU minutes are never written over
     limit = {"max_steps": steps} if steps is not None else {"max_minutes": minutes}
     base = replace(blocks["train"], **limit)
     trained = {}

@@ -75,12 +75,25 @@ def test_an_out_that_could_not_take_the_result_is_refused_before_anything_is_mea
     out.write_text('{"ms_per_step": 1}\n')
     for target, said in ((out, f"{out} already exists; give another --out or move it away"),
                          (tmp_path, f"{tmp_path} is a folder; name the file the result goes to"),
-                         (out / "x" / "y.json", f"{out} (in --out {out / 'x' / 'y.json'}) is a file, not a folder")):
+                         (out / "x" / "y.json", f"{out} (in {out / 'x' / 'y.json'}) is a file, not a folder")):
         argv = ["benchmark", "train", "--params", str(params), "--experiment", "tiny", "--out", str(target)]
         assert one_line_error(argv).endswith(said)
         if target != out:
             assert one_line_error(["memory", "--out", str(target)]).endswith(said)
     assert out.read_text() == '{"ms_per_step": 1}\n'
+
+
+def test_an_option_the_measurement_does_not_read_is_refused(tmp_path: Path, monkeypatch, one_line_error) -> None:
+    """`--model` given to `benchmark train` (which times an untrained network) is an error, not silently ignored."""
+    from rlcsc import benchmark
+
+    monkeypatch.setattr(benchmark, "train_step", lambda *a: pytest.fail("measured with an unread option"))
+    monkeypatch.setattr(benchmark, "winograd_layers", lambda *a: pytest.fail("measured with an unread option"))
+    for argv, said in ((["train", "--model", "m.pt"], "benchmark train does not read --model; it reads --params, "
+                                                       "--experiment, --warmup, --steps (and --out)"),
+                       (["winograd", "--datasets", "Set5", "--batch", "7"], "benchmark winograd does not read "
+                                                                            "--batch, --datasets; it reads --steps")):
+        assert said in one_line_error(["benchmark", *argv])
 
 
 def test_benchmark_evaluate_times_the_evaluate_block(mirror: Path, tmp_path: Path) -> None:

@@ -172,6 +172,15 @@ def test_a_refused_command_leaves_no_folder_it_made(tmp_path: Path, capsys: pyte
                                           params]
 
 
+def test_a_file_where_an_output_s_folder_would_be_is_named_in_one_line(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes").write_text("mine\n")
+    out = tmp_path / "notes" / "results"
+    assert main(["evaluate", "--method", "bicubic", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"rlcsc evaluate: error: {tmp_path / 'notes'} (in {out}) is a file, not a folder\n"
+    assert (tmp_path / "notes").read_text() == "mine\n"
+
+
 def test_a_name_too_long_for_its_lock_is_one_line_and_leaves_no_folder(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "a" / "b" / ("o" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".lock")))  # the name fits

@@ -409,6 +409,10 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"rlcsc compare: error: {said}"), bad
     kept = out.read_text()  # a comparison is never written over
     assert main(argv) == 1 and out.read_text() == kept
+    for target, said in ((tmp_path, f"{tmp_path} is a folder; name the file the result goes to"),
+                         (out / "c.json", f"{out} (in {out / 'c.json'}) is a file, not a folder")):
+        assert main(argv[:-4] + ["--out", str(target)]) == 1  # before any variant trains, as for a benchmark
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"rlcsc compare: error: {said}"
 
     runs = tmp_path / "runs"  # the training-time page draws and lists every variant
     (runs / "comparisons").mkdir(parents=True)
