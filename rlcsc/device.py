@@ -111,10 +111,10 @@ def _say_once(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def inference_precision(device: torch.device | str, mode: str) -> str:
-    """The precision a network runs in on `device` when `mode` is asked for: on CUDA `mode`, but fp32 for
-    winograd; on the CPU fp32 for tf32; where the device lacks native bf16, winograd on the CPU and fp32 on
-    a GPU for bf16 (a fallback said once on stderr)."""
+def resolve_precision(device: torch.device | str, mode: str) -> tuple[str, str | None]:
+    """The precision a network runs in on `device` when `mode` is asked for, and why it is not `mode` (None when it
+    is): on CUDA `mode`, but fp32 for winograd; on the CPU fp32 for tf32; where the device lacks native bf16,
+    winograd on the CPU and fp32 on a GPU for bf16."""
     if mode not in INFERENCE_PRECISIONS:
         raise RlcscError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {mode!r}")
     cuda = torch.device(device).type == "cuda"
@@ -124,13 +124,20 @@ def inference_precision(device: torch.device | str, mode: str) -> str:
                 f"ONEDNN_MAX_CPU_ISA={_bf16_limit()} keeps oneDNN from AVX-512 BF16 and AMX" if _bf16_limit() else
                 "this CPU has no AVX-512 BF16 or AMX")
         how = "" if cuda else " (fp32 by Winograd's F(6x6, 3x3) in the layers wide enough for it)"
-        _say_once(f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in {fallback}{how}")
-        return fallback
+        return fallback, (f"rlcsc: bf16 asked for, but {what}, where bf16 runs slower than fp32: computing in "
+                          f"{fallback}{how}")
     if mode == "winograd" and cuda:
-        _say_once("rlcsc: winograd is for the CPU; on a GPU cuDNN picks its own convolution algorithms: "
-                  "computing in fp32")
-        return "fp32"
-    return mode if cuda or mode in ("bf16", "winograd") else "fp32"
+        return "fp32", ("rlcsc: winograd is for the CPU; on a GPU cuDNN picks its own convolution algorithms: "
+                        "computing in fp32")
+    return mode if cuda or mode in ("bf16", "winograd") else "fp32", None
+
+
+def inference_precision(device: torch.device | str, mode: str) -> str:
+    """`resolve_precision`'s precision, its reason for a fallback said once on stderr."""
+    precision, why = resolve_precision(device, mode)
+    if why:
+        _say_once(why)
+    return precision
 
 
 def _input_as_weights(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
