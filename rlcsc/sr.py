@@ -132,6 +132,9 @@ def _check_output(input: Path, output: Path, overwrite: bool) -> None:
     if not output.parent.is_dir():
         what = "is a file, not a folder" if output.parent.exists() else "does not exist"
         raise RlcscError(f"folder {output.parent} (of -o {output}) {what}")
+    if not output.suffix and not output.exists():  # `-o results/` for a folder not made yet
+        raise RlcscError(f"-o {output} is no folder, and its name says no image format: make the folder first, or "
+                         "end the file's name in .png, .jpg, .bmp or .tif")
     format_of(output)
     if os.path.lexists(output) and not overwrite:  # a link to nothing too: it is replaced, not followed
         if input.exists() and output.exists() and os.path.samefile(input, output):

@@ -867,6 +867,8 @@ def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: P
         (["rgba.png", "-o", "out.bmp", *model], "BMP cannot hold the alpha channel"),
         (["rgb16.tif", "-o", "out.jpg", *model], "JPEG holds 8 bits per channel and this image has 16"),
         (["rgb.png", "-o", "out.webp", *model], "cannot tell an image format from the name out.webp"),
+        (["rgb.png", "-o", "outputs/", *model], f"-o {tmp_path / 'outputs'} is no folder, and its name says no image "
+                                                "format: make the folder first, or end the file's name in .png"),
         (["rgb.png", "-o", "nowhere/out.png", *model], f"folder {tmp_path / 'nowhere'} (of -o "
                                                        f"{tmp_path / 'nowhere' / 'out.png'}) does not exist"),
         (["rgb.png", "-o", "rgb.png/out.png", *model], f"folder {tmp_path / 'rgb.png'} (of -o "
