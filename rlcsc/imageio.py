@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -39,8 +40,9 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 PNM_MAGIC = (b"P2", b"P3", b"P5", b"P6")  # grey and colour Netpbm, plain (ASCII) and binary
 EXIF_ORIENTATION = 0x0112
 # What Pillow and tifffile raise for a file they cannot read: damaged (tags of the wrong type or count, offsets
-# out of range, no first page), not an image, or over Pillow's decompression-bomb limit.
-READ_ERRORS = (OSError, ValueError, SyntaxError, LookupError, TypeError, ArithmeticError, Image.DecompressionBombError)
+# out of range, no first page, a header cut short), not an image, or over Pillow's decompression-bomb limit.
+READ_ERRORS = (OSError, ValueError, SyntaxError, LookupError, TypeError, ArithmeticError, struct.error,
+               Image.DecompressionBombError)
 # ... and what the 16-bit readers raise besides: pypng lets zlib's error for damaged pixel data through, and
 # tifffile allocates what a damaged strip's byte count says.
 PICTURE_ERRORS = (*READ_ERRORS, png.Error, zlib.error, MemoryError)
@@ -101,13 +103,14 @@ class Picture:
 @dataclass(frozen=True)
 class Header:
     """What an image file's header says of the picture `read_picture` makes of it: its size, channels
-    (before conversions: a palette counts 3, or 4 with transparency) and bits per sample, and its frames."""
+    (before conversions: a palette counts 3, or 4 with transparency) and bits per sample, and its frames (None
+    when one after the first is damaged: only the first is read)."""
 
     width: int
     height: int
     channels: int
     bits: int
-    frames: int
+    frames: int | None
 
 
 @contextmanager
@@ -246,9 +249,18 @@ def read_header(path: Path) -> Header:
                                  "8 or 16 bits per channel")
             bits = 16 if kind in ("png16", "pnm16") or im.mode.startswith("I;16") else 8
             size = _sized(im.width, im.height, _exif_orientation(im) or 1)
-            return Header(*size, channels, bits, getattr(im, "n_frames", 1))
+            return Header(*size, channels, bits, _frames(im))
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
+
+
+def _frames(im: Image.Image) -> int | None:
+    """The frames of Pillow's image `im` (an animation's or a multi-page file's), counted by reading each one's
+    header; None when one after the first cannot be read."""
+    try:
+        return getattr(im, "n_frames", 1)
+    except READ_ERRORS:
+        return None
 
 
 def read_picture(path: Path) -> Picture:
@@ -271,7 +283,8 @@ def read_picture(path: Path) -> Picture:
                            else _read_pillow(im))
     except PICTURE_ERRORS as err:
         raise RlcscError(f"cannot read image {path}: {err}") from None
-    notes = [f"the first of its {frames} frames" if frames > 1 else "",
+    notes = ["the first of its frames: a later one is damaged" if frames is None else
+             f"the first of its {frames} frames" if frames > 1 else "",
              "turned upright by its EXIF orientation" if orientation not in (1, None) or turned else "",
              "not turned: its EXIF block is damaged" if orientation is None else "", picture.note]
     return Picture(_upright(picture.pixels, orientation or 1), picture.bits, "; ".join(filter(None, notes)),

@@ -442,9 +442,18 @@ def test_frames_and_a_transparent_colour_left_out_are_said(tiny: Path, tmp_path:
     Image.fromarray(rgb).save(tmp_path / "trns-rgb.png", transparency=tuple(int(v) for v in rgb[0, 0]))
     with open(tmp_path / "trns16.png", "wb") as f:
         png.Writer(6, 8, greyscale=True, bitdepth=16, transparent=1234).write(f, pixels("L", 16, (8, 6)))
+    Image.fromarray(grey).save(tmp_path / "frames.tif", save_all=True, append_images=[Image.fromarray(grey + 1)])
+    retype(tmp_path / "frames.tif", 1, 278)  # RowsPerStrip of the second frame: Pillow fails counting frames
+    (tmp_path / "cut.gif").write_bytes((tmp_path / "anim.gif").read_bytes()[:-30])  # its last frame cut short
+    gif = (tmp_path / "anim.gif").read_bytes()
+    last = gif.rindex(b"\x21\xf9\x04") + 8  # the last frame's descriptor, after its graphic control extension
+    (tmp_path / "cut-header.gif").write_bytes(gif[:last + 5])  # that header cut short: Pillow's struct.error
     dropped = "its transparent colour dropped: the output has no alpha"
     cases = {"anim.gif": "RGB 8-bit (the first of its 3 frames; converted from palette)",
              "pages.tif": "L 16-bit (the first of its 2 frames)",
+             "frames.tif": "L 8-bit (the first of its frames: a later one is damaged)",
+             "cut.gif": "RGB 8-bit (the first of its 3 frames; converted from palette)",
+             "cut-header.gif": "RGB 8-bit (the first of its frames: a later one is damaged; converted from palette)",
              "trns.png": f"L 8-bit ({dropped})", "trns-rgb.png": f"RGB 8-bit ({dropped})",
              "trns16.png": f"L 16-bit ({dropped})"}
     for name, said in cases.items():
@@ -679,10 +688,9 @@ def test_a_damaged_tiff_is_one_line(tiny: Path, tmp_path: Path, capsys: pytest.C
     (tmp_path / "no-page.tif").write_bytes(b"II*\x00\x08\x00\x00\x00")  # its first page lies past its end
     tifffile.imwrite(tmp_path / "grey16.tif", pixels("L", 16))
     retype(tmp_path / "grey16.tif", 0, 257)  # ImageLength: tifffile fails on it
-    Image.fromarray(pixels("L", 8)).save(tmp_path / "frames.tif", save_all=True,
-                                         append_images=[Image.fromarray(pixels("L", 8, seed=1))])
-    retype(tmp_path / "frames.tif", 1, 278)  # RowsPerStrip of the second frame: Pillow fails counting frames
-    for name in ("no-page.tif", "grey16.tif", "frames.tif"):
+    Image.fromarray(pixels("L", 8)).save(tmp_path / "cut.tif")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "cut.tif").read_bytes()[:6])  # Pillow: a struct.error
+    for name in ("no-page.tif", "grey16.tif", "cut.tif"):
         args = (str(tmp_path / name), "--scale", "2", "--model", str(tiny), "-o", str(tmp_path / "out.png"))
         if name == "no-page.tif":  # in a fresh interpreter, whose stderr tifffile's log would write to
             proc = run_sr(*args)
