@@ -9,6 +9,7 @@ A file changed since, added or missing is named in one line, never used.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,13 +27,19 @@ def files(folder: Path) -> list[str]:
 
 
 def read_sums(folder: Path) -> dict[str, str]:
-    """{name: sha256} of `folder/SHA256SUMS`; empty when there is none."""
+    """{name: sha256} of `folder/SHA256SUMS`; empty when there is none. A line that is not a SHA-256 and a name, as
+    `seal` writes it, is one clear error (blank lines are passed over)."""
     path = folder / SUMS
     if not path.is_file():
         return {}
     sums = {}
-    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(), 1):
         digest, _, name = line.partition("  ")
+        if not line.strip():
+            continue
+        if not (re.fullmatch("[0-9a-f]{64}", digest) and name):
+            raise RlcscError(f"corrupt {path}: its line {number} is not a SHA-256 and a file name (\"<64 hex digits>  "
+                             f"<name>\"): {line[:80]!r}")
         sums[name] = digest
     return sums
 

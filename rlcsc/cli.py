@@ -18,7 +18,7 @@ from rlcsc.manifest import TEST_SETS
 
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
-          "record": "out", "compare": "out", "convert": "out"}
+          "record": "out", "compare": "out", "convert": "out", "checksums": "folders"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -51,15 +51,19 @@ def _load(args: argparse.Namespace, block: str, cls: type, experiment: str | Non
 
 
 def _download(args: argparse.Namespace) -> None:
+    from rlcsc.atomic import check_result_file
     from rlcsc.data.download import download_all, write_listing
     from rlcsc.manifest import MANIFEST, WEIGHTS, load_manifest
 
     manifest = WEIGHTS if args.weights else MANIFEST
-    fetched = download_all(args.out, args.datasets, mirror=args.mirror, jobs=args.jobs, manifest=manifest)
+    datasets = list(dict.fromkeys(args.datasets)) if args.datasets else None
     if args.listing:
-        write_listing(args.listing, args.datasets, manifest)
-    pinned = len(load_manifest(manifest, args.datasets))
-    of = f" of {', '.join(args.datasets)}" if args.datasets else ""
+        check_result_file(args.listing, replace=True)  # before the download, not after it
+    fetched = download_all(args.out, datasets, mirror=args.mirror, jobs=args.jobs, manifest=manifest)
+    if args.listing:
+        write_listing(args.listing, datasets, manifest)
+    pinned = len(load_manifest(manifest, datasets))
+    of = f" of {', '.join(datasets)}" if datasets else ""
     print(f"{fetched} file(s) fetched; all {pinned}{of} in {manifest.name} verified in {args.out}", file=sys.stderr)
 
 
@@ -353,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     params = {"type": Path, "default": Path("params.yaml"), "help": "the params file"}
 
     p = sub.add_parser("download", help="fetch and verify the training and test images")
-    p.add_argument("--out", type=Path, default=Path("data/raw"), help="destination folder")
-    p.add_argument("--datasets", nargs="+", help="only these datasets (default: all six)")
+    p.add_argument("--out", type=Path, help="destination folder (default: data/raw, or data/weights with --weights)")
+    p.add_argument("--datasets", nargs="+", help="only these datasets, or with --weights these methods (default: "
+                   "all of the manifest)")
     p.add_argument("--listing", type=Path, help="also write this JSON list of verified files (DVC out)")
     p.add_argument("--mirror", type=Path, help="local mirror with dataset/file layout "
                    "(default: $RLCSC_DATA_MIRROR, else the pinned URLs)")
@@ -524,17 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
-    """What the command writes (nothing for `patch --count`; under torchrun only the first process writes;
-    `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it refuses;
-    `download` also its `--listing`)."""
-    if args.command not in WRITES or getattr(args, "count", False) or os.environ.get("RANK", "0") != "0":
+    """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
+    process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
+    refuses; `download` also its `--listing`; `checksums` into each folder it seals)."""
+    if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
+            or os.environ.get("RANK", "0") != "0"):
         return []
     if args.command == "sr":
         from rlcsc.sr import output_paths
 
         return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
     listing = [args.listing] if args.command == "download" and args.listing else []
-    return [getattr(args, WRITES[args.command]), *listing]
+    written = getattr(args, WRITES[args.command])
+    return [*(written if isinstance(written, list) else [written]), *listing]
 
 
 def _allocation_failed(err: MemoryError | RuntimeError) -> str | None:
@@ -553,10 +560,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: temporaries removed, locks released
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments, with the defaults that depend on another argument filled in: `download`'s
+    --out, data/weights for --weights (`dvc.yaml`'s `download_weights` stage), else data/raw."""
+    args = build_parser().parse_args(argv)
+    if args.command == "download" and args.out is None:
+        args.out = Path("data/weights" if args.weights else "data/raw")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand, holding the lock of what it writes; a user's mistake ends with one line on
     stderr and exit status 1."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     terminate = signal.signal(signal.SIGTERM, _terminated)
     try:
         with writing(*_outputs(args)):

@@ -12,7 +12,6 @@ Every method goes through `evaluate`, so a network's numbers and bicubic's are c
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.ifc import MIN_SIDE, ifc
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
-from rlcsc.manifest import TEST_SETS, Entry, checked_images
+from rlcsc.manifest import TEST_SETS, Entry, checked_images, digest
 from rlcsc.metrics import psnr, ssim
 from rlcsc.parallel import pmap, pool
 from rlcsc.rounding import im2uint
@@ -71,13 +70,6 @@ def check_size(path: Path, shape: tuple[int, ...], scale: int) -> None:
                          f"{side}x{side} ({scale} pixels shaved from each border, {MIN_SIDE} left for IFC)")
 
 
-def y_sha256(y: np.ndarray) -> str:
-    """The SHA-256 of a uint8 Y channel: its height and width, then its rows (`manifest.tsv`'s `y_sha256`)."""
-    digest = hashlib.sha256(f"{y.shape[0]}x{y.shape[1]}\n".encode())
-    digest.update(np.ascontiguousarray(y, dtype=np.uint8).tobytes())
-    return digest.hexdigest()
-
-
 def _same_y(path: Path, entry: Entry) -> bool:
     """Whether the image file at `path` holds the Y channel of the test image `entry` pins (in any lossless
     form: the file itself, or a single-channel image of its Y), which is all that step 1 reads of it."""
@@ -85,13 +77,13 @@ def _same_y(path: Path, entry: Entry) -> bool:
         y = rgb2y(read_image(path))
     except RlcscError:
         return False
-    return y_sha256(y) == entry.y_sha256
+    return digest(y) == entry.y_sha256
 
 
 def checked_test_images(raw: Path, datasets: Sequence[str]) -> list[Path]:
     """The images of the test sets `datasets` under `raw`, each checked before any is scored: the file
     `manifest.tsv` pins (its SHA-256), or an image of the same Y channel (its `y_sha256`)."""
-    return checked_images(raw, datasets, _same_y)
+    return checked_images(raw, datasets, _same_y, "an image of its Y channel")
 
 
 def read_y(path: Path, scale: int) -> np.ndarray:

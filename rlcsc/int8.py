@@ -27,11 +27,10 @@ import torch
 from torch import nn
 
 from rlcsc.color import rgb2y
-from rlcsc.data.augment import AugmentParams
+from rlcsc.data.augment import AugmentParams, training_files
 from rlcsc.data.patches import make_pairs
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import read_image
-from rlcsc.manifest import checked_images
 
 PERCENTILE = 99.999  # the calibrated range of an activation: this percentile of its values
 CALIBRATION_PAIRS = 256  # 33x33 training pairs, at scales 2, 3 and 4 alike
@@ -71,7 +70,7 @@ def calibration_inputs(raw: Path, pairs: int = CALIBRATION_PAIRS, seed: int = 0,
     (`make_pairs`, stride = size), `PER_IMAGE` at random from each of a random draw (`seed`) of the
     training images under `raw` (checked against the manifest), the images taking scales 2, 3, 4 in turn."""
     rng = np.random.default_rng(seed)
-    files = checked_images(raw, TRAINING_SETS)
+    files = training_files(raw, AugmentParams())
     chosen: list[np.ndarray] = []
     for i, index in enumerate(rng.permutation(len(files))):
         if sum(map(len, chosen)) >= pairs:

@@ -72,8 +72,13 @@ def writing(*paths: Path) -> Iterator[None]:
 def _canonical(path: Path) -> Path:
     """`path` with the folder it lies in resolved as the system resolves it (symbolic links followed before any
     `..` after them) and its own name kept: one output, whichever path names it (a rename to a name that is a
-    symbolic link replaces the link, not its target, so the name is not resolved)."""
+    symbolic link replaces the link, not its target, so the name is not resolved; `.` and `..` name a folder, which
+    is resolved whole). The root folder is one clear error: it has no name for a lock beside it."""
     path = Path(path)
+    if path.name in ("", ".."):
+        path = Path(os.path.realpath(path))
+        if not path.name:
+            raise RlcscError(f"{path} is the root folder; name a folder in it to write into")
     return Path(os.path.realpath(path.parent)) / path.name
 
 

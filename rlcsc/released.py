@@ -26,8 +26,11 @@ CONVERTERS: dict[str, Callable[[Path], torch.nn.Module]] = {"vdsr": from_matconv
 def pinned_source(path: Path) -> dict:
     """The `weights.tsv` row of the file `path` ({group, file, sha256, url}), or one clear error when its
     bytes are not those of any pinned file."""
+    if path.is_dir():
+        raise RlcscError(f"--weights {path} is a folder; name the weights file in it")
     if not path.is_file():
-        raise RlcscError(f"weights file not found: {path}; fetch it with `rlcsc download --weights`")
+        raise RlcscError(f"weights file not found: {path}; fetch it with `rlcsc download --weights` (into "
+                         "data/weights)")
     digest = file_sha256(path)
     for e in load_manifest(WEIGHTS):
         if e.sha256 == digest:
@@ -42,6 +45,8 @@ def convert(arch: str, weights: Path, out: Path) -> dict:
     if arch not in CONVERTERS:
         raise RlcscError(f"no converter for architecture {arch!r}; choose from {sorted(CONVERTERS)}")
     source = pinned_source(weights)
+    if out.exists() and out.samefile(weights):
+        raise RlcscError(f"--out {out} is the --weights file; name another")
     model = CONVERTERS[arch](weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_torch({**model_state(model), "source": source}, out)

@@ -269,6 +269,23 @@ def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_pat
     verify_run(run)
 
 
+def test_a_checksum_line_not_as_seal_writes_it_is_named_and_a_blank_one_passed_over(tmp_path: Path) -> None:
+    """A line of another format (`sha256sum -b`'s "<digest> *<name>") or of no name is named, never taken for a
+    file called "" (the folder itself) or "*a.json"; a blank line added by hand is passed over."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "a.json").write_text("{}\n")
+    seal(run)
+    line = (run / SUMS).read_text()
+    (run / SUMS).write_text(line + "\n")
+    verify_run(run)
+    for bad in (line.replace("  ", " *"), line.split()[0] + "\n", "00  a.json\n"):
+        (run / SUMS).write_text(bad)
+        with pytest.raises(RlcscError, match=rf"^corrupt {re.escape(str(run / SUMS))}: its line 1 is not a SHA-256 "
+                                             r"and a file name \("):
+            verify_run(run)
+
+
 def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     """`rlcsc checksums FOLDER` on a sealed run whose listed file was edited refuses, naming it, and keeps the
     old checksums: forgetting `--check` must not bless an edit that the report would then read."""

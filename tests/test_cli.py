@@ -51,9 +51,14 @@ def test_download_says_which_files_it_verified(mirror: Path, tmp_path: Path, cap
     out = tmp_path / "raw"
     (out / "T91").mkdir(parents=True)
     (out / "T91" / "t1.bmp").write_bytes(b"not an image")
-    assert main(["download", "--out", str(out), "--mirror", str(mirror), "--datasets", "Set5"]) == 0
+    assert main(["download", "--out", str(out), "--mirror", str(mirror), "--datasets", "Set5", "Set5"]) == 0
     assert capsys.readouterr().err.splitlines()[-1] == ("5 file(s) fetched; all 5 of Set5 in manifest.tsv "
                                                         f"verified in {out}")
+    fetch = ["download", "--out", str(tmp_path / "new"), "--mirror", str(mirror), "--datasets", "Set5"]
+    assert main(fetch + ["--listing", str(out)]) == 1  # a folder for the listing: refused before the download
+    assert capsys.readouterr().err.strip() == f"rlcsc download: error: {out} is a folder; name the file the result " \
+                                              "goes to"
+    assert not (tmp_path / "new").exists()
 
 def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
     out = tmp_path / "bicubic"
@@ -217,13 +222,15 @@ def test_only_the_first_torchrun_process_holds_the_lock_of_what_it_writes(tmp_pa
 
 
 def test_a_converted_model_and_the_download_s_listing_are_written_under_a_lock(tmp_path: Path) -> None:
-    from rlcsc.cli import _outputs, build_parser
+    from rlcsc.cli import _outputs, build_parser, parse
 
     convert = ["convert", "--arch", "vdsr", "--weights", str(tmp_path / "w.mat"), "--out", str(tmp_path / "m.pt")]
     download = ["download", "--out", str(tmp_path / "raw"), "--listing", str(tmp_path / "raw.json")]
     assert _outputs(build_parser().parse_args(convert)) == [tmp_path / "m.pt"]
     assert _outputs(build_parser().parse_args(download)) == [tmp_path / "raw", tmp_path / "raw.json"]
     assert _outputs(build_parser().parse_args(download[:3])) == [tmp_path / "raw"]
+    assert _outputs(parse(["download"])) == [Path("data/raw")]
+    assert _outputs(parse(["download", "--weights"])) == [Path("data/weights")]  # dvc.yaml's download_weights
 
 
 def test_benchmark_output_route_takes_its_datasets_and_scales_from_the_flags(mirror: Path, tmp_path: Path,

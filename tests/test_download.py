@@ -17,6 +17,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 from tqdm import tqdm
 
@@ -24,9 +25,8 @@ from rlcsc.color import rgb2y
 from rlcsc.data import download
 from rlcsc.data.download import MIRROR_ENV, download_all, fetch
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import y_sha256
 from rlcsc.imageio import read_image
-from rlcsc.manifest import TEST_SETS, Entry, load_manifest
+from rlcsc.manifest import TEST_SETS, Entry, digest, load_manifest
 
 COUNTS = {"T91": 91, "BSD200": 200, "Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
 
@@ -70,15 +70,17 @@ def test_manifest_parses() -> None:
         assert e.bytes > 0 and e.relpath == f"{e.dataset}/{e.file}"
 
 
-def test_every_test_image_pins_the_sha256_of_its_y(mirror: Path) -> None:
-    """`y_sha256` (what the evaluation accepts in place of the file's bytes) is that of the Y channel of the
-    very file the manifest pins; training images, whose every channel the augmentation reads, pin none."""
+def test_every_image_pins_the_sha256_of_what_is_read_of_it(mirror: Path) -> None:
+    """`y_sha256` of a test image (what the evaluation accepts in place of the file's bytes) is that of the Y
+    channel of the very file the manifest pins; `pixels_sha256` of a training image (what the augmentation
+    accepts), that of its pixels, every channel."""
     for e in load_manifest():
-        if e.dataset not in TEST_SETS:
-            assert e.y_sha256 == "", e
-            continue
         assert sha256(mirror / e.relpath) == e.sha256, e
-        assert y_sha256(rgb2y(read_image(mirror / e.relpath))) == e.y_sha256, e
+        pixels = read_image(mirror / e.relpath)
+        test = e.dataset in TEST_SETS
+        assert (e.y_sha256, e.pixels_sha256) == ((digest(rgb2y(pixels)), "") if test else ("", digest(pixels))), e
+    assert digest(np.zeros((2, 3), np.uint8)) == hashlib.sha256(b"2x3\n" + bytes(6)).hexdigest()  # shape, then rows
+    assert digest(np.zeros((2, 3, 3), np.uint8)) == hashlib.sha256(b"2x3x3\n" + bytes(18)).hexdigest()
 
 
 def test_manifest_filters_and_rejects_unknown_datasets() -> None:
@@ -140,6 +142,23 @@ def test_missing_mirror_file_named_and_mirror_taken_from_env(
         download_all(out, ["Set5"])
     assert not (out / gone.relpath).exists()
     assert parts(out) == []
+
+
+def test_a_mirror_that_fails_to_read_is_named_and_so_is_the_variable_that_names_a_missing_one(
+    set5_copy: Path, set5: list[Entry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read error of the mirror's file names that file (not the output the user looks at); a mirror that is not
+    there names the variable it came from."""
+    broken = set5_copy / set5[2].relpath
+    broken.unlink()
+    broken.symlink_to("/proc/self/mem")  # opens, then fails to read (address 0 is not mapped): EIO
+    with pytest.raises(OSError) as err:
+        download_all(tmp_path / "data", ["Set5"], mirror=set5_copy, jobs=1)
+    assert err.value.filename == str(broken) and err.value.errno == errno.EIO
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(RlcscError, match=f"^data mirror not found: {tmp_path / 'nowhere'}, which \\${MIRROR_ENV} "
+                                         "names; unset it to fetch from the URLs$"):
+        download_all(tmp_path / "data", ["Set5"])
 
 
 def test_corrupt_existing_file_is_refetched(

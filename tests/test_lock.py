@@ -91,6 +91,7 @@ def test_a_second_writer_ends_at_once_naming_the_holder_and_a_killed_holder_is_t
     ["record", "--budget", "quick", "--raw", "{raw}", "--work", "{out}", "--out", "{tmp}/run"],
     ["compare", "--budget", "quick", "--raw", "{raw}", "--work", "{out}", "--variant", "a:", "--steps", "1", "--out",
      "{tmp}/c.json"],
+    ["checksums", "{out}"],  # sealing a run that a `record` is writing: refused, not sealed half way
 ], ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")))
 def test_every_writer_of_a_folder_takes_its_lock(argv: list[str], holder: tuple[subprocess.Popen, Path],
                                                   mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -122,6 +123,16 @@ def test_an_output_named_through_a_linked_folder_is_the_same_output(holder: tupl
     proc.wait()
     with writing(tmp_path / "link" / "out.png"):
         assert not tmp.exists()
+
+
+def test_a_folder_named_by_dot_or_dot_dot_is_the_folder_and_the_root_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    assert _canonical(Path(".")) == tmp_path / "a" / "b" and _canonical(Path("..")) == tmp_path / "a"  # one lock
+    with pytest.raises(RlcscError, match="^/ is the root folder; name a folder in it to write into$"):
+        with writing(Path("/")):
+            pass
         with temporary(tmp_path / "link" / "out.png") as made:
             assert json.loads(lock_file(tmp_path / "out.png").read_text().splitlines()[-1]) == str(
                 tmp_path / made.name)
@@ -177,7 +188,8 @@ def test_a_file_where_an_output_s_folder_would_be_is_named_in_one_line(tmp_path:
     (tmp_path / "notes").write_text("mine\n")
     out = tmp_path / "notes" / "results"
     assert main(["evaluate", "--method", "bicubic", "--out", str(out)]) == 1
-    assert capsys.readouterr().err == f"rlcsc evaluate: error: {tmp_path / 'notes'} (in {out}) is a file, not a folder\n"
+    said = f"rlcsc evaluate: error: {tmp_path / 'notes'} (in {out}) is a file, not a folder\n"
+    assert capsys.readouterr().err == said
     assert (tmp_path / "notes").read_text() == "mine\n"
 
 

@@ -125,6 +125,24 @@ def test_download_weights_fetches_and_lists_the_pinned_weights(weights_mirror: P
     assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["VDSR", "VDSR/VDSR_Official.mat"]
 
 
+def test_the_weights_go_to_data_weights_by_default_which_convert_s_hint_names(
+        weights_mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_line_error) -> None:
+    """`rlcsc download --weights` fetches into data/weights (not data/raw, the images' folder), where `convert`'s
+    hint for a missing file says it goes; a folder for --weights, or --out naming the weights file, is one line."""
+    monkeypatch.chdir(tmp_path)
+    mat = Path("data/weights/VDSR/VDSR_Official.mat")
+    assert one_line_error(["convert", "--arch", "vdsr", "--weights", str(mat), "--out", "m.pt"]).endswith(
+        f"weights file not found: {mat}; fetch it with `rlcsc download --weights` (into data/weights)")
+    assert main(["download", "--weights", "--mirror", str(weights_mirror)]) == 0
+    assert mat.is_file() and not Path("data/raw").exists()
+    assert one_line_error(["convert", "--arch", "vdsr", "--weights", "data/weights", "--out", "m.pt"]).endswith(
+        "--weights data/weights is a folder; name the weights file in it")
+    before = mat.read_bytes()
+    assert one_line_error(["convert", "--arch", "vdsr", "--weights", str(mat), "--out", str(mat)]).endswith(
+        f"--out {mat} is the --weights file; name another")
+    assert mat.read_bytes() == before
+
+
 def test_a_file_of_the_pinned_size_but_other_bytes_is_refused(tmp_path: Path) -> None:
     """The bytes decide, not the size: a file as long as the pinned one (of zeros) is not it."""
     entry = load_manifest(WEIGHTS, ["VDSR"])[0]

@@ -23,6 +23,7 @@ from rlcsc.crop import modcrop
 from rlcsc.data.augment import AugmentParams, Variant, augment, load_augmented, transform, variant_shape, variants
 from rlcsc.data.patches import PatchParams, PatchSet, count_from_raw, count_pairs, kept, make_pairs, make_patches
 from rlcsc.errors import RlcscError
+from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize
 from rlcsc.lock import writing
 
@@ -444,6 +445,27 @@ def test_a_damaged_training_image_is_named_before_any_work(mirror: Path, tmp_pat
     out = tmp_path / "aug"
     assert main(["augment", "--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == (f"rlcsc augment: error: corrupt {damaged}: not the file manifest.tsv "
-                                               f"pins (its SHA-256 differs); fetch it again with `rlcsc download "
-                                               f"--out {raw}`")
+                                               f"pins (its SHA-256 differs), nor an image of its pixels; fetch it "
+                                               f"again with `rlcsc download --out {raw}`")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
+
+
+def test_a_training_image_in_another_lossless_form_is_taken_by_its_pixels(mirror: Path, tmp_path: Path) -> None:
+    """Re-encoded (other bytes, the same pixels: as a packed copy unpacks) it is the pinned image to the
+    augmentation, which reads nothing but its pixels; one pixel changed, it is not."""
+    from rlcsc.data.augment import training_files
+
+    raw = tmp_path / "raw"
+    for name in ("T91", "BSD200"):
+        (raw / name).mkdir(parents=True)
+        for f in (mirror / name).iterdir():
+            (raw / name / f.name).symlink_to(f)
+    (raw / "T91" / "t1.bmp").unlink()
+    pixels = read_image(mirror / "T91" / "t1.bmp").copy()
+    Image.fromarray(pixels).save(raw / "T91" / "t1.bmp", format="PNG")  # a PNG under the BMP's name
+    assert (raw / "T91" / "t1.bmp").read_bytes() != (mirror / "T91" / "t1.bmp").read_bytes()
+    assert training_files(raw, AugmentParams(every=12))[0] == raw / "T91" / "t1.bmp"
+    pixels[0, 0, 0] ^= 1
+    Image.fromarray(pixels).save(raw / "T91" / "t1.bmp", format="PNG")
+    with pytest.raises(RlcscError, match="nor an image of its pixels"):
+        training_files(raw, AugmentParams(every=12))

@@ -28,7 +28,7 @@ from rlcsc.config import Checked, Rule, at_least, one_of, param
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import read_image
 from rlcsc.imresize import imresize, output_size
-from rlcsc.manifest import checked_images
+from rlcsc.manifest import Entry, checked_images, digest
 from rlcsc.parallel import pmap
 
 FLIPS = ("updown", "leftright", "none")
@@ -64,10 +64,20 @@ def variants(params: AugmentParams) -> list[Variant]:
     ]
 
 
+def _same_pixels(path: Path, entry: Entry) -> bool:
+    """Whether the image file at `path` holds the pixels of the training image `entry` pins (in any lossless
+    form), all that the augmentation reads of it."""
+    try:
+        return digest(read_image(path)) == entry.pixels_sha256
+    except RlcscError:
+        return False
+
+
 def training_files(raw: Path, params: AugmentParams) -> list[Path]:
-    """The training images under `raw`, in manifest order, every `params.every`-th one, each checked against
-    its SHA-256 first (a damaged BMP still decodes): one clear error names the first missing or corrupt."""
-    return checked_images(raw, params.datasets)[:: params.every]
+    """The training images under `raw`, in manifest order, every `params.every`-th one, each checked first
+    against its SHA-256 or, where its bytes differ, its pixels' (a damaged BMP still decodes): one clear error
+    names the first missing or corrupt."""
+    return checked_images(raw, params.datasets, _same_pixels, "an image of its pixels")[:: params.every]
 
 
 def transform(img: np.ndarray, v: Variant) -> np.ndarray:

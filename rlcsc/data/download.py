@@ -33,7 +33,7 @@ WEIGHTS_MIRROR_ENV = "RLCSC_WEIGHTS_MIRROR"
 MIRRORS = {MANIFEST: MIRROR_ENV, WEIGHTS: WEIGHTS_MIRROR_ENV}  # the variable naming each manifest's mirror
 TIMEOUT_S = 60.0  # per network request
 BACKOFF_S = 1.0  # first pause between network attempts; doubles after each failure
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # a network read waits for the whole chunk: small enough that an interruption ends it at once
 
 
 def download_all(
@@ -50,8 +50,12 @@ def download_all(
     named by the manifest's variable ($RLCSC_DATA_MIRROR for the images, $RLCSC_WEIGHTS_MIRROR for the
     weights) when set and not empty; else files come from their URLs.
     """
-    if mirror is None and os.environ.get(MIRRORS[manifest]):
-        mirror = Path(os.environ[MIRRORS[manifest]])
+    variable = MIRRORS[manifest]
+    if mirror is None and os.environ.get(variable):
+        mirror = Path(os.environ[variable])
+        if not mirror.is_dir():
+            raise RlcscError(f"data mirror not found: {mirror}, which ${variable} names; unset it to fetch from the "
+                             "URLs")
     return fetch(load_manifest(manifest, datasets), out, mirror, retries, jobs)
 
 
@@ -122,12 +126,22 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
 
 
 def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
+    """Copy `entry` from `mirror` into `part`; a failed read is said of the mirror's file, not of the output."""
+    source = mirror / entry.relpath
     try:
-        src = open(mirror / entry.dataset / entry.file, "rb")
+        src = open(source, "rb")
     except FileNotFoundError:
         raise RlcscError(f"missing in data mirror {mirror}: {entry.relpath}") from None
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while chunk := src.read(CHUNK):
+                yield chunk
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(source)) from None
+
     with src:
-        return _stream(iter(lambda: src.read(CHUNK), b""), part, bar, stop)
+        return _stream(chunks(), part, bar, stop)
 
 
 class _NetworkError(Exception):
