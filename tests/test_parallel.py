@@ -5,6 +5,7 @@ freed by the map kept for reuse."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import platform
 import signal
 import subprocess
@@ -203,3 +204,19 @@ def test_workers_and_the_calling_process_keep_the_memory_they_free(tmp_path: Pat
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
         found[mode] = int(proc.stdout)
     assert found["plain"] > 500 and found["kept"] < 50 and found["worker"] < 50, found
+
+
+def _blas_threads(_: object = None) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_workers_share_the_cores_in_numpy_s_blas_too() -> None:
+    """numpy's BLAS, loaded in the parent with a thread per core, runs a worker's share of them in each worker."""
+    import numpy  # noqa: F401  (its BLAS loaded before the workers start)
+
+    if not _blas_threads():
+        pytest.skip("no BLAS that threadpoolctl can size is loaded here")
+    with pool(2) as workers:
+        assert workers.submit(_blas_threads).result() == [max(1, (os.cpu_count() or 1) // 2)] * len(_blas_threads())
