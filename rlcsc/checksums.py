@@ -71,11 +71,12 @@ def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = ()) -> None:
             verify_file(folder / name, digest, redo)
 
 
-def verify_run(folder: Path, may_lack: tuple[str, ...] = ()) -> None:
-    """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged (but the
-    files of `may_lack`, which may be missing or unlisted)."""
+def verify_run(folder: Path) -> None:
+    """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged; but its
+    `checkpoint.pt` may be missing or unlisted: only extending the run reads it, so a copy (a run kept without its
+    checkpoint) may leave it out."""
     verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is "
-                   "sealed by its next call)", may_lack)
+                   "sealed by its next call)", ("checkpoint.pt",))
 
 
 def verify_file(path: Path, digest: str, redo: str) -> None:

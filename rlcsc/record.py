@@ -13,7 +13,7 @@ run's folder, committed as `runs/<name>/`, then holds
   (a call that trains further removes the evaluation of the model it replaces);
 - `environment.json`: one entry per call that made or extended the run: GPU, CPU, versions, the project's
   commit and a hash of its source, the resolved params, the command, the date, and what the call did
-  (the steps it trained, whether it evaluated);
+  (the steps it trained, whether it evaluated, whether it was interrupted);
 - `SHA256SUMS`: the SHA-256 of each, written at the end of every call (also one cut short), which the
   report verifies before it reads the run.
 
@@ -173,6 +173,10 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
                                         "computed_in": network.precision})
         done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
         write_json({"calls": calls + [{**call, **done}]}, env_path)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the call says how far it trained, as its checkpoint holds it
+        done.update(steps_after=_steps_done(out, _checkpoint(out)), interrupted=True)
+        write_json({"calls": calls + [{**call, **done}]}, env_path)
+        raise
     finally:
         seal(out)  # what this call wrote, also when it was cut short
 
@@ -234,16 +238,15 @@ def _held(out: Path, calls: list[dict]) -> str | None:
 
 def _check_sealed(out: Path, calls: list[dict]) -> None:
     """The folder `out` holds what `rlcsc record` wrote and sealed, unchanged, before a call writes into it and
-    seals it again (which would otherwise seal an edited file as the program's); a copy may leave out the
-    checkpoint, which only extending the run needs. Only a call killed before it could seal (its entry in
-    `environment.json` says it did not end, and the seal predates that entry) leaves files that this call seals
-    as they are; a call cut short by Ctrl-C or SIGTERM sealed its own."""
+    seals it again (which would otherwise seal an edited file as the program's; `verify_run`). Only a call killed
+    before it could seal (its entry in `environment.json` says it did not end, and the seal predates that entry)
+    leaves files that this call seals as they are; a call cut short by Ctrl-C or SIGTERM sealed its own."""
     if not files(out):
         return
     ended = not calls or "steps_after" in calls[-1] or calls[-1].get("evaluated")
     if not ended and read_sums(out).get("environment.json") != file_sha256(out / "environment.json"):
         return
-    verify_run(out, may_lack=("checkpoint.pt",))
+    verify_run(out)
 
 
 def _checkpoint(out: Path) -> dict | None:

@@ -286,6 +286,17 @@ def test_a_checksum_line_not_as_seal_writes_it_is_named_and_a_blank_one_passed_o
             verify_run(run)
 
 
+def test_a_run_kept_without_its_checkpoint_verifies(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Only extending a run reads its checkpoint.pt: a run kept without it verifies, for the report too."""
+    run = tmp_path / "K25-paper"
+    shutil.copytree(REPO / "runs" / "K25-paper", run, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    assert main(["checksums", "--check", str(run)]) == 0
+    verify_run(run)
+    (run / "model.pt").unlink()  # but every other file it lists
+    assert main(["checksums", "--check", str(run)]) == 1
+    assert "model.pt is missing, which" in capsys.readouterr().err
+
+
 def test_sealing_again_never_takes_an_edited_file(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     """`rlcsc checksums FOLDER` on a sealed run whose listed file was edited refuses, naming it, and keeps the
     old checksums: forgetting `--check` must not bless an edit that the report would then read."""

@@ -121,7 +121,8 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp
     monkeypatch.setattr(rlcsc.record, "train", real)
     assert main(argv) == 0
     calls = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"]
-    assert [(c["steps_before"], c.get("steps_after")) for c in calls] == [(0, None), (20, 30)]
+    assert [(c["steps_before"], c["steps_after"], c.get("interrupted")) for c in calls] == [(0, 20, True),
+                                                                                           (20, 30, None)]
     (tmp_path / "run" / "checkpoint.pt").unlink()  # a copy without its checkpoint, evaluated elsewhere
     assert main([a for a in argv if a != "--no-evaluate"]) == 0
     last = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"][-1]
@@ -273,7 +274,7 @@ def test_an_edited_file_of_a_run_is_never_sealed_as_the_program_s(recorded: Path
     assert capsys.readouterr().err.startswith(f"rlcsc record: error: corrupt {out / 'metrics.json'}: its bytes differ")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     env = json.loads((out / "environment.json").read_text())
-    env["calls"][-1].pop("steps_after")  # as a call cut short leaves it
+    env["calls"][-1].pop("steps_after")  # as a call killed (SIGKILL, a lost machine) leaves it
     env["calls"][-1]["evaluated"] = False
     (out / "environment.json").write_text(json.dumps(env))
     seal(out, ["environment.json"])  # cut by Ctrl-C or SIGTERM, it sealed what it wrote: the edit is still found
