@@ -45,8 +45,8 @@ R = TypeVar("R")
 def share_cores(jobs: int) -> None:
     """Limit a worker's thread pools (torch, OpenMP, numpy's BLAS) to its share of the cores, so that `jobs`
     workers together use every core once instead of each using all of them. A BLAS sizes its pool when it is
-    loaded, in the parent, so OMP_NUM_THREADS comes too late for it: `threadpool_limits` resizes it (for IFC's
-    matrix products, 2 workers of 2 BLAS threads each on 2 cores took 40 % more CPU time, to the same bits)."""
+    loaded, in the parent, so OMP_NUM_THREADS comes too late for it: `threadpool_limits` resizes it (2 workers of 2
+    BLAS threads each on 2 cores took nearly twice the CPU time for IFC's matrix products, to the same bits)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when it is first imported
     if "torch" in sys.modules:
