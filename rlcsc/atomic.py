@@ -49,13 +49,14 @@ def check_result_file(path: Path, replace: bool) -> None:
 def temporary(path: Path, folder: bool = False) -> Iterator[Path]:
     """A new empty file (or folder) beside `path`, hidden, keeping its suffix (a writer may choose its
     format by it), with the permissions a new file gets; removed when the block ends, unless it was
-    renamed into place. Its name begins with at most 32 characters of `path`'s, so that it is no longer
-    than `path`'s when that is near the system's limit."""
+    renamed into place. Its name takes at most 32 characters of `path`'s stem and a suffix only of at most 32
+    (no format is named by a longer one), so that it is not longer than the system's limit when `path`'s is not."""
     try:
         if folder:
             tmp = Path(tempfile.mkdtemp(".tmp", f".{path.name[:32]}.", path.parent))
         else:
-            fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem[:32]}.", path.parent)
+            suffix = path.suffix if len(path.suffix) <= 32 else ""
+            fd, name = tempfile.mkstemp(f".tmp{suffix}", f".{path.stem[:32]}.", path.parent)
             os.close(fd)
             tmp = Path(name)
     except OSError as err:  # a missing or read-only folder: named by the output, not the temporary

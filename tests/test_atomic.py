@@ -69,9 +69,10 @@ def test_a_temporary_is_a_new_name_that_keeps_the_suffix_and_no_other_file_is_to
 def test_a_name_as_long_as_its_lock_allows_has_room_for_its_temporary(tmp_path: Path) -> None:
     longest = os.pathconf(tmp_path, "PC_NAME_MAX") - len("..lock")  # the lock `.<name>.lock` is made first
     write_json({}, tmp_path / ("a" * (longest - len(".json")) + ".json"))
+    write_json({}, tmp_path / ("c." + "d" * (longest - 2)))  # a suffix of nearly the whole name
     with folder_atomically(tmp_path / ("b" * longest)) as tmp:
         (tmp / "x.npy").write_text("new")
-    assert sorted(len(p.name) for p in tmp_path.iterdir()) == [longest, longest]  # no temporary left
+    assert sorted(len(p.name) for p in tmp_path.iterdir()) == [longest] * 3  # no temporary left
 
 
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
