@@ -65,8 +65,14 @@ def writing(*paths: Path) -> Iterator[None]:
     writes one of them."""
     with contextlib.ExitStack() as stack:
         for path in paths:
-            stack.enter_context(_holding(_canonical(path)))
+            canonical = _canonical(path)
+            stack.enter_context(_holding(canonical, _shown(path, canonical)))
         yield
+
+
+def _shown(path: Path, canonical: Path) -> str:
+    """An output in an error: as the user gave it, and, where a symbolic link in it leads elsewhere, where it is."""
+    return str(path) if Path(os.path.abspath(path)) == canonical else f"{path} (that is, {canonical})"
 
 
 def _canonical(path: Path) -> Path:
@@ -83,11 +89,11 @@ def _canonical(path: Path) -> Path:
 
 
 @contextmanager
-def _holding(path: Path) -> Iterator[None]:
+def _holding(path: Path, shown: str) -> Iterator[None]:
     if any(lock.path == path for lock in _HELD):
         yield
         return
-    lock = _acquire(path)
+    lock = _acquire(path, shown)
     _HELD.append(lock)
     try:
         yield
@@ -116,20 +122,22 @@ def check_folders(path: Path) -> None:
         raise RlcscError(f"{inside} (in {path}) is a file, not a folder")
 
 
-def _acquire(path: Path) -> Lock:
-    """Take the lock of `path`; a lock that cannot be taken leaves none of the folders made for it."""
+def _acquire(path: Path, shown: str) -> Lock:
+    """Take the lock of `path` (`shown` in errors); a lock that cannot be taken leaves none of the folders made
+    for it."""
     check_folders(path)
     made = tuple(folder for folder in (path.parent, *path.parent.parents) if not folder.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _take(path, lock_file(path), made)
+        return _take(path, shown, lock_file(path), made)
     except BaseException:
         _remove_empty(made)
         raise
 
 
-def _take(path: Path, file: Path, made: tuple[Path, ...]) -> Lock:
-    """The lock file `file` of `path`, made or taken over from a process that ended, and locked."""
+def _take(path: Path, shown: str, file: Path, made: tuple[Path, ...]) -> Lock:
+    """The lock file `file` of `path` (`shown` in errors), made or taken over from a process that ended, and
+    locked."""
     while True:
         try:
             fd, created = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
@@ -140,22 +148,22 @@ def _take(path: Path, file: Path, made: tuple[Path, ...]) -> Lock:
                 continue  # its holder ended and removed it meanwhile: take a fresh one
         except OSError as err:
             if err.errno != errno.ENAMETOOLONG:  # a read-only folder, or one it may not write: named by the output
-                raise OSError(err.errno, err.strerror, str(path)) from None
-            raise RlcscError(f"the name of {path} is too long: its lock file, .<name>.lock beside it, would pass the "
+                raise OSError(err.errno, err.strerror, shown) from None
+            raise RlcscError(f"the name of {shown} is too long: its lock file, .<name>.lock beside it, would pass the "
                              "system's limit on a name; give a shorter one") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RlcscError(f"{file} (the lock of {path}) is not a file; move it away")
+                raise RlcscError(f"{file} (the lock of {shown}) is not a file; move it away")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RlcscError(f"{path} is being written by {_holder(fd)}; wait for it to end, "
+                raise RlcscError(f"{shown} is being written by {_holder(fd)}; wait for it to end, "
                                  "or write elsewhere") from None
             if not _names(file, fd):
                 os.close(fd)  # its holder ended and removed it meanwhile: take a fresh one
                 continue
             if not created:
-                _clean_up_after(path, file, fd)
+                _clean_up_after(path, shown, file, fd)
             record = {"pid": os.getpid(), "host": socket.gethostname(),
                       "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -189,7 +197,7 @@ def _holder(fd: int) -> str:
         return "another process"  # it has just begun, and not yet said who it is
 
 
-def _clean_up_after(path: Path, file: Path, fd: int) -> None:
+def _clean_up_after(path: Path, shown: str, file: Path, fd: int) -> None:
     """The stale lock of a process that ended without releasing it (killed): remove the temporaries
     it lists. A file that is not such a lock is refused, never written over."""
     lines = _lines(fd)
@@ -198,7 +206,7 @@ def _clean_up_after(path: Path, file: Path, fd: int) -> None:
     try:
         json.loads(lines[0])["pid"]
     except (ValueError, KeyError, TypeError):
-        raise RlcscError(f"{file} is in the way of the lock of {path} and is not one; move it away") from None
+        raise RlcscError(f"{file} is in the way of the lock of {shown} and is not one; move it away") from None
     for line in lines[1:]:
         try:
             tmp = Path(json.loads(line))
