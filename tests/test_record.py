@@ -1,6 +1,6 @@
 """Recorded runs end to end on the CPU with the quick budget (scoring Set5 alone, to keep the suite
 short): data, training, evaluation and the environment, extended by a second call; controlled
-comparisons; how the book labels them."""
+comparisons; how the book labels them (a fast-budget run beside the paper-recipe run too)."""
 
 from __future__ import annotations
 
@@ -558,6 +558,43 @@ def test_the_report_shows_a_recorded_run(recorded: Path, mirror: Path, tmp_path:
         train = json.loads((recorded / "runs" / "K25-quick" / "train.json").read_text())
         html = tables(outputs)
         assert "wall minutes" in html and f"<td>{train['seconds_wall'] / 60:.2f}</td>" in html
+
+
+@pytest.fixture(scope="module")
+def fast_beside_paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Recorded runs: runs/K25-paper and, made from it, a K25-fast run as a fast-budget call would have recorded
+    it (the budget's training parameters in its records; its numbers are the paper-recipe run's), both sealed."""
+    runs = tmp_path_factory.mktemp("fast") / "runs"
+    for name in ("K25-paper", "K25-fast"):
+        shutil.copytree(REPO / "runs" / "K25-paper", runs / name, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    fast = runs / "K25-fast"
+    train = json.loads((fast / "train.json").read_text())
+    layer = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]["fast"]["train"]
+    p = TrainParams(**{**train["train"], **layer, "stop_epoch": 0})
+    train.update(budget="fast", train=asdict(p), recipe_changes=p.recipe_changes())
+    (fast / "train.json").write_text(json.dumps(train, indent=2) + "\n")
+    env = json.loads((fast / "environment.json").read_text())
+    for call in env["calls"]:
+        call["params"].update(budget="fast", train=asdict(p))
+    (fast / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    (fast / "SHA256SUMS").unlink()
+    seal(fast)
+    return runs
+
+
+@pytest.mark.parametrize("name", ["intro", "table1", "table3", "figure7", "training_time"])
+def test_the_report_shows_a_fast_run_beside_the_paper_recipe_run(fast_beside_paper: Path, mirror: Path,
+                                                                  tmp_path: Path, name: str) -> None:
+    """A fast-budget run is shown with the paper-recipe run, each labelled with its budget, the fast one with what
+    its recipe changes."""
+    assert main(report_argv(name, fast_beside_paper, mirror, tmp_path)) == 0
+    cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
+    text = "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+                   if "text/markdown" in o.get("data", {}))
+    assert ("| K25-fast | `rlcsc record` | K = 25, n = 128, m = 256 | fast (not the paper's recipe: zero_last true, "
+            "optimizer adamw, lr 0.001, schedule cosine, warmup 500, weight_decay 0.0, clip none) |") in text
+    assert "| K25-paper | `rlcsc record` | K = 25, n = 128, m = 256 | paper (the paper's recipe) |" in text
+    assert "fast budget" in text and "paper budget" in text
 
 
 def test_the_kind_of_record_a_folder_holds_is_read_from_its_files_and_calls(tmp_path: Path) -> None:
