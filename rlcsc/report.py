@@ -205,8 +205,13 @@ class Run(Evaluated):
         return "not the paper's recipe: " + ", ".join(f"{k} {_word(v)}" for k, v in changes.items())
 
     def extent(self) -> str:
-        """How far it trained, the epochs done out of those planned: "1 of 35 epochs", "35 of 35 epochs"."""
-        return f"{self.train['epochs_done']:g} of {self.train['epochs_planned']:g} epochs"
+        """How far it trained, the epochs done out of those planned: "1 of 35 epochs", "35 of 35 epochs"; a schedule
+        that ends within an epoch (`max_steps`) in its steps: "23,000 of 23,000 steps, 1.53 of 1.53 epochs"."""
+        done, planned = self.train["epochs_done"], self.train["epochs_planned"]
+        if planned == int(planned) or "steps_planned" not in self.train:
+            return f"{done:g} of {planned:g} epochs"
+        steps = f"{self.train['steps_done']:,} of {self.train['steps_planned']:,} steps"
+        return f"{steps}, {done:.3g} of {planned:.3g} epochs"
 
     def state(self) -> str:
         """How it ended: its extent, and a divergence where it diverged (never "completed" for a run

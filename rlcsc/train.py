@@ -466,7 +466,8 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
-               "steps_per_epoch": per_epoch, "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
+               "steps_per_epoch": per_epoch, "steps_planned": p.planned_steps(per_epoch),
+               "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
                "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
                "seconds_wall": round(sum(c["seconds"] for c in made), 1),
                "seconds_training": round(kept["elapsed"], 1), "calls": made,

@@ -571,7 +571,9 @@ def fast_beside_paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = json.loads((fast / "train.json").read_text())
     layer = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]["fast"]["train"]
     p = TrainParams(**{**train["train"], **layer, "stop_epoch": 0})
-    train.update(budget="fast", train=asdict(p), recipe_changes=p.recipe_changes())
+    planned = p.planned_steps(train["steps_per_epoch"])
+    train.update(budget="fast", train=asdict(p), recipe_changes=p.recipe_changes(), steps_planned=planned,
+                 epochs_planned=round(planned / train["steps_per_epoch"], 4))
     (fast / "train.json").write_text(json.dumps(train, indent=2) + "\n")
     env = json.loads((fast / "environment.json").read_text())
     for call in env["calls"]:
@@ -595,6 +597,9 @@ def test_the_report_shows_a_fast_run_beside_the_paper_recipe_run(fast_beside_pap
             "optimizer adamw, lr 0.001, schedule cosine, warmup 500, weight_decay 0.0, clip none) |") in text
     assert "| K25-paper | `rlcsc record` | K = 25, n = 128, m = 256 | paper (the paper's recipe) |" in text
     assert "fast budget" in text and "paper budget" in text
+    fast = json.loads((fast_beside_paper / "K25-fast" / "train.json").read_text())  # how far each trained:
+    assert f"| {fast['steps_done']:,} of {fast['steps_planned']:,} steps, 1 of 1.53 epochs |" in text  # 23,000 steps
+    assert "| 1 of 35 epochs |" in text
 
 
 def test_the_kind_of_record_a_folder_holds_is_read_from_its_files_and_calls(tmp_path: Path) -> None:

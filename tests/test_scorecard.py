@@ -259,6 +259,8 @@ def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
     assert report.Run(run.name, True, {**run.train, "epochs_planned": 35.0}, None, folder).extent() == "1 of 35 epochs"
     finished = {**run.train, "epochs_done": 4.0, "epochs_planned": 4.0}
     assert report.Run(run.name, True, finished, None, folder).extent() == "4 of 4 epochs"
+    by_steps = {**run.train, "steps_done": 15076, "epochs_done": 1.0, "steps_planned": 23000, "epochs_planned": 1.5256}
+    assert report.Run(run.name, True, by_steps, None, folder).extent() == "15,076 of 23,000 steps, 1 of 1.53 epochs"
     assert [report.signed(v, 2) for v in (-0.004, 0.004, -0.006, 0.1)] == ["+0.00", "+0.00", "-0.01", "+0.10"]
     assert report.commit({"commit": "0123456789abcdef-dirty"}) == "0123456789-dirty"
     assert report.commit({"commit": "0123456789abcdef"}) == "0123456789" and report.commit({}) == "unknown"

@@ -455,7 +455,7 @@ def test_the_fast_budget_runs_in_miniature(patches: Path, mirror: Path, tmp_path
     mini = replace(fast, width=1 / 32, pairs=64, batch=8, warmup=4, eval_every=4, max_steps=mini_steps, device="cpu")
     summary = train(mini, patches, mirror, tmp_path)
     assert summary["status"] == "completed" and summary["steps_done"] == mini_steps
-    assert summary["epochs_planned"] == mini_steps / 8
+    assert summary["epochs_planned"] == mini_steps / 8 and summary["steps_planned"] == mini_steps
     lrs = [c["lr"] for c in summary["curve"]]
     assert lrs[-1] < 0.05 * fast.lr < lrs[0] <= fast.lr  # warm-up, then a cosine decay towards zero
     assert summary["train"]["optimizer"] == "adamw" and summary["train"]["clip"] is None
