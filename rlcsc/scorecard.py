@@ -13,11 +13,12 @@ the recorded runs scaled by each network's arithmetic (`benchmark.forward_flops_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rlcsc.config import read_params
+from rlcsc.config import build, read_params, resolve
 from rlcsc.models.rlcsc import RLCSCConfig
 from rlcsc.reference import table
 from rlcsc.report import DIGITS, EXPLAIN, UNITS, Measured, Page, Run, against_paper, signed, within
@@ -230,7 +231,8 @@ def _frames(measured: Measured) -> dict[str, pd.DataFrame]:
 
 @dataclass(frozen=True)
 class Cost:
-    """GPU time to train one paper experiment to its plan, from where its furthest paper-recipe run stands."""
+    """GPU time to train one paper experiment to its plan under a budget, from where its furthest run of that budget
+    stands (the training steps alone)."""
 
     experiment: str
     steps_left: int
@@ -238,38 +240,39 @@ class Cost:
     basis: str  # whose ms per step, in words: a recorded run (and its machine), or one scaled by the arithmetic
 
 
-def costs(page: Page) -> list[Cost]:
-    """For each network among the experiments of params.yaml (seeds once), the steps its paper-recipe
-    run still needs (to `rlcsc.train.TrainParams.last_step`; none once a run of it diverged, which finishes it) and
-    their GPU-hours at the measured ms per step of a recorded paper-budget run of the same network, else of
-    the one trained furthest scaled by the two networks' forward arithmetic. Empty when no paper-budget run
-    was recorded."""
+def costs(page: Page, budget: str = "paper") -> list[Cost]:
+    """For each network among the experiments of params.yaml (seeds once), the steps its run of `budget` (paper or
+    fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none once a run
+    of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded paper-scale
+    run of the same network (of that budget first), else of the one trained furthest scaled by the two networks'
+    forward arithmetic. Empty when no paper-scale run was recorded."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
-    timed = [r for r in page.runs if r.recorded and r.train.get("budget") == "paper"]
+    timed = [r for r in page.runs if r.recorded and r.paper_scale]
     if not timed:
         return []
-    base = max(timed, key=lambda r: r.train["steps_done"])
+    base = max(timed, key=lambda r: (r.train.get("budget") == budget, r.train["steps_done"]))
     base_flops = flops(TrainParams.known(base.config))
-    params = read_params(page.params)
+    params = {**read_params(page.params), "budget": budget}
     seen, out = set(), []
-    for name, block in (params.get("experiments") or {}).items():
-        p = TrainParams.known({**(params.get("train") or {}), **(block or {})})
+    for name in params.get("experiments") or {}:
+        p = build(TrainParams, resolve(params, Path(page.params), "train", TrainParams, name), str(page.params))
         key = (p.arch, p.recursions, p.features, p.codes, p.residual, p.bias)
         if key in seen:
             continue
         seen.add(key)
         same = [r for r in timed if network(r) == key]
-        diverged = next((r for r in same if r.diverged), None)
+        ours = [r for r in same if r.train.get("budget") == budget]
+        diverged = next((r for r in ours if r.diverged), None)
         if diverged:  # a run that diverged is finished: its divergence is its result, and it trains no further
             out.append(Cost(name, 0, 0.0, f"none: {diverged.name} diverged, its result"))
             continue
-        done = max((r.train["steps_done"] for r in same), default=0)
         if same:
-            run = max(same, key=lambda r: r.train["steps_done"])
+            run = max(same, key=lambda r: (r in ours, r.train["steps_done"]))
             ms, basis = run.train["ms_per_step"], f"{run.name} ({run.device})"
         else:
             ms, basis = base.train["ms_per_step"] * flops(p) / base_flops, f"{base.name}, scaled by the arithmetic"
+        done = max((r.train["steps_done"] for r in ours), default=0)
         left = max(0, p.last_step(base.train["steps_per_epoch"]) - done)
         out.append(Cost(name, left, left * ms / 3.6e6, basis))
     return out

@@ -241,6 +241,26 @@ def test_the_cost_of_the_rest_follows_each_experiment_s_plan_and_arithmetic(tmp_
     assert "scaled by the arithmetic" in cost["K48"].basis
 
 
+def test_the_fast_budget_s_cost_is_its_own_plan_at_the_measured_speed(tmp_path: Path) -> None:
+    """Under the fast budget every experiment plans `max_steps`; a fast run of a network counts its steps, and its
+    ms per step, for the fast budget alone: the paper recipe's cost still counts only paper-budget runs."""
+    fast_steps = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]["fast"]["train"]["max_steps"]
+    _run(tmp_path, "K25-paper", "paper")
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    paper, fast = ({c.experiment: c for c in scorecard.costs(page, budget)} for budget in ("paper", "fast"))
+    ms = json.loads((tmp_path / "K25-paper" / "train.json").read_text())["ms_per_step"]
+    assert {c.steps_left for c in fast.values()} == {fast_steps}  # K25_noresidual's 14 epochs are longer
+    assert fast["K25"].hours == pytest.approx(fast_steps * ms / 3.6e6) and "K25-paper" in fast["K25"].basis
+    folder = _run(tmp_path, "K25-fast", "fast")
+    train = json.loads((folder / "train.json").read_text())
+    (folder / "train.json").write_text(json.dumps({**train, "steps_done": 5000, "ms_per_step": 2 * ms}))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    now = {c.experiment: c for c in scorecard.costs(page, "fast")}
+    assert now["K25"].steps_left == fast_steps - 5000 and "K25-fast" in now["K25"].basis
+    assert now["K25"].hours == pytest.approx((fast_steps - 5000) * 2 * ms / 3.6e6)
+    assert {c.experiment: c for c in scorecard.costs(page, "paper")}["K25"] == paper["K25"]
+
+
 def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
     """What the pages say of a run: the share of its steps clipped (over all its steps, not per snapshot), the
     training minutes when it first reached a PSNR (reaching it exactly counts), its final Set5 x3 PSNR (its
