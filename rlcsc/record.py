@@ -33,6 +33,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -158,6 +159,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     work.mkdir(parents=True, exist_ok=True)  # before the run's folder is written: a bad --work loses nothing
     out.mkdir(parents=True, exist_ok=True)
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
+    started = time.monotonic()
     try:
         if needs_training:
             patches = prepare_data(blocks, raw, work, jobs)
@@ -167,14 +169,16 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
             for name in RESULTS:  # the evaluation of the model it replaced
                 (out / name).unlink(missing_ok=True)
         if evaluate_after:
+            scoring = time.monotonic()
             network = Network(out / "model.pt", pick_device(p.device).type, e.precision)
             scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)
             write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt"),
                                         "computed_in": network.precision})
-        done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after)
+            done["seconds_evaluating"] = _since(scoring)
+        done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after, seconds=_since(started))
         write_json({"calls": calls + [{**call, **done}]}, env_path)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the call says how far it trained, as its checkpoint holds it
-        done.update(steps_after=_steps_done(out, _checkpoint(out)), interrupted=True)
+        done.update(steps_after=_steps_done(out, _checkpoint(out)), interrupted=True, seconds=_since(started))
         write_json({"calls": calls + [{**call, **done}]}, env_path)
         raise
     finally:
@@ -206,6 +210,7 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         _check_sealed(out, calls)
     out.mkdir(parents=True, exist_ok=True)
     call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
+    started = time.monotonic()
     try:
         write_json({"calls": [{**call, "evaluated": False}]}, env_path)  # first: what a call cut short was
         if model is not None and not kept.exists():
@@ -216,9 +221,14 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
                  else {"model": None, "method": "bicubic"})
         write_results(scores, out, {**asdict(e), "budget": budget, **about})
-        write_json({"calls": [{**call, "evaluated": True}]}, env_path)
+        write_json({"calls": [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
     finally:
         seal(out)
+
+
+def _since(start: float) -> float:
+    """Wall seconds since `start` (`time.monotonic`), to a tenth."""
+    return round(time.monotonic() - start, 1)
 
 
 # The kinds of record a folder holds (`_held`), in words.

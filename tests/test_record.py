@@ -73,6 +73,7 @@ def test_a_recorded_run_holds_everything_the_program_wrote(recorded: Path) -> No
     assert {p.name for p in out.iterdir()} == FILES
     (env,) = json.loads((out / "environment.json").read_text())["calls"]
     assert env["steps_before"] == 0 and env["steps_after"] == 40 and env["evaluated"] is True
+    assert env["seconds"] > env["seconds_evaluating"] > 0  # the call's wall time, and its evaluation's
     assert env["source_sha256"] == source_hash() and env["torch"] == torch.__version__
     assert env["params"]["budget"] == "quick" and env["params"]["experiment"] == "K25"
     assert env["params"]["train"]["max_steps"] == 40 and env["params"]["train"]["recursions"] == 25
@@ -105,6 +106,7 @@ def test_a_second_call_extends_the_run_on_the_same_data(recorded: Path, mirror: 
     calls = json.loads((out / "environment.json").read_text())["calls"]
     assert [(c["steps_before"], c["steps_after"], c["evaluated"]) for c in calls] == [(0, 40, True), (40, 60, False),
                                                                                      (60, 60, True)]
+    assert ["seconds_evaluating" in c for c in calls] == [True, False, True] and all(c["seconds"] > 0 for c in calls)
 
 
 def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp_path: Path,
@@ -123,6 +125,7 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp
     calls = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"]
     assert [(c["steps_before"], c["steps_after"], c.get("interrupted")) for c in calls] == [(0, 20, True),
                                                                                            (20, 30, None)]
+    assert all(c["seconds"] > 0 for c in calls)  # the call cut short too
     (tmp_path / "run" / "checkpoint.pt").unlink()  # a copy without its checkpoint, evaluated elsewhere
     assert main([a for a in argv if a != "--no-evaluate"]) == 0
     last = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"][-1]
@@ -303,6 +306,8 @@ def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirro
     for which, out in ((["--model", str(run / "model.pt")], model), (["--method", "bicubic"], bicubic)):
         assert main(["record", "--params", str(params), "--budget", "quick", *which, "--raw", str(mirror),
                      "--out", str(out), "--jobs", "2"]) == 0
+        (call,) = json.loads((out / "environment.json").read_text())["calls"]
+        assert call["evaluated"] is True and call["seconds"] > 0
     common = ["--params", str(params), "--budget", "quick", "--raw", str(mirror), "--work", str(recorded / "work"),
               "--jobs", "2"]
     cases = [(["--steps", str(done + 10), "--out", str(run)], f"{run} holds a run but not its checkpoint.pt"),
