@@ -245,15 +245,15 @@ def costs(page: Page, budget: str = "paper") -> list[Cost]:
     fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none once a run
     of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded paper-scale
     run of the same network (of that budget first), else of the one trained furthest scaled by the two networks'
-    forward arithmetic. Empty when no paper-scale run was recorded."""
+    forward arithmetic. Empty when no paper-scale run was recorded, or params.yaml has no such budget."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
     timed = [r for r in page.runs if r.recorded and r.paper_scale]
-    if not timed:
+    params = {**read_params(page.params), "budget": budget}
+    if not timed or budget not in (params.get("budgets") or {}):
         return []
     base = max(timed, key=lambda r: (r.train.get("budget") == budget, r.train["steps_done"]))
     base_flops = flops(TrainParams.known(base.config))
-    params = {**read_params(page.params), "budget": budget}
     seen, out = set(), []
     for name in params.get("experiments") or {}:
         p = build(TrainParams, resolve(params, Path(page.params), "train", TrainParams, name), str(page.params))

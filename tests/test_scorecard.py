@@ -259,6 +259,11 @@ def test_the_fast_budget_s_cost_is_its_own_plan_at_the_measured_speed(tmp_path: 
     assert now["K25"].steps_left == fast_steps - 5000 and "K25-fast" in now["K25"].basis
     assert now["K25"].hours == pytest.approx((fast_steps - 5000) * 2 * ms / 3.6e6)
     assert {c.experiment: c for c in scorecard.costs(page, "paper")}["K25"] == paper["K25"]
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    del blocks["budgets"]["fast"]  # a params file without the budget: no cost under it, the paper's still
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(blocks))
+    page = report.page(str(tmp_path / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    assert scorecard.costs(page, "fast") == [] and len(scorecard.costs(page, "paper")) == len(paper)
 
 
 def test_a_run_s_numbers_in_words(tmp_path: Path) -> None:
