@@ -9,11 +9,14 @@ import io
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import URLError
 
@@ -412,3 +415,48 @@ def test_the_weights_come_from_their_own_mirror_variable(refused: list[str], tmp
         with pytest.raises(RlcscError, match=rf"^missing in data mirror {re.escape(str(weights))}: {first.relpath}$"):
             download_all(tmp_path / "out", manifest=WEIGHTS, jobs=1)
     assert refused == []
+
+
+def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path) -> None:
+    """Ctrl-C while the server has stopped sending in the middle of a file: the download ends within seconds,
+    not when the read times out (TIMEOUT_S), and leaves neither the file nor its temporary."""
+    sent, release = threading.Event(), threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA[:1000])
+            self.wfile.flush()
+            sent.set()
+            release.wait(2 * download.TIMEOUT_S)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    entry = dataclasses.replace(PINNED, url=f"http://127.0.0.1:{server.server_address[1]}/x.bin")
+    out = tmp_path / "data"
+    script = ("from pathlib import Path; from rlcsc.data.download import fetch; from rlcsc.manifest import Entry; "
+              f"fetch([Entry(*{dataclasses.astuple(entry)!r})], Path({str(out)!r}))")
+    env = {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        assert sent.wait(60)
+        time.sleep(0.5)  # the client waits in its read of the rest
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=2 * download.TIMEOUT_S)
+        waited = time.monotonic() - start
+    finally:
+        proc.kill()
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert b"KeyboardInterrupt" in err
+    assert waited < download.TIMEOUT_S / 4
+    assert not (out / entry.relpath).exists() and parts(out) == []

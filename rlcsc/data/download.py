@@ -13,10 +13,13 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from http.client import HTTPResponse
 from pathlib import Path
 from time import sleep
 from urllib.error import HTTPError
@@ -70,7 +73,7 @@ def fetch(
 
     Returns the number of files fetched (verified files already in `out` are skipped). The first
     error (or an interruption) cancels the files not yet started, stops the running ones at their next
-    chunk, and is raised once they have stopped.
+    chunk (a read waiting on a stalled server at once), and is raised once they have stopped.
     """
     if retries < 1 or jobs < 1:
         raise RlcscError(f"retries and jobs must be at least 1 (got {retries} and {jobs})")
@@ -78,7 +81,7 @@ def fetch(
         raise RlcscError(f"data mirror not found: {mirror}")
     fetched = 0
     total = sum(e.bytes for e in entries)
-    stop = threading.Event()  # set by an error or an interruption: the transfers under way end at their next chunk
+    stop = _Stop()
     with (
         tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar,
         ThreadPoolExecutor(max_workers=jobs) as pool,
@@ -96,7 +99,7 @@ def fetch(
     return fetched
 
 
-def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm, stop: threading.Event) -> bool:
+def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm, stop: _Stop) -> bool:
     """Bring one file into place, renamed there only once verified (unless `stop` is set first); False when a
     verified copy was already there."""
     dest = out / entry.relpath
@@ -125,7 +128,7 @@ def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: 
     return True
 
 
-def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
+def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: _Stop) -> tuple[int, str]:
     """Copy `entry` from `mirror` into `part`; a failed read is said of the mirror's file, not of the output."""
     source = mirror / entry.relpath
     try:
@@ -144,6 +147,43 @@ def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: threading.Eve
         return _stream(chunks(), part, bar, stop)
 
 
+class _Stop:
+    """Set by the first error or an interruption: the transfers under way end at their next chunk, and a read
+    waiting on a server that has stopped sending ends at once (its connection is shut down), not after
+    TIMEOUT_S."""
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+        self._lock = threading.Lock()  # held while a response is shut down: it cannot be closed meanwhile
+        self._open: set[HTTPResponse] = set()
+
+    def is_set(self) -> bool:
+        return self._set.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set.set()
+            for response in self._open:
+                try:  # a duplicate of the connection's descriptor: shutting it down wakes the read on the original
+                    with socket.fromfd(response.fileno(), socket.AF_INET, socket.SOCK_STREAM) as connection:
+                        connection.shutdown(socket.SHUT_RDWR)
+                except OSError:  # no socket behind it, or one already shut
+                    pass
+
+    @contextmanager
+    def watching(self, response: HTTPResponse) -> Iterator[None]:
+        """Within it, setting `self` shuts `response`'s connection down."""
+        with self._lock:
+            if self._set.is_set():
+                raise _Stopped
+            self._open.add(response)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open.discard(response)
+
+
 class _NetworkError(Exception):
     """A request or a read that failed on the network (its reason the message): worth another attempt."""
 
@@ -152,10 +192,10 @@ class _Stopped(Exception):
     """The download was stopped (another file's error, or an interruption) while this file was under way."""
 
 
-def _body(url: str) -> Iterator[bytes]:
+def _body(url: str, stop: _Stop) -> Iterator[bytes]:
     """The bytes at `url`, in chunks; a failure of the request or of a read is a `_NetworkError`."""
     try:
-        with urlopen(url, timeout=TIMEOUT_S) as response:
+        with urlopen(url, timeout=TIMEOUT_S) as response, stop.watching(response):
             while chunk := response.read(CHUNK):
                 yield chunk
     except HTTPError as err:
@@ -164,22 +204,22 @@ def _body(url: str) -> Iterator[bytes]:
         raise _NetworkError(getattr(err, "reason", None) or err) from None
 
 
-def _download(entry: Entry, part: Path, retries: int, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
+def _download(entry: Entry, part: Path, retries: int, bar: tqdm, stop: _Stop) -> tuple[int, str]:
     """Fetch `entry` into `part`, up to `retries` times on network failures; an error writing `part` (a full
     disk) is raised at once."""
     for attempt in range(retries):
-        if attempt:
+        if attempt and not stop.is_set():
             sleep(BACKOFF_S * 2 ** (attempt - 1))
         if stop.is_set():
             raise _Stopped
         try:
-            return _stream(_body(entry.url), part, bar, stop)
+            return _stream(_body(entry.url, stop), part, bar, stop)
         except _NetworkError as err:
             reason = err
     raise RlcscError(f"download failed after {retries} attempts: {entry.url}: {reason}")
 
 
-def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm, stop: threading.Event) -> tuple[int, str]:
+def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm, stop: _Stop) -> tuple[int, str]:
     """Write `chunks` into `part` until they end or `stop` is set; return its size and SHA-256. The bytes
     count on `bar` as they come, and are taken back if the copy fails (a next attempt counts them again)."""
     digest, size = hashlib.sha256(), 0
