@@ -474,10 +474,19 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     decaying = replace(run, train={**run.train, "train": {**run.config, "schedule": "cosine"}})
     assert references(result, [decaying]) == []  # its learning rate at a step depends on its own length
 
-    assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
-    outputs = [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
-               for o in c.get("outputs", [])]
+    def page_outputs() -> list[dict]:
+        assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
+        return [o for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
+                for o in c.get("outputs", [])]
+
+    outputs = page_outputs()
     assert row_headings(tables(outputs))[:3] == ["base", "lr", "K25-quick † (recorded run)"]  # after the two variants
+    assert "its minutes do not compare" not in json.dumps(outputs)  # the same machine
+    elsewhere = {**result, "environment": {**result["environment"], "gpu": "NVIDIA H100 80GB HBM3"}}
+    out.write_text(json.dumps(elsewhere))
+    seal(out.parent)
+    assert ("Not on the comparison's machine, so its minutes do not compare: K25-quick trained on cpu"
+            in json.dumps(page_outputs()))
 
 
 def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
