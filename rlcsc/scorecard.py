@@ -2,9 +2,10 @@
 
 For every table and figure of the paper that reports RL-CSC numbers, the published values
 (`rlcsc/reference/*.csv`) are set against the counting run of the same network (`counting`: `paper` or
-`fast` budget, recorded or this pipeline's, nearest the end of its training; a `quick` run never counts;
-Table 3's points along the paper's recipe against a `paper` run only): how many lie within the
-tolerances of `params.yaml` (`report`), the range of the differences, the run and how far it trained.
+`fast` budget, recorded or this pipeline's, that has scored them, nearest the end of its training; a
+`quick` run never counts; Table 3's points along the paper's recipe against a `paper` run only): how
+many lie within the tolerances of `params.yaml` (`report`), the range of the differences, the run and
+how far it trained.
 Beside them, the protocol checks (bicubic and the released comparison models against the paper's
 columns for them), and what closing the rest would cost in GPU-hours, from the measured ms per step of
 the recorded runs scaled by each network's arithmetic (`benchmark.forward_flops_per_pixel`).
@@ -12,6 +13,7 @@ the recorded runs scaled by each network's arithmetic (`benchmark.forward_flops_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +73,16 @@ def network(run: Run) -> tuple:
     return m["arch"], m["recursions"], m["features"], m["codes"], m["residual"], m["bias"]
 
 
-def counting(runs: list[Run], k: int, n: int, m: int, residual: bool = True, budget: str | None = None) -> Run | None:
+def counting(runs: list[Run], k: int, n: int, m: int, residual: bool = True, budget: str | None = None,
+             scored: Callable[[Run], bool] = lambda run: True) -> Run | None:
     """The run that counts for the paper's RL-CSC network (K, n, m, residual; no biases): of its paper-scale
-    runs (of `budget` alone, where given), one that finished its plan before one that stopped short of it (a
-    finished fast run before a paper-recipe run a few of its 35 epochs in), then the one that trained the most
-    steps; None when there is none."""
+    runs (of `budget` alone, where given), one that has scored the numbers in question (`scored`: a run not yet
+    evaluated has no Table 1) before one that has not, then one that finished its plan before one that stopped
+    short of it (a finished fast run before a paper-recipe run a few of its 35 epochs in), then the one that
+    trained the most steps; None when there is none."""
     hits = [r for r in runs if r.paper_scale and network(r) == ("rlcsc", k, n, m, residual, False)
             and budget in (None, r.train.get("budget"))]
-    return max(hits, key=lambda r: (r.finished, r.train["steps_done"], r.recorded), default=None)
+    return max(hits, key=lambda r: (scored(r), r.finished, r.train["steps_done"], r.recorded), default=None)
 
 
 def epoch_psnr(run: Run) -> dict[int, float]:
@@ -106,7 +110,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
     score, compared on its page)."""
     paper = RLCSCConfig()  # the network the published numbers are of, whichever experiment the pages call main
     k, n, m = paper.recursions, paper.features, paper.codes
-    main = counting(page.runs, k, n, m)
+    main = counting(page.runs, k, n, m, scored=lambda run: bool(run.metrics))
     f7 = table("figure7")
     depth = int(f7[f7.recursions == RLCSCConfig().recursions].depth.iloc[0])  # the network of Tables 1-3
     out = []
@@ -116,7 +120,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
         out.append(Line(item, metric, keys, measured, diffs, tolerance[metric], main))
     t3 = table("table3")
     for residual, words in ((True, "with residual"), (False, "no residual")):
-        run = counting(page.runs, k, n, m, residual, "paper")  # epochs of the paper's recipe
+        run = counting(page.runs, k, n, m, residual, "paper", lambda run: bool(epoch_psnr(run)))  # the paper's recipe
         ref = t3[t3.residual == residual]
         at = epoch_psnr(run) if run else {}
         keys = tuple(number(depth, "Set5", 3, "psnr", e, residual) for e in ref.epoch)
@@ -128,7 +132,7 @@ def lines(page: Page, tolerance: dict[str, float]) -> list[Line]:
               for r in table("figure1").query("model == 'RL-CSC'").itertuples()]
     points += [("Figure 7", r.recursions, r.depth, r.psnr) for r in f7.itertuples()]
     for figure, k_point, depth_point, psnr in points:  # Set5 x3 PSNR after 35 epochs of the network of depth K + 5
-        run = counting(page.runs, int(k_point), n, m)
+        run = counting(page.runs, int(k_point), n, m, scored=lambda run: not np.isnan(run.last_psnr()))
         key = number(int(depth_point), "Set5", 3, "psnr")
         value = run.last_psnr() if run else np.nan  # NaN: neither evaluated nor scored by the monitor
         measured = not np.isnan(value)

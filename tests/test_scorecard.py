@@ -111,6 +111,27 @@ def test_a_finished_run_counts_for_the_final_numbers_and_only_a_paper_recipe_run
     assert scorecard.lines(page, TOLERANCE)[0].run.name == "K25-paper"
 
 
+def test_a_run_not_yet_evaluated_gives_way_for_the_numbers_it_has_not_scored(tmp_path: Path) -> None:
+    """A fast run that finished its training but has not been evaluated yet (its evaluation is a later call) scores
+    Figure 7's K = 25 point by its monitor, and leaves Tables 1-2 to the evaluated paper-recipe run, which would
+    otherwise lose its measured numbers to it; with no evaluated run, the line names the run that has none."""
+    runs = tmp_path / "runs"
+    fast = _run(runs, "K25-fast", "fast", epochs=1.5256)
+    (fast / "metrics.json").unlink()
+    train = json.loads((fast / "train.json").read_text())
+    (fast / "train.json").write_text(json.dumps({**train, "steps_done": 23000, "epochs_planned": 1.5256}))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(runs), "K25")
+    psnr = scorecard.lines(page, TOLERANCE)[0]
+    assert psnr.run.name == "K25-fast" and psnr.measured == ()
+    _run(runs, "K25-paper", "paper", _paper_metrics(-0.5))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(runs), "K25")
+    found = {line.item: line for line in scorecard.lines(page, TOLERANCE)}
+    for item in ("Table 1, PSNR", "Table 1, SSIM", "Table 2, IFC"):
+        assert found[item].run.name == "K25-paper" and len(found[item].measured) == found[item].published
+    assert found["Figure 7, K = 25"].run.name == "K25-fast"
+    assert found["Table 3, with residual"].run.name == "K25-paper"
+
+
 def test_a_number_the_paper_prints_in_several_places_counts_once_in_the_totals(tmp_path: Path) -> None:
     """Table 1's Set5 x3 PSNR of RL-CSC is also Figure 1's K = 25 point and Figure 7's K = 25 point, and Figure 1's
     K = 48 point is Figure 7's: each of those rows counts it, the totals once; each point is set against the run
