@@ -555,6 +555,14 @@ def spread_groups(shown: list[Run], runs: list[Run]) -> list[list[Run]]:
     return [group for group in seed_groups(runs) if len(group) > 1 and any(r in group for r in shown)]
 
 
+def unevaluated(runs: list[Run]) -> list[str]:
+    """The sentence naming the paper-scale runs among `runs` that a page of evaluation scores leaves out because they
+    have not been evaluated yet (a recorded run trained in one call and evaluated in a later one); none if none."""
+    waiting = [f"**{r.name}** ({r.train.get('budget')} budget, {r.extent()})" for r in runs
+               if r.paper_scale and not r.metrics]
+    return [f"Not evaluated yet, so not on this page: {'; '.join(waiting)}."] if waiting else []
+
+
 def sources(runs: list, marked: bool = True) -> str:
     """The runs table of a page (markdown): one row per run or measured model it shows (its `row`); `marked`
     where the page's tables and figures mark their columns and points with †."""

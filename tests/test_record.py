@@ -616,6 +616,30 @@ def test_the_report_shows_a_fast_run_beside_the_paper_recipe_run(fast_beside_pap
     assert "| 1 of 35 epochs |" in text
 
 
+@pytest.mark.parametrize("name", ["table1", "table2", "figure1"])
+def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated(
+        fast_beside_paper: Path, mirror: Path, tmp_path: Path, name: str) -> None:
+    """A fast run trained in one call and not yet evaluated (its evaluation is a later call) has no scores to show
+    beside the paper's: the page says so, rather than leave it out unsaid."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+
+    def text() -> str:
+        assert main(report_argv(name, runs, mirror, tmp_path)) == 0
+        cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
+        return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+                       if "text/markdown" in o.get("data", {}))
+
+    assert "Not evaluated yet" not in text()
+    for result in RESULTS:
+        (runs / "K25-fast" / result).unlink()
+    (runs / "K25-fast" / "SHA256SUMS").unlink()
+    seal(runs / "K25-fast")
+    said = text()
+    assert "Not evaluated yet, so not on this page: **K25-fast** (fast budget, 15,076 of 23,000 steps" in said
+    assert "K25-paper" in said
+
+
 def test_the_kind_of_record_a_folder_holds_is_read_from_its_files_and_calls(tmp_path: Path) -> None:
     """A training call cut short before it wrote a file still makes its folder a training run's; a call that named
     a model, a model's evaluation; an evaluation without either, bicubic's. The files decide where they are."""
