@@ -318,6 +318,16 @@ def paper_set5_x3(run: Run) -> float | None:
     return float(hit.iloc[0]) if len(hit) else None
 
 
+def psnr_at(curve: list[dict], seconds: float) -> float | None:
+    """The Set5 x3 PSNR of `curve` (the snapshots of a `train.json` or of a comparison's variant) after `seconds`
+    of training: a snapshot's own where one falls there, else read linearly between the two either side; None
+    before the first snapshot or after the last."""
+    times = [c["seconds"] for c in curve]
+    if not times or not times[0] <= seconds <= times[-1]:
+        return None
+    return float(np.interp(seconds, times, [c["psnr"] for c in curve]))
+
+
 def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]:
     return pipeline_runs(params, models, results) + recorded_runs(runs)
 

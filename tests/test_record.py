@@ -22,7 +22,7 @@ from rlcsc.device import cpu_description
 from rlcsc.evaluate import RESULTS
 from rlcsc.inference import describe_model
 from rlcsc.provenance import source_hash
-from rlcsc.report import Run, commit, paper_set5_x3, recorded_runs, references
+from rlcsc.report import Run, commit, paper_set5_x3, psnr_at, recorded_runs, references
 from rlcsc.train import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,12 @@ def tables(outputs: list[dict]) -> str:
 def row_headings(html: str) -> list[str]:
     """The row headings of the HTML tables `html`, in order."""
     return re.findall(r"<th>([^<]+)</th>\s*<td>", html)
+
+
+def row_cells(html: str, heading: str) -> list[str]:
+    """The cells of the row headed `heading` in the HTML tables `html`."""
+    (row,) = re.findall(rf"<th>{re.escape(heading)}</th>\s*((?:<td>[^<]*</td>\s*)+)", html)
+    return re.findall(r"<td>([^<]*)</td>", row)
 
 
 def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
@@ -382,6 +388,13 @@ def test_a_run_is_timed_to_the_paper_s_number_for_its_network(recorded: Path) ->
     assert network().minutes_to(34.11) == 2 and network().minutes_to(34.3) is None
 
 
+def test_a_curve_is_read_at_a_time_between_its_snapshots() -> None:
+    """A recipe's PSNR after a given training time: a snapshot's own, else linear between its neighbours."""
+    curve = [{"step": s, "seconds": 30.0 * s, "psnr": psnr} for s, psnr in ((1, 31.0), (2, 32.0), (4, 33.0))]
+    assert [psnr_at(curve, t) for t in (30.0, 45.0, 60.0, 90.0, 120.0)] == [31.0, 31.5, 32.0, 32.5, 33.0]
+    assert psnr_at(curve, 29.9) is None and psnr_at(curve, 120.1) is None and psnr_at([], 0.0) is None
+
+
 def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "comparison.json"
@@ -431,6 +444,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
     assert "none (the budget as it stood, below)" in text  # the base variant's changes, in words
     assert row_headings(tables(outputs)) == ["base", "again", "bias", "cosine", "half"]  # one row per variant
+    first = min(v["curve"][-1]["seconds"] for v in result["variants"])  # every variant read when the first ended
+    assert f"<th>PSNR at {first / 60:.2f} min</th>" in tables(outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the ladder's curves (no run has trained)
 
 
@@ -482,11 +497,25 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     outputs = page_outputs()
     assert row_headings(tables(outputs))[:3] == ["base", "lr", "K25-quick † (recorded run)"]  # after the two variants
     assert "its minutes do not compare" not in json.dumps(outputs)  # the same machine
-    elsewhere = {**result, "environment": {**result["environment"], "gpu": "NVIDIA H100 80GB HBM3"}}
+
+    # the variants' curves timed so that base ends when the recorded run took its snapshot, and lr a second later
+    ((seconds, psnr),) = [(c["seconds"], c["psnr"]) for c in run.train["curve"]]
+    timed = {**result, "variants": [{**v, "curve": [{**v["curve"][-1], "seconds": seconds + i}]}
+                                    for i, v in enumerate(result["variants"])]}
+    out.write_text(json.dumps(timed))
+    seal(out.parent)
+    html = tables(page_outputs())
+    assert f"<th>PSNR at {seconds / 60:.2f} min</th>" in html  # every curve read when base ended
+    assert row_cells(html, "base")[-1] == f"{timed['variants'][0]['curve'][-1]['psnr']:.3f}"
+    assert row_cells(html, "lr")[-1] == "-"  # its one snapshot came later
+    assert row_cells(html, "K25-quick † (recorded run)")[-1] == f"{psnr:.3f}"
+    elsewhere = {**timed, "environment": {**result["environment"], "gpu": "NVIDIA H100 80GB HBM3"}}
     out.write_text(json.dumps(elsewhere))
     seal(out.parent)
-    assert ("Not on the comparison's machine, so its minutes do not compare: K25-quick trained on cpu"
-            in json.dumps(page_outputs()))
+    outputs = page_outputs()
+    said = "Not on the comparison's machine, so its minutes do not compare: K25-quick trained on cpu"
+    assert said in json.dumps(outputs)
+    assert row_cells(tables(outputs), "K25-quick † (recorded run)")[-1] == "-"  # nor its PSNR at their minutes
 
 
 def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
