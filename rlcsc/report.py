@@ -328,6 +328,42 @@ def psnr_at(curve: list[dict], seconds: float) -> float | None:
     return float(np.interp(seconds, times, [c["psnr"] for c in curve]))
 
 
+COLLAPSED = 0.99  # the share of output pixels at 0 from which an output counts as collapsed (Table 3's 6.54 dB)
+
+
+def convergence(run: Run, runs: list[Run], bicubic: float) -> str:
+    """Whether `run`, a network without the residual connection, converged, in sentences that follow one naming
+    it, against the paper's claim (Section 5.4, Table 3) that such a network "cannot even converge": it diverged
+    (a non-finite loss or gradient); or its output collapsed (at least `COLLAPSED` of its output pixels round to 0
+    at its last snapshot, as in the paper's Table 3); or else its final Set5 x3 PSNR, set against its bicubic
+    input's (`bicubic`) and against the run of `runs` with the same network and budget and the residual
+    connection, where there is one."""
+    budget = run.train.get("budget")
+    failed = "as the paper reports (\"cannot even converge\")" if budget == "paper" else \
+        "as the paper reports of its own recipe"
+    if run.diverged:
+        return f"It did not converge: its loss or gradient became non-finite, {failed}."
+    last = run.train["curve"][-1]
+    zeros = last.get("zero_fraction")
+    if zeros is not None and zeros >= COLLAPSED:
+        return (f"It did not converge: its output collapsed, {100 * zeros:.1f}% of its output pixels rounding to 0 "
+                f"at its last snapshot ({last['psnr']:.2f} dB), {failed}.")
+    psnr = run.last_psnr()
+    twin = next((r for r in runs if r.residual and r.train.get("budget") == budget
+                 and {**r.model, "residual": False} == run.model), None)
+    beside = (f" and {signed(psnr - twin.last_psnr(), 2)} dB from {twin.short()} ({twin.last_psnr():.2f} dB), the same "
+              "network and budget with the residual" if twin else "")
+    said = (f"Its loss stayed finite, and it {'ended' if run.finished else 'stands'} at {psnr:.2f} dB, "
+            f"{signed(psnr - bicubic, 2)} dB from its bicubic input ({bicubic:.2f} dB){beside}. ")
+    if psnr <= bicubic:
+        return said + "Its output is no better than its input."
+    return said + ("It converged, to an output better than its input, against the paper's claim that it \"cannot "
+                   "even converge\"." if budget == "paper" else
+                   f"It converged, to an output better than its input: the {budget} budget's recipe trains the network "
+                   "without the residual connection, where the paper reports that its own could not (\"cannot even "
+                   "converge\").")
+
+
 def all_runs(params: Path, models: Path, results: Path, runs: Path) -> list[Run]:
     return pipeline_runs(params, models, results) + recorded_runs(runs)
 

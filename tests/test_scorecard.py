@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +417,38 @@ def test_a_runs_table_names_where_a_run_was_scored_where_it_was_not_where_it_tra
     (same,) = report.recorded_runs(REPO / "runs")  # trained and scored on one machine, from one commit
     assert same.row()["machine"] == "NVIDIA H100 80GB HBM3, trained in bf16, scored in tf32"
     assert same.row()["commit"] == "6d459ddc9f"
+
+
+def test_a_run_without_the_residual_says_whether_it_converged(tmp_path: Path) -> None:
+    """Table 3's claim in words, for each way a run without the residual connection can end: a finite loss and an
+    output better than the bicubic input (set beside the same network and budget with the residual), or not
+    better; an output collapsed to 0, as the paper's Table 3; a divergence."""
+    _run(tmp_path, "K25-fast", "fast", {"Set5": {"x3": {"psnr": 34.05}}})
+    _run(tmp_path, "K25-other", "paper", {"Set5": {"x3": {"psnr": 33.0}}})  # another budget: not its twin
+    _run(tmp_path, "K25_noresidual-fast", "fast", {"Set5": {"x3": {"psnr": 31.8}}})
+    runs = {r.name: r for r in report.recorded_runs(tmp_path)}
+    nores = runs["K25_noresidual-fast"]
+    nores = replace(nores, train={**nores.train, "model": {**nores.model, "residual": False}})
+    everyone = [runs["K25-other"], runs["K25-fast"], nores]
+    said = report.convergence(nores, everyone, 30.39)
+    assert said == ("Its loss stayed finite, and it stands at 31.80 dB, +1.41 dB from its bicubic input (30.39 dB) "
+                    "and -2.25 dB from K25-fast (34.05 dB), the same network and budget with the residual. It "
+                    "converged, to an output better than its input: the fast budget's recipe trains the network "
+                    "without the residual connection, where the paper reports that its own could not (\"cannot even "
+                    "converge\").")
+    assert "from K25-fast" not in report.convergence(nores, [runs["K25-other"], nores], 30.39)
+    paper = replace(nores, train={**nores.train, "budget": "paper"})
+    assert report.convergence(paper, everyone, 30.39).endswith(
+        "-1.20 dB from K25-other (33.00 dB), the same network and budget with the residual. It converged, to an "
+        "output better than its input, against the paper's claim that it \"cannot even converge\".")
+    below = replace(nores, metrics={"Set5": {"x3": {"psnr": 30.0}}})
+    assert report.convergence(below, everyone, 30.39).endswith(
+        "-0.39 dB from its bicubic input (30.39 dB) and -4.05 dB from K25-fast (34.05 dB), the same network and budget "
+        "with the residual. Its output is no better than its input.")
+    collapsed = {**paper.train, "curve": [{**nores.train["curve"][-1], "psnr": 6.54, "zero_fraction": 1.0}]}
+    assert report.convergence(replace(nores, train=collapsed, metrics=None), everyone, 30.39) == (
+        "It did not converge: its output collapsed, 100.0% of its output pixels rounding to 0 at its last snapshot "
+        "(6.54 dB), as the paper reports (\"cannot even converge\").")
+    diverged = {**nores.train, "status": "diverged at epoch 1, step 900; the weights of step 0 kept"}
+    assert report.convergence(replace(nores, train=diverged), everyone, 30.39) == (
+        "It did not converge: its loss or gradient became non-finite, as the paper reports of its own recipe.")
