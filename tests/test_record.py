@@ -675,6 +675,36 @@ def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated
     assert "K25-paper" in said
 
 
+
+
+def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper: Path, mirror: Path,
+                                                               tmp_path: Path) -> None:
+    """Once every experiment's network has a fast run trained to its plan, the first page says that none is left
+    to train under the fast budget, where it said how many GPU-minutes the rest would take."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+
+    def text() -> str:
+        assert main(report_argv("intro", runs, mirror, tmp_path)) == 0
+        cells = json.loads((tmp_path / "intro.ipynb").read_text())["cells"]
+        return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+                       if "text/markdown" in o.get("data", {}))
+
+    assert "under the fast budget about " in text()
+    for name, entry in yaml.safe_load((REPO / "params.yaml").read_text())["experiments"].items():
+        folder = runs / f"{name}-fast"
+        if not folder.exists():
+            shutil.copytree(runs / "K25-fast", folder)
+        train = json.loads((folder / "train.json").read_text())
+        network = {k: entry.get(k, train["model"][k]) for k in ("recursions", "codes", "residual")}
+        train["model"].update(network)
+        train["train"].update(network)
+        train.update(steps_done=train["steps_planned"], epochs_done=train["epochs_planned"])
+        (folder / "train.json").write_text(json.dumps(train))
+        (folder / "SHA256SUMS").unlink()
+        seal(folder)
+    said = text()
+    assert "under the fast budget none is left to train (below)" in said and "under the fast budget about" not in said
 def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_paper: Path, mirror: Path,
                                                                   tmp_path: Path) -> None:
     """A fast run of the network without the residual connection is set against the paper's claim that it "cannot
