@@ -675,8 +675,6 @@ def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated
     assert "K25-paper" in said
 
 
-
-
 def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper: Path, mirror: Path,
                                                                tmp_path: Path) -> None:
     """Once every experiment's network has a fast run trained to its plan, the first page says that none is left
@@ -705,6 +703,30 @@ def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper
         seal(folder)
     said = text()
     assert "under the fast budget none is left to train (below)" in said and "under the fast budget about" not in said
+
+
+def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_it(fast_beside_paper: Path,
+                                                                                  mirror: Path, tmp_path: Path) -> None:
+    """The training-time page says of a run still training that it has not reached the paper's number yet, and of one
+    that finished its plan below it that it did not."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+    train = json.loads((runs / "K25-fast" / "train.json").read_text())
+    train.update(steps_done=train["steps_planned"], epochs_done=train["epochs_planned"])
+    (runs / "K25-fast" / "train.json").write_text(json.dumps(train))
+    (runs / "K25-fast" / "SHA256SUMS").unlink()
+    seal(runs / "K25-fast")
+    assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
+    cells = json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
+    outputs = [o for c in cells for o in c.get("outputs", [])]
+    text = "".join("".join(o["data"]["text/markdown"]) for o in outputs if "text/markdown" in o.get("data", {}))
+    assert "K25-fast (fast budget, NVIDIA H100 80GB HBM3) did not reach the paper's 34.11 dB" in text
+    assert "K25-paper (paper budget, NVIDIA H100 80GB HBM3) has not reached the paper's 34.11 dB" in text
+    html = tables(outputs)
+    assert row_cells(html, "K25-fast †")[-1] == "never (it finished)"
+    assert row_cells(html, "K25-paper †")[-1] == "not yet"
+
+
 def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_paper: Path, mirror: Path,
                                                                   tmp_path: Path) -> None:
     """A fast run of the network without the residual connection is set against the paper's claim that it "cannot
