@@ -337,7 +337,7 @@ def convergence(run: Run, runs: list[Run], bicubic: float) -> str:
     (a non-finite loss or gradient); or its output collapsed (at least `COLLAPSED` of its output pixels round to 0
     at its last snapshot, as in the paper's Table 3); or else its final Set5 x3 PSNR, set against its bicubic
     input's (`bicubic`) and against the run of `runs` with the same network and budget and the residual
-    connection, where there is one."""
+    connection, where there is one (a run not yet finished is said to converge so far, not to have converged)."""
     budget = run.train.get("budget")
     failed = "as the paper reports (\"cannot even converge\")" if budget == "paper" else \
         "as the paper reports of its own recipe"
@@ -356,7 +356,9 @@ def convergence(run: Run, runs: list[Run], bicubic: float) -> str:
     said = (f"Its loss stayed finite, and it {'ended' if run.finished else 'stands'} at {psnr:.2f} dB, "
             f"{signed(psnr - bicubic, 2)} dB from its bicubic input ({bicubic:.2f} dB){beside}. ")
     if psnr <= bicubic:
-        return said + "Its output is no better than its input."
+        return said + f"Its output is no better than its input{'' if run.finished else ' so far'}."
+    if not run.finished:
+        return said + "So far it converges, to an output better than its input; its run has not finished."
     return said + ("It converged, to an output better than its input, against the paper's claim that it \"cannot "
                    "even converge\"." if budget == "paper" else
                    f"It converged, to an output better than its input: the {budget} budget's recipe trains the network "
