@@ -54,6 +54,14 @@ def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
             "--raw", str(mirror), "--out", str(out)]
 
 
+def page_text(name: str, runs: Path, mirror: Path, out: Path) -> str:
+    """The Markdown that notebook `name` shows, executed by `rlcsc report` over the recorded runs under `runs`."""
+    assert main(report_argv(name, runs, mirror, out)) == 0
+    cells = json.loads((out / f"{name}.ipynb").read_text())["cells"]
+    return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+                   if "text/markdown" in o.get("data", {}))
+
+
 @pytest.fixture(scope="module")
 def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """params.yaml with the quick budget's evaluation on Set5 alone (a quarter of its images)."""
@@ -632,10 +640,7 @@ def test_the_report_shows_a_fast_run_beside_the_paper_recipe_run(fast_beside_pap
                                                                   tmp_path: Path, name: str) -> None:
     """A fast-budget run is shown with the paper-recipe run, each labelled with its budget, the fast one with what
     its recipe changes."""
-    assert main(report_argv(name, fast_beside_paper, mirror, tmp_path)) == 0
-    cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
-    text = "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
-                   if "text/markdown" in o.get("data", {}))
+    text = page_text(name, fast_beside_paper, mirror, tmp_path)
     assert ("| K25-fast | `rlcsc record` | K = 25, n = 128, m = 256 | fast (not the paper's recipe: zero_last true, "
             "optimizer adamw, lr 0.001, schedule cosine, warmup 500, weight_decay 0.0, clip none) |") in text
     assert "| K25-paper | `rlcsc record` | K = 25, n = 128, m = 256 | paper (the paper's recipe) |" in text
@@ -653,19 +658,12 @@ def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated
     PSNR by its training monitor, as the scorecard counts it, and says so."""
     runs = tmp_path / "runs"
     shutil.copytree(fast_beside_paper, runs)
-
-    def text() -> str:
-        assert main(report_argv(name, runs, mirror, tmp_path)) == 0
-        cells = json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"]
-        return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
-                       if "text/markdown" in o.get("data", {}))
-
-    assert "Not evaluated yet" not in text()
+    assert "Not evaluated yet" not in page_text(name, runs, mirror, tmp_path)
     for result in RESULTS:
         (runs / "K25-fast" / result).unlink()
     (runs / "K25-fast" / "SHA256SUMS").unlink()
     seal(runs / "K25-fast")
-    said = text()
+    said = page_text(name, runs, mirror, tmp_path)
     if name == "figure1":
         psnr = json.loads((runs / "K25-fast" / "train.json").read_text())["curve"][-1]["psnr"]
         assert f"stands at {psnr:.2f} dB by its training monitor (not evaluated yet)" in said
@@ -681,14 +679,7 @@ def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper
     to train under the fast budget, where it said how many GPU-minutes the rest would take."""
     runs = tmp_path / "runs"
     shutil.copytree(fast_beside_paper, runs)
-
-    def text() -> str:
-        assert main(report_argv("intro", runs, mirror, tmp_path)) == 0
-        cells = json.loads((tmp_path / "intro.ipynb").read_text())["cells"]
-        return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
-                       if "text/markdown" in o.get("data", {}))
-
-    assert "under the fast budget about " in text()
+    assert "under the fast budget about " in page_text("intro", runs, mirror, tmp_path)
     for name, entry in yaml.safe_load((REPO / "params.yaml").read_text())["experiments"].items():
         folder = runs / f"{name}-fast"
         if not folder.exists():
@@ -701,14 +692,14 @@ def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper
         (folder / "train.json").write_text(json.dumps(train))
         (folder / "SHA256SUMS").unlink()
         seal(folder)
-    said = text()
+    said = page_text("intro", runs, mirror, tmp_path)
     assert "under the fast budget none is left to train (below)" in said and "under the fast budget about" not in said
 
 
 def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_it(fast_beside_paper: Path,
                                                                                   mirror: Path, tmp_path: Path) -> None:
     """The training-time page says of a run still training that it has not reached the paper's number yet, and of one
-    that finished its plan below it that it did not."""
+    that finished its plan below it that it did not; Figure 7, where the one stands and where the other ended."""
     runs = tmp_path / "runs"
     shutil.copytree(fast_beside_paper, runs)
     train = json.loads((runs / "K25-fast" / "train.json").read_text())
@@ -725,6 +716,9 @@ def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_i
     html = tables(outputs)
     assert row_cells(html, "K25-fast †")[-1] == "never (it finished)"
     assert row_cells(html, "K25-paper †")[-1] == "not yet"
+    said = page_text("figure7", runs, mirror, tmp_path)
+    assert "**K25-fast** (K = 25, fast budget) trained 23,000 of 23,000 steps, 1.53 of 1.53 epochs and ended at" in said
+    assert "**K25-paper** (K = 25, paper budget) has trained 1 of 35 epochs and stands at 33.30 dB" in said
 
 
 def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_paper: Path, mirror: Path,
@@ -740,10 +734,7 @@ def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_pa
     (folder / "train.json").write_text(json.dumps(train))
     (folder / "SHA256SUMS").unlink()
     seal(folder)
-    assert main(report_argv("table3", runs, mirror, tmp_path)) == 0
-    cells = json.loads((tmp_path / "table3.ipynb").read_text())["cells"]
-    text = "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
-                   if "text/markdown" in o.get("data", {}))
+    text = page_text("table3", runs, mirror, tmp_path)
     psnr = json.loads((folder / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
     assert (f"**K25_noresidual-fast** (fast budget, without the residual, 15,076 of 23,000 steps, 1 of 1.53 "
             f"epochs): 33.30 dB at epoch 1 against the paper's 6.54 (+26.76). Its loss stayed finite, and it stands at "
