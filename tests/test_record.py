@@ -699,7 +699,7 @@ def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper
 def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_it(fast_beside_paper: Path,
                                                                                   mirror: Path, tmp_path: Path) -> None:
     """The training-time page says of a run still training that it has not reached the paper's number yet, and of one
-    that finished its plan below it that it did not; Figure 7, where the one stands and where the other ended."""
+    that finished its plan below it that it did not; Figures 1 and 7, where the one stands and where the other ended."""
     runs = tmp_path / "runs"
     shutil.copytree(fast_beside_paper, runs)
     train = json.loads((runs / "K25-fast" / "train.json").read_text())
@@ -719,6 +719,10 @@ def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_i
     said = page_text("figure7", runs, mirror, tmp_path)
     assert "**K25-fast** (K = 25, fast budget) trained 23,000 of 23,000 steps, 1.53 of 1.53 epochs and ended at" in said
     assert "**K25-paper** (K = 25, paper budget) has trained 1 of 35 epochs and stands at 33.30 dB" in said
+    said = page_text("figure1", runs, mirror, tmp_path)
+    assert ("**K25-fast †** (K = 25, fast budget, 23,000 of 23,000 steps, 1.53 of 1.53 epochs, 1,329,408 parameters) "
+            "ended at") in said
+    assert "**K25-paper †** (K = 25, paper budget, 1 of 35 epochs, 1,329,408 parameters) stands at 33.30 dB" in said
 
 
 def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_paper: Path, mirror: Path,
