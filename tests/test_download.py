@@ -440,7 +440,10 @@ def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path) -> None
     thread.start()
     entry = dataclasses.replace(PINNED, url=f"http://127.0.0.1:{server.server_address[1]}/x.bin")
     out = tmp_path / "data"
-    script = ("from pathlib import Path; from rlcsc.data.download import fetch; from rlcsc.manifest import Entry; "
+    # Ctrl-C raises KeyboardInterrupt in the child, also where the tests run as a background job of a script, whose
+    # children start with SIGINT ignored
+    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from pathlib import Path; from rlcsc.data.download import fetch; from rlcsc.manifest import Entry; "
               f"fetch([Entry(*{dataclasses.astuple(entry)!r})], Path({str(out)!r}))")
     env = {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
