@@ -506,8 +506,8 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     assert row_headings(tables(outputs))[:3] == ["base", "lr", "K25-quick † (recorded run)"]  # after the two variants
     assert "its minutes do not compare" not in json.dumps(outputs)  # the same machine
 
-    # the variants' curves timed so that base ends when the recorded run took its snapshot, and lr a second later
-    ((seconds, psnr),) = [(c["seconds"], c["psnr"]) for c in run.train["curve"]]
+    # the variants' curves timed so that base ends when the recorded run took its first snapshot, and lr a second later
+    seconds, psnr = run.train["curve"][0]["seconds"], run.train["curve"][0]["psnr"]
     timed = {**result, "variants": [{**v, "curve": [{**v["curve"][-1], "seconds": seconds + i}]}
                                     for i, v in enumerate(result["variants"])]}
     out.write_text(json.dumps(timed))
