@@ -54,6 +54,12 @@ def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
             "--raw", str(mirror), "--out", str(out)]
 
 
+def reseal(folder: Path) -> None:
+    """Seal a recorded run's `folder` anew after a test changed its files."""
+    (folder / "SHA256SUMS").unlink()
+    seal(folder)
+
+
 def page_text(name: str, runs: Path, mirror: Path, out: Path) -> str:
     """The Markdown that notebook `name` shows, executed by `rlcsc report` over the recorded runs under `runs`."""
     assert main(report_argv(name, runs, mirror, out)) == 0
@@ -630,8 +636,7 @@ def fast_beside_paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for call in env["calls"]:
         call["params"].update(budget="fast", train=asdict(p))
     (fast / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-    (fast / "SHA256SUMS").unlink()
-    seal(fast)
+    reseal(fast)
     return runs
 
 
@@ -661,8 +666,7 @@ def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated
     assert "Not evaluated yet" not in page_text(name, runs, mirror, tmp_path)
     for result in RESULTS:
         (runs / "K25-fast" / result).unlink()
-    (runs / "K25-fast" / "SHA256SUMS").unlink()
-    seal(runs / "K25-fast")
+    reseal(runs / "K25-fast")
     said = page_text(name, runs, mirror, tmp_path)
     if name == "figure1":
         psnr = json.loads((runs / "K25-fast" / "train.json").read_text())["curve"][-1]["psnr"]
@@ -690,8 +694,7 @@ def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper
         train["train"].update(network)
         train.update(steps_done=train["steps_planned"], epochs_done=train["epochs_planned"])
         (folder / "train.json").write_text(json.dumps(train))
-        (folder / "SHA256SUMS").unlink()
-        seal(folder)
+        reseal(folder)
     said = page_text("intro", runs, mirror, tmp_path)
     assert "under the fast budget none is left to train (below)" in said and "under the fast budget about" not in said
 
@@ -705,8 +708,7 @@ def test_a_run_that_finished_short_of_the_paper_s_number_says_it_never_reached_i
     train = json.loads((runs / "K25-fast" / "train.json").read_text())
     train.update(steps_done=train["steps_planned"], epochs_done=train["epochs_planned"])
     (runs / "K25-fast" / "train.json").write_text(json.dumps(train))
-    (runs / "K25-fast" / "SHA256SUMS").unlink()
-    seal(runs / "K25-fast")
+    reseal(runs / "K25-fast")
     assert main(report_argv("training_time", runs, mirror, tmp_path)) == 0
     cells = json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]
     outputs = [o for c in cells for o in c.get("outputs", [])]
@@ -736,8 +738,7 @@ def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_pa
     train = json.loads((folder / "train.json").read_text())
     train["model"]["residual"] = train["train"]["residual"] = False
     (folder / "train.json").write_text(json.dumps(train))
-    (folder / "SHA256SUMS").unlink()
-    seal(folder)
+    reseal(folder)
     text = page_text("table3", runs, mirror, tmp_path)
     psnr = json.loads((folder / "metrics.json").read_text())["Set5"]["x3"]["psnr"]
     assert (f"**K25_noresidual-fast** (fast budget, without the residual, 15,076 of 23,000 steps, 1 of 1.53 "
