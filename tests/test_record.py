@@ -415,7 +415,7 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     argv = ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
             "--work", str(recorded / "work"), "--steps", "20", "--variant", "base:", "--variant", "again:",
             "--variant", "bias:bias=true,lr=2e-3",
-            "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2",
+            "--variant", "cosine:optimizer=adamw,lr=1e-3,schedule=cosine,warmup=2,clip=null",
             "--variant", "half:max_steps=10,eval_scale=2", "--out", str(out), "--jobs", "2"]
     capsys.readouterr()
     assert main(argv) == 0
@@ -458,7 +458,8 @@ def test_compare_trains_variants_from_one_seed(recorded: Path, mirror: Path, tmp
     assert "**ladder**: K25 under the quick budget, 20 steps per variant" in text
     assert "none (the budget as it stood, below)" in text  # the base variant's changes, in words
     assert row_headings(tables(outputs)) == ["base", "again", "bias", "cosine", "half"]  # one row per variant
-    assert row_cells(tables(outputs), "cosine")[0] == "optimizer = adamw, lr = 0.001, schedule = cosine, warmup = 2"
+    changes = "optimizer = adamw, lr = 0.001, schedule = cosine, warmup = 2, clip = none"  # whole; null as none
+    assert row_cells(tables(outputs), "cosine")[0] == changes
     first = min(v["curve"][-1]["seconds"] for v in result["variants"])  # every variant read when the first ended
     assert f"<th>PSNR at {first / 60:.2f} min</th>" in tables(outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the ladder's curves (no run has trained)
