@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -198,12 +199,12 @@ def refused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every network request fails after 20 ms (as a real one takes a while); returns the URLs."""
     calls: list[str] = []
 
-    def refuse(url: str, timeout: float) -> None:
+    def refuse(stop: object, url: str) -> None:
         calls.append(url)
         time.sleep(0.02)
         raise URLError("connection refused")
 
-    monkeypatch.setattr(download, "urlopen", refuse)
+    monkeypatch.setattr(download._Stop, "open", refuse)
     return calls
 
 
@@ -286,11 +287,11 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every network request returns `DATA`, without a pause between attempts; returns the URLs."""
     calls: list[str] = []
 
-    def serve(url: str, timeout: float) -> io.BytesIO:
+    def serve(stop: object, url: str) -> io.BytesIO:
         calls.append(url)
         return io.BytesIO(DATA)
 
-    monkeypatch.setattr(download, "urlopen", serve)
+    monkeypatch.setattr(download._Stop, "open", serve)
     monkeypatch.setattr(download, "sleep", lambda s: None)
     return calls
 
@@ -321,7 +322,7 @@ def test_retries_count_each_byte_once_on_the_progress_bar(tmp_path: Path, monkey
 
     calls: list[str] = []
 
-    def flaky(url: str, timeout: float) -> io.BytesIO:
+    def flaky(stop: object, url: str) -> io.BytesIO:
         calls.append(url)
         return Reset(DATA) if len(calls) < 3 else io.BytesIO(DATA)
 
@@ -332,7 +333,7 @@ def test_retries_count_each_byte_once_on_the_progress_bar(tmp_path: Path, monkey
             super().__init__(*args, **kwargs)
             bars.append(self)
 
-    monkeypatch.setattr(download, "urlopen", flaky)
+    monkeypatch.setattr(download._Stop, "open", flaky)
     monkeypatch.setattr(download, "sleep", lambda s: None)
     monkeypatch.setattr(download, "tqdm", Recorded)
     assert fetch([PINNED], tmp_path, retries=3) == 1
@@ -354,13 +355,13 @@ def test_the_first_error_stops_the_transfers_under_way(tmp_path: Path, monkeypat
             under_way.set()
             return super().read(16)  # DATA in 640 reads: over 6 s
 
-    def serve(url: str, timeout: float) -> io.BytesIO:
+    def serve(stop: object, url: str) -> io.BytesIO:
         if url == slow.url:
             return Trickle(DATA)
         under_way.wait(timeout=30)  # the slow one has read its first chunk
         return io.BytesIO(b"not the pinned bytes")
 
-    monkeypatch.setattr(download, "urlopen", serve)
+    monkeypatch.setattr(download._Stop, "open", serve)
     with pytest.raises(RlcscError, match="size mismatch for Set5/x.bin"):
         fetch([slow, PINNED], tmp_path, retries=1, jobs=2)
     assert len(reads) < 100 and not (tmp_path / slow.relpath).exists() and parts(tmp_path) == []
@@ -387,11 +388,11 @@ def test_a_short_read_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     calls: list[str] = []
 
-    def flaky(url: str, timeout: float) -> io.BytesIO:
+    def flaky(stop: object, url: str) -> io.BytesIO:
         calls.append(url)
         return Short() if len(calls) == 1 else io.BytesIO(DATA)
 
-    monkeypatch.setattr(download, "urlopen", flaky)
+    monkeypatch.setattr(download._Stop, "open", flaky)
     monkeypatch.setattr(download, "sleep", lambda s: None)
     assert fetch([PINNED], tmp_path, retries=2) == 1
     assert calls == [PINNED.url] * 2 and sha256(tmp_path / PINNED.relpath) == PINNED.sha256
@@ -417,18 +418,22 @@ def test_the_weights_come_from_their_own_mirror_variable(refused: list[str], tmp
     assert refused == []
 
 
-def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path) -> None:
-    """Ctrl-C while the server has stopped sending in the middle of a file: the download ends within seconds,
-    not when the read times out (TIMEOUT_S), and leaves neither the file nor its temporary."""
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("answered", [True, False], ids=["in-the-file", "before-its-answer"])
+def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path, answered: bool, tls: bool) -> None:
+    """Ctrl-C while the server has stopped sending in the middle of a file, or has not answered the request (over
+    HTTP, and over HTTPS as the pinned URLs are): the download ends within seconds, not when the read times out
+    (TIMEOUT_S), and leaves neither the file nor its temporary."""
     sent, release = threading.Event(), threading.Event()
 
     class Stalling(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.end_headers()
-            self.wfile.write(DATA[:1000])
-            self.wfile.flush()
+            if answered:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(DATA)))
+                self.end_headers()
+                self.wfile.write(DATA[:1000])
+                self.wfile.flush()
             sent.set()
             release.wait(2 * download.TIMEOUT_S)
 
@@ -436,20 +441,32 @@ def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path) -> None
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    env = {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
+    if tls:  # a certificate of its own, which the client trusts as its only authority
+        if not shutil.which("openssl"):
+            pytest.skip("openssl makes the server's certificate")
+        key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        env["SSL_CERT_FILE"] = str(cert)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    entry = dataclasses.replace(PINNED, url=f"http://127.0.0.1:{server.server_address[1]}/x.bin")
+    scheme = "https" if tls else "http"
+    entry = dataclasses.replace(PINNED, url=f"{scheme}://127.0.0.1:{server.server_address[1]}/x.bin")
     out = tmp_path / "data"
     # Ctrl-C raises KeyboardInterrupt in the child, also where the tests run as a background job of a script, whose
     # children start with SIGINT ignored
     script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
               "from pathlib import Path; from rlcsc.data.download import fetch; from rlcsc.manifest import Entry; "
               f"fetch([Entry(*{dataclasses.astuple(entry)!r})], Path({str(out)!r}))")
-    env = {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
     try:
         assert sent.wait(60)
-        time.sleep(0.5)  # the client waits in its read of the rest
+        time.sleep(0.5)  # the client waits in its read of the answer, or of the rest of the file
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=2 * download.TIMEOUT_S)

@@ -16,14 +16,15 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from http.client import HTTPResponse
+from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 from time import sleep
 from urllib.error import HTTPError
-from urllib.request import urlopen
+from urllib.request import HTTPHandler, HTTPSHandler, Request, build_opener
 
 from tqdm import tqdm
 
@@ -73,7 +74,7 @@ def fetch(
 
     Returns the number of files fetched (verified files already in `out` are skipped). The first
     error (or an interruption) cancels the files not yet started, stops the running ones at their next
-    chunk (a read waiting on a stalled server at once), and is raised once they have stopped.
+    chunk (a request waiting on a server at once), and is raised once they have stopped.
     """
     if retries < 1 or jobs < 1:
         raise RlcscError(f"retries and jobs must be at least 1 (got {retries} and {jobs})")
@@ -148,14 +149,16 @@ def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: _Stop) -> tup
 
 
 class _Stop:
-    """Set by the first error or an interruption: the transfers under way end at their next chunk, and a read
-    waiting on a server that has stopped sending ends at once (its connection is shut down), not after
-    TIMEOUT_S."""
+    """Set by the first error or an interruption: the transfers under way end at their next chunk, and a request
+    waiting on a server, for its answer or for the rest of a file, ends at once (its connection is shut down), not
+    after TIMEOUT_S. Only the making of a connection (TCP, then TLS) is not cut short: it ends within TIMEOUT_S."""
 
     def __init__(self) -> None:
         self._set = threading.Event()
         self._lock = threading.Lock()  # held while a response is shut down: it cannot be closed meanwhile
         self._open: set[HTTPResponse] = set()
+        self._connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()  # the requests', until answered
+        self.opener = build_opener(_WatchedHTTP(self), _WatchedHTTPS(self))
 
     def is_set(self) -> bool:
         return self._set.is_set()
@@ -169,6 +172,37 @@ class _Stop:
                         connection.shutdown(socket.SHUT_RDWR)
                 except OSError:  # no socket behind it, or one already shut
                     pass
+            for connection in list(self._connections):
+                sock = connection.sock  # None until connected, and again once answered
+                if sock is not None:
+                    try:  # the plain socket's shutdown, also of a TLS socket; one closed meanwhile refuses it
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def open(self, url: str) -> HTTPResponse:
+        """The response to a request of `url`, its connection watched from its start."""
+        return self.opener.open(url, timeout=TIMEOUT_S)
+
+    def connections(self, http_class: type[HTTPConnection]) -> Callable[..., HTTPConnection]:
+        """`http_class` as a maker of connections that setting `self` shuts down while they wait on a server; one
+        that connects after it is set ends there."""
+
+        def make(*args: object, **kwargs: object) -> HTTPConnection:
+            connection = http_class(*args, **kwargs)
+            connect = connection.connect
+
+            def connect_unless_stopped() -> None:
+                connect()
+                if self.is_set():
+                    raise _Stopped
+
+            connection.connect = connect_unless_stopped
+            with self._lock:
+                self._connections.add(connection)
+            return connection
+
+        return make
 
     @contextmanager
     def watching(self, response: HTTPResponse) -> Iterator[None]:
@@ -184,6 +218,25 @@ class _Stop:
                 self._open.discard(response)
 
 
+class _Watched:
+    """A mixin for urllib's HTTP and HTTPS handlers: their connections made by `_Stop.connections`."""
+
+    def __init__(self, stop: _Stop) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def do_open(self, http_class: type[HTTPConnection], req: Request, **kwargs: object) -> HTTPResponse:
+        return super().do_open(self.stop.connections(http_class), req, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTP(_Watched, HTTPHandler):
+    pass
+
+
+class _WatchedHTTPS(_Watched, HTTPSHandler):
+    pass
+
+
 class _NetworkError(Exception):
     """A request or a read that failed on the network (its reason the message): worth another attempt."""
 
@@ -195,7 +248,7 @@ class _Stopped(Exception):
 def _body(url: str, stop: _Stop) -> Iterator[bytes]:
     """The bytes at `url`, in chunks; a failure of the request or of a read is a `_NetworkError`."""
     try:
-        with urlopen(url, timeout=TIMEOUT_S) as response, stop.watching(response):
+        with stop.open(url) as response, stop.watching(response):
             while chunk := response.read(CHUNK):
                 yield chunk
     except HTTPError as err:
