@@ -249,10 +249,12 @@ def costs(page: Page, budget: str = "paper") -> list[Cost]:
     fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none once a run
     of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded paper-scale
     run of the same network (of that budget first), else of the one trained furthest scaled by the two networks'
-    forward arithmetic. Empty when no paper-scale run was recorded, or params.yaml has no such budget."""
+    forward arithmetic; a run too short to have timed its steps (`ms_per_step` null) gives no speed. Empty when no
+    paper-scale run was recorded with a speed, or params.yaml has no such budget."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
-    timed = [r for r in page.runs if r.recorded and r.paper_scale]
+    recorded = [r for r in page.runs if r.recorded and r.paper_scale]
+    timed = [r for r in recorded if r.train["ms_per_step"] is not None]
     params = {**read_params(page.params), "budget": budget}
     if not timed or budget not in (params.get("budgets") or {}):
         return []
@@ -265,8 +267,8 @@ def costs(page: Page, budget: str = "paper") -> list[Cost]:
         if key in seen:
             continue
         seen.add(key)
+        ours = [r for r in recorded if network(r) == key and r.train.get("budget") == budget]
         same = [r for r in timed if network(r) == key]
-        ours = [r for r in same if r.train.get("budget") == budget]
         diverged = next((r for r in ours if r.diverged), None)
         if diverged:  # a run that diverged is finished: its divergence is its result, and it trains no further
             out.append(Cost(name, 0, 0.0, f"none: {diverged.name} diverged, its result"))

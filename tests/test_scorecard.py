@@ -198,6 +198,29 @@ def test_a_diverged_run_finishes_its_experiment_s_cost(tmp_path: Path) -> None:
     assert "diverged" in cost["K25_noresidual"].basis and cost["K25"].steps_left > 0
 
 
+def test_a_run_too_short_to_time_its_steps_gives_no_speed(tmp_path: Path) -> None:
+    """A run that synced with the host fewer than twice records `ms_per_step` null: the cost of its network is its
+    steps left at the speed of another run scaled by the arithmetic, and its steps done still count."""
+    shutil.copytree(REPO / "runs" / "K25-paper", tmp_path / "K25-paper", ignore=shutil.ignore_patterns("*.pt"))
+    for name, status in (("K25_noresidual-fast", "completed"), ("K48-fast", "interrupted")):
+        folder = _run(tmp_path, name, "fast")
+        train = json.loads((folder / "train.json").read_text())
+        if name.startswith("K48"):
+            train["train"]["recursions"] = train["model"]["recursions"] = 48
+        else:
+            train["train"]["residual"] = train["model"]["residual"] = False
+            status = "diverged at epoch 1, step 50; the weights of step 0 kept"
+        (folder / "train.json").write_text(json.dumps({**train, "status": status, "steps_done": 50,
+                                                       "ms_per_step": None}))
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    fast_steps = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]["fast"]["train"]["max_steps"]
+    cost = {c.experiment: c for c in scorecard.costs(page, "fast")}
+    assert (cost["K25_noresidual"].steps_left, cost["K25_noresidual"].hours) == (0, 0.0)
+    assert cost["K48"].steps_left == fast_steps - 50
+    assert cost["K48"].hours > cost["K25"].hours * (fast_steps - 50) / fast_steps  # deeper: slower per step
+    assert cost["K48"].basis == "K25-paper, scaled by the arithmetic"
+
+
 def test_only_runs_that_differ_in_their_seed_alone_have_a_spread(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for name, seed, fewer_steps in (("K25-fast-a", 1, 0), ("K25-fast-b", 2, 0), ("K25-fast-c", 3, 1)):
