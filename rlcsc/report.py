@@ -489,8 +489,9 @@ class Page:
     models: Path
     runs_dir: Path
     main: str
-    runs: list[Run]
+    runs: list[Run]  # RL-CSC's: the pages are about that network
     measured: list[Measured]
+    others: list[Run]  # trained runs of another network (`train.arch`: DRRN), which no page shows
 
     @property
     def colours(self) -> dict[str, str]:
@@ -554,8 +555,9 @@ class Page:
 def page(params: str, results: str, models: str, runs: str, main: str) -> Page:
     """The shared setup of every report notebook (its papermill parameters in, every run out)."""
     params_, results_, models_, runs_ = Path(params), Path(results), Path(models), Path(runs)
-    return Page(params_, results_, models_, runs_, main, all_runs(params_, models_, results_, runs_),
-                measured_methods(results_, runs_))
+    found = all_runs(params_, models_, results_, runs_)
+    return Page(params_, results_, models_, runs_, main, [r for r in found if r.model["arch"] == "rlcsc"],
+                measured_methods(results_, runs_), [r for r in found if r.model["arch"] != "rlcsc"])
 
 
 # What a recorded run shares with a comparison to stand beside its variants: the network, the seed,

@@ -245,12 +245,12 @@ class Cost:
 
 
 def costs(page: Page, budget: str = "paper") -> list[Cost]:
-    """For each network among the experiments of params.yaml (seeds once), the steps its run of `budget` (paper or
-    fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none once a run
-    of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded paper-scale
-    run of the same network (of that budget first), else of the one trained furthest scaled by the two networks'
-    forward arithmetic; a run too short to have timed its steps (`ms_per_step` null) gives no speed. Empty when no
-    paper-scale run was recorded with a speed, or params.yaml has no such budget."""
+    """For each RL-CSC network among the experiments of params.yaml (seeds once), the steps its run of `budget`
+    (paper or fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none
+    once a run of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded
+    paper-scale run of the same network (of that budget first), else of the one trained furthest scaled by the two
+    networks' forward arithmetic; a run too short to have timed its steps (`ms_per_step` null) gives no speed.
+    Empty when no paper-scale run was recorded with a speed, or params.yaml has no such budget."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
     recorded = [r for r in page.runs if r.recorded and r.paper_scale]
@@ -264,7 +264,7 @@ def costs(page: Page, budget: str = "paper") -> list[Cost]:
     for name in params.get("experiments") or {}:
         p = build(TrainParams, resolve(params, Path(page.params), "train", TrainParams, name), str(page.params))
         key = (p.arch, p.recursions, p.features, p.codes, p.residual, p.bias)
-        if key in seen:
+        if key in seen or p.arch != "rlcsc":  # the book is about RL-CSC (`Page.others`)
             continue
         seen.add(key)
         ours = [r for r in recorded if network(r) == key and r.train.get("budget") == budget]

@@ -679,6 +679,23 @@ def test_a_page_of_scores_names_the_fast_run_it_leaves_out_until_it_is_evaluated
     assert "K25-paper" in said
 
 
+def test_a_run_of_another_network_is_named_on_the_first_page_and_shown_nowhere(mirror: Path, tmp_path: Path) -> None:
+    """`train.arch` also trains DRRN, whose runs no page of the book is about: the first page names such a run, and
+    the pages, whose tables and figures read RL-CSC's K, n and m, leave it out."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "runs", runs)
+    folder = runs / "DRRN-fast"
+    shutil.copytree(runs / "K25-paper", folder, ignore=shutil.ignore_patterns("*.pt"))
+    train = json.loads((folder / "train.json").read_text())
+    train["model"] = {"units": 9, "features": 128, "channels": 1, "arch": "drrn", "parameters": 297_216, "depth": 20}
+    train["train"].update(arch="drrn", units=9)
+    (folder / "train.json").write_text(json.dumps({**train, "budget": "fast"}))
+    reseal(folder)
+    said = page_text("intro", runs, mirror, tmp_path)
+    assert "Runs of another network than RL-CSC are on no page of this book: DRRN-fast (drrn)." in said
+    assert "DRRN-fast" not in page_text("training_time", runs, mirror, tmp_path)
+
+
 def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper: Path, mirror: Path,
                                                                tmp_path: Path) -> None:
     """Once every experiment's network has a fast run trained to its plan, the first page says that none is left

@@ -480,3 +480,20 @@ def test_a_run_without_the_residual_says_whether_it_converged(tmp_path: Path) ->
     diverged = {**nores.train, "status": "diverged at epoch 1, step 900; the weights of step 0 kept"}
     assert report.convergence(replace(nores, train=diverged), everyone, 30.39) == (
         "It did not converge: its loss or gradient became non-finite, as the paper reports of its own recipe.")
+
+
+def test_the_cost_of_the_rest_counts_rl_csc_networks_alone(tmp_path: Path) -> None:
+    """An experiment of another network (`arch: drrn`) in params.yaml, and its recorded run, are left out of the cost
+    of the rest, as out of every page."""
+    shutil.copytree(REPO / "runs" / "K25-paper", tmp_path / "K25-paper", ignore=shutil.ignore_patterns("*.pt"))
+    folder = _run(tmp_path, "DRRN9-paper", "paper")
+    train = json.loads((folder / "train.json").read_text())
+    train["model"] = {"units": 9, "features": 128, "channels": 1, "arch": "drrn", "parameters": 297_216, "depth": 20}
+    (folder / "train.json").write_text(json.dumps(train))
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["experiments"]["DRRN9"] = {"arch": "drrn", "units": 9}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(blocks))
+    page = report.page(str(tmp_path / "params.yaml"), "none", "none", str(tmp_path), "K25")
+    assert [r.name for r in page.runs] == ["K25-paper"] and [r.name for r in page.others] == ["DRRN9-paper"]
+    assert "DRRN9" not in {c.experiment for c in scorecard.costs(page)}
+    assert scorecard.lines(page, TOLERANCE)[0].run.name == "K25-paper"
