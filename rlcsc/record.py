@@ -189,7 +189,8 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
                       jobs: int | None = None) -> None:
     """Record the evaluation of the model file `model` (None: the bicubic baseline) under `budget` into
     the folder `out`: a copy of the model (`model.pt`), `metrics.json`, `per_image.csv`,
-    `evaluation.json` and `environment.json`."""
+    `evaluation.json` and `environment.json`. A folder that holds such a record is scored again, its calls kept:
+    one cut short leaves the last scores beside the call that made them."""
     params = {**read_params(params_path), "budget": budget}
     e = build(EvaluateParams, resolve(params, params_path, "evaluate", EvaluateParams),
               f"{params_path} under budget {budget}")
@@ -212,7 +213,7 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
     call = environment({"budget": budget, "evaluate": asdict(e), "model": about})
     started = time.monotonic()
     try:
-        write_json({"calls": [{**call, "evaluated": False}]}, env_path)  # first: what a call cut short was
+        write_json({"calls": calls + [{**call, "evaluated": False}]}, env_path)  # first: what a call cut short was
         if model is not None and not kept.exists():
             atomically(lambda tmp: shutil.copyfile(model, tmp), kept)
             seal(out, [kept.name])  # a model without a checksum of its own loads by the SHA256SUMS beside it
@@ -221,7 +222,7 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
                  else {"model": None, "method": "bicubic"})
         write_results(scores, out, {**asdict(e), "budget": budget, **about})
-        write_json({"calls": [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
+        write_json({"calls": calls + [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
     finally:
         seal(out)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from rlcsc import report
 from rlcsc.checksums import seal, verify_run
 from rlcsc.cli import main
 from rlcsc.device import cpu_description
@@ -348,6 +349,35 @@ def test_a_record_never_writes_over_another_kind_of_record(recorded: Path, mirro
         err = capsys.readouterr().err
         assert err.startswith(f"rlcsc record: error: {said}") and err.count("\n") == 1, err
         assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
+
+
+def test_an_evaluation_scored_again_keeps_the_calls_before(mirror: Path, params: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorded evaluation scored again appends its call to `environment.json`: cut short, it leaves the last
+    scores as they were, beside the call that made them, which the book names as their machine and commit."""
+    import rlcsc.record
+
+    out = tmp_path / "runs" / "bicubic"
+    argv = ["record", "--params", str(params), "--budget", "quick", "--method", "bicubic", "--raw", str(mirror),
+            "--out", str(out), "--jobs", "2"]
+    assert main(argv) == 0
+    metrics = (out / "metrics.json").read_bytes()
+    (first,) = json.loads((out / "environment.json").read_text())["calls"]
+
+    def cut(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlcsc.record, "evaluate", cut)
+    assert main(argv) == 130  # Ctrl-C
+    monkeypatch.undo()
+    calls = json.loads((out / "environment.json").read_text())["calls"]
+    assert calls[0] == first and calls[1]["evaluated"] is False and len(calls) == 2
+    assert (out / "metrics.json").read_bytes() == metrics
+    verify_run(out)
+    page = report.page(str(params), str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "runs"), "K25")
+    assert page.bicubic().evaluation_call() == first
+    assert main(argv) == 0
+    assert [c["evaluated"] for c in json.loads((out / "environment.json").read_text())["calls"]] == [True, False, True]
 
 
 def test_a_quick_run_stands_apart_from_the_paper_scale_ones(recorded: Path, tmp_path: Path) -> None:
