@@ -18,7 +18,7 @@ from rlcsc.manifest import TEST_SETS
 
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
-          "record": "out", "compare": "out", "convert": "out", "checksums": "folders"}
+          "record": "out", "compare": "out", "convert": "out", "checksums": "folders", "benchmark": "out"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
     process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
-    refuses; `download` also its `--listing`; `checksums` into each folder it seals)."""
+    refuses; `download` also its `--listing`; `checksums` into each folder it seals; `benchmark` its --out, if any)."""
     if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
             or os.environ.get("RANK", "0") != "0"):
         return []
@@ -540,7 +540,7 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
 
         return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
     listing = [args.listing] if args.command == "download" and args.listing else []
-    written = getattr(args, WRITES[args.command])
+    written = getattr(args, WRITES[args.command]) or []  # none: `benchmark` without --out
     return [*(written if isinstance(written, list) else [written]), *listing]
 
 
