@@ -166,13 +166,15 @@ def evaluate(
 
 def _evaluate_in_process(upscale: Upscaler, tasks: list, jobs: int) -> list[ImageScore]:
     """Steps 2-3 on the upscaler's device (the ILR image by the torch `imresize` in float64, then the
-    network), while `jobs` workers read the next images and score the finished ones."""
+    network), while `jobs` workers read the next images and score the finished ones. At most 2 * jobs images
+    wait to be read and 4 * jobs to be scored: a GPU outruns the workers' IFC, and waiting images would otherwise
+    pile up in memory (all of Urban100's at three scales)."""
     import torch
 
     from rlcsc.imresize import imresize_torch
 
     device = getattr(upscale, "device", "cpu")
-    with pool(jobs) as workers:  # 2 * jobs images read ahead of the network, not all in memory
+    with pool(jobs) as workers:
         ahead = deque(workers.submit(read_y, *task[1:3]) for task in tasks[: 2 * jobs])
         scored = []
         for i, (dataset, path, s, _, with_ifc) in enumerate(tqdm(tasks, desc="super-resolve", unit="img")):
@@ -183,6 +185,8 @@ def _evaluate_in_process(upscale: Upscaler, tasks: list, jobs: int) -> list[Imag
             ilr = imresize_torch(imresize_torch(hr, 1 / s), s)
             ref, out = quantize(y / 255, s), quantize(upscale(ilr, s), s)
             scored.append(workers.submit(_compare_task, (dataset, path.name, s, ref, out, with_ifc)))
+            if len(scored) > 4 * jobs:
+                scored[-4 * jobs - 1].result()  # scored: its images are freed
         return [f.result() for f in tqdm(scored, desc="evaluate", unit="img")]
 
 
