@@ -30,25 +30,27 @@ from rlcsc.errors import RlcscError
 from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, computes_in, describe_model, for_inference, load_model, model_state
 from rlcsc.provenance import stamp
-from rlcsc.train import TrainParams, prepare
+from rlcsc.train import Batches, TrainParams, prepare
 
 PAPER_PAIRS = 1_929_728
 BENCHMARK_PRECISIONS = (*INFERENCE_PRECISIONS, "int8")  # what `inference` can measure (int8: `rlcsc.int8`)
 
 
 def read_batches(folder: Path, batch: int = 128, steps: int = 500, seed: int = 0) -> dict:
-    """Time gathering random batches of training pairs from the memory-mapped patch set.
+    """Time gathering random batches of training pairs from the memory-mapped patch set, as training does on the
+    host (`rlcsc.train.Batches` on the CPU: a CUDA device with room for the pairs gathers them on the device).
 
     The first 20 batches warm the page cache and are not timed; the median and 95th percentile
     of the rest are reported in milliseconds.
     """
     patches = PatchSet.open(folder)
+    batches = Batches(patches, len(patches), torch.device("cpu"))
     rng = np.random.default_rng(seed)
     times = []
     for step in range(steps + 20):
         positions = rng.integers(0, len(patches), batch)
         start = time.perf_counter()
-        patches.batch(positions)
+        batches(positions)
         if step >= 20:
             times.append((time.perf_counter() - start) * 1000)
     return {

@@ -250,12 +250,17 @@ def test_batch_reads_are_timed_after_the_warm_up_only(monkeypatch: pytest.Monkey
         def __len__(self) -> int:
             return 1000
 
-        def batch(self, positions: np.ndarray) -> None:
+    class Batches:
+        def __init__(self, data: Patches, n: int, device: torch.device) -> None:
+            assert n == 1000 and device.type == "cpu"
+
+        def __call__(self, positions: np.ndarray) -> None:
             assert len(positions) == 16 and 0 <= positions.min() and positions.max() < 1000
             clock["now"] += 1.0 if clock["reads"] < 20 else 0.002
             clock["reads"] += 1
 
     monkeypatch.setattr(benchmark, "PatchSet", Patches)
+    monkeypatch.setattr(benchmark, "Batches", Batches)
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock["now"])
     result = benchmark.read_batches(Path("unused"), batch=16, steps=30)
     assert clock["reads"] == 50 and (result["pairs"], result["batch"], result["steps"]) == (1000, 16, 30)

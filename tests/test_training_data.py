@@ -105,9 +105,6 @@ def test_truncation_keeps_a_seeded_multiple_of_chunk(tiny_set: list[Path], tmp_p
     k1, k2 = np.load(tmp_path / "p1" / "keep.npy"), np.load(tmp_path / "p2" / "keep.npy")
     np.testing.assert_array_equal(k1, k2)
     assert len(np.unique(k1)) == len(k1) and not np.array_equal(k1, np.sort(k1))
-    patches = PatchSet.open(tmp_path / "p1")
-    x, y = patches.batch(np.arange(3))
-    assert x.shape == y.shape == (3, 1, 33, 33) and x.dtype == y.dtype == np.float32
 
 
 def test_truncated_image_stops_augment_and_leaves_nothing(tiny_set: list[Path], tmp_path: Path) -> None:
@@ -404,8 +401,13 @@ def test_default_protocol_is_section_5_2() -> None:
 
 
 def test_a_batch_is_the_kept_pairs_on_the_unit_scale_with_overshoot_kept(tmp_path: Path) -> None:
-    """`batch` gathers the pairs `keep` names; labels are the uint8 Y over 255, inputs the interpolation
-    unclipped (a black-white edge overshoots [0, 1] both ways)."""
+    """Training's batches (`rlcsc.train.Batches`, on the host) gather the pairs `keep` names, in the order asked for,
+    as float32 (B, 1, 33, 33); labels are the uint8 Y over 255, inputs the interpolation unclipped (a black-white
+    edge overshoots [0, 1] both ways)."""
+    import torch
+
+    from rlcsc.train import Batches
+
     edge = np.zeros((66, 99), np.uint8)
     edge[:, 50:] = 255
     (tmp_path / "raw").mkdir()
@@ -414,10 +416,11 @@ def test_a_batch_is_the_kept_pairs_on_the_unit_scale_with_overshoot_kept(tmp_pat
     make_patches(tmp_path / "aug", tmp_path / "patches", PatchParams(chunk=1, input_dtype="float32"), jobs=1)
     patches = PatchSet.open(tmp_path / "patches")
     positions = np.array([3, 0, len(patches) - 1])
-    x, y = patches.batch(positions)
-    rows = np.sort(patches.keep[positions])
-    np.testing.assert_array_equal(y[:, 0] * 255, patches.labels[rows])
-    np.testing.assert_array_equal(x[:, 0], patches.inputs[rows])
+    x, y = Batches(patches, len(patches), torch.device("cpu"))(positions)
+    rows = np.sort(patches.keep)[positions]
+    assert x.shape == y.shape == (3, 1, 33, 33) and x.dtype == y.dtype == torch.float32
+    np.testing.assert_array_equal(y[:, 0].numpy() * 255, patches.labels[rows])
+    np.testing.assert_array_equal(x[:, 0].numpy(), patches.inputs[rows])
     assert patches.inputs.max() > 1 and patches.inputs.min() < 0
 
 

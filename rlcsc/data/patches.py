@@ -230,8 +230,8 @@ def _summary(index: pd.DataFrame, origin: np.ndarray, keep: np.ndarray, params: 
 
 @dataclass(frozen=True)
 class PatchSet:
-    """The stored pairs, memory-mapped, and what decides them (`made_by`); `batch` gathers training pairs
-    by position in `keep`."""
+    """The stored pairs, memory-mapped, and what decides them (`made_by`); `keep` lists the training set's pairs
+    in its shuffled order (`rlcsc.train.Batches` gathers them)."""
 
     labels: np.ndarray
     inputs: np.ndarray
@@ -264,10 +264,3 @@ class PatchSet:
 
     def __len__(self) -> int:
         return len(self.keep)
-
-    def batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs float32, labels float32 in [0, 1]) of shape (B, 1, size, size) for kept positions."""
-        rows = np.sort(self.keep[positions])
-        inputs = self.inputs[rows].astype(np.float32)[:, None]
-        labels = self.labels[rows].astype(np.float32)[:, None] / 255
-        return inputs, labels
