@@ -118,7 +118,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
            jobs: int | None = None) -> None:
     """Make or extend the recorded run `out` (see the module docstring)."""
     blocks = resolved(params_path, budget, experiment)
-    p = blocks["train"]
+    p = plan = blocks["train"]  # this call may stop the run before its plan ends
     if epochs is not None:
         p = replace(p, stop_epoch=check_value(TrainParams, "stop_epoch", epochs, "--epochs"))
         if epochs > p.epochs:
@@ -163,7 +163,7 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     try:
         if needs_training:
             patches = prepare_data(blocks, raw, work, jobs)
-            summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget})
+            summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget}, plan=plan)
             if summary["status"] == "interrupted":
                 raise KeyboardInterrupt
             for name in RESULTS:  # the evaluation of the model it replaced

@@ -164,8 +164,9 @@ class Run(Evaluated):
 
     @property
     def finished(self) -> bool:
-        """Trained as far as its schedule runs (`rlcsc.train.TrainParams.planned_steps`); a `stop_epoch` or a time
-        limit leaves a run short of it."""
+        """Trained as far as its plan runs (`steps_planned`: `rlcsc.train.TrainParams.last_step` of the params it
+        was started with, Table 3's 14 epochs without the residual included); a call's own stop (`rlcsc record
+        --epochs`, `--steps`) or a time limit leaves a run short of it."""
         return self.train["epochs_done"] >= self.train["epochs_planned"]
 
     @property

@@ -318,10 +318,12 @@ def steps_per_epoch(p: TrainParams, available: int, patches: Path) -> int:
 
 
 def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: str = "fp32",
-          label: dict | None = None, stop_after: int | None = None) -> dict:
+          label: dict | None = None, stop_after: int | None = None, plan: TrainParams | None = None) -> dict:
     """Train into `out` (model.pt, checkpoint.pt, train.json, train_metrics.json); resume if a
     checkpoint of the same run exists. `eval_precision` is the monitor's (`evaluate.precision`);
-    `label` (experiment, budget) is recorded with the run.
+    `label` (experiment, budget) is recorded with the run. The run's plan, its `steps_planned`, ends at the
+    `last_step` of `plan` (default `p`): the params it was started with, where a call of `rlcsc record` stops
+    it earlier (`--epochs`, `--steps`).
 
     `stop_after` ends the call after that many steps, as an interruption would (checkpoint written,
     no model.pt); it exists to test resumption.
@@ -464,10 +466,10 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             since = step
         checkpoint()
     made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
+    planned = (plan or p).last_step(per_epoch)
     last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
     summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
-               "steps_per_epoch": per_epoch, "steps_planned": p.planned_steps(per_epoch),
-               "epochs_planned": round(p.planned_steps(per_epoch) / per_epoch, 4),
+               "steps_per_epoch": per_epoch, "steps_planned": planned, "epochs_planned": round(planned / per_epoch, 4),
                "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
                "seconds_wall": round(sum(c["seconds"] for c in made), 1),
                "seconds_training": round(kept["elapsed"], 1), "calls": made,

@@ -102,6 +102,7 @@ def test_a_recorded_run_holds_everything_the_program_wrote(recorded: Path) -> No
     assert env["cpu"] == cpu_description() and env["cpu_cores"] == os.cpu_count() and env["commit"] and env["date"]
     train = json.loads((out / "train.json").read_text())
     assert train["steps_done"] == 40 and train["budget"] == "quick" and train["experiment"] == "K25"
+    assert train["steps_planned"] == 4 * train["steps_per_epoch"]  # the budget's 4 epochs: --steps stops this call
     assert [c["step"] for c in train["curve"]] == [40]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"Set5"} and set(metrics["Set5"]["x3"]) == {"psnr", "ssim", "ifc"}

@@ -179,7 +179,8 @@ def test_a_checkpoint_of_other_training_code_is_not_resumed(patches: Path, mirro
 
 def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Path) -> None:
     train(replace(TINY, epochs=3), patches, mirror, tmp_path / "whole")
-    one = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path / "parts")
+    one = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path / "parts",  # as `record --epochs 1`
+                plan=replace(TINY, epochs=3))
     assert one["epochs_done"] == 1 and (tmp_path / "parts" / "model.pt").exists()
     extent = ("steps_done", "epochs_done", "epochs_planned")  # the model file says how far it trained
     model = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)
@@ -194,6 +195,14 @@ def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Pat
     assert rest["seconds_wall"] == pytest.approx(sum(c["seconds"] for c in rest["calls"]), abs=0.11)
     assert rest["ms_per_step"] == rest["calls"][1]["ms_per_step"] and rest["calls"][1]["device"] == "cpu"
     assert rest["calls"][1]["cpu"] == cpu_description() and rest["calls"][1]["cpu_cores"] == os.cpu_count()
+
+
+def test_a_run_whose_params_stop_at_an_epoch_plans_to_end_there(patches: Path, mirror: Path, tmp_path: Path) -> None:
+    """An experiment's own `stop_epoch` (Table 3's run without the residual stops after 14 of its schedule's 35
+    epochs) is where its plan ends: trained that far, the run is finished."""
+    summary = train(replace(TINY, epochs=3, stop_epoch=1), patches, mirror, tmp_path)
+    assert summary["epochs_planned"] == summary["epochs_done"] == 1.0
+    assert summary["steps_planned"] == summary["steps_done"] == summary["steps_per_epoch"]
 
 
 def test_a_finished_run_called_again_keeps_its_record(patches: Path, mirror: Path, tmp_path: Path,
