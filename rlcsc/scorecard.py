@@ -8,7 +8,7 @@ many lie within the tolerances of `params.yaml` (`report`), the range of the dif
 how far it trained.
 Beside them, the protocol checks (bicubic and the released comparison models against the paper's
 columns for them), and what closing the rest would cost in GPU-hours, from the measured ms per step of
-the recorded runs scaled by each network's arithmetic (`benchmark.forward_flops_per_pixel`).
+the paper-scale runs scaled by each network's arithmetic (`benchmark.forward_flops_per_pixel`).
 """
 
 from __future__ import annotations
@@ -241,20 +241,20 @@ class Cost:
     experiment: str
     steps_left: int
     hours: float
-    basis: str  # whose ms per step, in words: a recorded run (and its machine), or one scaled by the arithmetic
+    basis: str  # whose ms per step, in words: a run (and its machine), or one scaled by the arithmetic
 
 
 def costs(page: Page, budget: str = "paper") -> list[Cost]:
     """For each RL-CSC network among the experiments of params.yaml (seeds once), the steps its run of `budget`
     (paper or fast) still needs (to `rlcsc.train.TrainParams.last_step` of the experiment under that budget; none
-    once a run of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a recorded
-    paper-scale run of the same network (of that budget first), else of the one trained furthest scaled by the two
-    networks' forward arithmetic; a run too short to have timed its steps (`ms_per_step` null) gives no speed.
-    Empty when no paper-scale run was recorded with a speed, or params.yaml has no such budget."""
+    once a run of it diverged, which finishes it), and their GPU-hours at the measured ms per step of a paper-scale
+    run of the same network (of that budget first), else of the one trained furthest scaled by the two networks'
+    forward arithmetic; a run too short to have timed its steps (`ms_per_step` null) gives no speed. Empty when no
+    paper-scale run has timed its steps, or params.yaml has no such budget."""
     from rlcsc.benchmark import forward_flops_per_pixel as flops
 
-    recorded = [r for r in page.runs if r.recorded and r.paper_scale]
-    timed = [r for r in recorded if r.train["ms_per_step"] is not None]
+    runs = [r for r in page.runs if r.paper_scale]  # recorded, or this pipeline's under a paper-scale budget
+    timed = [r for r in runs if r.train["ms_per_step"] is not None]
     params = {**read_params(page.params), "budget": budget}
     if not timed or budget not in (params.get("budgets") or {}):
         return []
@@ -267,7 +267,7 @@ def costs(page: Page, budget: str = "paper") -> list[Cost]:
         if key in seen or p.arch != "rlcsc":  # the book is about RL-CSC (`Page.others`)
             continue
         seen.add(key)
-        ours = [r for r in recorded if network(r) == key and r.train.get("budget") == budget]
+        ours = [r for r in runs if network(r) == key and r.train.get("budget") == budget]
         same = [r for r in timed if network(r) == key]
         diverged = next((r for r in ours if r.diverged), None)
         if diverged:  # a run that diverged is finished: its divergence is its result, and it trains no further

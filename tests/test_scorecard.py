@@ -497,3 +497,20 @@ def test_the_cost_of_the_rest_counts_rl_csc_networks_alone(tmp_path: Path) -> No
     assert [r.name for r in page.runs] == ["K25-paper"] and [r.name for r in page.others] == ["DRRN9-paper"]
     assert "DRRN9" not in {c.experiment for c in scorecard.costs(page)}
     assert scorecard.lines(page, TOLERANCE)[0].run.name == "K25-paper"
+
+
+def test_the_cost_of_the_rest_counts_this_pipeline_s_paper_scale_runs(tmp_path: Path) -> None:
+    """A run of this pipeline under a paper-scale budget (`dvc exp run -S budget=fast` on a GPU) times its steps and
+    counts its progress as a recorded run does."""
+    fast_steps = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]["fast"]["train"]["max_steps"]
+    folder = _run(tmp_path / "models", "K25", "fast")
+    train = json.loads((folder / "train.json").read_text())
+    (folder / "train.json").write_text(json.dumps({**train, "steps_done": 5000, "ms_per_step": 30.0}))
+    (tmp_path / "runs").mkdir()
+    page = report.page(str(REPO / "params.yaml"), str(tmp_path / "results"), str(tmp_path / "models"),
+                       str(tmp_path / "runs"), "K25")
+    (run,) = page.runs
+    assert not run.recorded
+    cost = {c.experiment: c for c in scorecard.costs(page, "fast")}
+    assert cost["K25"].steps_left == fast_steps - 5000 and cost["K25"].basis.startswith("K25 (")
+    assert cost["K25"].hours == pytest.approx((fast_steps - 5000) * 30.0 / 3.6e6)
