@@ -727,6 +727,21 @@ def test_a_run_of_another_network_is_named_on_the_first_page_and_shown_nowhere(m
     assert "DRRN-fast" not in page_text("training_time", runs, mirror, tmp_path)
 
 
+def test_a_run_scored_without_ifc_is_named_on_table2_s_page(mirror: Path, tmp_path: Path) -> None:
+    """An evaluation may leave IFC out (`evaluate.ifc: false`): Table 2's page names such a run instead of failing."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "runs", runs)
+    metrics = json.loads((runs / "K25-paper" / "metrics.json").read_text())
+    for cells in metrics.values():
+        for cell in cells.values():
+            del cell["ifc"]
+    (runs / "K25-paper" / "metrics.json").write_text(json.dumps(metrics))
+    reseal(runs / "K25-paper")
+    said = page_text("table2", runs, mirror, tmp_path)
+    assert "Scored without IFC in the cells of this table, so not on this page: K25-paper." in said
+    assert "No paper-scale run of the main network has been scored with IFC yet." in said
+
+
 def test_the_first_page_says_when_no_fast_run_is_left_to_train(fast_beside_paper: Path, mirror: Path,
                                                                tmp_path: Path) -> None:
     """Once every experiment's network has a fast run trained to its plan, the first page says that none is left
