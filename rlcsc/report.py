@@ -173,6 +173,11 @@ class Run(Evaluated):
     def diverged(self) -> bool:
         return self.train["status"].startswith("diverged")
 
+    @property
+    def ended(self) -> bool:
+        """Trains no further: it finished its plan, or diverged (its divergence is its result)."""
+        return self.finished or self.diverged
+
     def clipped_share(self) -> float | None:
         """The share of the run's steps whose gradient norm was clipped (each snapshot's `clipped_fraction` of its
         `steps`); None for a run that did not clip."""
@@ -344,6 +349,8 @@ def convergence(run: Run, runs: list[Run], bicubic: float) -> str:
         "as the paper reports of its own recipe"
     if run.diverged:
         return f"It did not converge: its loss or gradient became non-finite, {failed}."
+    if not run.train["curve"]:
+        return "Whether it converges is not known yet: it has no snapshot."
     last = run.train["curve"][-1]
     zeros = last.get("zero_fraction")
     if zeros is not None and zeros >= COLLAPSED:

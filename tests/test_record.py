@@ -47,10 +47,10 @@ def row_cells(html: str, heading: str) -> list[str]:
     return re.findall(r"<td>([^<]*)</td>", row)
 
 
-def report_argv(name: str, runs: Path, mirror: Path, out: Path) -> list[str]:
+def report_argv(name: str, runs: Path, mirror: Path, out: Path, params: Path = REPO / "params.yaml") -> list[str]:
     """`rlcsc report <name>` with only the recorded runs under `runs` (no pipeline runs), into `out`."""
     (out / "none").mkdir(parents=True, exist_ok=True)
-    return ["report", name, "--params", str(REPO / "params.yaml"), "--notebooks", str(REPO / "notebooks"),
+    return ["report", name, "--params", str(params), "--notebooks", str(REPO / "notebooks"),
             "--results", str(out / "none"), "--models", str(out / "none"), "--runs", str(runs),
             "--raw", str(mirror), "--out", str(out)]
 
@@ -61,9 +61,9 @@ def reseal(folder: Path) -> None:
     seal(folder)
 
 
-def page_text(name: str, runs: Path, mirror: Path, out: Path) -> str:
+def page_text(name: str, runs: Path, mirror: Path, out: Path, params: Path = REPO / "params.yaml") -> str:
     """The Markdown that notebook `name` shows, executed by `rlcsc report` over the recorded runs under `runs`."""
-    assert main(report_argv(name, runs, mirror, out)) == 0
+    assert main(report_argv(name, runs, mirror, out, params)) == 0
     cells = json.loads((out / f"{name}.ipynb").read_text())["cells"]
     return "".join("".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
                    if "text/markdown" in o.get("data", {}))
@@ -811,6 +811,63 @@ def test_table3_says_whether_a_run_without_the_residual_converged(fast_beside_pa
             f"{psnr:.2f} dB, ") in text
     assert ("+0.00 dB from K25-fast (33.30 dB), the same network and budget with the residual. So far it converges, "
             "to an output better than its input; its run has not finished.") in text
+
+
+def test_table3_says_that_a_run_which_diverged_before_its_first_snapshot_did_not_converge(
+        fast_beside_paper: Path, mirror: Path, tmp_path: Path) -> None:
+    """A run without the residual that diverged before its first snapshot has no point to draw; its divergence is
+    still its result, which the page gives, rather than saying that no such run exists."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+    folder = runs / "K25_noresidual-fast"
+    shutil.copytree(runs / "K25-fast", folder)
+    for name in ("metrics.json", "per_image.csv", "evaluation.json"):
+        (folder / name).unlink()
+    train = json.loads((folder / "train.json").read_text())
+    train["model"]["residual"] = train["train"]["residual"] = False
+    train.update(status="diverged at epoch 1, step 40; the weights of step 0 kept", curve=[], steps_done=0,
+                 epochs_done=0.0)
+    (folder / "train.json").write_text(json.dumps(train))
+    reseal(folder)
+    text = page_text("table3", runs, mirror, tmp_path)
+    assert ("**K25_noresidual-fast** (fast budget, without the residual, 0 of 23,000 steps, 0 of 1.53 epochs): no "
+            "epoch of the table reached. It did not converge: its loss or gradient became non-finite, as the paper "
+            "reports of its own recipe.") in text
+    assert "No paper-scale run without the residual connection has been recorded" not in text
+
+
+def test_figure7_says_that_a_run_which_diverged_ended_there(fast_beside_paper: Path, mirror: Path,
+                                                            tmp_path: Path) -> None:
+    """A run that diverged trains no further: Figure 7's page says how far it trained, that it diverged, and where it
+    ended, not that it stands there."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+    train = json.loads((runs / "K25-fast" / "train.json").read_text())
+    status = "diverged at epoch 2, step 16000; the weights of step 15076 kept"
+    (runs / "K25-fast" / "train.json").write_text(json.dumps({**train, "status": status}))
+    reseal(runs / "K25-fast")
+    text = page_text("figure7", runs, mirror, tmp_path)
+    assert (f"**K25-fast** (K = 25, fast budget) trained 15,076 of 23,000 steps, 1 of 1.53 epochs, {status} and ended "
+            "at ") in text
+
+
+def test_table3_sets_only_the_paper_s_network_against_its_points(fast_beside_paper: Path, mirror: Path,
+                                                                 tmp_path: Path) -> None:
+    """Table 3's points are the paper's K = 25 network's: a main run of another K is not set against them."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+    train = json.loads((runs / "K25-paper" / "train.json").read_text())
+    train["model"]["recursions"] = train["train"]["recursions"] = 10
+    (runs / "K25-paper" / "train.json").write_text(json.dumps(train))
+    reseal(runs / "K25-paper")
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks["report"]["main"] = "K10"
+    blocks["experiments"]["K10"] = {"recursions": 10}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+    text = page_text("table3", runs, mirror, tmp_path, tmp_path / "params.yaml")
+    assert ("**K25-paper** (paper budget, with the residual, 1 of 35 epochs): 33.30 dB at epoch 1. The paper's "
+            "Table 3 is of its K = 25 network with n = 128 and m = 256 and no biases: it has no points for "
+            "K25-paper's.") in text
 
 
 def test_the_kind_of_record_a_folder_holds_is_read_from_its_files_and_calls(tmp_path: Path) -> None:

@@ -480,6 +480,12 @@ def test_a_run_without_the_residual_says_whether_it_converged(tmp_path: Path) ->
     diverged = {**nores.train, "status": "diverged at epoch 1, step 900; the weights of step 0 kept"}
     assert report.convergence(replace(nores, train=diverged), everyone, 30.39) == (
         "It did not converge: its loss or gradient became non-finite, as the paper reports of its own recipe.")
+    early = {**diverged, "curve": [], "steps_done": 0}  # before its first snapshot: its divergence is its result
+    assert report.convergence(replace(nores, train=early, metrics=None), everyone, 30.39) == (
+        "It did not converge: its loss or gradient became non-finite, as the paper reports of its own recipe.")
+    unscored = {**nores.train, "curve": [], "epochs_done": 0.01}  # cut short before its first snapshot
+    assert report.convergence(replace(nores, train=unscored, metrics=None), everyone, 30.39) == (
+        "Whether it converges is not known yet: it has no snapshot.")
 
 
 def test_the_cost_of_the_rest_counts_rl_csc_networks_alone(tmp_path: Path) -> None:
