@@ -851,6 +851,19 @@ def test_figure7_says_that_a_run_which_diverged_ended_there(fast_beside_paper: P
             "at ") in text
 
 
+def test_the_methods_page_names_the_machine_that_scored_a_model_again_in_fp32(mirror: Path, tmp_path: Path) -> None:
+    """An inference benchmark beside a run scores its model again in fp32 on the machine it ran on, which the page
+    names (from the benchmark's file), as it names the machine of the run's own evaluation."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "runs", runs)
+    bench = json.loads((runs / "K25-paper" / "inference_cpu.json").read_text())
+    bench["machine"]["gpu"] = "NVIDIA H200"
+    (runs / "K25-paper" / "inference_cpu.json").write_text(json.dumps(bench))
+    reseal(runs / "K25-paper")
+    text = page_text("methods", runs, mirror, tmp_path)
+    assert "`inference_cpu.json` (NVIDIA H200): " in text and "Scored in fp32 on NVIDIA H200 and cpu: AMD" in text
+
+
 def test_table3_sets_only_the_paper_s_network_against_its_points(fast_beside_paper: Path, mirror: Path,
                                                                  tmp_path: Path) -> None:
     """Table 3's points are the paper's K = 25 network's: a main run of another K is not set against them."""
