@@ -187,9 +187,14 @@ class Run(Evaluated):
         return sum(c["clipped_fraction"] * c["steps"] for c in curve) / max(1, sum(c["steps"] for c in curve))
 
     def last_psnr(self) -> float:
-        """The Set5 x3 PSNR of the final model: its evaluation's, else the monitor's last."""
+        """The Set5 x3 PSNR of the final model: its evaluation's, else the monitor's last (`by_monitor`)."""
         m = (self.metrics or {}).get("Set5", {}).get("x3", {})
         return m.get("psnr", self.train["curve"][-1]["psnr"] if self.train["curve"] else np.nan)
+
+    @property
+    def by_monitor(self) -> bool:
+        """Whether its `last_psnr` is its training monitor's: it was not evaluated, or not on Set5 x3."""
+        return "psnr" not in (self.metrics or {}).get("Set5", {}).get("x3", {})
 
     def minutes_to(self, psnr: float) -> float | None:
         """Training minutes (a snapshot's `seconds`) at the first snapshot whose Set5 x3 PSNR reached

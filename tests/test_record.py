@@ -864,6 +864,20 @@ def test_the_methods_page_names_the_machine_that_scored_a_model_again_in_fp32(mi
     assert "`inference_cpu.json` (NVIDIA H200): " in text and "Scored in fp32 on NVIDIA H200 and cpu: AMD" in text
 
 
+def test_figure1_says_a_run_not_evaluated_on_set5_x3_is_scored_by_its_monitor(fast_beside_paper: Path, mirror: Path,
+                                                                              tmp_path: Path) -> None:
+    """An evaluation may leave Set5 x3 out (its `datasets` or `scales`): Figure 1 then plots the run's training
+    monitor's Set5 x3 PSNR and says so."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fast_beside_paper, runs)
+    metrics = json.loads((runs / "K25-fast" / "metrics.json").read_text())
+    (runs / "K25-fast" / "metrics.json").write_text(json.dumps({"Set14": metrics["Set14"]}))
+    reseal(runs / "K25-fast")
+    psnr = json.loads((runs / "K25-fast" / "train.json").read_text())["curve"][-1]["psnr"]
+    said = page_text("figure1", runs, mirror, tmp_path)
+    assert f"stands at {psnr:.2f} dB by its training monitor (not evaluated on Set5 x3)" in said
+
+
 def test_table3_sets_only_the_paper_s_network_against_its_points(fast_beside_paper: Path, mirror: Path,
                                                                  tmp_path: Path) -> None:
     """Table 3's points are the paper's K = 25 network's: a main run of another K is not set against them."""
