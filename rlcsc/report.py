@@ -628,9 +628,10 @@ def unevaluated(runs: list[Run]) -> list[str]:
 
 def sources(runs: list, marked: bool = True) -> str:
     """The runs table of a page (markdown): one row per run or measured model it shows (its `row`); `marked`
-    where the page's tables and figures mark their columns and points with †."""
+    where the page's tables and figures mark their columns and points with †. The pages give the quick budget's
+    runs a section of their own, so an empty table is one of paper-scale runs."""
     if not runs:
-        return "No run of this project has reached this page yet."
+        return "No paper-scale run of this project has reached this page yet."
     rows = [r.row() for r in runs]
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -108,3 +108,9 @@ def test_a_run_scored_in_tf32_is_checked_in_fp32_by_its_later_benchmarks(tmp_pat
         path.write_text(json.dumps(bench))
     assert run.fp32_rescored() == []
     assert replace(run, environment=None).fp32_rescored() == []  # no call that evaluated: nothing to compare
+
+
+def test_an_empty_runs_table_says_no_paper_scale_run_reached_the_page() -> None:
+    """Each page gives the quick budget's runs a section of their own: its main runs table, when empty, says that no
+    paper-scale run has reached the page, not that no run has (quick runs may stand below it)."""
+    assert report.sources([]) == "No paper-scale run of this project has reached this page yet."
