@@ -90,8 +90,10 @@ def _end_with(creator: int) -> None:
         if ended is None:
             while os.getppid() == creator:  # a process whose parent ends is handed to another
                 time.sleep(0.5)
-        else:
-            select.select([ended], [], [])
+        else:  # poll, not select: a worker among hundreds may hold a descriptor above select's 1024
+            watched = select.poll()
+            watched.register(ended, select.POLLIN)
+            watched.poll()
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -179,8 +181,9 @@ def _from_file(folder: str, i: int) -> object:
 
 
 def pmap(fn: Callable[[T], R], tasks: Sequence[T], jobs: int | None, desc: str, unit: str = "img") -> Iterator[R]:
-    """Yield `fn(task)` for each task, in order, computed on `jobs` processes (default: all cores)."""
-    jobs = jobs or os.cpu_count() or 1
+    """Yield `fn(task)` for each task, in order, computed on `jobs` processes (default: all cores; no more than
+    there are tasks)."""
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     with tqdm(total=len(tasks), desc=desc, unit=unit) as bar:
         if jobs == 1:
             keep_freed_memory()

@@ -729,6 +729,7 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
     cells in the book; a cell that fails is one line naming it and its error."""
     import nbformat
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     def write(tmp: Path) -> None:
         try:
@@ -736,6 +737,11 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
         except papermill.PapermillExecutionError as err:
             what = " ".join(str(err.evalue).split())[:300]
             raise RlcscError(f"{source}: its cell {err.exec_count} failed: {err.ename}: {what}") from None
+        except (ValueError, nbformat.ValidationError) as err:  # not JSON, no kernel language: not a runnable notebook
+            what = " ".join(str(err).split())[:300]
+            raise RlcscError(f"{source}: not a notebook papermill can run: {what}") from None
+        except DeadKernelError:
+            raise RlcscError(f"{source}: its kernel died (out of memory?) before the notebook ended") from None
         nb = nbformat.read(tmp, as_version=4)
         for cell in nb.cells:
             tags = cell.metadata.setdefault("tags", [])

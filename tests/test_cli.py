@@ -269,3 +269,17 @@ def test_version_names_the_package_s_version_and_its_code_s_commit(capsys: pytes
     with pytest.raises(SystemExit) as ended:
         main(["--version"])
     assert ended.value.code == 0 and capsys.readouterr().out == f"rlcsc {version} (commit 0123abc-dirty)\n"
+
+
+def test_a_report_notebook_that_papermill_cannot_run_is_one_line(tmp_path: Path, capsys) -> None:
+    """A file that is not a notebook (not JSON) ends `rlcsc report` with one line naming it, not a traceback."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "table4.ipynb").write_text("not json")
+    (tmp_path / "none").mkdir()
+    argv = ["report", "table4", "--params", str(REPO / "params.yaml"), "--notebooks", str(tmp_path / "notebooks"),
+            "--results", str(tmp_path / "none"), "--out", str(tmp_path / "book")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"rlcsc report: error: {tmp_path / 'notebooks' / 'table4.ipynb'}: not a notebook papermill "
+                          "can run: ")

@@ -220,3 +220,19 @@ def test_workers_share_the_cores_in_numpy_s_blas_too() -> None:
         pytest.skip("no BLAS that threadpoolctl can size is loaded here")
     with pool(2) as workers:
         assert workers.submit(_blas_threads).result() == [max(1, (os.cpu_count() or 1) // 2)] * len(_blas_threads())
+
+
+def test_a_map_starts_no_more_workers_than_it_has_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--jobs` far above the tasks (or the cores) starts one worker per task at most."""
+    from rlcsc import parallel
+
+    asked = []
+    real = parallel.pool
+
+    def counting(jobs: int):
+        asked.append(jobs)
+        return real(jobs)
+
+    monkeypatch.setattr(parallel, "pool", counting)
+    assert list(parallel.pmap(abs, [-1, -2, -3], 64, desc="test")) == [1, 2, 3]
+    assert asked == [3]
