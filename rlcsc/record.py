@@ -163,11 +163,16 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     try:
         if needs_training:
             patches = prepare_data(blocks, raw, work, jobs)
-            summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget}, plan=plan)
+            replaced = _model_sha256(out)
+            try:
+                summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget},
+                                plan=plan)
+            finally:  # a new model (also one written as the call was cut short): the evaluation of the old one goes
+                if _model_sha256(out) != replaced:
+                    for name in RESULTS:
+                        (out / name).unlink(missing_ok=True)
             if summary["status"] == "interrupted":
                 raise KeyboardInterrupt
-            for name in RESULTS:  # the evaluation of the model it replaced
-                (out / name).unlink(missing_ok=True)
         if evaluate_after:
             scoring = time.monotonic()
             network = Network(out / "model.pt", pick_device(p.device).type, e.precision)
@@ -225,6 +230,12 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         write_json({"calls": calls + [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
     finally:
         seal(out)
+
+
+def _model_sha256(out: Path) -> str | None:
+    """The SHA-256 of the run's model.pt in `out`, or None where there is none."""
+    path = out / "model.pt"
+    return file_sha256(path) if path.exists() else None
 
 
 def _since(start: float) -> float:

@@ -448,45 +448,48 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                 if step == per_epoch:
                     epoch, step, since = epoch + 1, 0, 0
                 checkpoint()
-    finally:
+        if status != "completed" and this_call:  # diverged now: the run ends as its last good checkpoint holds it
+            good = read_checkpoint(ckpt_path)      # (weights, extent, curve), and that checkpoint says so
+            model.load_state_dict(good["model"])
+            optimizer.load_state_dict(good["optimizer"])
+            epoch, step, curve, since = good["epoch"], good["step"], good["curve"], good["since"]
+            losses[since:step], norms[since:step] = good["losses"], good["norms"]
+            status += f"; the weights of step {done()} kept"
+            if dist.main and step > since:  # the kept weights were not scored when they were saved: scored now
+                curve.append(_snapshot(p, done(), per_epoch, recipe.learning_rate(p, done() - 1, per_epoch),
+                                       losses[since:step], norms[since:step], good["elapsed"], monitor(model)))
+                since = step
+            checkpoint()
+        made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
+        planned = (plan or p).last_step(per_epoch)
+        last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
+        summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
+                   "steps_per_epoch": per_epoch, "steps_planned": planned,
+                   "epochs_planned": round(planned / per_epoch, 4),
+                   "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
+                   "seconds_wall": round(sum(c["seconds"] for c in made), 1),
+                   "seconds_training": round(kept["elapsed"], 1), "calls": made,
+                   "device": last["device"], "processes": last["processes"], "precision": last["precision"],
+                   "code_sha256": code_hash(__name__), **(label or {}),
+                   "model": {**model_state(model)["config"], "arch": p.arch,
+                             "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
+                   "train": asdict(p), "recipe_changes": p.recipe_changes(), "curve": curve}
+        if dist.main:
+            weights = model_state(model)
+            if not all(torch.isfinite(t).all() for t in weights["model"].values()):
+                raise RlcscError(f"the weights kept in {ckpt_path} are not finite; no model written")
+            extent = {k: summary[k] for k in ("steps_done", "epochs_done", "epochs_planned")}
+            model_file = {**weights, "train": asdict(p), "status": status, **extent, **(label or {})}
+            all_atomically({  # all or none: an interruption here leaves no model beside another run's record
+                out / "model.pt": torch_writer(model_file), out / "train.json": text_writer(json_text(summary)),
+                out / "train_metrics.json": text_writer(json_text(metrics(summary)))})
+    finally:  # the handlers stay until the run's files are written: a signal there ends the call after them
         if bar is not None:
             bar.close()
         interrupted.restore()
         dist.close()
-    if status != "completed" and this_call:  # diverged now: the run ends as its last good checkpoint holds it
-        good = read_checkpoint(ckpt_path)      # (weights, extent, curve), and that checkpoint says so
-        model.load_state_dict(good["model"])
-        optimizer.load_state_dict(good["optimizer"])
-        epoch, step, curve, since = good["epoch"], good["step"], good["curve"], good["since"]
-        losses[since:step], norms[since:step] = good["losses"], good["norms"]
-        status += f"; the weights of step {done()} kept"
-        if dist.main and step > since:  # the kept weights were not scored when they were saved: scored now
-            curve.append(_snapshot(p, done(), per_epoch, recipe.learning_rate(p, done() - 1, per_epoch),
-                                   losses[since:step], norms[since:step], good["elapsed"], monitor(model)))
-            since = step
-        checkpoint()
-    made = kept["calls"]  # a completed run ends with a checkpoint, so a later call reads the same record
-    planned = (plan or p).last_step(per_epoch)
-    last = made[-1]  # where the run last trained (a call that found it finished trained nothing)
-    summary = {"status": status, "epochs_done": round(done() / per_epoch, 4), "steps_done": done(),
-               "steps_per_epoch": per_epoch, "steps_planned": planned, "epochs_planned": round(planned / per_epoch, 4),
-               "ms_per_step": max(made, key=lambda c: c["steps"])["ms_per_step"],
-               "seconds_wall": round(sum(c["seconds"] for c in made), 1),
-               "seconds_training": round(kept["elapsed"], 1), "calls": made,
-               "device": last["device"], "processes": last["processes"], "precision": last["precision"],
-               "code_sha256": code_hash(__name__), **(label or {}),
-               "model": {**model_state(model)["config"], "arch": p.arch,
-                         "parameters": sum(t.numel() for t in model.parameters()), "depth": model.depth},
-               "train": asdict(p), "recipe_changes": p.recipe_changes(), "curve": curve}
-    if dist.main:
-        weights = model_state(model)
-        if not all(torch.isfinite(t).all() for t in weights["model"].values()):
-            raise RlcscError(f"the weights kept in {ckpt_path} are not finite; no model written")
-        extent = {k: summary[k] for k in ("steps_done", "epochs_done", "epochs_planned")}
-        model_file = {**weights, "train": asdict(p), "status": status, **extent, **(label or {})}
-        all_atomically({  # all or none: an interruption here leaves no model beside another run's record
-            out / "model.pt": torch_writer(model_file), out / "train.json": text_writer(json_text(summary)),
-            out / "train_metrics.json": text_writer(json_text(metrics(summary)))})
+    if interrupted:  # Ctrl-C or SIGTERM after the last host sync: the run is written whole, and the call stops
+        return {"status": "interrupted", "epoch": epoch, "step": step}
     return summary
 
 
@@ -585,7 +588,8 @@ def _diverged(p: TrainParams, epoch: int, step: int, ckpt_path: Path) -> str:
 
 
 class _InterruptFlag:
-    """True once SIGINT or SIGTERM arrived; the loop then checkpoints and returns at its next host sync."""
+    """True once SIGINT or SIGTERM arrived; the loop then checkpoints and returns at its next host sync (after the
+    last one, once the run's files are written)."""
 
     def __init__(self) -> None:
         self.hit = False

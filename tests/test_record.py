@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -152,6 +153,33 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp
     assert main([a for a in argv if a != "--no-evaluate"]) == 0
     last = json.loads((tmp_path / "run" / "environment.json").read_text())["calls"][-1]
     assert (last["steps_before"], last["steps_after"], last["evaluated"]) == (30, 30, True)
+
+
+def test_a_call_cut_short_as_it_writes_its_model_leaves_no_evaluation_of_the_old_one(
+        recorded: Path, mirror: Path, params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as a call that extends a run writes the run's last checkpoint: the new model is written whole, the call
+    ends there (exit 130, not evaluated) and the evaluation of the model it replaced goes with it."""
+    import rlcsc.train
+
+    out = tmp_path / "K25-quick"
+    shutil.copytree(recorded / "runs" / "K25-quick", out)
+    assert all((out / name).exists() for name in RESULTS)
+    target = json.loads((out / "train.json").read_text())["steps_done"] + 10
+    real = rlcsc.train.save_torch
+
+    def signalled(state: dict, path: Path) -> None:
+        if sum(call["steps"] for call in state["calls"]) == target:  # after the last host sync
+            os.kill(os.getpid(), signal.SIGINT)
+        real(state, path)
+
+    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    assert main(["record", "--params", str(params), "--budget", "quick", "--raw", str(mirror), "--out", str(out),
+                 "--work", str(recorded / "work"), "--steps", str(target), "--jobs", "2"]) == 130
+    assert json.loads((out / "train.json").read_text())["steps_done"] == target
+    assert not [name for name in RESULTS if (out / name).exists()]
+    last = json.loads((out / "environment.json").read_text())["calls"][-1]
+    assert (last["steps_after"], last["evaluated"], last["interrupted"]) == (target, False, True)
+    verify_run(out)
 
 
 def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Path, params: Path, tmp_path: Path,

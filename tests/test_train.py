@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -379,6 +380,27 @@ def test_an_interruption_while_a_run_writes_its_files_leaves_none_of_them(patche
     assert result["status"] == "completed" and len(result["calls"]) == 1  # the checkpoint held the whole run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "model.pt", "train.json",
                                                           "train_metrics.json"]
+
+
+def test_a_signal_after_the_last_host_sync_ends_the_call_once_the_run_is_written(
+        patches: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM) as the run's last checkpoint is written, after the loop's last host sync: the run's files
+    are written whole, and the call says it was interrupted, so that its caller stops rather than goes on."""
+    import rlcsc.train
+
+    real = rlcsc.train.save_torch
+
+    def signalled(state: dict, path: Path) -> None:
+        if state["epoch"] == TINY.epochs:  # the checkpoint that ends the run
+            os.kill(os.getpid(), signal.SIGINT)
+        real(state, path)
+
+    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    handler = signal.getsignal(signal.SIGINT)
+    assert train(TINY, patches, mirror, tmp_path)["status"] == "interrupted"
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["status"] == "completed" and summary["steps_done"] == summary["steps_planned"] == 16
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is the caller's again
 
 
 def test_a_divergence_is_dated_to_its_step_and_no_checkpoint_keeps_non_finite_weights(patches: Path, mirror: Path,
