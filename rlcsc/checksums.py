@@ -55,17 +55,18 @@ def seal(folder: Path, names: Iterable[str] | None = None) -> None:
     write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())), folder / SUMS)
 
 
-def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = ()) -> None:
+def verify(folder: Path, redo: str, may_lack: tuple[str, ...] = (), unlisted: str | None = None) -> None:
     """Every file of `folder` is listed in its `SHA256SUMS` and matches it, and every file listed is
     there (the files of `may_lack` may be missing, or there but not listed); else one clear error naming the
-    first that is not, and `redo` (what rebuilds it)."""
+    first that is not, and `redo` (what rebuilds it), or `unlisted` (default `redo`) for a folder without
+    checksums or a file they do not list."""
     sums = read_sums(folder)
     if not sums:
         raise RlcscError(f"corrupt {folder}: no {SUMS} holds the checksums of its files (written before they had "
-                         f"them, or damaged); {redo}")
+                         f"them, or damaged); {unlisted or redo}")
     for name in files(folder):
         if name not in sums and name not in may_lack:
-            raise RlcscError(f"corrupt {folder / name}: {folder / SUMS} does not list it; {redo}")
+            raise RlcscError(f"corrupt {folder / name}: {folder / SUMS} does not list it; {unlisted or redo}")
     for name, digest in sums.items():
         if name not in may_lack or (folder / name).exists():
             verify_file(folder / name, digest, redo)
@@ -75,8 +76,11 @@ def verify_run(folder: Path) -> None:
     """A recorded run's folder (`runs/<name>/`) holds what the program wrote and sealed, unchanged; but its
     `checkpoint.pt` may be missing or unlisted: only extending the run reads it, so a copy (a run kept without its
     checkpoint) may leave it out."""
-    verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is "
-                   "sealed by its next call)", ("checkpoint.pt",))
+    verify(folder, f"restore it with `git checkout -- {folder}` (a run whose `rlcsc record` was cut short is sealed "
+                   "by its next call)", ("checkpoint.pt",),
+           f"seal the folder with `rlcsc checksums {folder}` if the program wrote each of its files (a run recorded "
+           f"before runs were sealed, a file a command added); else restore it with `git checkout -- {folder}` and "
+           "move away any file added by hand")
 
 
 def verify_file(path: Path, digest: str, redo: str) -> None:

@@ -18,7 +18,8 @@ from rlcsc.manifest import TEST_SETS
 
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
-          "record": "out", "compare": "out", "convert": "out", "checksums": "folders", "benchmark": "out"}
+          "record": "out", "compare": "out", "convert": "out", "checksums": "folders", "benchmark": "out",
+          "memory": "out", "params": "checked", "report": "out"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -176,7 +177,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _checksums(args: argparse.Namespace) -> None:
-    from rlcsc.checksums import SUMS, read_sums, seal, verify_file, verify_run
+    from rlcsc.checksums import SUMS, files, read_sums, seal, verify_file, verify_run
 
     for folder in args.folders:
         if not folder.is_dir():
@@ -184,6 +185,8 @@ def _checksums(args: argparse.Namespace) -> None:
         if args.check:
             verify_run(folder)
             continue
+        if not files(folder):
+            raise RlcscError(f"{folder} holds no files to seal")
         for name, digest in read_sums(folder).items():  # a file is sealed once, as the program wrote it
             if (folder / name).is_file():
                 verify_file(folder / name, digest, f"restore it with `git checkout -- {folder / name}`; sealing "
@@ -198,7 +201,6 @@ def _memory(args: argparse.Namespace) -> None:
 
     check_result_file(args.out, replace=True)
     memory = training_memory()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(memory, args.out)
     measured = f"and the CUDA peak on {memory['gpu']}" if memory["gpu"] else "only: no GPU here, so no CUDA peak"
     print(f"Table 4 memory (counted {measured}) written to {args.out}", file=sys.stderr)
@@ -231,7 +233,6 @@ def _params(args: argparse.Namespace) -> None:
     _check_for_dvc(params, args.params)
     from rlcsc.atomic import write_text
 
-    args.checked.parent.mkdir(parents=True, exist_ok=True)
     write_text(f"every value of {args.params} checked\n", args.checked)  # the same bytes whatever the values
     print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
 
@@ -531,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
     process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
-    refuses; `download` also its `--listing`; `checksums` into each folder it seals; `benchmark` its --out, if any)."""
+    refuses; `report` its notebook in --out; `download` also its `--listing`; `checksums` into each folder it seals;
+    `benchmark` its --out and `params` its --checked, if any)."""
     if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
             or os.environ.get("RANK", "0") != "0"):
         return []
@@ -539,6 +541,8 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
         from rlcsc.sr import output_paths
 
         return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
+    if args.command == "report":
+        return [args.out / f"{args.name}.ipynb"]
     listing = [args.listing] if args.command == "download" and args.listing else []
     written = getattr(args, WRITES[args.command]) or []  # none: `benchmark` without --out
     return [*(written if isinstance(written, list) else [written]), *listing]

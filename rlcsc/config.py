@@ -292,12 +292,17 @@ def experiment_layer(params: dict, path: Path, cls: type, experiment: str) -> di
     return check_layer(cls, experiments[experiment], f"{path}, experiments.{experiment}")
 
 
-def check_main(params: dict, path: Path, main: str) -> None:
-    """`report.main` (or its default) must name an entry of `experiments`."""
+def check_main(params: dict, path: Path, main: Setting) -> None:
+    """`report.main` (or its default) must name an entry of `experiments`, of which there is at least one."""
     experiments = params.get("experiments") or {}
-    if main not in experiments:
-        raise RlcscError(f"{path}, report: main = {main!r} is not allowed; it must name an entry of `experiments`: "
-                         f"{sorted(experiments, key=str)}")
+    if not experiments:
+        raise RlcscError(f"{path} defines no experiment: `experiments` names each network the pipeline trains, "
+                         "report.main the one its pages show as RL-CSC (see README, \"Parameters, budgets and "
+                         "experiments\")")
+    if main.value not in experiments:
+        given = "" if main.source == "report" else " (its default)"
+        raise RlcscError(f"{path}, report: main = {main.value!r}{given} is not allowed; it must name an entry of "
+                         f"`experiments`: {sorted(experiments, key=str)}")
 
 
 def resolve(params: dict, path: Path, block: str, cls: type, experiment: str | None = None) -> dict[str, Setting]:
@@ -322,7 +327,7 @@ def resolve(params: dict, path: Path, block: str, cls: type, experiment: str | N
             replaced = (old.source, old.value) if source.startswith("budgets.") and old.value != value else None
             settings[key] = Setting(value, source, replaced)
     if block == "report":
-        check_main(params, path, settings["main"].value)
+        check_main(params, path, settings["main"])
     return settings
 
 

@@ -28,9 +28,12 @@ def pinned_source(path: Path) -> dict:
     bytes are not those of any pinned file."""
     if path.is_dir():
         raise RlcscError(f"--weights {path} is a folder; name the weights file in it")
-    if not path.is_file():
+    if not path.exists():
         raise RlcscError(f"weights file not found: {path}; fetch it with `rlcsc download --weights` (into "
                          "data/weights)")
+    if not path.is_file():
+        raise RlcscError(f"--weights {path} is not a regular file (a device, a pipe or a socket); name the weights "
+                         "file")
     digest = file_sha256(path)
     for e in load_manifest(WEIGHTS):
         if e.sha256 == digest:

@@ -147,6 +147,13 @@ class Run(Evaluated):
         return self.model["residual"]
 
     @property
+    def paper_network(self) -> bool:
+        """Whether the run trained the paper's RL-CSC at its K (Section 5.2: n = 128, m = 256, no biases), with the
+        residual connection or without it."""
+        m = self.model
+        return m["arch"] == "rlcsc" and not m["bias"] and (m["features"], m["codes"]) == (128, 256)
+
+    @property
     def device(self) -> str:
         """The device it trained on, as `machine` names it."""
         call = self.train["calls"][-1] if self.train.get("calls") else {}
@@ -321,11 +328,10 @@ def paper_set5_x3(run: Run) -> float | None:
     """The paper's final Set5 x3 PSNR for the network `run` trained, where the paper reports one: the
     endpoints of Figure 7 (Section 5.4) for its K, at Section 5.2's filter sizes (n = 128, m = 256)
     with the residual connection and without biases; None for any other network."""
-    m = run.model
-    if not (m["arch"] == "rlcsc" and m["residual"] and not m["bias"] and (m["features"], m["codes"]) == (128, 256)):
+    if not (run.paper_network and run.residual):
         return None
     ref = table("figure7")
-    hit = ref.psnr[ref.recursions == m["recursions"]]
+    hit = ref.psnr[ref.recursions == run.k]
     return float(hit.iloc[0]) if len(hit) else None
 
 
@@ -749,5 +755,4 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
                 tags.append("remove-cell")
         nbformat.write(nb, tmp)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     atomically(write, target)

@@ -69,6 +69,8 @@ def resolve_model(model: str | None) -> Path:
         return named_model()
     if model in NAMED_MODELS and not Path(model).is_file():  # not the package folder `rlcsc/` of a checkout
         return named_model(model)
+    if not os.path.lexists(model):
+        raise RlcscError(f"model file not found: {model} (nor is it a model's name: {', '.join(NAMED_MODELS)})")
     return Path(model)
 
 
@@ -128,10 +130,12 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 
 def _check_output(input: Path, output: Path, overwrite: bool) -> None:
     """One clear error if `output` cannot or should not be written: a missing folder, a name that says no
-    format, an existing file."""
+    format, a folder of the result's name, an existing file."""
     if not output.parent.is_dir():
         what = "is a file, not a folder" if output.parent.exists() else "does not exist"
         raise RlcscError(f"folder {output.parent} (of -o {output}) {what}")
+    if output.is_dir():  # the image's name in an -o folder: a file cannot replace it, --overwrite or not
+        raise RlcscError(f"{output} is a folder, which {input}'s result cannot replace; move it away")
     if not output.suffix and not output.exists():  # `-o results/` for a folder not made yet
         raise RlcscError(f"-o {output} is no folder, and its name says no image format: make the folder first, or "
                          "end the file's name in .png, .jpg, .bmp or .tif")

@@ -254,17 +254,28 @@ def test_file_names_that_are_not_utf8_are_sealed_and_a_line_break_is_refused(
         f"{run}: the file name 'a\\nb.txt' holds a line break, which {SUMS} cannot list; rename it")
 
 
-def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(tmp_path: Path) -> None:
+def test_a_folder_written_before_runs_were_sealed_is_sealed_by_a_command(
+        tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
+    """A run without checksums, or with a file they do not list, is named with both remedies: sealing it (the program
+    wrote it) or restoring it (a hand changed it); a folder without files is not sealed."""
     run = tmp_path / "run"
     run.mkdir()
+    assert one_line_error(["checksums", str(run)]).endswith(f"{run} holds no files to seal")
+    assert not (run / SUMS).exists()
     (run / "metrics.json").write_text("{}\n")
-    with pytest.raises(RlcscError, match="no SHA256SUMS"):
+    remedies = (f"seal the folder with `rlcsc checksums {run}` if the program wrote each of its files (a run recorded "
+                f"before runs were sealed, a file a command added); else restore it with `git checkout -- {run}` and "
+                "move away any file added by hand")
+    with pytest.raises(RlcscError, match=re.escape(f"corrupt {run}: no SHA256SUMS holds the checksums of its files "
+                                                   f"(written before they had them, or damaged); {remedies}")):
         verify_run(run)
     assert main(["checksums", str(run)]) == 0
     verify_run(run)
     assert (run / SUMS).read_text() == ("ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356  "
                                         "metrics.json\n")
     (run / "output_route.json").write_text("{}\n")  # a measurement a command added beside the run: sealed too
+    assert one_line_error(["checksums", "--check", str(run)]).endswith(
+        f"corrupt {run / 'output_route.json'}: {run / SUMS} does not list it; {remedies}")
     assert main(["checksums", str(run)]) == 0
     verify_run(run)
 

@@ -144,6 +144,14 @@ def test_report_main_must_name_an_experiment(tmp_path: Path, one_line_error: Cal
     argv = ["report", "table1", "--params", str(path), "--out", str(tmp_path / "o")]
     assert "report: main = 'K99' is not allowed" in one_line_error(argv)
     assert not (tmp_path / "o").exists()
+    path = write(tmp_path, lambda p: (p["report"].pop("main"), p["experiments"].pop("K25")))
+    assert "report: main = 'K25' (its default) is not allowed; it must name an entry of `experiments`: " in (
+        one_line_error(["params", "--params", str(path)]))
+    for text in ("", "budget:\n"):  # a file that holds no experiment
+        path.write_text(text)
+        assert one_line_error(["params", "--params", str(path)]).endswith(
+            f"{path} defines no experiment: `experiments` names each network the pipeline trains, report.main the "
+            "one its pages show as RL-CSC (see README, \"Parameters, budgets and experiments\")")
 
 
 @pytest.mark.parametrize("edit,message", [

@@ -148,6 +148,19 @@ def test_missing_mirror_file_named_and_mirror_taken_from_env(
     assert parts(out) == []
 
 
+def test_a_fetch_that_fails_leaves_no_folder_it_made_empty(tmp_path: Path) -> None:
+    """Nothing fetched: the folders made for the files are gone again, and those that were there are kept."""
+    (tmp_path / "mirror").mkdir()
+    out = tmp_path / "data"
+    with pytest.raises(RlcscError, match="^missing in data mirror"):
+        download_all(out, ["Set5", "Set14"], mirror=tmp_path / "mirror")
+    assert not out.exists()
+    (out / "Set5").mkdir(parents=True)
+    with pytest.raises(RlcscError, match="^missing in data mirror"):
+        download_all(out, ["Set5", "Set14"], mirror=tmp_path / "mirror")
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["Set5"]
+
+
 def test_a_mirror_that_fails_to_read_is_named_and_so_is_the_variable_that_names_a_missing_one(
     set5_copy: Path, set5: list[Entry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,6 +176,14 @@ def test_a_mirror_that_fails_to_read_is_named_and_so_is_the_variable_that_names_
     with pytest.raises(RlcscError, match=f"^data mirror not found: {tmp_path / 'nowhere'}, which \\${MIRROR_ENV} "
                                          "names; unset it to fetch from the URLs$"):
         download_all(tmp_path / "data", ["Set5"])
+    (tmp_path / "notes").write_text("mine\n")
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "notes"))
+    with pytest.raises(RlcscError, match=f"^data mirror {tmp_path / 'notes'} is a file, not a folder of "
+                                         f"<dataset>/<file>, which \\${MIRROR_ENV} names; unset it"):
+        download_all(tmp_path / "data", ["Set5"])
+    with pytest.raises(RlcscError, match=f"^data mirror {tmp_path / 'notes'} is a file, not a folder of "
+                                         "<dataset>/<file>$"):
+        download_all(tmp_path / "data", ["Set5"], mirror=tmp_path / "notes")
 
 
 def test_corrupt_existing_file_is_refetched(

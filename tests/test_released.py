@@ -137,6 +137,8 @@ def test_the_weights_go_to_data_weights_by_default_which_convert_s_hint_names(
     assert mat.is_file() and not Path("data/raw").exists()
     assert one_line_error(["convert", "--arch", "vdsr", "--weights", "data/weights", "--out", "m.pt"]).endswith(
         "--weights data/weights is a folder; name the weights file in it")
+    assert one_line_error(["convert", "--arch", "vdsr", "--weights", "/dev/null", "--out", "m.pt"]).endswith(
+        "--weights /dev/null is not a regular file (a device, a pipe or a socket); name the weights file")
     before = mat.read_bytes()
     assert one_line_error(["convert", "--arch", "vdsr", "--weights", str(mat), "--out", str(mat)]).endswith(
         f"--out {mat} is the --weights file; name another")

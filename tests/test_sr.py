@@ -652,6 +652,8 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
          "text.pt: the rlcsc network's recursions must be an integer"),
         (["bad.png", "--scale", "3", "--model", "m.pt"], "cannot read image"),
         (["ok.png", "--scale", "3", "--model", "missing.pt"], "model file not found"),
+        (["ok.png", "--scale", "3", "--model", "drrn"], "model file not found: drrn (nor is it a model's name: rlcsc, "
+                                                        "vdsr)"),
         (["ok.png", "--scale", "5", "--model", "m.pt"], "between 2 and 4"),
         (["ok.png", "--scale", "3", "--model", "ok.png"], "ok.png is not a PyTorch file; expected a model.pt"),
         (["ok.png", "--scale", "3", "--model", "notes.txt"], "notes.txt is not a PyTorch file; expected a model.pt"),
@@ -963,6 +965,7 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "empty").mkdir()
+    (tmp_path / "dirs" / "a.png").mkdir(parents=True)  # a folder of the result's name
     (out / "b.png").write_bytes(b"keep me")
     (tmp_path / "link.png").symlink_to(tmp_path / "nowhere.png")
     cases = [
@@ -971,6 +974,8 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         (["a.gif", "a.png"], "empty", "two results would be named a.png"),  # a GIF's result is a PNG
         (["a.png", "b.png"], "out", "b.png exists; pass --overwrite"),
         (["a.png"], "link.png", "link.png exists; pass --overwrite"),  # a symbolic link to nothing
+        (["a.png", "b.png"], "dirs", f"{tmp_path / 'dirs' / 'a.png'} is a folder, which {tmp_path / 'a.png'}'s "
+                                     "result cannot replace; move it away"),
         (["a.png", "bad.png"], "empty", "cannot read image"),
         (["a.png", "huge.png"], "empty", "huge.png is 12000x12000"),
         (["a.png", "cmyk.jpg"], "empty", "mode CMYK is not supported"),
@@ -986,6 +991,9 @@ def test_what_stops_one_image_of_several_stops_all_before_any_work(tiny: Path, t
         status, err = sr_in_process(capsys, *(str(tmp_path / n) for n in names), "--scale", "2", "--model", str(tiny),
                                     "-o", str(tmp_path / target), "--max-memory", "8")
         assert status == 1 and message in err and len(err.strip().splitlines()) == 1, (names, err)
+    status, err = sr_in_process(capsys, str(tmp_path / "a.png"), "--scale", "2", "--model", str(tiny), "-o",
+                                str(tmp_path / "dirs"), "--overwrite")
+    assert status == 1 and "a.png is a folder, which" in err  # --overwrite replaces a file, never a folder
     assert [p.name for p in out.iterdir()] == ["b.png"] and (out / "b.png").read_bytes() == b"keep me"
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.png"] and not list((tmp_path / "empty").iterdir())
     assert not (tmp_path / "file.png").exists() and (tmp_path / "link.png").is_symlink()

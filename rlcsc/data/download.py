@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 from time import sleep
@@ -57,9 +57,7 @@ def download_all(
     variable = MIRRORS[manifest]
     if mirror is None and os.environ.get(variable):
         mirror = Path(os.environ[variable])
-        if not mirror.is_dir():
-            raise RlcscError(f"data mirror not found: {mirror}, which ${variable} names; unset it to fetch from the "
-                             "URLs")
+        _check_mirror(mirror, f", which ${variable} names; unset it to fetch from the URLs")
     return fetch(load_manifest(manifest, datasets), out, mirror, retries, jobs)
 
 
@@ -78,8 +76,10 @@ def fetch(
     """
     if retries < 1 or jobs < 1:
         raise RlcscError(f"retries and jobs must be at least 1 (got {retries} and {jobs})")
-    if mirror is not None and not mirror.is_dir():
-        raise RlcscError(f"data mirror not found: {mirror}")
+    if mirror is not None:
+        _check_mirror(mirror)
+    made = [folder for folder in dict.fromkeys(p for e in entries for p in (out / e.relpath).parents)
+            if not folder.exists()]  # removed again where a fetch that failed leaves them empty
     fetched = 0
     total = sum(e.bytes for e in entries)
     stop = _Stop()
@@ -97,7 +97,18 @@ def fetch(
             raise
         finally:
             pool.shutdown(cancel_futures=True)
+            for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # the deepest first
+                with suppress(OSError):  # not empty: a file fetched, or one of the user's
+                    folder.rmdir()
     return fetched
+
+
+def _check_mirror(mirror: Path, named: str = "") -> None:
+    """One clear error unless `mirror` is a folder (`named`: what names it, said after it)."""
+    if not mirror.exists():
+        raise RlcscError(f"data mirror not found: {mirror}{named}")
+    if not mirror.is_dir():
+        raise RlcscError(f"data mirror {mirror} is a file, not a folder of <dataset>/<file>{named}")
 
 
 def _fetch_one(entry: Entry, out: Path, mirror: Path | None, retries: int, bar: tqdm, stop: _Stop) -> bool:
