@@ -21,7 +21,22 @@ PACKAGE = REPO / "rlcsc"
 # The params each stage command reads: its block (with the experiment's and the budget's layers) and
 # single keys of other blocks (`train` reads `evaluate.precision` for its Set5 x3 monitor).
 READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
-         "evaluate": ("evaluate",), "report": ("report", "experiments")}
+         "evaluate": ("evaluate",)}
+
+
+def notebook_reads(source: str) -> set[str]:
+    """The params a report notebook of code `source` reads (`rlcsc.report.Page`, `rlcsc.scorecard.costs`): the
+    main experiment and every experiment's name (`report.page`); the whole report block for its tolerances; the
+    train block for the main network (`main_network`, under `main_runs` and `sweep_runs`); and for each
+    `costs(page, budget)` (the paper's by default) the train blocks it resolves for each experiment."""
+    reads = {"report.main", "experiments"}
+    if "tolerance()" in source:
+        reads.add("report")
+    if re.search(r"\b(main_runs|sweep_runs|main_network)\(", source):
+        reads.add("train")
+    for budget in re.findall(r"\bcosts\(page(?:, \"(\w+)\")?\)", source):
+        reads |= {"train", f"budgets.{budget or 'paper'}.train"}
+    return reads - {"report.main"} if "report" in reads else reads
 
 
 def holds_code(path: Path) -> bool:
@@ -117,6 +132,9 @@ def test_every_stage_lists_the_params_it_reads_and_their_budget_layers(name: str
             expected |= {"budget", f"budgets.${{budget}}.{item}"}
     if words and words[1] == "train":
         expected.add(f"experiments.{words[words.index('--experiment') + 1]}")
+    if words and words[1] == "report":
+        cells = json.loads((REPO / "notebooks" / f"{words[2]}.ipynb").read_text())["cells"]
+        expected = notebook_reads("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
     assert set(stage.get("params", [])) == expected
 
 
