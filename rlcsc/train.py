@@ -210,6 +210,11 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
+    def share(self, positions: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """This process's share of a batch's `positions`: every `world`-th, from its rank (the gradient exchange
+        averages the shares' gradients into the whole batch's)."""
+        return positions[self.rank :: self.world]
+
     def wrap(self, model: nn.Module) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
 
@@ -404,7 +409,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     lr = recipe.learning_rate(p, done(), per_epoch)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    x, y = batches(order[step * p.batch : (step + 1) * p.batch][dist.rank :: dist.world])
+                    x, y = batches(dist.share(order[step * p.batch : (step + 1) * p.batch]))
                     losses[step], norms[step] = step_fn(x, y)
                     bad |= ~(torch.isfinite(losses[step]) & torch.isfinite(norms[step]))
                     step += 1

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    """$RLCSC_DATA_MIRROR, else shared/datasets in or beside the repository; skip when absent."""
+    """$RLCSC_DATA_MIRROR, else shared/datasets in or beside the repository; skip when absent,
+    fail where the variable names a folder that is not one."""
     if os.environ.get(MIRROR_ENV):
         candidates = [Path(os.environ[MIRROR_ENV])]
     else:
@@ -24,6 +25,8 @@ def mirror() -> Path:
     for path in candidates:
         if (path / "Set5").is_dir():
             return path
+    if os.environ.get(MIRROR_ENV):  # named, and wrong: a mistake, not a machine without the files
+        pytest.fail(f"${MIRROR_ENV} names no data mirror: {os.environ[MIRROR_ENV]}")
     pytest.skip(f"no data mirror found (set {MIRROR_ENV}; tried {', '.join(map(str, candidates))})")
 
 

@@ -126,6 +126,9 @@ def test_an_output_named_through_a_linked_folder_is_the_same_output(holder: tupl
     proc.wait()
     with writing(tmp_path / "link" / "out.png"):
         assert not tmp.exists()
+        with temporary(tmp_path / "link" / "out.png") as made:  # noted in the lock of the output, where it lies
+            assert json.loads(lock_file(tmp_path / "out.png").read_text().splitlines()[-1]) == str(
+                tmp_path / made.name)
 
 
 def test_a_folder_named_by_dot_or_dot_dot_is_the_folder_and_the_root_is_refused(
@@ -136,9 +139,6 @@ def test_a_folder_named_by_dot_or_dot_dot_is_the_folder_and_the_root_is_refused(
     with pytest.raises(RlcscError, match="^/ is the root folder; name a folder in it to write into$"):
         with writing(Path("/")):
             pass
-        with temporary(tmp_path / "link" / "out.png") as made:
-            assert json.loads(lock_file(tmp_path / "out.png").read_text().splitlines()[-1]) == str(
-                tmp_path / made.name)
 
 
 def test_a_folder_the_system_will_not_let_a_writer_write_is_named_by_the_output(

@@ -28,7 +28,7 @@ from rlcsc.data.patches import PatchParams, PatchSet, make_patches
 from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
 from rlcsc.recipe import learning_rate
-from rlcsc.train import Monitor, TrainParams, epoch_order, prepare, train
+from rlcsc.train import Distributed, Monitor, TrainParams, epoch_order, prepare, train
 
 TINY = TrainParams(recursions=2, features=4, codes=8, pairs=64, batch=8, epochs=2, lr=0.01,
                    checkpoint_every=4, log_every=2, compile=False, device="cpu")
@@ -124,7 +124,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirro
     resumed = train(replace(TINY, log_every=1, checkpoint_every=3, compile=True), patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed"
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
-    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]}
+                               for c, r in zip(straight["curve"], resumed["curve"], strict=True)]
 
 
 @pytest.mark.parametrize("refusal", [errno.ENOSPC, errno.EROFS], ids=["disk full", "read-only folder"])
@@ -453,7 +454,22 @@ def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, t
     a, b = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-    assert single["status"] == "completed"
+    assert single["status"] == "completed" and single["processes"] == 1
+    assert json.loads((tmp_path / "two" / "train.json").read_text())["processes"] == 2
+
+
+def test_each_process_trains_on_its_own_share_of_a_batch() -> None:
+    """The same weights as one process could come from two that each trained on the whole batch: the shares of a
+    batch are what make two processes twice as fast. Each takes one of `world` equal, disjoint shares."""
+    dist = Distributed(torch.device("cpu"))
+    batch = torch.arange(10, 22)
+    for world in (1, 2, 3, 4):
+        shares = []
+        for rank in range(world):
+            dist.world, dist.rank = world, rank
+            shares.append(dist.share(batch))
+        assert [len(s) for s in shares] == [len(batch) // world] * world
+        assert sorted(torch.cat(shares).tolist()) == batch.tolist()
 
 
 def test_ddp_processes_agree_when_only_one_sees_a_non_finite_loss(patches: Path, mirror: Path, tmp_path: Path) -> None:
@@ -507,7 +523,8 @@ def test_a_cut_fast_run_resumes_to_the_same_weights(patches: Path, mirror: Path,
     resumed = train(mini, patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed" and resumed["steps_done"] == 12
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
-    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]}
+                               for c, r in zip(straight["curve"], resumed["curve"], strict=True)]
 
 
 def test_precision_is_set_for_the_code_that_asks_and_restored_after_it() -> None:
@@ -685,7 +702,8 @@ def test_a_run_cut_within_a_snapshot_interval_resumes_that_interval(patches: Pat
     assert train(p, patches, mirror, tmp_path / "b", stop_after=5)["step"] == 5
     resumed = train(p, patches, mirror, tmp_path / "b")
     assert [c["steps"] for c in resumed["curve"]] == [3, 3, 2]
-    assert resumed["curve"] == [{**c, "seconds": r["seconds"]} for c, r in zip(straight["curve"], resumed["curve"])]
+    assert resumed["curve"] == [{**c, "seconds": r["seconds"]}
+                               for c, r in zip(straight["curve"], resumed["curve"], strict=True)]
 
 
 def test_fewer_pairs_than_a_batch_is_a_clear_error(patches: Path, mirror: Path, tmp_path: Path) -> None:
