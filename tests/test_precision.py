@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from rlcsc import device, int8, sr, winograd
+from rlcsc import benchmark, device, int8, sr, winograd
 from rlcsc.atomic import save_torch
 from rlcsc.cli import main
 from rlcsc.evaluate import EvaluateParams
@@ -225,10 +225,24 @@ def test_the_training_monitor_scores_in_bf16_and_winograd_on_a_copy(tiny: Path, 
 def test_benchmark_inference_alternates_the_native_variants(tiny: Path, tmp_path: Path, mirror: Path, native,
                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     native(True)
+    entered, timed = [], []  # the precisions set around a forward pass, and those of the passes timed
+    real_inferring, real_timer = benchmark.inferring, benchmark._timer
+
+    def inferring(where: torch.device, precision: str):
+        entered.append(precision)
+        return real_inferring(where, precision)
+
+    def timer(where: torch.device):
+        run = real_timer(where)
+        return lambda step: (timed.append(entered[-1]), run(step))[1]
+
+    monkeypatch.setattr(benchmark, "inferring", inferring)
+    monkeypatch.setattr(benchmark, "_timer", timer)
     out = tmp_path / "inference.json"
     argv = ["benchmark", "inference", "--raw", str(mirror), "--steps", "1", "--out", str(out)]
     assert main(argv + ["--model", str(tiny), "--datasets", "Set5", "Set14"]) == 0
     result = json.loads(out.read_text())
+    assert timed == list(result["variants"]) * 2  # one after another in each round: the untimed first, the timed
     fp32, bf16 = result["variants"]["fp32"], result["variants"]["bf16"]
     quantized = {"int8"} if int8.available() else set()
     assert set(result["variants"]) == {"fp32", "bf16", "winograd"} | quantized
