@@ -309,6 +309,31 @@ def test_inference_in_bf16_keeps_its_fp32_layers_exact_on_a_gpu() -> None:
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
+def test_each_forward_pass_of_inference_sets_the_switches_of_its_own_precision(
+        tiny: Path, tmp_path: Path, mirror: Path, native, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rlcsc sr`, the evaluation's `Network` and the training monitor each run their forward passes inside
+    `device.inferring` of the precision they compute in (so, under bf16, without TF32 on a GPU)."""
+    import rlcsc.inference
+    import rlcsc.train
+
+    native(True)
+    seen = []
+
+    def recording(where: torch.device | str, precision: str):
+        seen.append(precision)
+        return device.inferring(where, precision)
+
+    for module in (sr, rlcsc.inference, rlcsc.train):
+        monkeypatch.setattr(module, "inferring", recording)
+    for precision in ("bf16", "fp32"):
+        seen.clear()
+        list(sr.super_resolve_files([tmp_path / "in.png"], tmp_path / f"{precision}.png", 2, str(tiny), False,
+                                    precision=precision))
+        Network(tiny, "cpu", precision)(np.zeros((12, 12)), 2)
+        Monitor(mirror, "Set5", 2, precision)(load_model(tiny))
+        assert seen == [precision] * 3
+
+
 def test_the_cpu_asked_for_is_the_cpu_even_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """`cpu` is the CPU whatever else is present; `auto` and `cuda` take the GPU where there is one."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
