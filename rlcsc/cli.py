@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> None:
     params = _load(args, "train", TrainParams, args.experiment)
     eval_precision = load_block(args.params, "evaluate", EvaluateParams).precision
     summary = train(params, args.patches, args.raw, args.out, eval_precision, label)
-    if summary["status"] == "interrupted":
+    if summary.get("interrupted"):
         raise KeyboardInterrupt
     last = summary["curve"][-1] if summary["curve"] else {}
     print(f"{summary['status']}: {summary['epochs_done']} epoch(s); {params.eval_dataset} x{params.eval_scale} "

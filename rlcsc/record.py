@@ -161,17 +161,17 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
     write_json({"calls": calls + [{**call, **done}]}, env_path)  # a call cut short still says where it ran
     started = time.monotonic()
     try:
+        if _drop_stale_evaluation(out):
+            print(f"{out}: its evaluation was of an earlier model than its model.pt (a call was cut short as it "
+                  "wrote the model): removed", file=sys.stderr)
         if needs_training:
             patches = prepare_data(blocks, raw, work, jobs)
-            replaced = _model_sha256(out)
             try:
                 summary = train(p, patches, raw, out, e.precision, {"experiment": experiment, "budget": budget},
                                 plan=plan)
             finally:  # a new model (also one written as the call was cut short): the evaluation of the old one goes
-                if _model_sha256(out) != replaced:
-                    for name in RESULTS:
-                        (out / name).unlink(missing_ok=True)
-            if summary["status"] == "interrupted":
+                _drop_stale_evaluation(out)
+            if summary.get("interrupted"):
                 raise KeyboardInterrupt
         if evaluate_after:
             scoring = time.monotonic()
@@ -232,10 +232,18 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
         seal(out)
 
 
-def _model_sha256(out: Path) -> str | None:
-    """The SHA-256 of the run's model.pt in `out`, or None where there is none."""
-    path = out / "model.pt"
-    return file_sha256(path) if path.exists() else None
+def _drop_stale_evaluation(out: Path) -> bool:
+    """Remove the evaluation in `out` where it describes another model than its model.pt (`describe_model`: the
+    run's status and extent) and say whether it did: the evaluation of a model a call replaced."""
+    evaluation, model = out / "evaluation.json", out / "model.pt"
+    if not (evaluation.exists() and model.exists()):
+        return False
+    scored = _read_json(evaluation).get("model") or {}
+    if all(scored.get(k) == v for k, v in describe_model(model).items() if k != "path" and k in scored):
+        return False
+    for name in RESULTS:
+        (out / name).unlink(missing_ok=True)
+    return True
 
 
 def _since(start: float) -> float:
@@ -380,10 +388,12 @@ def compare(params_path: Path, budget: str, experiment: str, raw: Path, work: Pa
         with tempfile.TemporaryDirectory() as tmp, _named(name):
             summary = train(trained[name], patches, raw, Path(tmp), blocks["evaluate"].precision,
                             {"experiment": experiment, "budget": budget})
-        if summary["status"] == "interrupted":  # the variants done so far are already written
+        if summary["status"] == "interrupted":  # cut short: the variants done so far are already written
             raise KeyboardInterrupt
         keep = ("status", "steps_done", "epochs_done", "ms_per_step", "seconds_training", "precision", "model", "curve")
         result["variants"].append({"name": name, "changes": changes, **{k: summary[k] for k in keep}})
         write_json(result, out)  # after every variant: a run cut short keeps what it measured
         seal(out.parent, [out.name])
+        if summary.get("interrupted"):  # after the variant's last host sync: kept, and the comparison ends
+            raise KeyboardInterrupt
     return result

@@ -328,10 +328,11 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
     checkpoint of the same run exists. `eval_precision` is the monitor's (`evaluate.precision`);
     `label` (experiment, budget) is recorded with the run. The run's plan, its `steps_planned`, ends at the
     `last_step` of `plan` (default `p`): the params it was started with, where a call of `rlcsc record` stops
-    it earlier (`--epochs`, `--steps`).
+    it earlier (`--epochs`, `--steps`). Returns the run's summary (train.json); with `"interrupted": True` where
+    Ctrl-C or SIGTERM ended the call: at a host sync before the run's end, as `{"status": "interrupted", "epoch",
+    "step"}` (its checkpoint written, no model.pt), or after the last one, as the summary of the run written whole.
 
-    `stop_after` ends the call after that many steps, as an interruption would (checkpoint written,
-    no model.pt); it exists to test resumption.
+    `stop_after` ends the call after that many steps, as an interruption would; it exists to test resumption.
     """
     started = time.time()
     device = pick_device(p.device)
@@ -442,7 +443,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
                     if stopping:
                         checkpoint()
                         bar.close()
-                        return {"status": "interrupted", "epoch": epoch, "step": step}
+                        return {"status": "interrupted", "epoch": epoch, "step": step, "interrupted": True}
                     if finished or late:
                         break
                     if save:
@@ -488,14 +489,13 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
             all_atomically({  # all or none: an interruption here leaves no model beside another run's record
                 out / "model.pt": torch_writer(model_file), out / "train.json": text_writer(json_text(summary)),
                 out / "train_metrics.json": text_writer(json_text(metrics(summary)))})
+        signalled = dist.agree(bool(interrupted))[0]  # after the last host sync too: every process says so
     finally:  # the handlers stay until the run's files are written: a signal there ends the call after them
         if bar is not None:
             bar.close()
         interrupted.restore()
         dist.close()
-    if interrupted:  # Ctrl-C or SIGTERM after the last host sync: the run is written whole, and the call stops
-        return {"status": "interrupted", "epoch": epoch, "step": step}
-    return summary
+    return {**summary, "interrupted": True} if signalled else summary  # the run written whole, and the call to end
 
 
 def metrics(summary: dict) -> dict:

@@ -182,6 +182,30 @@ def test_a_call_cut_short_as_it_writes_its_model_leaves_no_evaluation_of_the_old
     verify_run(out)
 
 
+def test_an_evaluation_left_beside_a_newer_model_is_removed_by_the_next_call(
+        recorded: Path, mirror: Path, params: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second Ctrl-C (or a kill) after a call wrote a new model, before it removed the old one's evaluation,
+    leaves that evaluation sealed beside the new model: the next call removes it, before anything else."""
+    out = tmp_path / "K25-quick"
+    shutil.copytree(recorded / "runs" / "K25-quick", out)
+    old = {name: (out / name).read_bytes() for name in RESULTS}
+    target = json.loads((out / "train.json").read_text())["steps_done"] + 10
+    argv = ["record", "--params", str(params), "--budget", "quick", "--raw", str(mirror), "--out", str(out),
+            "--work", str(recorded / "work"), "--steps", str(target), "--no-evaluate", "--jobs", "2"]
+    assert main(argv) == 0
+    for name, data in old.items():  # as the cut call left the folder: sealed by its end
+        (out / name).write_bytes(data)
+    reseal(out)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{out}: its evaluation was of an earlier model than its model.pt" in capsys.readouterr().err
+    assert not [name for name in RESULTS if (out / name).exists()]
+    verify_run(out)
+    assert main(argv[:-3] + ["--jobs", "2"]) == 0  # evaluated, and kept: it is of this model
+    assert all((out / name).exists() for name in RESULTS)
+    assert main(argv) == 0 and all((out / name).exists() for name in RESULTS)
+
+
 def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Path, params: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
@@ -598,7 +622,8 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     import rlcsc.record
 
     def train(p, *args, **kwargs):  # the second variant is interrupted (Ctrl-C, or the machine's time limit)
-        return real(p, *args, **kwargs) if p.lr == 0.01 else {"status": "interrupted", "epoch": 0, "step": 3}
+        return (real(p, *args, **kwargs) if p.lr == 0.01
+                else {"status": "interrupted", "epoch": 0, "step": 3, "interrupted": True})
 
     real = rlcsc.record.train
     monkeypatch.setattr(rlcsc.record, "train", train)
@@ -617,6 +642,30 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     text = json.dumps([c.get("outputs", [])
                        for c in json.loads((tmp_path / "training_time.ipynb").read_text())["cells"]])
     assert "Not measured (the comparison ended before them): fast, never." in text
+
+
+def test_a_comparison_signalled_after_a_variant_s_last_host_sync_keeps_that_variant_and_ends(
+        recorded: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the second variant writes its last checkpoint: its training is whole, so it is kept, and the
+    comparison ends there."""
+    import rlcsc.train
+
+    real = rlcsc.train.save_torch
+
+    def signalled(state: dict, path: Path) -> None:
+        if state["config"]["lr"] == 0.02 and sum(call["steps"] for call in state["calls"]) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(state, path)
+
+    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    out = tmp_path / "comparison.json"
+    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+                 "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
+                 "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]) == 130
+    result = json.loads(out.read_text())
+    assert [(v["name"], v["steps_done"], v["status"]) for v in result["variants"]] == [("base", 5, "completed"),
+                                                                                      ("fast", 5, "completed")]
+    verify_run(out.parent)  # sealed as written
 
 
 def test_a_comparison_in_minutes_gives_each_variant_that_time_limit(recorded: Path, mirror: Path, tmp_path: Path,

@@ -118,7 +118,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(patches: Path, mirro
     straight = train(TINY, patches, mirror, tmp_path / "a")
     assert straight["status"] == "completed" and straight["epochs_done"] == 2
     first = train(TINY, patches, mirror, tmp_path / "b", stop_after=5)  # killed mid-epoch
-    assert first == {"status": "interrupted", "epoch": 0, "step": 5}
+    assert first == {"status": "interrupted", "epoch": 0, "step": 5, "interrupted": True}
     assert not (tmp_path / "b" / "model.pt").exists()
     # logging, checkpointing and compile settings may change between calls of one run (not its identity)
     resumed = train(replace(TINY, log_every=1, checkpoint_every=3, compile=True), patches, mirror, tmp_path / "b")
@@ -386,7 +386,8 @@ def test_an_interruption_while_a_run_writes_its_files_leaves_none_of_them(patche
 def test_a_signal_after_the_last_host_sync_ends_the_call_once_the_run_is_written(
         patches: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C (or SIGTERM) as the run's last checkpoint is written, after the loop's last host sync: the run's files
-    are written whole, and the call says it was interrupted, so that its caller stops rather than goes on."""
+    are written whole, and the call says it was interrupted (beside the run's summary), so that its caller stops
+    rather than goes on."""
     import rlcsc.train
 
     real = rlcsc.train.save_torch
@@ -398,8 +399,9 @@ def test_a_signal_after_the_last_host_sync_ends_the_call_once_the_run_is_written
 
     monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
     handler = signal.getsignal(signal.SIGINT)
-    assert train(TINY, patches, mirror, tmp_path)["status"] == "interrupted"
+    result = train(TINY, patches, mirror, tmp_path)
     summary = json.loads((tmp_path / "train.json").read_text())
+    assert result == {**summary, "interrupted": True}
     assert summary["status"] == "completed" and summary["steps_done"] == summary["steps_planned"] == 16
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is the caller's again
 
@@ -519,7 +521,7 @@ def test_a_cut_fast_run_resumes_to_the_same_weights(patches: Path, mirror: Path,
                    checkpoint_every=100, compile=False, device="cpu")
     straight = train(mini, patches, mirror, tmp_path / "a")
     assert (train(mini, patches, mirror, tmp_path / "b", stop_after=10)
-            == {"status": "interrupted", "epoch": 1, "step": 2})
+            == {"status": "interrupted", "epoch": 1, "step": 2, "interrupted": True})
     resumed = train(mini, patches, mirror, tmp_path / "b")
     assert resumed["status"] == "completed" and resumed["steps_done"] == 12
     assert same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
