@@ -192,3 +192,14 @@ def test_every_stage_that_reads_the_test_images_depends_on_them() -> None:
         assert {f"data/raw/{d}" for d in TEST_SETS} <= set(stage["deps"]), name
     download = dict(stages())["download"]
     assert {"data/raw": {"cache": False, "persist": True}} in download["outs"]
+
+
+def test_dvc_plots_show_each_experiment_s_curve_as_its_stage_is_made() -> None:
+    """`dvc plots show` draws the Set5 x3 curve of every experiment, a new one too: each train stage declares its
+    train.json a plot, rather than a list of experiments in dvc.yaml that a new one would be missing from."""
+    trains = [(name, stage) for name, stage in stages() if name.startswith("train@")]
+    assert len(trains) == len(yaml.safe_load((REPO / "params.yaml").read_text())["experiments"])
+    for name, stage in trains:
+        ((path, plot),) = (item for entry in stage["plots"] for item in entry.items())
+        assert path == f"models/{name.split('@')[1]}/train.json" and (plot["x"], plot["y"]) == ("step", "psnr")
+    assert "plots" not in yaml.safe_load((REPO / "dvc.yaml").read_text())
