@@ -1,8 +1,10 @@
-"""Shared fixtures: the read-only data mirror of the benchmark images, and a command that must fail in one line."""
+"""Shared fixtures: the read-only data mirror of the benchmark images, a command that must fail in one line, and
+Ctrl-C at a chosen checkpoint of training."""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,3 +51,21 @@ def winograd_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     from rlcsc import winograd
 
     monkeypatch.setattr(winograd, "WIDE", 1)
+
+
+@pytest.fixture
+def ctrl_c_at_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[dict], bool]], None]:
+    """Arm a SIGINT to this process as `rlcsc.train` writes a checkpoint whose state satisfies `when` (the last one of
+    a run falls after the training loop's last host sync)."""
+    import rlcsc.train
+
+    def arm(when: Callable[[dict], bool]) -> None:
+        real = rlcsc.train.save_torch
+
+        def signalled(state: dict, path: Path) -> None:
+            if when(state):
+                os.kill(os.getpid(), signal.SIGINT)
+            real(state, path)
+
+        monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    return arm

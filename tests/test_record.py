@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -156,23 +155,14 @@ def test_a_call_cut_short_is_counted_by_the_next(mirror: Path, params: Path, tmp
 
 
 def test_a_call_cut_short_as_it_writes_its_model_leaves_no_evaluation_of_the_old_one(
-        recorded: Path, mirror: Path, params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorded: Path, mirror: Path, params: Path, tmp_path: Path, ctrl_c_at_checkpoint) -> None:
     """Ctrl-C as a call that extends a run writes the run's last checkpoint: the new model is written whole, the call
     ends there (exit 130, not evaluated) and the evaluation of the model it replaced goes with it."""
-    import rlcsc.train
-
     out = tmp_path / "K25-quick"
     shutil.copytree(recorded / "runs" / "K25-quick", out)
     assert all((out / name).exists() for name in RESULTS)
     target = json.loads((out / "train.json").read_text())["steps_done"] + 10
-    real = rlcsc.train.save_torch
-
-    def signalled(state: dict, path: Path) -> None:
-        if sum(call["steps"] for call in state["calls"]) == target:  # after the last host sync
-            os.kill(os.getpid(), signal.SIGINT)
-        real(state, path)
-
-    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    ctrl_c_at_checkpoint(lambda state: sum(call["steps"] for call in state["calls"]) == target)  # the last
     assert main(["record", "--params", str(params), "--budget", "quick", "--raw", str(mirror), "--out", str(out),
                  "--work", str(recorded / "work"), "--steps", str(target), "--jobs", "2"]) == 130
     assert json.loads((out / "train.json").read_text())["steps_done"] == target
@@ -617,6 +607,13 @@ def test_a_recorded_run_stands_beside_a_comparison_of_its_network_seed_and_data(
     assert row_cells(tables(outputs), "K25-quick † (recorded run)")[-1] == "-"  # nor its PSNR at their minutes
 
 
+def three_variants(recorded: Path, mirror: Path, out: Path) -> list[str]:
+    """`rlcsc compare` of three variants of 5 steps each under the quick budget: base, fast (lr 0.02), never (0.03)."""
+    return ["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
+            "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
+            "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]
+
+
 def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path, mirror: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import rlcsc.record
@@ -628,9 +625,7 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
     real = rlcsc.record.train
     monkeypatch.setattr(rlcsc.record, "train", train)
     out = tmp_path / "comparison.json"
-    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
-                 "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
-                 "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]) == 130
+    assert main(three_variants(recorded, mirror, out)) == 130
     result = json.loads(out.read_text())
     assert [v["name"] for v in result["variants"]] == ["base"] and result["planned"] == ["base", "fast", "never"]
 
@@ -645,23 +640,12 @@ def test_an_interrupted_comparison_keeps_the_variants_it_finished(recorded: Path
 
 
 def test_a_comparison_signalled_after_a_variant_s_last_host_sync_keeps_that_variant_and_ends(
-        recorded: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorded: Path, mirror: Path, tmp_path: Path, ctrl_c_at_checkpoint) -> None:
     """Ctrl-C as the second variant writes its last checkpoint: its training is whole, so it is kept, and the
     comparison ends there."""
-    import rlcsc.train
-
-    real = rlcsc.train.save_torch
-
-    def signalled(state: dict, path: Path) -> None:
-        if state["config"]["lr"] == 0.02 and sum(call["steps"] for call in state["calls"]) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        real(state, path)
-
-    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    ctrl_c_at_checkpoint(lambda state: state["config"]["lr"] == 0.02 and sum(c["steps"] for c in state["calls"]) == 5)
     out = tmp_path / "comparison.json"
-    assert main(["compare", "--params", str(REPO / "params.yaml"), "--budget", "quick", "--raw", str(mirror),
-                 "--work", str(recorded / "work"), "--steps", "5", "--variant", "base:", "--variant", "fast:lr=0.02",
-                 "--variant", "never:lr=0.03", "--out", str(out), "--jobs", "2"]) == 130
+    assert main(three_variants(recorded, mirror, out)) == 130
     result = json.loads(out.read_text())
     assert [(v["name"], v["steps_done"], v["status"]) for v in result["variants"]] == [("base", 5, "completed"),
                                                                                       ("fast", 5, "completed")]

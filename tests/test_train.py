@@ -384,20 +384,11 @@ def test_an_interruption_while_a_run_writes_its_files_leaves_none_of_them(patche
 
 
 def test_a_signal_after_the_last_host_sync_ends_the_call_once_the_run_is_written(
-        patches: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        patches: Path, mirror: Path, tmp_path: Path, ctrl_c_at_checkpoint) -> None:
     """Ctrl-C (or SIGTERM) as the run's last checkpoint is written, after the loop's last host sync: the run's files
     are written whole, and the call says it was interrupted (beside the run's summary), so that its caller stops
     rather than goes on."""
-    import rlcsc.train
-
-    real = rlcsc.train.save_torch
-
-    def signalled(state: dict, path: Path) -> None:
-        if state["epoch"] == TINY.epochs:  # the checkpoint that ends the run
-            os.kill(os.getpid(), signal.SIGINT)
-        real(state, path)
-
-    monkeypatch.setattr(rlcsc.train, "save_torch", signalled)
+    ctrl_c_at_checkpoint(lambda state: state["epoch"] == TINY.epochs)  # the checkpoint that ends the run
     handler = signal.getsignal(signal.SIGINT)
     result = train(TINY, patches, mirror, tmp_path)
     summary = json.loads((tmp_path / "train.json").read_text())
