@@ -19,7 +19,7 @@ from rlcsc.manifest import TEST_SETS
 # The argument naming what a command writes: one writer at a time (`rlcsc.lock`).
 WRITES = {"download": "out", "augment": "out", "patch": "out", "train": "out", "evaluate": "out", "sr": "output",
           "record": "out", "compare": "out", "convert": "out", "checksums": "folders", "benchmark": "out",
-          "memory": "out", "params": "checked", "report": "out"}
+          "memory": "out", "params": "resolved", "report": "out"}
 
 
 def positive(kind: type[int | float]) -> Callable[[str], int | float]:
@@ -132,9 +132,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise RlcscError(f"--out {args.out} is not a folder")
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
-    record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "precision": params.precision,
-              "budget": budget, "model": model,
-              **({"computed_in": upscale.precision} if model else {"method": "bicubic"}),
+    record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "budget": budget, "model": model,
+              **({"precision": params.precision, "computed_in": upscale.precision} if model else {"method": "bicubic"}),
               "environment": {**machine(device), **stamp()}}  # where and from which code it was scored
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 
@@ -219,7 +218,7 @@ def _params(args: argparse.Namespace) -> None:
     stages = [("augment", "augment", AugmentParams, None), ("patch", "patch", PatchParams, None),
               ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
     stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
-    lines = [f"budget: {params.get('budget')}"]
+    lines, resolved = [f"budget: {params.get('budget')}"], {}
     for stage, block, cls, experiment in stages:
         settings = resolve(params, args.params, block, cls, experiment)
         build(cls, settings, f"{args.params}, {stage}")
@@ -227,29 +226,18 @@ def _params(args: argparse.Namespace) -> None:
         for key, s in settings.items():
             was = f"  (replaces {s.replaced[0]}: {json.dumps(s.replaced[1])})" if s.replaced else ""
             lines.append(f"  {key:<17}{json.dumps(s.value):<26}{s.source}{was}")
-    if args.checked is None:
+        values = {key: s.value for key, s in settings.items()}
+        if experiment is None:
+            resolved[block] = values
+        else:
+            resolved.setdefault(block, {})[experiment] = values
+    if args.resolved is None:
         print("\n".join(lines))
         return
-    _check_for_dvc(params, args.params)
-    from rlcsc.atomic import write_text
+    from rlcsc.atomic import write_json
 
-    write_text(f"every value of {args.params} checked\n", args.checked)  # the same bytes whatever the values
-    print(f"every value of {args.params} checked, for {len(stages)} stages", file=sys.stderr)
-
-
-def _check_for_dvc(params: dict, path: Path) -> None:
-    """One clear error where `dvc repro` would stop on `path` after the check: dvc.yaml's stages read the
-    budget in use (`budgets.${budget}.<block>`), so the file names one, which holds every block, if only {}."""
-    from rlcsc.config import BUDGETED
-
-    budget = params.get("budget")
-    if budget is None:
-        raise RlcscError(f"{path} names no budget, which dvc.yaml's stages read: set `budget: paper` for the "
-                         "paper's protocol")
-    missing = [block for block in BUDGETED if block not in (params["budgets"][budget] or {})]
-    if missing:
-        raise RlcscError(f"{path}: budgets.{budget} has no {', '.join(missing)} block, which dvc.yaml's stages "
-                         f"read: add `{missing[0]}: {{}}` to it (no change to the block)")
+    write_json(resolved, args.resolved)  # the values dvc.yaml's stages depend on, whichever layer set them
+    print(f"every value of {args.params} checked, for {len(stages)} stages: {args.resolved}", file=sys.stderr)
 
 
 def _record(args: argparse.Namespace) -> None:
@@ -446,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="every value each stage resolves from the params file, and its source")
     p.add_argument("--params", **params)
-    p.add_argument("--checked", type=Path, help="instead of listing the values, write this file once every value "
-                   "is checked (the check_params stage, which every stage that reads the params file depends on)")
+    p.add_argument("--resolved", type=Path, help="instead of listing the values, check every value and write those "
+                   "each stage resolves to this JSON file (the check_params stage: each stage of dvc.yaml depends on "
+                   "its values there)")
     p.set_defaults(func=_params)
 
     p = sub.add_parser("record", help="a recorded run: data, training and evaluation of one experiment under "
@@ -533,7 +522,7 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
     process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
     refuses; `report` its notebook in --out; `download` also its `--listing`; `checksums` into each folder it seals;
-    `benchmark` its --out and `params` its --checked, if any)."""
+    `benchmark` its --out and `params` its --resolved, if any)."""
     if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
             or os.environ.get("RANK", "0") != "0"):
         return []

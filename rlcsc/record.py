@@ -224,9 +224,10 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
             seal(out, [kept.name])  # a model without a checksum of its own loads by the SHA256SUMS beside it
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
-        about = ({"model": describe_model(kept), "computed_in": upscale.precision} if model
-                 else {"model": None, "method": "bicubic"})
-        write_results(scores, out, {**asdict(e), "budget": budget, **about})
+        about = ({"precision": e.precision, "model": describe_model(kept), "computed_in": upscale.precision} if model
+                 else {"model": None, "method": "bicubic"})  # bicubic runs no network: no precision
+        scored = {"datasets": e.datasets, "scales": e.scales, "ifc": e.ifc, "budget": budget}
+        write_results(scores, out, {**scored, **about})
         write_json({"calls": calls + [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
     finally:
         seal(out)

@@ -3,6 +3,7 @@ experiment is, and overrides that are announced and listed with their source."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -155,10 +156,10 @@ def test_report_main_must_name_an_experiment(tmp_path: Path, one_line_error: Cal
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda p: p["budgets"]["paper"]["train"].update(lr="x"),
+    (lambda p: p["budgets"]["paper"].update(train={"lr": "x"}),
      "budgets.paper.train: lr = 'x' is not allowed; it must be a number > 0"),
     (lambda p: p["budgets"]["fast"]["train"].update(bogus=1), "unknown key(s) ['bogus'] in"),
-    (lambda p: p["budgets"]["paper"]["evaluate"].update(scales=[5]), "budgets.paper.evaluate: scales = [5]"),
+    (lambda p: p["budgets"]["paper"].update(evaluate={"scales": [5]}), "budgets.paper.evaluate: scales = [5]"),
     (lambda p: p["budgets"]["fast"]["train"].update(recursions=5),
      "and budgets.fast.train both set ['recursions']"),
 ])
@@ -233,6 +234,7 @@ def test_a_stage_announces_the_values_its_budget_replaced(mirror: Path, tmp_path
                      "'Urban100') -> ('Set5', 'Set14') (`rlcsc params` lists every value and where it comes from)"]
     record = yaml.safe_load((tmp_path / "o" / "evaluation.json").read_text())
     assert record["datasets"] == ["Set5", "Set14"] and record["ifc"] is False and record["budget"] == "quick"
+    assert "precision" not in record  # bicubic runs no network (dvc.yaml's evaluate_bicubic does not depend on it)
 
 
 @pytest.mark.parametrize("name", ["$(touch pwned)", "a;touch pwned", "K25'", "models/K25", "..", "K25 x", "train@K25",
@@ -271,25 +273,29 @@ def test_names_of_letters_digits_underscores_and_hyphens_are_kept(tmp_path: Path
     assert "train@K25-fast_2\n" in capsys.readouterr().out
 
 
-def test_a_budget_is_checked_for_what_dvc_yaml_reads_of_it(
-        tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
-    """dvc.yaml's stages read `budget` and `budgets.${budget}.<block>`: a new budget needs no edit of dvc.yaml,
-    but DVC stops at a stage (after the check) where the file names no budget or the budget lacks a block,
-    so the check stage (`rlcsc params --checked`) names what to add."""
+def test_the_check_stage_writes_every_value_each_stage_resolves(tmp_path: Path) -> None:
+    """`rlcsc params --resolved` (check_params) writes the values dvc.yaml's stages depend on: each block with the
+    budget's layer over it, `train` for each experiment with its entry over that, and the defaults where no layer
+    sets a value. A budget need not hold every block, and a file may name none."""
     def mine(p: dict) -> None:
-        p["budgets"]["mine"] = {"augment": {}, "patch": {}, "train": {"lr": 0.01}}
+        p["budgets"]["mine"] = {"train": {"lr": 0.01}}
         p["budget"] = "mine"
+        p["experiments"]["K48"]["seed"] = 7
+        p["evaluate"].pop("precision")
 
+    out = tmp_path / "resolved.json"
     path = write(tmp_path, mine)
-    argv = ["params", "--params", str(path), "--checked", str(tmp_path / "checked")]
-    assert one_line_error(argv) == (f"rlcsc params: error: {path}: budgets.mine has no evaluate block, which "
-                                    "dvc.yaml's stages read: add `evaluate: {}` to it (no change to the block)")
-    assert not (tmp_path / "checked").exists()
-    assert main(["params", "--params", str(path)]) == 0  # listing the values is not refused
-    path = write(tmp_path, lambda p: p.pop("budget"))
-    assert "names no budget, which dvc.yaml's stages read" in one_line_error(argv)
-    path = write(tmp_path, lambda p: (mine(p), p["budgets"]["mine"].update(evaluate={})))
-    assert main(argv) == 0 and (tmp_path / "checked").exists()
+    assert main(["params", "--params", str(path), "--resolved", str(out)]) == 0
+    resolved = json.loads(out.read_text())
+    assert list(resolved) == ["augment", "patch", "train", "evaluate", "report"]
+    assert list(resolved["train"]) == list(read_params(path)["experiments"])
+    assert resolved["train"]["K48"] == {**resolved["train"]["K25"], "recursions": 48, "seed": 7}
+    assert resolved["train"]["K25"]["lr"] == 0.01 and resolved["train"]["K25"]["momentum"] == 0.9
+    assert resolved["evaluate"] == {"datasets": ["Set5", "Set14", "BSD100", "Urban100"], "scales": [2, 3, 4],
+                                    "ifc": True, "precision": "tf32"}
+    path = write(tmp_path, lambda p: (p.pop("budget"), p.pop("budgets")))
+    assert main(["params", "--params", str(path), "--resolved", str(out)]) == 0
+    assert json.loads(out.read_text())["train"]["K25"]["lr"] == 0.1
 
 
 def test_the_ends_of_a_closed_range_are_allowed() -> None:

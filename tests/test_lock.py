@@ -195,7 +195,7 @@ def test_a_file_where_an_output_s_folder_would_be_is_named_in_one_line(tmp_path:
     assert capsys.readouterr().err == said
     assert (tmp_path / "notes").read_text() == "mine\n"
     book = tmp_path / "notes" / "book"
-    for argv, where in ((["params", "--checked"], book), (["memory", "--out"], book),  # each command that writes
+    for argv, where in ((["params", "--resolved"], book), (["memory", "--out"], book),  # each command that writes
                         (["report", "table1", "--out"], book / "table1.ipynb")):
         assert main([*argv, str(book)]) == 1
         said = f"rlcsc {argv[0]}: error: {tmp_path / 'notes'} (in {where}) is a file, not a folder\n"

@@ -217,6 +217,7 @@ def test_a_recorded_evaluation_holds_the_model_and_what_scored_it(recorded_vdsr:
     assert call["params"]["evaluate"]["datasets"] == ["Set5"] and call["params"]["model"]["source"]["group"] == "VDSR"
     evaluation = json.loads((recorded_vdsr / "evaluation.json").read_text())
     assert evaluation["scales"] == [3] and evaluation["model"]["source"]["file"] == "VDSR_Official.mat"
+    assert evaluation["precision"] == "tf32" and "computed_in" in evaluation  # asked for, and as computed
 
 
 def test_a_recorded_evaluation_refuses_another_model_and_training_flags(recorded_vdsr: Path, mirror: Path,

@@ -36,6 +36,7 @@ def recorded_bicubic(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_a_recorded_bicubic_evaluation_is_the_protocol_check(recorded_bicubic: Path, tmp_path: Path) -> None:
     assert {p.name for p in recorded_bicubic.iterdir()} == {"metrics.json", "per_image.csv", "evaluation.json",
                                                             "environment.json", "SHA256SUMS"}
+    assert "precision" not in json.loads((recorded_bicubic / "evaluation.json").read_text())  # no network
     page = report.page(str(REPO / "params.yaml"), str(tmp_path), str(tmp_path), str(recorded_bicubic.parent), "K25")
     assert page.measured == []  # a baseline is not a released model
     (check,) = scorecard.checks(page)
