@@ -1,10 +1,11 @@
 """dvc.yaml's dependencies are complete by construction: every stage depends on every module its
 command imports (its import closure inside rlcsc/, notebooks included) and on nothing else of the
-package, and lists the params it reads the same way as every other stage."""
+package, and on the values it reads, as check_params resolved them (RESOLVED)."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import shlex
@@ -13,29 +14,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlcsc.config import BUDGETED
+from rlcsc.evaluate import EvaluateParams
 from rlcsc.provenance import closure, imported
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rlcsc"
-# The params each stage command reads: its block (with the experiment's and the budget's layers) and
-# single keys of other blocks (`train` reads `evaluate.precision` for its Set5 x3 monitor).
-READS = {"augment": ("augment",), "patch": ("patch",), "train": ("train", "evaluate.precision"),
-         "evaluate": ("evaluate",)}
+RESOLVED = "data/resolved.json"  # check_params' output: every value each stage resolves
+# The values each stage command reads: its block (an experiment's entry of `train`) and single keys of other
+# blocks (`train` reads `evaluate.precision` for its Set5 x3 monitor); bicubic runs no network, so not its precision.
+READS = {"augment": ["augment"], "patch": ["patch"], "train": ["train.{experiment}", "evaluate.precision"],
+         "evaluate": ["evaluate"],
+         "bicubic": [f"evaluate.{f.name}" for f in dataclasses.fields(EvaluateParams) if f.name != "precision"]}
 
 
 def notebook_reads(source: str) -> set[str]:
     """The params a report notebook of code `source` reads (`rlcsc.report.Page`, `rlcsc.scorecard.costs`): the
     main experiment and every experiment's name (`report.page`); the whole report block for its tolerances; the
     train block for the main network (`main_network`, under `main_runs` and `sweep_runs`); and for each
-    `costs(page, budget)` (the paper's by default) the train blocks it resolves for each experiment."""
+    `costs(page, budget)` (the paper's by default) the train block and the budget's layers it resolves for each
+    experiment."""
     reads = {"report.main", "experiments"}
     if "tolerance()" in source:
         reads.add("report")
     if re.search(r"\b(main_runs|sweep_runs|main_network)\(", source):
         reads.add("train")
     for budget in re.findall(r"\bcosts\(page(?:, \"(\w+)\")?\)", source):
-        reads |= {"train", f"budgets.{budget or 'paper'}.train"}
+        reads |= {"train", f"budgets.{budget or 'paper'}"}
     return reads - {"report.main"} if "report" in reads else reads
 
 
@@ -119,30 +123,29 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(name: str, stage: dict)
     assert not extra, f"{name} depends on {extra}, which its command does not import"
 
 
+def params_of(stage: dict) -> tuple[list[str], set[str]]:
+    """A stage's params: the keys of RESOLVED it lists (in order), and those of params.yaml."""
+    params = stage.get("params", [])
+    resolved = [key for entry in params if isinstance(entry, dict) for key in entry[RESOLVED]]
+    return resolved, {entry for entry in params if isinstance(entry, str)}
+
+
 @pytest.mark.parametrize("name,stage", stages(), ids=[n for n, _ in stages()])
-def test_every_stage_lists_the_params_it_reads_and_their_budget_layers(name: str, stage: dict) -> None:
-    words = rlcsc_command(stage)
-    reads = READS.get(words[1], ()) if words else ()
-    if words and words[1] == "evaluate" and "--params" not in words:
-        reads = ()
-    expected = set()
-    for item in reads:
-        expected.add(item)
-        if item in BUDGETED:  # the layer of the budget in use alone: an edit of another budget reruns nothing
-            expected |= {"budget", f"budgets.${{budget}}.{item}"}
-    if words and words[1] == "train":
-        expected.add(f"experiments.{words[words.index('--experiment') + 1]}")
-    if words and words[1] == "report":
+def test_every_stage_lists_the_values_it_reads_as_check_params_resolved_them(name: str, stage: dict) -> None:
+    """A budget's layer reaches a stage only through RESOLVED: a switch of budget, or an edit of one not in use,
+    reruns only the stages whose values it changes."""
+    words = rlcsc_command(stage) or ["", ""]
+    reads, plain = READS.get(words[1], []), set()
+    if words[1] == "evaluate":
+        reads = READS["bicubic"] if "--method" in words else READS["evaluate"] if "--params" in words else []
+    if words[1] == "train":
+        reads = [r.format(experiment=words[words.index("--experiment") + 1]) for r in reads]
+    if words[1] == "report":
         cells = json.loads((REPO / "notebooks" / f"{words[2]}.ipynb").read_text())["cells"]
-        expected = notebook_reads("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
-    assert set(stage.get("params", [])) == expected
-
-
-def test_every_budget_spells_out_every_block_it_may_change() -> None:
-    """DVC needs every `budgets.<b>.<block>` a stage lists to exist, if only as {}."""
-    budgets = yaml.safe_load((REPO / "params.yaml").read_text())["budgets"]
-    for name, blocks in budgets.items():
-        assert sorted(blocks) == sorted(BUDGETED), name
+        plain = notebook_reads("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+        reads = sorted(plain & {"report", "report.main"})  # as resolved: its defaults where params.yaml sets none
+        plain -= set(reads)
+    assert params_of(stage) == (reads, plain)
 
 
 def test_every_notebook_has_a_stage_and_a_page() -> None:
@@ -155,13 +158,15 @@ def test_every_notebook_has_a_stage_and_a_page() -> None:
 
 def test_every_stage_that_reads_params_yaml_runs_after_its_check() -> None:
     """DVC removes a stage's outputs before its command runs: a bad value must stop `dvc repro` at
-    check_params, which reads the whole file, before any stage that reads it has lost anything."""
+    check_params, which reads the whole file, before any stage that reads it has lost anything. A stage that
+    lists values of check_params' output runs after it."""
     for name, stage in stages():
         words = rlcsc_command(stage)
         if words and "--params" in words and name != "check_params":
-            assert "data/params.checked" in stage["deps"], name
+            assert params_of(stage)[0], name
     check = dict(stages())["check_params"]
-    assert "params.yaml" in check["deps"] and check["outs"] == ["data/params.checked"]
+    assert "params.yaml" in check["deps"] and check["outs"] == [RESOLVED]
+    assert shlex.split(check["cmd"])[-2:] == ["--resolved", RESOLVED]
 
 
 def test_every_value_dvc_puts_into_a_command_is_quoted() -> None:
@@ -180,16 +185,28 @@ def test_no_experiment_may_take_the_folder_of_another_stage_s_output() -> None:
     assert {"bicubic", *released, *weights} <= {n for n in RESERVED} | {n.upper() for n in RESERVED}
 
 
-def test_every_stage_that_reads_the_test_images_depends_on_them() -> None:
+def reads_test_images(stage: dict) -> bool:
+    """Whether a stage's command reads the test images: one that scores (it imports rlcsc/evaluate.py) and is given
+    them, or a notebook whose code (past its parameters) uses `raw`."""
+    words = rlcsc_command(stage) or []
+    if words[1:2] == ["report"]:
+        cells = json.loads((REPO / "notebooks" / f"{words[2]}.ipynb").read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])]
+        return any(re.search(r"\braw\b", "".join(c["source"])) for c in code)
+    return "--raw" in words and "rlcsc/evaluate.py" in stage["deps"]
+
+
+def test_every_stage_that_reads_the_test_images_depends_on_them_and_no_other() -> None:
     """A test image replaced since makes DVC rerun `download` (which fetches it again) before these
     stages, rather than call them up to date; the images' folder is `download`'s output."""
     from rlcsc.manifest import TEST_SETS
 
-    readers = [(name, stage) for name, stage in stages() if "--raw" in (rlcsc_command(stage) or [])
-               and "rlcsc/evaluate.py" in stage["deps"]]
-    assert {n.split("@")[0] for n, _ in readers} >= {"evaluate_bicubic", "evaluate", "train", "notebook_table3"}
-    for name, stage in readers:
-        assert {f"data/raw/{d}" for d in TEST_SETS} <= set(stage["deps"]), name
+    images = {f"data/raw/{d}" for d in TEST_SETS}
+    readers = [name for name, stage in stages() if reads_test_images(stage)]
+    assert {n.split("@")[0] for n in readers} >= {"evaluate_bicubic", "evaluate", "train", "notebook_table3",
+                                                  "notebook_figures4_6"}
+    for name, stage in stages():
+        assert images & set(stage.get("deps", [])) == (images if name in readers else set()), name
     download = dict(stages())["download"]
     assert {"data/raw": {"cache": False, "persist": True}} in download["outs"]
 
