@@ -53,7 +53,7 @@ def test_a_code_change_reruns_exactly_the_stages_that_import_it(workspace: Path)
         color.write_text(text)
     experiments = yaml.safe_load((workspace / "params.yaml").read_text())["experiments"]
     expected = {"check_params", "augment", "patch", "evaluate_bicubic", "notebook_table3", "notebook_figures4_6",
-                "notebook_intro", "notebook_methods"}  # the scorecard and the output route read images too
+                "notebook_intro", "notebook_methods"}  # color.py via the scorecard and output route
     expected |= {f"{stage}@{e}" for e in experiments for stage in ("train", "evaluate")}
     released = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]["evaluate_released"]["foreach"]
     expected |= {f"evaluate_released@{m}" for m in released}  # the released models' evaluation reads images too

@@ -219,7 +219,7 @@ def test_a_recorded_run_is_never_trained_afresh_over(recorded: Path, mirror: Pat
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not even environment.json
     monkeypatch.undo()
     other = yaml.safe_load(params.read_text())
-    other["budgets"]["quick"]["patch"] = {**(other["budgets"]["quick"]["patch"] or {}), "seed": 1}
+    other["budgets"]["quick"]["patch"] = {"seed": 1}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     other_argv = [argv[0], "--params", str(tmp_path / "other.yaml"), *argv[3:]]
     assert main(other_argv) == 1
