@@ -37,6 +37,15 @@ def optimizer(p: TrainParams, params: Iterable[torch.Tensor], device: torch.devi
     return cls(params, lr=p.lr, weight_decay=p.weight_decay, **fast)
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer `state` into `optimizer`, which keeps its own kernels (fused on CUDA, foreach
+    elsewhere: `optimizer`): a checkpoint made on another device resumes with this device's kernels, not the
+    ones it saved (a GPU's fused kernels, which a CPU may not have)."""
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    groups = [{**saved, **own} for saved, own in zip(state["param_groups"], kernels, strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def learning_rate(p: TrainParams, step: int, steps_per_epoch: int) -> float:
     """The learning rate of the 0-based global `step`.
 

@@ -457,7 +457,7 @@ def train(p: TrainParams, patches: Path, raw: Path, out: Path, eval_precision: s
         if status != "completed" and this_call:  # diverged now: the run ends as its last good checkpoint holds it
             good = read_checkpoint(ckpt_path)      # (weights, extent, curve), and that checkpoint says so
             model.load_state_dict(good["model"])
-            optimizer.load_state_dict(good["optimizer"])
+            recipe.load_optimizer(optimizer, good["optimizer"])
             epoch, step, curve, since = good["epoch"], good["step"], good["curve"], good["since"]
             losses[since:step], norms[since:step] = good["losses"], good["norms"]
             status += f"; the weights of step {done()} kept"
@@ -562,7 +562,7 @@ def _resume(path: Path, p: TrainParams, pairs: dict, model: nn.Module, optimizer
         tqdm.write(f"{path} belongs to a run with other {', '.join(differ)}: starting afresh", file=sys.stderr)
         return fresh
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    recipe.load_optimizer(optimizer, ckpt["optimizer"])
     status = ckpt.get("status", "completed")
     where = f"epoch {ckpt['epoch'] + 1}, step {ckpt['step']} of {per_epoch}"
     tqdm.write(f"resuming from {path}: {where}" if status == "completed" else f"{path}: the run {status}",

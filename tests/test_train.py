@@ -27,7 +27,7 @@ from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, PatchSet, make_patches
 from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
-from rlcsc.recipe import learning_rate
+from rlcsc.recipe import learning_rate, load_optimizer
 from rlcsc.train import Distributed, Monitor, TrainParams, epoch_order, prepare, train
 
 TINY = TrainParams(recursions=2, features=4, codes=8, pairs=64, batch=8, epochs=2, lr=0.01,
@@ -620,6 +620,42 @@ def test_adam_adds_weight_decay_to_the_gradient_and_adamw_decays_the_weights(opt
         else:
             expected = w[k] * (1 - 0.01 * 0.5) - 0.01 * grads[k] / (grads[k].abs() + 1e-8)
         torch.testing.assert_close(t.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("saved,own", [("fused", "foreach"), ("foreach", "fused")])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_checkpoint_resumes_with_the_kernels_of_the_device_it_resumes_on(optimizer: str, saved: str,
+                                                                           own: str) -> None:
+    """The optimizer state of a run saved with one kind of kernels (a GPU's fused, a CPU's foreach; both compute on
+    this CPU) resumes in an optimizer of the other kind, which keeps its own, with the saved moments and step
+    count: its next step is the one the saving optimizer takes."""
+    p = replace(TINY, optimizer=optimizer, lr=0.01, clip=None)
+    model = prepare(p, torch.device("cpu"))[0]
+    twin = copy.deepcopy(model)
+    kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    extra = {"momentum": p.momentum} if optimizer == "sgd" else {}
+    try:
+        saving, resuming = (kind(m.parameters(), lr=p.lr, weight_decay=p.weight_decay, **extra, **{k: True})
+                            for m, k in ((model, saved), (twin, own)))
+    except RuntimeError as err:  # torch before 2.4 has no fused kernels on a CPU
+        pytest.skip(str(err))
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(4, 1, 12, 12, generator=gen), torch.rand(4, 1, 12, 12, generator=gen)) for _ in range(3)]
+
+    def step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad()
+        ((net(x) - y).square().sum() / 4).backward()
+        opt.step()
+
+    for x, y in batches[:2]:
+        step(model, saving, x, y)
+    twin.load_state_dict(model.state_dict())
+    load_optimizer(resuming, copy.deepcopy(saving.state_dict()))  # as read from a checkpoint: no tensor shared
+    assert all(g[own] and not g.get(saved) for g in resuming.param_groups)
+    step(model, saving, *batches[2])
+    step(twin, resuming, *batches[2])
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_each_epoch_visits_every_pair_once_in_an_order_of_its_own() -> None:
