@@ -1,5 +1,5 @@
-"""Shared fixtures: the read-only data mirror of the benchmark images, a command that must fail in one line, and
-Ctrl-C at a chosen checkpoint of training."""
+"""Shared fixtures: the read-only mirrors of the benchmark images and of the released model files, a command that
+must fail in one line, and Ctrl-C at a chosen checkpoint of training."""
 
 from __future__ import annotations
 
@@ -11,25 +11,34 @@ from pathlib import Path
 import pytest
 
 from rlcsc.cli import main
-from rlcsc.data.download import MIRROR_ENV
+from rlcsc.data.download import MIRROR_ENV, WEIGHTS_MIRROR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def shared(env: str, name: str, holds: str, what: str) -> Path:
+    """$`env`, else shared/`name` in or beside the repository, a folder that holds the folder `holds`; skip when
+    absent, fail where the variable names a folder that is not one."""
+    named = os.environ.get(env)
+    candidates = [Path(named)] if named else [root / "shared" / name for root in (REPO, REPO.parent)]
+    for path in candidates:
+        if (path / holds).is_dir():
+            return path
+    if named:  # named, and wrong: a mistake, not a machine without the files
+        pytest.fail(f"${env} names no {what}: {named}")
+    pytest.skip(f"no {what} found (set {env}; tried {', '.join(map(str, candidates))})")
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    """$RLCSC_DATA_MIRROR, else shared/datasets in or beside the repository; skip when absent,
-    fail where the variable names a folder that is not one."""
-    if os.environ.get(MIRROR_ENV):
-        candidates = [Path(os.environ[MIRROR_ENV])]
-    else:
-        candidates = [root / "shared" / "datasets" for root in (REPO, REPO.parent)]
-    for path in candidates:
-        if (path / "Set5").is_dir():
-            return path
-    if os.environ.get(MIRROR_ENV):  # named, and wrong: a mistake, not a machine without the files
-        pytest.fail(f"${MIRROR_ENV} names no data mirror: {os.environ[MIRROR_ENV]}")
-    pytest.skip(f"no data mirror found (set {MIRROR_ENV}; tried {', '.join(map(str, candidates))})")
+    """The data mirror of the benchmark images (`shared`)."""
+    return shared(MIRROR_ENV, "datasets", "Set5", "data mirror")
+
+
+@pytest.fixture(scope="session")
+def weights_mirror() -> Path:
+    """The mirror of the released model files (`shared`)."""
+    return shared(WEIGHTS_MIRROR_ENV, "weights", "VDSR", "weights mirror")
 
 
 @pytest.fixture

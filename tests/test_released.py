@@ -15,7 +15,7 @@ from scipy.io import savemat
 
 from rlcsc import released
 from rlcsc.cli import main
-from rlcsc.data.download import WEIGHTS_MIRROR_ENV, download_all
+from rlcsc.data.download import download_all
 from rlcsc.device import cpu_description
 from rlcsc.errors import RlcscError
 from rlcsc.evaluate import evaluate, summarize
@@ -25,20 +25,6 @@ from rlcsc.models.vdsr import VDSR, from_matconvnet
 from rlcsc.reference import table
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def weights_mirror() -> Path:
-    """$RLCSC_WEIGHTS_MIRROR, else shared/weights in or beside the repository; skip when absent,
-    fail where the variable names a folder that is not one."""
-    env = os.environ.get(WEIGHTS_MIRROR_ENV)
-    candidates = [Path(env)] if env else [root / "shared" / "weights" for root in (REPO, REPO.parent)]
-    for path in candidates:
-        if (path / "VDSR").is_dir():
-            return path
-    if os.environ.get(WEIGHTS_MIRROR_ENV):  # named, and wrong: a mistake, not a machine without the files
-        pytest.fail(f"${WEIGHTS_MIRROR_ENV} names no weights mirror: {os.environ[WEIGHTS_MIRROR_ENV]}")
-    pytest.skip(f"no weights mirror found (set {WEIGHTS_MIRROR_ENV}; tried {', '.join(map(str, candidates))})")
 
 
 def matconvnet_file(path: Path, kernels: list[np.ndarray], biases: list[np.ndarray]) -> Path:
