@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from rlcsc.config import check_value, read_params
-    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, write_results
+    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, evaluation_record, write_results
 
     params = _load(args, "evaluate", EvaluateParams) if args.params else EvaluateParams()
     # the overrides are checked as the block's values, each scored once
@@ -132,8 +132,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise RlcscError(f"--out {args.out} is not a folder")
     scores = evaluate(upscale, args.raw, datasets, scales, with_ifc, args.jobs)
     budget = read_params(args.params).get("budget") if args.params else None
-    record = {"datasets": list(datasets), "scales": list(scales), "ifc": with_ifc, "budget": budget, "model": model,
-              **({"precision": params.precision, "computed_in": upscale.precision} if model else {"method": "bicubic"}),
+    record = {**evaluation_record(datasets, scales, with_ifc, budget, model, params.precision,
+                                  upscale.precision if model else None),
               "environment": {**machine(device), **stamp()}}  # where and from which code it was scored
     print(json.dumps(write_results(scores, args.out, record), indent=2))
 

@@ -203,6 +203,15 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, flo
 RESULTS = ("metrics.json", "evaluation.json", "per_image.csv")  # what `write_results` writes
 
 
+def evaluation_record(datasets: Sequence[str], scales: Sequence[int], ifc: bool, budget: str | None,
+                      model: dict | None, precision: str, computed_in: str | None) -> dict:
+    """What `evaluation.json` says of an evaluation besides where it ran: the test sets, scales and IFC scored, the
+    budget, and the model (`describe_model`) with the precision asked for and the one it computed in; for the
+    bicubic baseline (`model` None), which runs no network, `"method": "bicubic"` in place of the precisions."""
+    network = {"precision": precision, "computed_in": computed_in} if model else {"method": "bicubic"}
+    return {"datasets": list(datasets), "scales": list(scales), "ifc": ifc, "budget": budget, "model": model, **network}
+
+
 def write_results(scores: Sequence[ImageScore], out: Path, record: dict) -> dict:
     """Write `out/metrics.json` (dataset means), `out/evaluation.json` (`record`: the resolved evaluation
     params and the model evaluated) and `out/per_image.csv`, all or none (`all_atomically`); return the means."""

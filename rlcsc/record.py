@@ -50,7 +50,7 @@ from rlcsc.data.augment import AugmentParams, augment, training_files
 from rlcsc.data.patches import PatchParams, made_by, make_patches
 from rlcsc.device import machine, pick_device
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import RESULTS, EvaluateParams, bicubic, evaluate, write_results
+from rlcsc.evaluate import RESULTS, EvaluateParams, bicubic, evaluate, evaluation_record, write_results
 from rlcsc.inference import Network, describe_model
 from rlcsc.lock import writing
 from rlcsc.manifest import file_sha256
@@ -177,8 +177,9 @@ def record(params_path: Path, budget: str, experiment: str, raw: Path, out: Path
             scoring = time.monotonic()
             network = Network(out / "model.pt", pick_device(p.device).type, e.precision)
             scores = evaluate(network, raw, e.datasets, e.scales, e.ifc, jobs)
-            write_results(scores, out, {**asdict(e), "budget": budget, "model": describe_model(out / "model.pt"),
-                                        "computed_in": network.precision})
+            write_results(scores, out, evaluation_record(e.datasets, e.scales, e.ifc, budget,
+                                                         describe_model(out / "model.pt"), e.precision,
+                                                         network.precision))
             done["seconds_evaluating"] = _since(scoring)
         done.update(steps_after=_steps_done(out, _checkpoint(out)), evaluated=evaluate_after, seconds=_since(started))
         write_json({"calls": calls + [{**call, **done}]}, env_path)
@@ -224,10 +225,9 @@ def record_evaluation(params_path: Path, budget: str, model: Path | None, raw: P
             seal(out, [kept.name])  # a model without a checksum of its own loads by the SHA256SUMS beside it
         upscale = bicubic if model is None else Network(kept, pick_device("auto").type, e.precision)
         scores = evaluate(upscale, raw, e.datasets, e.scales, e.ifc, jobs)
-        about = ({"precision": e.precision, "model": describe_model(kept), "computed_in": upscale.precision} if model
-                 else {"model": None, "method": "bicubic"})  # bicubic runs no network: no precision
-        scored = {"datasets": e.datasets, "scales": e.scales, "ifc": e.ifc, "budget": budget}
-        write_results(scores, out, {**scored, **about})
+        write_results(scores, out, evaluation_record(e.datasets, e.scales, e.ifc, budget,
+                                                     describe_model(kept) if model else None, e.precision,
+                                                     upscale.precision if model else None))
         write_json({"calls": calls + [{**call, "evaluated": True, "seconds": _since(started)}]}, env_path)
     finally:
         seal(out)
