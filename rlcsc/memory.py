@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlcsc.inference import build
+from rlcsc.provenance import stamp
 
 TABLE4 = {("RL-CSC", 30): ("rlcsc", {}), ("DRRN", 20): ("drrn", {"units": 9}), ("DRRN", 52): ("drrn", {"units": 25})}
 TABLE4_SIZES = ((64, 31), (128, 31), (128, 33))  # (batch, patch)
@@ -62,7 +63,8 @@ def cuda_peak_training_memory(model: torch.nn.Module, batch: int, patch: int) ->
 
 
 def training_memory() -> dict:
-    """Table 4's settings: counted memory on any machine, and the CUDA peak when there is a GPU."""
+    """Table 4's settings: counted memory on any machine, and the CUDA peak when there is a GPU; with the GPU,
+    PyTorch, commit and date it was measured with."""
     rows = []
     for (name, layers), (arch, config) in TABLE4.items():
         for batch, patch in TABLE4_SIZES:
@@ -71,4 +73,4 @@ def training_memory() -> dict:
                          "counted_activations_mib": counted["activations"], "counted_total_mib": counted["total"],
                          "cuda_peak_mib": cuda_peak_training_memory(build(arch, config), batch, patch)})
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"gpu": gpu, "torch": torch.__version__, "rows": rows}
+    return {"gpu": gpu, "torch": torch.__version__, **stamp(), "rows": rows}

@@ -85,7 +85,7 @@ class Evaluated:
     def fp32_rescored(self) -> list[dict]:
         """The cells of its evaluation that an inference benchmark in its folder (`rlcsc benchmark inference`,
         `inference*.json`, made after the call that evaluated, so of the same model) scored again in fp32: file,
-        machine, dataset, scale, the fp32 PSNR and the evaluation's. Empty where there is none."""
+        machine, commit, dataset, scale, the fp32 PSNR and the evaluation's. Empty where there is none."""
         since = self.evaluation_call().get("date")
         found = []
         for path in sorted(self.scores.glob("inference*.json")) if since else []:
@@ -96,7 +96,8 @@ class Evaluated:
             for dataset, quality in (bench.get("variants") or {}).get("fp32", {}).get("quality", {}).items():
                 scored = (self.metrics or {}).get(dataset, {}).get(f"x{bench['scale']}", {}).get("psnr")
                 if scored is not None:
-                    found.append({"file": path.name, "machine": machine(ran.get("gpu"), ran), "dataset": dataset,
+                    found.append({"file": path.name, "machine": machine(ran.get("gpu"), ran), "commit": commit(ran),
+                                  "dataset": dataset,
                                   "scale": bench["scale"], "fp32": quality["psnr"], "scored": scored})
         return found
 

@@ -175,6 +175,52 @@ def late_range(run: Run, n: int = LAST) -> LateRange | None:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A matched Table 3 point of a run at the epoch its late range lies in, against that range."""
+
+    item: str
+    epoch: int
+    published: float
+    held: bool  # every snapshot of the range lies within the line's tolerance of the published value
+
+
+def held(run: Run, lines: list[Line], late: LateRange) -> list[Held]:
+    """`run`'s matched Set5 x3 PSNR points of the paper's recipe (Table 3) at `late.epoch`, each with whether every
+    snapshot of `late` would match it too: whether the match hangs on the step at which the epoch ended."""
+    at = epoch_psnr(run)
+    out = []
+    for line in lines:
+        for key, d in zip(line.measured, line.differences):
+            epoch = key[-1]
+            if line.run is run and epoch == late.epoch and within(d, line.metric, line.tolerance):
+                published = at[epoch] - d
+                out.append(Held(line.item, epoch, published, all(
+                    within(s - published, line.metric, line.tolerance) for s in (late.low, late.high))))
+    return out
+
+
+@dataclass(frozen=True)
+class Gaps:
+    """The published numbers the scorecard's runs have not reproduced, by why."""
+
+    outside: int  # distinct numbers measured, beyond the tolerance
+    short: tuple[Run, ...]  # the runs that measured those and stopped short of their plan
+    unreached: tuple[Line, ...]  # lines whose run has not measured all of them yet (Table 3's later epochs)
+    missing: tuple[str, ...]  # items of a network no paper-scale run has trained
+
+
+def gaps(lines: list[Line]) -> Gaps:
+    """Sort what `lines` leave unreproduced: measured beyond the tolerance (and by which runs short of their plan),
+    not yet measured by its run, or of a network without a run."""
+    totals_ = totals(lines)
+    short = {line.run.name: line.run for line in lines
+             if line.run and line.matched < len(line.differences) and not line.run.finished}
+    return Gaps(totals_.measured - totals_.matched, tuple(short.values()),
+                tuple(line for line in lines if line.run and len(line.measured) < line.published),
+                tuple(line.item for line in lines if line.run is None))
+
+
+@dataclass(frozen=True)
 class Totals:
     """The scorecard's headline: each distinct published number counted once, however many of its lines print it."""
 

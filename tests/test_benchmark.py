@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rlcsc import provenance
 from rlcsc.cli import main
 from rlcsc.data.augment import AugmentParams, augment
 from rlcsc.data.patches import PatchParams, PatchSet, make_patches
@@ -163,7 +164,7 @@ def test_rlcsc_memory_writes_table4_s_rows(tmp_path: Path, capsys: pytest.Captur
     assert main(["memory", "--out", str(out)]) == 0
     said = capsys.readouterr().err.strip().splitlines()[-1]
     result = json.loads(out.read_text())
-    assert result["torch"] == torch.__version__
+    assert result["torch"] == torch.__version__ and result["commit"] == provenance.commit() and result["date"]
     assert [(r["model"], r["layers"], r["batch"], r["patch"]) for r in result["rows"]] == [
         (*network, *size) for network in TABLE4 for size in TABLE4_SIZES]
     assert all(0 < r["counted_activations_mib"] < r["counted_total_mib"] for r in result["rows"])

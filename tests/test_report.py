@@ -101,6 +101,7 @@ def test_a_run_scored_in_tf32_is_checked_in_fp32_by_its_later_benchmarks(tmp_pat
         bench = json.loads((K25 / cell["file"]).read_text())
         assert cell["fp32"] == bench["variants"]["fp32"]["quality"][cell["dataset"]]["psnr"]
         assert cell["scored"] == metrics[cell["dataset"]][f"x{cell['scale']}"]["psnr"]
+        assert cell["commit"] == report.commit(bench["machine"]) != "unknown"
         assert abs(cell["fp32"] - cell["scored"]) < 0.01
     for path in folder.glob("inference*.json"):
         bench = json.loads(path.read_text())

@@ -385,6 +385,42 @@ def test_the_late_range_spans_the_last_snapshots_of_the_epoch_a_run_ended_in(tmp
     assert scorecard.late_range(recorded).range == pytest.approx(max(psnr_late) - min(psnr_late))
 
 
+def test_a_matched_table3_point_says_whether_every_late_snapshot_would_match_it(tmp_path: Path) -> None:
+    """Paper after epoch 5: 33.61 dB. A run that ends epoch 5 at 33.65 matches it; its last snapshots of that epoch
+    span 33.55 to 33.65, all within 0.1 dB (held), or 33.45 to 33.65, not all (the match hangs on the step)."""
+    folder = _run(tmp_path / "runs", "K25-paper", "paper")
+    train = json.loads((folder / "train.json").read_text())
+    for low, held in ((33.55, True), (33.45, False)):
+        psnr = {1.0: 33.3, 4.5: low, 4.8: 33.6, 5.0: 33.65}
+        train["curve"] = [{**train["curve"][0], "epoch": e, "step": int(1000 * e), "psnr": p} for e, p in psnr.items()]
+        (folder / "train.json").write_text(json.dumps(train))
+        page = report.page(str(REPO / "params.yaml"), "none", "none", str(tmp_path / "runs"), "K25")
+        lines = scorecard.lines(page, TOLERANCE)
+        run = lines[3].run
+        late = scorecard.late_range(run)
+        assert (late.epoch, late.low) == (5, low)
+        (point,) = scorecard.held(run, lines, late)  # epoch 1's match (+0.06) lies before the late range
+        assert (point.item, point.epoch, point.held) == ("Table 3, with residual", 5, held)
+        assert point.published == pytest.approx(33.61)
+
+
+def test_what_is_not_reproduced_is_sorted_by_why(tmp_path: Path) -> None:
+    """Of the recorded paper run (1 of 35 epochs): the numbers it measured beyond the tolerance, by a run short of
+    its plan; Table 3's later epochs, which it has not reached; the networks no paper-scale run has trained."""
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(REPO / "runs"), "K25")
+    lines = scorecard.lines(page, TOLERANCE)
+    totals, gaps = scorecard.totals(lines), scorecard.gaps(lines)
+    assert gaps.outside == totals.measured - totals.matched > 0
+    assert [r.name for r in gaps.short] == ["K25-paper"]
+    assert [line.item for line in gaps.unreached] == ["Table 3, with residual"]
+    assert gaps.missing == ("Table 3, no residual", "Figure 1, K = 48", "Figure 7, K = 15", "Figure 7, K = 20",
+                            "Figure 7, K = 48")
+    finished = _run(tmp_path / "runs", "K25-fast", "fast", _paper_metrics(0.5), epochs=35.0)
+    page = report.page(str(REPO / "params.yaml"), "none", "none", str(finished.parent), "K25")
+    gaps = scorecard.gaps(scorecard.lines(page, TOLERANCE))
+    assert gaps.outside > 0 and gaps.short == ()  # beyond the tolerance after its whole plan: not short of it
+
+
 def _network(folder: Path, **model: object) -> None:
     """Make the recorded run in `folder` one of another network (`model`'s keys, in its train block too)."""
     train = json.loads((folder / "train.json").read_text())
