@@ -521,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
     process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
-    refuses; `report` its notebook in --out; `download` also its `--listing`; `checksums` into each folder it seals;
-    `benchmark` its --out and `params` its --resolved, if any)."""
+    refuses; `report` its notebook in --out; `download` also its `--listing`; `checksums` into each folder it seals,
+    and `compare` into the folder of its --out, whose SHA256SUMS it seals after every variant; `benchmark` its --out
+    and `params` its --resolved, if any)."""
     if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
             or os.environ.get("RANK", "0") != "0"):
         return []
@@ -532,6 +533,8 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
         return [out for out in output_paths(args.inputs, args.output) if out.parent.is_dir()]
     if args.command == "report":
         return [args.out / f"{args.name}.ipynb"]
+    if args.command == "compare":
+        return [args.out.parent, args.out]
     listing = [args.listing] if args.command == "download" and args.listing else []
     written = getattr(args, WRITES[args.command]) or []  # none: `benchmark` without --out
     return [*(written if isinstance(written, list) else [written]), *listing]

@@ -92,6 +92,7 @@ def test_a_second_writer_ends_at_once_naming_the_holder_and_a_killed_holder_is_t
     ["compare", "--budget", "quick", "--raw", "{raw}", "--work", "{out}", "--variant", "a:", "--steps", "1", "--out",
      "{tmp}/c.json"],
     ["checksums", "{out}"],  # sealing a run that a `record` is writing: refused, not sealed half way
+    ["compare", "--variant", "a:", "--steps", "1", "--out", "{out}/c.json"],  # it seals the folder's SHA256SUMS too
     ["benchmark", "winograd", "--steps", "1", "--out", "{out}"],
 ], ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")))
 def test_every_writer_of_a_folder_takes_its_lock(argv: list[str], holder: tuple[subprocess.Popen, Path],
