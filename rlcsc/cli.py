@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", type=Path, help="a model file written by `rlcsc train`")
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="downloaded images")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, per_image.csv, evaluation.json")
-    p.add_argument("--params", type=Path, help="params.yaml whose `evaluate` block to use")
+    p.add_argument("--params", type=Path, help="params.yaml whose `evaluate` block (under its budget) to use "
+                   "(default: none, the paper's protocol: every test set and scale, with IFC)")
     p.add_argument("--datasets", nargs="+", help="override the test sets")
     p.add_argument("--scales", nargs="+", type=int, help="override the scales")
     p.add_argument("--no-ifc", action="store_true", help="skip IFC (the slowest metric)")
@@ -573,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with writing(*_outputs(args)):
             args.func(args)
+        sys.stdout.flush()  # here, where a reader that stopped reading is handled below, not at the interpreter's exit
     except RlcscError as err:
         print(f"rlcsc {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # its output piped into a reader that stopped reading (`| head`): not an error of its own
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write at exit
+        return 128 + signal.SIGPIPE
     except OSError as err:  # a file or folder the system refused: unwritable, full, a folder for a file
         where = f"{err.filename}: " if err.filename else ""
         print(f"rlcsc {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
@@ -589,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
         if reason is None:
             raise
         print(f"rlcsc {args.command}: error: out of memory: {reason}", file=sys.stderr)
+        return 1
+    except ImportError as err:  # a library that would not load: missing, or the system refused the memory to map it
+        print(f"rlcsc {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rlcsc {args.command}: interrupted", file=sys.stderr)

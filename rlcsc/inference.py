@@ -70,9 +70,11 @@ def model_state(model: torch.nn.Module) -> dict:
 
 def load_torch(path: Path) -> object | None:
     """What `torch.save` wrote to the file `path` (tensors and plain values only, on the CPU), or None
-    when it is not such a file."""
+    when it is not such a file; a file the system would not read, or memory it would not give, is its own error."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError):
+        raise
     except Exception:  # torch.load raises many types for a file that is not one of its own
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,29 @@ def test_what_the_file_system_refuses_is_one_line(tmp_path: Path, capsys) -> Non
     with pytest.raises(IsADirectoryError):  # a folder where a file should be: no temporary file is left
         write_json({}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_output_piped_into_a_reader_that_stops_ends_quietly() -> None:
+    """`rlcsc params | true` (a reader that ends before it reads, like `head` after its lines): no error, and SIGPIPE's
+    exit status."""
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} -m rlcsc.cli params --params params.yaml | true; "
+                          "echo \"${PIPESTATUS[0]}\" >&2", shell=True, executable="bash", capture_output=True,
+                          text=True, cwd=REPO, check=False)
+    assert proc.stderr == "141\n", proc.stderr
+
+
+def test_a_library_that_will_not_load_is_one_line(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library imported when the command runs (torch) that the system will not map (memory under `ulimit -v`)."""
+    import rlcsc.cli
+
+    def refuse(args: object) -> None:
+        raise ImportError("libtorch_cpu.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(rlcsc.cli, "_memory", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main(["memory", "--out", "unused.json"]) == 1
+    assert capsys.readouterr().err == ("rlcsc memory: error: libtorch_cpu.so: failed to map segment from shared "
+                                       "object\n")
 
 
 def test_a_failing_report_cell_is_one_line(tmp_path: Path, capsys) -> None:

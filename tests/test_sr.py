@@ -33,7 +33,7 @@ from rlcsc.data.patches import PatchParams, make_patches
 from rlcsc.errors import RlcscError
 from rlcsc.imageio import Header, Picture, read_header, read_picture, write_picture
 from rlcsc.imresize import imresize
-from rlcsc.inference import apply, load_model, model_state, network_sha256
+from rlcsc.inference import apply, load_model, load_torch, model_state, network_sha256
 from rlcsc.metrics import psnr
 from rlcsc.models.rlcsc import RLCSC, RLCSCConfig
 from rlcsc.rounding import im2uint
@@ -671,6 +671,27 @@ def test_sr_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: pytest.Captu
         assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "checkpoint.pt", "epochs.pt", "m.pt", "nan.pt",
                                                           "negative.pt", "notes.txt", "ok.png", "source.pt", "text.pt"]
+
+
+def test_a_model_file_the_system_will_not_read_is_said_so(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model file that cannot be read (its permissions; memory refused while loading it) is that error, not "not a
+    PyTorch file", which would have a checkpoint thrown away; a file of other content still is "not a PyTorch file"."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
+    args = [str(tmp_path / "ok.png"), "--scale", "3", "--model", str(tiny), "-o", str(tmp_path / "out.png")]
+    for error, said in ((PermissionError(13, "Permission denied", str(tiny)), f"{tiny}: Permission denied"),
+                        (MemoryError(), "out of memory")):
+        def refuse(*args: object, error: BaseException = error, **kwargs: object) -> None:
+            raise error
+
+        monkeypatch.setattr(torch, "load", refuse)
+        status, err = sr_in_process(capsys, *args)
+        assert status == 1 and said in err and "not a PyTorch file" not in err, err
+        with pytest.raises(type(error)):
+            load_torch(tiny)
+    monkeypatch.undo()
+    assert load_torch(tmp_path / "ok.png") is None
+    assert not (tmp_path / "out.png").exists()
 
 
 def retype(path: Path, page: int, tag: int) -> None:
