@@ -66,9 +66,10 @@ def available() -> bool:
 
 
 def calibration_inputs(raw: Path, pairs: int = CALIBRATION_PAIRS, seed: int = 0, size: int = 33) -> np.ndarray:
-    """(pairs, 1, size, size) float32: the interpolated inputs of `pairs` training pairs of Section 5.2
-    (`make_pairs`, stride = size), `PER_IMAGE` at random from each of a random draw (`seed`) of the
-    training images under `raw` (checked against the manifest), the images taking scales 2, 3, 4 in turn."""
+    """(pairs, 1, size, size) float32: the interpolated inputs of `pairs` pairs cut as Section 5.2 cuts them
+    (`make_pairs`, stride = size) from the training images as they are (no flip, rotation or downsizing),
+    `PER_IMAGE` at random from each of a random draw (`seed`) of the images under `raw` (checked against the
+    manifest), the images taking scales 2, 3, 4 in turn."""
     rng = np.random.default_rng(seed)
     files = training_files(raw, AugmentParams())
     chosen: list[np.ndarray] = []
@@ -142,8 +143,8 @@ def quantize(model: nn.Module, calibration: np.ndarray, out: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Keep the exporter's and the quantiser's progress lines, advice and warnings (printed, logged or
-    warned) off stdout, where `rlcsc benchmark` writes its JSON, and off stderr."""
+    """Keep the exporter's and the quantiser's printed lines off stdout, where `rlcsc benchmark` writes its JSON,
+    and mute their logged advice (below errors) and their warnings."""
     loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
