@@ -206,8 +206,11 @@ def _memory(args: argparse.Namespace) -> None:
 
 
 def _params(args: argparse.Namespace) -> None:
+    from rlcsc.atomic import check_result_file, write_json
     from rlcsc.config import build, read_params, resolve
 
+    if args.resolved is not None:
+        check_result_file(args.resolved, replace=True)
     params = read_params(args.params)  # the file's shape and names, before the slower imports below
     from rlcsc.data.augment import AugmentParams
     from rlcsc.data.patches import PatchParams
@@ -218,7 +221,8 @@ def _params(args: argparse.Namespace) -> None:
     stages = [("augment", "augment", AugmentParams, None), ("patch", "patch", PatchParams, None),
               ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
     stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
-    lines, resolved = [f"budget: {params.get('budget')}"], {}
+    budget = params.get("budget")
+    lines, resolved = [f"budget: {budget}" if budget is not None else "budget: none (every block as written)"], {}
     for stage, block, cls, experiment in stages:
         settings = resolve(params, args.params, block, cls, experiment)
         build(cls, settings, f"{args.params}, {stage}")
@@ -234,8 +238,6 @@ def _params(args: argparse.Namespace) -> None:
     if args.resolved is None:
         print("\n".join(lines))
         return
-    from rlcsc.atomic import write_json
-
     write_json(resolved, args.resolved)  # the values dvc.yaml's stages depend on, whichever layer set them
     print(f"every value of {args.params} checked, for {len(stages)} stages: {args.resolved}", file=sys.stderr)
 

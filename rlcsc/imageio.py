@@ -52,6 +52,12 @@ logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 TRANSPARENT_COLOUR_DROPPED = "its transparent colour dropped: the output has no alpha"
 
 
+def _unreadable(path: Path, err: BaseException) -> RlcscError:
+    """One clear error for an image file that cannot be read: the system's reason alone where it names the file."""
+    why = err.strerror if isinstance(err, OSError) and err.filename and err.strerror else err
+    return RlcscError(f"cannot read image {path}: {why}")
+
+
 def _regular(path: Path) -> None:
     """One clear error for a path that is not a file to read: a FIFO or a device would never end."""
     if path.exists() and not path.is_file():
@@ -67,7 +73,7 @@ def read_image(path: Path) -> np.ndarray:
             im.load()
             return np.asarray(im if im.mode == "L" else im.convert("RGB"))
     except READ_ERRORS as err:
-        raise RlcscError(f"cannot read image {path}: {err}") from None
+        raise _unreadable(path, err) from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -77,7 +83,7 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.height, im.width
     except READ_ERRORS as err:
-        raise RlcscError(f"cannot read image {path}: {err}") from None
+        raise _unreadable(path, err) from None
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,7 @@ def read_header(path: Path) -> Header:
             size = _sized(im.width, im.height, _exif_orientation(im) or 1)
             return Header(*size, channels, bits, _frames(im))
     except PICTURE_ERRORS as err:
-        raise RlcscError(f"cannot read image {path}: {err}") from None
+        raise _unreadable(path, err) from None
 
 
 def _frames(im: Image.Image) -> int | None:
@@ -282,7 +288,7 @@ def read_picture(path: Path) -> Picture:
                 picture = (_read_png16(path) if kind == "png16" else _read_pnm16(path, im) if kind == "pnm16"
                            else _read_pillow(im))
     except PICTURE_ERRORS as err:
-        raise RlcscError(f"cannot read image {path}: {err}") from None
+        raise _unreadable(path, err) from None
     notes = ["the first of its frames: a later one is damaged" if frames is None else
              f"the first of its {frames} frames" if frames > 1 else "",
              "turned upright by its EXIF orientation" if orientation not in (1, None) or turned else "",
@@ -347,7 +353,10 @@ def format_of(path: Path) -> str:
     """The format that `path`'s suffix names, or one clear error."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise RlcscError(f"cannot tell an image format from the name {path.name}; end it in .png, .jpg, .bmp or .tif")
+        read = Image.registered_extensions().get(path.suffix.lower())  # a format Pillow reads, not one written here
+        said = (f"{path.name} names {read}, which is read but not written here" if read
+                else f"cannot tell an image format from the name {path.name}")
+        raise RlcscError(f"{said}; end it in .png, .jpg, .bmp or .tif")
     return fmt
 
 

@@ -200,8 +200,11 @@ def _check_memory(input: Path, header: Header, scale: float, need: int, max_memo
 
 
 def _amount(size: float) -> str:
-    """Bytes in GiB to one decimal, or in MiB below a tenth of a GiB (which would read 0.0 GiB)."""
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.1f} MiB"
+    """Bytes to one decimal in the largest of GiB, MiB and KiB in which they read at least 0.1, else in bytes."""
+    for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 2**power / 10:
+            return f"{size / 2**power:.1f} {unit}"
+    return f"{size:.0f} bytes"
 
 
 def super_resolve_files(inputs: list[Path], output: Path, scale: float, model: str | None, overwrite: bool,

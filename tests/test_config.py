@@ -298,6 +298,18 @@ def test_the_check_stage_writes_every_value_each_stage_resolves(tmp_path: Path) 
     assert json.loads(out.read_text())["train"]["K25"]["lr"] == 0.1
 
 
+def test_a_file_without_a_budget_says_so(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, lambda p: p.update(budget=None))
+    assert main(["params", "--params", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("budget: none (every block as written)\n")
+
+
+def test_the_resolved_values_go_to_a_file_not_a_folder(tmp_path: Path, capsys) -> None:
+    """A folder given to --resolved is one line before any check, as for every command that writes one result."""
+    assert main(["params", "--params", str(REPO / "params.yaml"), "--resolved", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"rlcsc params: error: {tmp_path} is a folder; name the file the result goes to\n"
+
+
 def test_the_ends_of_a_closed_range_are_allowed() -> None:
     for value in (1, 1000):
         assert TrainParams(recursions=value).recursions == value

@@ -820,9 +820,27 @@ def test_an_output_s_format_is_its_suffix_s_in_any_case() -> None:
     names = {"a.png": "PNG", "a.PNG": "PNG", "a.jpg": "JPEG", "a.jpeg": "JPEG", "a.JPEG": "JPEG", "a.bmp": "BMP",
              "a.tif": "TIFF", "a.tiff": "TIFF", "a.Tif": "TIFF"}
     assert {name: format_of(Path(name)) for name in names} == names
-    for name in ("a.webp", "a", "a.png.txt"):
+    for name in ("a", "a.png.txt"):
         with pytest.raises(RlcscError, match="cannot tell an image format"):
             format_of(Path(name))
+    for name, fmt in (("a.webp", "WEBP"), ("a.GIF", "GIF")):  # formats read here (Pillow's), none of them written
+        with pytest.raises(RlcscError, match=f"^{name} names {fmt}, which is read but not written here; end it in"):
+            format_of(Path(name))
+
+
+def test_a_missing_image_is_named_once(tmp_path: Path) -> None:
+    from rlcsc.imageio import read_header, read_image
+
+    for read in (read_image, read_header):
+        with pytest.raises(RlcscError) as err:
+            read(tmp_path / "none.png")
+        assert str(err.value) == f"cannot read image {tmp_path / 'none.png'}: No such file or directory"
+
+
+def test_an_amount_of_memory_reads_in_the_largest_unit_that_shows_it() -> None:
+    amounts = {10: "10 bytes", 2000: "2.0 KiB", 0.05 * 2**20: "51.2 KiB", 0.1 * 2**20: "0.1 MiB", 5 * 2**20: "5.0 MiB",
+               0.1 * 2**30: "0.1 GiB", 3 * 2**30: "3.0 GiB"}
+    assert {size: sr._amount(size) for size in amounts} == amounts
 
 
 def test_jpeg_and_bmp_refuse_any_alpha_and_16_bits() -> None:
@@ -897,7 +915,8 @@ def test_what_cannot_be_done_is_one_line_before_any_work(tiny: Path, tmp_path: P
         (["rgba.png", "-o", "out.jpg", *model], "JPEG cannot hold the alpha channel of this RGBA image"),
         (["rgba.png", "-o", "out.bmp", *model], "BMP cannot hold the alpha channel"),
         (["rgb16.tif", "-o", "out.jpg", *model], "JPEG holds 8 bits per channel and this image has 16"),
-        (["rgb.png", "-o", "out.webp", *model], "cannot tell an image format from the name out.webp"),
+        (["rgb.png", "-o", "out.webp", *model], "out.webp names WEBP, which is read but not written here"),
+        (["rgb.png", "-o", "out.xyz", *model], "cannot tell an image format from the name out.xyz"),
         (["rgb.png", "-o", "outputs/", *model], f"-o {tmp_path / 'outputs'} is no folder, and its name says no image "
                                                 "format: make the folder first, or end the file's name in .png"),
         (["rgb.png", "-o", "nowhere/out.png", *model], f"folder {tmp_path / 'nowhere'} (of -o "
