@@ -106,7 +106,12 @@ def _needs_training(out: Path, p: TrainParams, pairs: dict, ckpt: dict | None) -
     if not (out / "model.pt").exists() or not path.exists():
         return True
     done = _read_json(path)
-    if TrainParams.known(done["train"]).identity() != p.identity() or (ckpt or {}).get("pairs", pairs) != pairs:
+    try:
+        theirs = TrainParams.known(done["train"])
+    except RlcscError as err:  # written by older code that allowed a value this code does not
+        raise RlcscError(f"{path} holds params this code refuses ({err}): extend it with the code that made it, "
+                         "or record into another --out") from None
+    if theirs.identity() != p.identity() or (ckpt or {}).get("pairs", pairs) != pairs:
         return True
     if done["status"] != "completed" or (p.max_minutes and done["seconds_training"] >= 60 * p.max_minutes):
         return False

@@ -532,8 +532,12 @@ def foreign(ckpt: dict, p: TrainParams, pairs: dict) -> list[str]:
     """What makes checkpoint `ckpt` another run's than `p`'s on the training pairs `pairs` (their `made_by`):
     the params of `identity` that differ, "training pairs" when other params made its pairs (a checkpoint
     written before checkpoints held them differs in its training code anyway), and "training code" when the
-    code that wrote it is not this (`code_hash`). Empty when `p` resumes it."""
-    theirs = TrainParams.known(ckpt.get("config", {}))
+    code that wrote it is not this (`code_hash`), or "params this code refuses" when older code allowed a value this
+    code does not (its training code differs too). Empty when `p` resumes it."""
+    try:
+        theirs = TrainParams.known(ckpt.get("config", {}))
+    except RlcscError as err:
+        return [f"params this code refuses ({err})"]
     differ = sorted(k for k, v in p.identity().items() if theirs.identity().get(k) != v)
     differ += ["training pairs"] if ckpt.get("pairs", pairs) != pairs else []  # unknown to an older checkpoint
     return differ + (["training code"] if ckpt.get("code") != code_hash(__name__) else [])

@@ -20,6 +20,7 @@ from rlcsc import report
 from rlcsc.checksums import seal, verify_run
 from rlcsc.cli import main
 from rlcsc.device import cpu_description
+from rlcsc.errors import RlcscError
 from rlcsc.evaluate import RESULTS
 from rlcsc.inference import describe_model
 from rlcsc.provenance import source_hash
@@ -250,6 +251,9 @@ def test_a_run_finished_short_of_its_plan_needs_no_training(tmp_path: Path) -> N
     assert not needs(q=replace(p, max_minutes=1.5)) and needs(q=replace(p, max_minutes=2))
     assert needs(q=replace(p, lr=0.2), steps_done=20)
     assert needs({"pairs": {**pairs, "patch": {"seed": 1}}}, steps_done=20) and not needs({}, steps_done=20)
+    with pytest.raises(RlcscError, match=rf"^{tmp_path / 'train.json'} holds params this code refuses \(TrainParams: "
+                                         "precision = 'fp16' is not allowed; .*\): extend it with the code that made"):
+        needs(train={**asdict(p), "precision": "fp16"})  # a value older code allowed
 
 
 def test_bad_folders_and_files_of_a_record_are_one_line(recorded: Path, mirror: Path, params: Path, tmp_path: Path,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,15 @@ def test_a_checkpoint_of_other_training_code_is_not_resumed(patches: Path, mirro
     train(TINY, patches, mirror, tmp_path)
     err = capsys.readouterr().err
     assert "other training code: starting afresh" in err and "resuming" not in err
+
+
+def test_a_checkpoint_of_params_this_code_refuses_belongs_to_another_run() -> None:
+    """Older code allowed a value this code refuses: the checkpoint is another run's, said with the value."""
+    from rlcsc.train import foreign
+
+    ckpt = {"config": {**asdict(TINY), "precision": "fp16"}, "code": "older"}
+    (differ,) = foreign(ckpt, TINY, {})
+    assert differ.startswith("params this code refuses (TrainParams: precision = 'fp16' is not allowed")
 
 
 def test_a_run_extends_by_more_epochs(patches: Path, mirror: Path, tmp_path: Path) -> None:
