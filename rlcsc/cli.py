@@ -222,6 +222,10 @@ def _params(args: argparse.Namespace) -> None:
               ("evaluate", "evaluate", EvaluateParams, None), ("report", "report", ReportParams, None)]
     stages[2:2] = [(f"train@{e}", "train", TrainParams, e) for e in params.get("experiments") or {}]
     budget = params.get("budget")
+    for other in [name for name in params.get("budgets") or {} if name != budget]:  # a check across a block's values
+        for stage, block, cls, experiment in stages:                                # (width with features) under each
+            build(cls, resolve({**params, "budget": other}, args.params, block, cls, experiment),
+                  f"{args.params}, {stage} under budget {other}")
     lines, resolved = [f"budget: {budget}" if budget is not None else "budget: none (every block as written)"], {}
     for stage, block, cls, experiment in stages:
         settings = resolve(params, args.params, block, cls, experiment)

@@ -211,6 +211,10 @@ def test_a_width_that_leaves_no_feature_or_too_many_is_refused(tmp_path: Path, w
     line = one_line_error(["train", "--params", str(path), "--experiment", "K25", "--out", str(tmp_path / "m")])
     assert line == f"rlcsc train: error: {path}, train of experiment K25: TrainParams: {message}"
     assert not (tmp_path / "m").exists()
+    # under the quick budget, whose width replaces it: refused by the check of the others (first in the file: fast)
+    path = write(tmp_path, lambda p: p.update(budget="quick") or p["train"].update(width=width))
+    line = one_line_error(["params", "--params", str(path)])
+    assert line == f"rlcsc params: error: {path}, train@K15 under budget fast: TrainParams: {message}"
 
 
 def test_a_key_given_twice_is_refused(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
