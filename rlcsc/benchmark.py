@@ -27,7 +27,7 @@ from rlcsc.device import (
     using_precision,
 )
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import EvaluateParams, checked_test_images, evaluate, ilr_pair, quantize, score, summarize
+from rlcsc.evaluate import EvaluateParams, evaluate, ilr_pairs, quantize, score, summarize
 from rlcsc.inference import Network, apply, build, computes_in, describe_model, for_inference, load_model, model_state
 from rlcsc.provenance import stamp
 from rlcsc.train import Batches, TrainParams, prepare
@@ -67,7 +67,7 @@ def input_precision(model_path: Path, raw: Path, dataset: str = "Set5", scale: i
     """PSNR cost of storing training inputs as float16: the model's output on float32 inputs vs
     on the same inputs rounded to float16, scored by the evaluation protocol."""
     model = load_model(model_path)
-    pairs = _test_pairs(raw, dataset, scale)
+    pairs = ilr_pairs(raw, dataset, scale)
     psnr = {}
     for name, dtype in (("float32", np.float32), ("float16", np.float16)):
         scores = [score(hr, apply(model, ilr.astype(dtype).astype(np.float64)), scale, False) for hr, ilr in pairs]
@@ -171,7 +171,7 @@ def inference(p: TrainParams, raw: Path, model: Path | None = None, repeats: int
     if unknown:
         raise RlcscError(f"precisions must be among {', '.join(BENCHMARK_PRECISIONS)}, got {', '.join(unknown)}")
     device = pick_device(p.device)
-    pairs = {d: _test_pairs(raw, d, scale) for d in datasets}
+    pairs = {d: ilr_pairs(raw, d, scale) for d in datasets}
     if model is not None:
         about = describe_model(model)
         base, label, arch, config = load_model(model, device), str(model), about["arch"], about["config"]
@@ -286,11 +286,6 @@ def _quality(pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray],
             "largest_image_change_db": float(change[np.abs(change).argmax()]),
             "max_grey_difference": max(int(g.max()) for g in grey),
             "share_over_1_grey": float(sum(int((g > 1).sum()) for g in grey) / sum(g.size for g in grey))}
-
-
-def _test_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(HR Y, ILR Y) of every image of `dataset` (steps 1-2 of the evaluation protocol)."""
-    return [ilr_pair(f, scale) for f in checked_test_images(raw, [dataset])]
 
 
 def evaluation(p: TrainParams, e: EvaluateParams, raw: Path, model: Path | None = None,

@@ -99,6 +99,11 @@ def ilr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return hr, imresize(imresize(hr, 1 / scale), scale)
 
 
+def ilr_pairs(raw: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`ilr_pair` of every image of `dataset` under `raw`, each checked against the manifest first."""
+    return [ilr_pair(path, scale) for path in checked_test_images(raw, [dataset])]
+
+
 @dataclass(frozen=True)
 class ImageScore:
     """Metrics of one image at one scale; `ifc` is NaN when not computed."""

@@ -47,7 +47,7 @@ from rlcsc.device import (
     using_precision,
 )
 from rlcsc.errors import RlcscError
-from rlcsc.evaluate import checked_test_images, ilr_pair, score
+from rlcsc.evaluate import ilr_pairs, score
 from rlcsc.inference import (
     LAYER_SWAPS,
     MAX_DEPTH,
@@ -284,7 +284,7 @@ class Monitor:
 
     def __init__(self, raw: Path, dataset: str, scale: int, precision: str) -> None:
         self.scale, self.precision = scale, precision
-        self.pairs = [ilr_pair(path, scale) for path in checked_test_images(raw, [dataset])]
+        self.pairs = ilr_pairs(raw, dataset, scale)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float | None]:
