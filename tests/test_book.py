@@ -107,7 +107,9 @@ def test_the_output_route_sentence_holds_the_file(html: Path) -> None:
 
 def test_no_page_calls_a_run_completed(html: Path) -> None:
     """A run says how far it trained ("1 of 35 epochs"), never "completed", which a run short of its plan is not."""
-    for path in sorted((html / "generated").glob("*.html")):
+    pages = sorted((html / "generated").glob("*.html"))
+    assert len(pages) == len(list((REPO / "notebooks").glob("*.ipynb")))
+    for path in pages:
         text = BeautifulSoup(path.read_text(), "html.parser").select_one("article").get_text()
         assert "completed" not in text, path.name
 

@@ -40,6 +40,18 @@ def test_downscale_by_two_antialiases_as_derived_by_hand() -> None:
     np.testing.assert_allclose(m.sum(axis=1), 1, atol=1e-15)
 
 
+def test_a_scale_not_the_ratio_of_the_sizes_places_the_taps_by_the_scale() -> None:
+    # Section 5.2's factor 0.7 on 23 pixels gives ceil(16.1) = 17, a ratio of 17/23, not 0.7: MATLAB places the taps
+    # by the scale given. Output 1: u = 1/0.7 + (1 - 1/0.7)/2 = 1.2142857, the kernel widened to 4/0.7, taps -2..5
+    # at 0.7 * (u - tap) = 2.25, 1.55, 0.85, 0.15, -0.55, -1.25, -1.95, -2.65, whose cubic() is 0, -0.0556875,
+    # 0.1149375, 0.9488125, 0.4933125, -0.0703125, -0.0011875, 0 (summing to 1.429875); taps -2, -1, 0 mirror onto
+    # 3, 2, 1.
+    m = contributions(23, 17, 0.7).toarray()
+    want = np.array([0.1149375 + 0.9488125, -0.0556875 + 0.4933125, -0.0703125, -0.0011875]) / 1.429875
+    np.testing.assert_allclose(m[0, :4], want, atol=1e-15)
+    assert not m[0, 4:].any()
+
+
 def test_output_size_is_ceil_of_scale_times_size() -> None:
     assert output_size((255, 256), 1 / 3) == (85, 86)
     assert output_size((7, 11), 0.7) == (5, 8)

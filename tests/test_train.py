@@ -99,9 +99,12 @@ def test_snapshots_record_the_curve_and_gradient_norms(patches: Path, mirror: Pa
     assert summary["status"] == "completed" and summary["steps_per_epoch"] == 8
     assert [c["step"] for c in summary["curve"]] == [3, 6, 8, 9, 12, 15, 16]  # every 3 steps and each epoch's end
     assert [c["steps"] for c in summary["curve"]] == [3, 3, 2, 1, 3, 3, 1]
-    for c in summary["curve"]:
-        assert 0 <= c["clipped_fraction"] <= 1 and c["grad_norm_median"] <= c["grad_norm_max"]
+    for c in summary["curve"]:  # the share clipped: the interval's steps whose norm was over the clip
+        assert c["grad_norm_median"] <= c["grad_norm_max"]
+        assert c["clipped_fraction"] >= 0.5 if c["grad_norm_median"] > p.clip else c["grad_norm_median"] <= p.clip
+        assert c["clipped_fraction"] == 0 if c["grad_norm_max"] <= p.clip else c["clipped_fraction"] > 0
         assert c["psnr"] > 10 and 0 <= c["zero_fraction"] <= 1 and c["h_bias"] is not None
+    assert any(c["clipped_fraction"] > 0 for c in summary["curve"])  # a clip of 0.05 clips the untrained network
     assert summary["curve"][-1]["epoch"] == 2.0 and summary["model"]["bias"] is True
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["curve"] == summary["curve"] and saved["train"]["eval_every"] == 3
