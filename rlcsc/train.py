@@ -243,14 +243,16 @@ class Batches:
 
     On a CUDA device with room for them they are copied there once (as stored: labels uint8)
     and each batch is gathered on the device; otherwise batches are gathered from the memory map on
-    the host. Both paths give the same batches for the same positions.
+    the host. Both paths give the same batches for the same positions (`resident` takes the first path
+    on any device, or the second on a GPU).
     """
 
-    def __init__(self, data: PatchSet, n: int, device: torch.device) -> None:
+    def __init__(self, data: PatchSet, n: int, device: torch.device, resident: bool | None = None) -> None:
         self.rows = np.sort(data.keep[:n])
         self.data, self.device = data, device
         need = n * data.inputs[0].nbytes + n * data.labels[0].nbytes
-        self.on_device = device.type == "cuda" and 2 * need < torch.cuda.mem_get_info(device)[0]
+        self.on_device = resident if resident is not None else (
+            device.type == "cuda" and 2 * need < torch.cuda.mem_get_info(device)[0])
         if self.on_device:
             dtype = torch.from_numpy(np.array(data.inputs[:1])).dtype  # as stored: float16 or float32
             self.inputs = torch.empty((n, *data.inputs.shape[1:]), dtype=dtype, device=device)

@@ -691,6 +691,13 @@ def test_a_run_on_part_of_the_set_draws_the_first_pairs_of_its_shuffle(patches: 
     rows = np.sort(data.keep[:16])
     assert torch.equal(x[:, 0], torch.from_numpy(np.asarray(data.inputs[rows], np.float32)))
     assert torch.equal(y[:, 0] * 255, torch.from_numpy(np.asarray(data.labels[rows], np.float32)))
+    resident = Batches(data, 16, torch.device("cpu"), resident=True)  # as on a GPU with room: gathered in memory
+    assert resident.on_device and not batches.on_device
+    for epoch in (0, 1):
+        order, kept = resident.order(7, epoch), batches.order(7, epoch)
+        assert isinstance(order, torch.Tensor) and np.array_equal(order.numpy(), kept)
+        for got, want in zip(resident(order[:5]), batches(kept[:5])):
+            assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
 
 
 def test_a_snapshot_summarises_its_interval_s_gradient_norms() -> None:
