@@ -8,14 +8,16 @@ import hashlib
 import io
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -241,6 +243,8 @@ def test_network_failure_retries_then_names_url(
     assert len(pauses) == 3 and all(p > 0 for p in pauses)
     assert not (tmp_path / entry.relpath).exists()
     assert parts(tmp_path) == []
+    with pytest.raises(RlcscError, match=rf"^download failed after 1 attempt: {re.escape(entry.url)}: connection"):
+        fetch([entry], tmp_path, retries=1)
 
 
 def test_first_error_cancels_the_rest(
@@ -440,12 +444,54 @@ def test_the_weights_come_from_their_own_mirror_variable(refused: list[str], tmp
     assert refused == []
 
 
+def trusted_tls(tmp_path: Path, env: dict[str, str]) -> ssl.SSLContext:
+    """A server's TLS context with a certificate of its own for 127.0.0.1, which `env` makes the client's only
+    authority."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl makes the server's certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    env["SSL_CERT_FILE"] = str(cert)
+    return context
+
+
+def loopback_env() -> dict[str, str]:
+    """The environment of a child that fetches from 127.0.0.1 directly, whatever proxy this one names."""
+    return {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
+
+
+def interrupted_download(url: str, out: Path, env: dict[str, str], stalled: Callable[[], None]) -> None:
+    """Fetch PINNED from `url` into `out` in a child (its timeouts STALLED), send it Ctrl-C once `stalled()` has
+    returned and half a second more, and check that it ended then with KeyboardInterrupt, not when a timeout ran out
+    (this test waits WAIT for it), and left neither the file nor its temporary."""
+    entry = dataclasses.replace(PINNED, url=url)
+    # Ctrl-C raises KeyboardInterrupt in the child, also where the tests run as a background job of a script, whose
+    # children start with SIGINT ignored
+    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from pathlib import Path; from rlcsc.data import download; from rlcsc.manifest import Entry; "
+              f"download.TIMEOUT_S = {STALLED}; download.fetch([Entry(*{dataclasses.astuple(entry)!r})], "
+              f"Path({str(out)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        stalled()
+        time.sleep(0.5)  # the child waits on the server
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=WAIT)  # a wait that ran out its timeout would end after STALLED
+    finally:
+        proc.kill()
+    assert b"KeyboardInterrupt" in err
+    assert not (out / entry.relpath).exists() and parts(out) == []
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("answered", [True, False], ids=["in-the-file", "before-its-answer"])
 def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path, answered: bool, tls: bool) -> None:
     """Ctrl-C while the server has stopped sending in the middle of a file, or has not answered the request (over
-    HTTP, and over HTTPS as the pinned URLs are): the download ends then, not when the read times out (TIMEOUT_S, an
-    hour in the child, far beyond the minute this test waits), and leaves neither the file nor its temporary."""
+    HTTP, and over HTTPS as the pinned URLs are): the download ends then."""
     sent, release = threading.Event(), threading.Event()
 
     class Stalling(BaseHTTPRequestHandler):
@@ -463,40 +509,53 @@ def test_an_interruption_ends_a_stalled_transfer_at_once(tmp_path: Path, answere
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
-    env = {k: v for k, v in os.environ.items() if k.lower() != "http_proxy"} | {"no_proxy": "127.0.0.1"}
-    if tls:  # a certificate of its own, which the client trusts as its only authority
-        if not shutil.which("openssl"):
-            pytest.skip("openssl makes the server's certificate")
-        key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        env["SSL_CERT_FILE"] = str(cert)
+    env = loopback_env()
+    if tls:
+        server.socket = trusted_tls(tmp_path, env).wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    scheme = "https" if tls else "http"
-    entry = dataclasses.replace(PINNED, url=f"{scheme}://127.0.0.1:{server.server_address[1]}/x.bin")
-    out = tmp_path / "data"
-    # Ctrl-C raises KeyboardInterrupt in the child, also where the tests run as a background job of a script, whose
-    # children start with SIGINT ignored
-    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "from pathlib import Path; from rlcsc.data import download; from rlcsc.manifest import Entry; "
-              f"download.TIMEOUT_S = {STALLED}; download.fetch([Entry(*{dataclasses.astuple(entry)!r})], "
-              f"Path({str(out)!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/x.bin"
     try:
-        assert sent.wait(60)
-        time.sleep(0.5)  # the client waits in its read of the answer, or of the rest of the file
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT)  # a read that waited out its timeout would end after STALLED
+        interrupted_download(url, tmp_path / "data", env, lambda: sent.wait(60) or pytest.fail("no request came"))
     finally:
-        proc.kill()
         release.set()
         server.shutdown()
         server.server_close()
         thread.join()
-    assert b"KeyboardInterrupt" in err
-    assert not (out / entry.relpath).exists() and parts(out) == []
+
+
+@pytest.mark.parametrize("phase", ["tcp-http", "tcp-https", "tls"])
+def test_an_interruption_ends_a_connection_still_being_made_at_once(tmp_path: Path, phase: str) -> None:
+    """Ctrl-C while the connection waits on the server: for TCP, a server whose queue of connections is full
+    (its one place taken, it drops the client's SYN, which the client sends again until its timeout); for TLS, a
+    server that takes the connection and never answers the client's hello (so no certificate is needed). The
+    download ends then."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("Linux's /proc/net/tcp shows the client's SYN_SENT socket")
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as server:
+        port = server.getsockname()[1]
+        held: list[socket.socket] = []
+
+        def connecting() -> None:  # a socket of this machine in SYN_SENT (02) to the server's port
+            for _ in range(600):
+                rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+                if any(row[2] == f"0100007F:{port:04X}" and row[3] == "02" for row in rows):
+                    return
+                time.sleep(0.1)
+            pytest.fail("the client never waited to connect")
+
+        def hello_sent() -> None:  # the connection taken, and the client's hello waiting unread
+            connection, _ = server.accept()
+            held.append(connection)
+            if not select.select([connection], [], [], 60)[0]:
+                pytest.fail("the client sent no hello")
+
+        if phase.startswith("tcp"):
+            held.append(socket.create_connection(("127.0.0.1", port)))  # takes the queue's one place
+        scheme = "http" if phase == "tcp-http" else "https"
+        try:
+            interrupted_download(f"{scheme}://127.0.0.1:{port}/x.bin", tmp_path / "data", loopback_env(),
+                                 connecting if phase.startswith("tcp") else hello_sent)
+        finally:
+            for connection in held:
+                connection.close()

@@ -161,14 +161,15 @@ def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: _Stop) -> tup
 
 class _Stop:
     """Set by the first error or an interruption: the transfers under way end at their next chunk, and a request
-    waiting on a server, for its answer or for the rest of a file, ends at once (its connection is shut down), not
-    after TIMEOUT_S. Only the making of a connection (TCP, then TLS) is not cut short: it ends within TIMEOUT_S."""
+    waiting on a server, to connect (TCP, then TLS), for its answer or for the rest of a file, ends at once (its
+    socket is shut down), not after TIMEOUT_S. Only the look-up of a server's address is not cut short."""
 
     def __init__(self) -> None:
         self._set = threading.Event()
         self._lock = threading.Lock()  # held while a response is shut down: it cannot be closed meanwhile
         self._open: set[HTTPResponse] = set()
         self._connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()  # the requests', until answered
+        self._connecting: dict[HTTPConnection, socket.socket] = {}  # a socket of each connection being made
         self.opener = build_opener(_WatchedHTTP(self), _WatchedHTTPS(self))
 
     def is_set(self) -> bool:
@@ -183,9 +184,8 @@ class _Stop:
                         connection.shutdown(socket.SHUT_RDWR)
                 except OSError:  # no socket behind it, or one already shut
                     pass
-            for connection in list(self._connections):
-                sock = connection.sock  # None until connected, and again once answered
-                if sock is not None:
+            for sock in [*self._connecting.values(), *(c.sock for c in self._connections)]:
+                if sock is not None:  # a connection's socket is None until connected, and again once answered
                     try:  # the plain socket's shutdown, also of a TLS socket; one closed meanwhile refuses it
                         socket.socket.shutdown(sock, socket.SHUT_RDWR)
                     except OSError:
@@ -204,16 +204,54 @@ class _Stop:
             connect = connection.connect
 
             def connect_unless_stopped() -> None:
-                connect()
+                try:
+                    connect()
+                finally:
+                    with self._lock:
+                        watch = self._connecting.pop(connection, None)
+                    if watch is not None:
+                        watch.close()
                 if self.is_set():
                     raise _Stopped
 
+            def create_connection(address: tuple[str, int], timeout: float,
+                                  source_address: tuple[str, int] | None = None) -> socket.socket:
+                """`socket.create_connection`, each socket watched from before it connects."""
+                error: OSError = OSError(f"no address found for {address[0]}")
+                for family, kind, proto, _, target in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
+                    sock = socket.socket(family, kind, proto)
+                    self._watch_connecting(connection, sock)
+                    try:
+                        sock.settimeout(timeout)
+                        if source_address:
+                            sock.bind(source_address)
+                        sock.connect(target)
+                        return sock
+                    except OSError as err:
+                        sock.close()
+                        error = err
+                raise error
+
+            connection._create_connection = create_connection  # type: ignore[attr-defined]
             connection.connect = connect_unless_stopped
             with self._lock:
                 self._connections.add(connection)
             return connection
 
         return make
+
+    def _watch_connecting(self, connection: HTTPConnection, sock: socket.socket) -> None:
+        """Until `connection`'s connect ends, setting `self` shuts `sock` down: through a duplicate, as TLS takes the
+        socket over while it shakes hands. Set already, it closes `sock` and stops there (set later, in the instant
+        before the connect begins, it leaves the connect to its timeout)."""
+        with self._lock:
+            if self._set.is_set():
+                sock.close()
+                raise _Stopped
+            earlier = self._connecting.pop(connection, None)  # of an address that failed
+            self._connecting[connection] = sock.dup()
+        if earlier is not None:
+            earlier.close()
 
     @contextmanager
     def watching(self, response: HTTPResponse) -> Iterator[None]:
@@ -280,7 +318,7 @@ def _download(entry: Entry, part: Path, retries: int, bar: tqdm, stop: _Stop) ->
             return _stream(_body(entry.url, stop), part, bar, stop)
         except _NetworkError as err:
             reason = err
-    raise RlcscError(f"download failed after {retries} attempts: {entry.url}: {reason}")
+    raise RlcscError(f"download failed after {retries} attempt{'s' * (retries > 1)}: {entry.url}: {reason}")
 
 
 def _stream(chunks: Iterable[bytes], part: Path, bar: tqdm, stop: _Stop) -> tuple[int, str]:
