@@ -11,6 +11,7 @@ the recorded ones (`runs/<name>/`, made on a GPU by `rlcsc record`).
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -733,14 +734,20 @@ def signed_table(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler
 
 def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
     """Run a report notebook with papermill into `target` (a bar over its cells), hiding its parameter
-    cells in the book; a cell that fails is one line naming it and its error."""
+    cells in the book; a cell that fails is one line naming it and its error. The kernel talks to papermill
+    over Unix sockets in a folder only this user may open, not over TCP on localhost."""
     import nbformat
     import papermill
     from nbclient.exceptions import DeadKernelError
+    from traitlets.config import Config
 
     def write(tmp: Path) -> None:
         try:
-            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".")
+            # in the temporary folder (of mode 700): a socket's path may not exceed about 100 characters
+            with tempfile.TemporaryDirectory(prefix="rlcsc-kernel-") as sockets:
+                config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+                papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".",
+                                           config=config)
         except papermill.PapermillExecutionError as err:
             what = " ".join(str(err.evalue).split())[:300]
             raise RlcscError(f"{source}: its cell {err.exec_count} failed: {err.ename}: {what}") from None

@@ -115,3 +115,20 @@ def test_an_empty_runs_table_says_no_paper_scale_run_reached_the_page() -> None:
     """Each page gives the quick budget's runs a section of their own: its main runs table, when empty, says that no
     paper-scale run has reached the page, not that no run has (quick runs may stand below it)."""
     assert report.sources([]) == "No paper-scale run of this project has reached this page yet."
+
+
+def test_a_report_notebook_s_kernel_talks_over_sockets_only_this_user_may_open(tmp_path: Path) -> None:
+    """Not over TCP on localhost, which any local process may reach (ipykernel warns of it on every page): over
+    Unix sockets in a temporary folder of mode 700, removed when the page is written."""
+    import nbformat
+
+    cell = ("import os\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
+            "folder = os.path.dirname(app.ip)\nprint(app.transport, folder, oct(os.stat(folder).st_mode & 0o777))")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell(cell)])
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nbformat.write(nb, tmp_path / "page.ipynb")
+    report.execute_notebook(tmp_path / "page.ipynb", tmp_path / "out.ipynb", {"x": 1})
+    transport, folder, mode = nbformat.read(tmp_path / "out.ipynb", 4).cells[-1].outputs[0]["text"].split()
+    assert (transport, mode) == ("ipc", "0o700")
+    assert Path(folder).name.startswith("rlcsc-kernel-") and not Path(folder).exists()
