@@ -24,6 +24,7 @@ from rlcsc.errors import RlcscError
 from rlcsc.reference import table
 
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+SOCKET_PATH_MAX = 103  # bytes of a Unix socket's path (Linux allows 107, macOS 103)
 PAPER_SCALE = ("paper", "fast")  # the budgets whose runs train the paper's networks on all its pairs
 THIS_RUN = " †"  # marks a column of this project's runs; the others are quoted from the paper
 RED, BLUE = "color: #d00000; font-weight: bold", "color: #0050d0; font-weight: bold"
@@ -735,7 +736,8 @@ def signed_table(frame: pd.DataFrame, digits: int) -> pd.io.formats.style.Styler
 def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
     """Run a report notebook with papermill into `target` (a bar over its cells), hiding its parameter
     cells in the book; a cell that fails is one line naming it and its error. The kernel talks to papermill
-    over Unix sockets in a folder only this user may open, not over TCP on localhost."""
+    over Unix sockets in a temporary folder only this user may open, not over TCP on localhost (which it takes
+    where the temporary folders' path is too long for a socket's)."""
     import nbformat
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -743,9 +745,10 @@ def execute_notebook(source: Path, target: Path, parameters: dict) -> None:
 
     def write(tmp: Path) -> None:
         try:
-            # in the temporary folder (of mode 700): a socket's path may not exceed about 100 characters
-            with tempfile.TemporaryDirectory(prefix="rlcsc-kernel-") as sockets:
-                config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+            with tempfile.TemporaryDirectory(prefix="rlcsc-kernel-") as sockets:  # of mode 700
+                ip = str(Path(sockets) / "kernel")  # the sockets are kernel-1 to kernel-5
+                ipc = len(ip.encode()) + 2 <= SOCKET_PATH_MAX
+                config = Config({"KernelManager": {"transport": "ipc", "ip": ip}} if ipc else {})
                 papermill.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3", cwd=".",
                                            config=config)
         except papermill.PapermillExecutionError as err:

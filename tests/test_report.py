@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rlcsc import report
@@ -117,18 +119,30 @@ def test_an_empty_runs_table_says_no_paper_scale_run_reached_the_page() -> None:
     assert report.sources([]) == "No paper-scale run of this project has reached this page yet."
 
 
-def test_a_report_notebook_s_kernel_talks_over_sockets_only_this_user_may_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tmp_dir_length", [0, 120], ids=["short", "too-long-for-a-socket"])
+def test_a_report_notebook_s_kernel_talks_over_sockets_only_this_user_may_open(
+        tmp_path: Path, tmp_dir_length: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not over TCP on localhost, which any local process may reach (ipykernel warns of it on every page): over
-    Unix sockets in a temporary folder of mode 700, removed when the page is written."""
+    Unix sockets in a temporary folder of mode 700, removed when the page is written. Where the temporary
+    folders' path is too long for a socket's, the page is still written, over TCP."""
     import nbformat
 
+    if tmp_dir_length:
+        long = tmp_path / ("d" * (tmp_dir_length - len(str(tmp_path)) - 1))
+        long.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(long))
+
     cell = ("import os\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
-            "folder = os.path.dirname(app.ip)\nprint(app.transport, folder, oct(os.stat(folder).st_mode & 0o777))")
+            "folder = os.path.dirname(app.ip) or '-'\n"
+            "print(app.transport, folder, oct(os.stat(folder).st_mode & 0o777) if app.transport == 'ipc' else '-')")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell(cell)])
     nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
     nbformat.write(nb, tmp_path / "page.ipynb")
     report.execute_notebook(tmp_path / "page.ipynb", tmp_path / "out.ipynb", {"x": 1})
     transport, folder, mode = nbformat.read(tmp_path / "out.ipynb", 4).cells[-1].outputs[0]["text"].split()
-    assert (transport, mode) == ("ipc", "0o700")
-    assert Path(folder).name.startswith("rlcsc-kernel-") and not Path(folder).exists()
+    if tmp_dir_length:
+        assert transport == "tcp"
+    else:
+        assert (transport, mode) == ("ipc", "0o700")
+        assert Path(folder).name.startswith("rlcsc-kernel-") and not Path(folder).exists()
