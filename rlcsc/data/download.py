@@ -16,8 +16,7 @@ import os
 import socket
 import sys
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager, suppress
 from http.client import HTTPConnection, HTTPResponse
@@ -161,15 +160,15 @@ def _copy(entry: Entry, mirror: Path, part: Path, bar: tqdm, stop: _Stop) -> tup
 
 class _Stop:
     """Set by the first error or an interruption: the transfers under way end at their next chunk, and a request
-    waiting on a server, to connect (TCP, then TLS), for its answer or for the rest of a file, ends at once (its
-    socket is shut down), not after TIMEOUT_S. Only the look-up of a server's address is not cut short."""
+    waiting on its server, to connect (TCP, then TLS), for its answer or for the rest of a file, ends at once, not
+    after TIMEOUT_S: each socket a request makes is shut down. Only the look-up of a server's address is not cut
+    short."""
 
     def __init__(self) -> None:
         self._set = threading.Event()
-        self._lock = threading.Lock()  # held while a response is shut down: it cannot be closed meanwhile
-        self._open: set[HTTPResponse] = set()
-        self._connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()  # the requests', until answered
-        self._connecting: dict[HTTPConnection, socket.socket] = {}  # a socket of each connection being made
+        self._lock = threading.Lock()  # held while the sockets are shut down: none is closed meanwhile
+        self._sockets: set[socket.socket] = set()  # a duplicate of each socket of the requests under way
+        self._request = threading.local()  # the duplicates of this thread's request
         self.opener = build_opener(_WatchedHTTP(self), _WatchedHTTPS(self))
 
     def is_set(self) -> bool:
@@ -178,93 +177,51 @@ class _Stop:
     def set(self) -> None:
         with self._lock:
             self._set.set()
-            for response in self._open:
-                try:  # a duplicate of the connection's descriptor: shutting it down wakes the read on the original
-                    with socket.fromfd(response.fileno(), socket.AF_INET, socket.SOCK_STREAM) as connection:
-                        connection.shutdown(socket.SHUT_RDWR)
-                except OSError:  # no socket behind it, or one already shut
-                    pass
-            for sock in [*self._connecting.values(), *(c.sock for c in self._connections)]:
-                if sock is not None:  # a connection's socket is None until connected, and again once answered
-                    try:  # the plain socket's shutdown, also of a TLS socket; one closed meanwhile refuses it
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def open(self, url: str) -> HTTPResponse:
-        """The response to a request of `url`, its connection watched from its start."""
-        return self.opener.open(url, timeout=TIMEOUT_S)
-
-    def connections(self, http_class: type[HTTPConnection]) -> Callable[..., HTTPConnection]:
-        """`http_class` as a maker of connections that setting `self` shuts down while they wait on a server; one
-        that connects after it is set ends there."""
-
-        def make(*args: object, **kwargs: object) -> HTTPConnection:
-            connection = http_class(*args, **kwargs)
-            connect = connection.connect
-
-            def connect_unless_stopped() -> None:
-                try:
-                    connect()
-                finally:
-                    with self._lock:
-                        watch = self._connecting.pop(connection, None)
-                    if watch is not None:
-                        watch.close()
-                if self.is_set():
-                    raise _Stopped
-
-            def create_connection(address: tuple[str, int], timeout: float,
-                                  source_address: tuple[str, int] | None = None) -> socket.socket:
-                """`socket.create_connection`, each socket watched from before it connects."""
-                error: OSError = OSError(f"no address found for {address[0]}")
-                for family, kind, proto, _, target in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
-                    sock = socket.socket(family, kind, proto)
-                    self._watch_connecting(connection, sock)
-                    try:
-                        sock.settimeout(timeout)
-                        if source_address:
-                            sock.bind(source_address)
-                        sock.connect(target)
-                        return sock
-                    except OSError as err:
-                        sock.close()
-                        error = err
-                raise error
-
-            connection._create_connection = create_connection  # type: ignore[attr-defined]
-            connection.connect = connect_unless_stopped
-            with self._lock:
-                self._connections.add(connection)
-            return connection
-
-        return make
-
-    def _watch_connecting(self, connection: HTTPConnection, sock: socket.socket) -> None:
-        """Until `connection`'s connect ends, setting `self` shuts `sock` down: through a duplicate, as TLS takes the
-        socket over while it shakes hands. Set already, it closes `sock` and stops there (set later, in the instant
-        before the connect begins, it leaves the connect to its timeout)."""
-        with self._lock:
-            if self._set.is_set():
-                sock.close()
-                raise _Stopped
-            earlier = self._connecting.pop(connection, None)  # of an address that failed
-            self._connecting[connection] = sock.dup()
-        if earlier is not None:
-            earlier.close()
+            for sock in self._sockets:
+                with suppress(OSError):  # one not connected yet, or shut already
+                    sock.shutdown(socket.SHUT_RDWR)
 
     @contextmanager
-    def watching(self, response: HTTPResponse) -> Iterator[None]:
-        """Within it, setting `self` shuts `response`'s connection down."""
-        with self._lock:
-            if self._set.is_set():
-                raise _Stopped
-            self._open.add(response)
+    def open(self, url: str) -> Iterator[HTTPResponse]:
+        """The response to a request of `url`, each socket it makes watched until the response is closed."""
+        mine: list[socket.socket] = []
+        self._request.sockets = mine
         try:
-            yield
+            with self.opener.open(url, timeout=TIMEOUT_S) as response:
+                yield response
         finally:
             with self._lock:
-                self._open.discard(response)
+                self._sockets.difference_update(mine)
+            for sock in mine:
+                sock.close()
+
+    def create_connection(self, address: tuple[str, int], timeout: float,
+                          source_address: tuple[str, int] | None = None) -> socket.socket:
+        """`socket.create_connection`, each socket watched from before it connects: through a duplicate, which
+        outlives TLS's taking the socket over, and is closed with the response."""
+        error: OSError = OSError(f"no address found for {address[0]}")
+        for family, kind, proto, _, target in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            with self._lock:
+                if self._set.is_set():
+                    sock.close()
+                    raise _Stopped
+                self._sockets.add(watched := sock.dup())
+            self._request.sockets.append(watched)
+            try:
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(target)
+            except OSError as err:
+                sock.close()
+                error = err
+                continue
+            if self.is_set():  # set in the instant before the connect began, when a shutdown does not stop it
+                sock.close()
+                raise _Stopped
+            return sock
+        raise error
 
 
 class _Watched:
@@ -275,7 +232,12 @@ class _Watched:
         self.stop = stop
 
     def do_open(self, http_class: type[HTTPConnection], req: Request, **kwargs: object) -> HTTPResponse:
-        return super().do_open(self.stop.connections(http_class), req, **kwargs)  # type: ignore[misc]
+        def connection(*args: object, **kw: object) -> HTTPConnection:
+            made = http_class(*args, **kw)
+            made._create_connection = self.stop.create_connection  # type: ignore[attr-defined]
+            return made
+
+        return super().do_open(connection, req, **kwargs)  # type: ignore[misc]
 
 
 class _WatchedHTTP(_Watched, HTTPHandler):
@@ -297,7 +259,7 @@ class _Stopped(Exception):
 def _body(url: str, stop: _Stop) -> Iterator[bytes]:
     """The bytes at `url`, in chunks; a failure of the request or of a read is a `_NetworkError`."""
     try:
-        with stop.open(url) as response, stop.watching(response):
+        with stop.open(url) as response:
             while chunk := response.read(CHUNK):
                 yield chunk
     except HTTPError as err:
