@@ -128,7 +128,7 @@ def test_a_report_notebook_s_kernel_talks_over_sockets_only_this_user_may_open(
     import nbformat
 
     if tmp_dir_length:
-        long = tmp_path / ("d" * (tmp_dir_length - len(str(tmp_path)) - 1))
+        long = tmp_path / ("d" * max(1, tmp_dir_length - len(str(tmp_path)) - 1))
         long.mkdir()
         monkeypatch.setattr(tempfile, "tempdir", str(long))
 
