@@ -102,14 +102,16 @@ def _train(args: argparse.Namespace) -> None:
     summary = train(params, args.patches, args.raw, args.out, eval_precision, label)
     if summary.get("interrupted"):
         raise KeyboardInterrupt
-    last = summary["curve"][-1] if summary["curve"] else {}
+    if not _first_process():
+        return
+    psnr = (summary["curve"][-1] if summary["curve"] else {}).get("psnr")
     print(f"{summary['status']}: {summary['epochs_done']} epoch(s); {params.eval_dataset} x{params.eval_scale} "
-          f"{last.get('psnr')}", file=sys.stderr)
+          + (f"{psnr:.2f} dB" if psnr is not None else "not scored"), file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from rlcsc.config import check_value, read_params
-    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, evaluation_record, write_results
+    from rlcsc.evaluate import EvaluateParams, bicubic, evaluate, evaluation_record, summary_text, write_results
 
     params = _load(args, "evaluate", EvaluateParams) if args.params else EvaluateParams()
     # the overrides are checked as the block's values, each scored once
@@ -135,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     record = {**evaluation_record(datasets, scales, with_ifc, budget, model, params.precision,
                                   upscale.precision if model else None),
               "environment": {**machine(device), **stamp()}}  # where and from which code it was scored
-    print(json.dumps(write_results(scores, args.out, record), indent=2))
+    print(summary_text(write_results(scores, args.out, record)))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -525,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_process() -> bool:
+    """False in every process but the first under `torchrun`, which writes and speaks for all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """What the command writes (nothing for `patch --count` and `checksums --check`; under torchrun only the first
     process writes; `rlcsc sr` writes a file for each image, and nothing into a folder that does not exist: it
@@ -532,7 +539,7 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     and `compare` into the folder of its --out, whose SHA256SUMS it seals after every variant; `benchmark` its --out
     and `params` its --resolved, if any)."""
     if (args.command not in WRITES or getattr(args, "count", False) or getattr(args, "check", False)
-            or os.environ.get("RANK", "0") != "0"):
+            or not _first_process()):
         return []
     if args.command == "sr":
         from rlcsc.sr import output_paths

@@ -205,6 +205,14 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, dict[str, dict[str, flo
     return summary
 
 
+def summary_text(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """`summarize`'s means, a line for each test set and scale, with the decimals of the paper's tables."""
+    width = max(map(len, summary), default=0)
+    return "\n".join(f"{dataset:<{width}} {scale}  PSNR {cell['psnr']:.2f} dB  SSIM {cell['ssim']:.4f}"
+                     + (f"  IFC {cell['ifc']:.3f}" if "ifc" in cell else "")
+                     for dataset, cells in summary.items() for scale, cell in cells.items())
+
+
 RESULTS = ("metrics.json", "evaluation.json", "per_image.csv")  # what `write_results` writes
 
 

@@ -61,11 +61,14 @@ def test_download_says_which_files_it_verified(mirror: Path, tmp_path: Path, cap
                                               "goes to"
     assert not (tmp_path / "new").exists()
 
-def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path) -> None:
+def test_evaluate_bicubic_writes_metrics_and_per_image_csv(mirror: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bicubic"
     argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out)]
     assert main(argv + ["--datasets", "Set5", "--scales", "3", "4", "3", "--jobs", "1"]) == 0  # each scale once
     metrics = json.loads((out / "metrics.json").read_text())
+    printed = capsys.readouterr().out.splitlines()  # the means, with the decimals of the paper's tables
+    assert [line.split()[:2] for line in printed] == [["Set5", "x3"], ["Set5", "x4"]]
+    assert printed[0] == "Set5 x3  PSNR {psnr:.2f} dB  SSIM {ssim:.4f}  IFC {ifc:.3f}".format(**metrics["Set5"]["x3"])
     assert list(metrics) == ["Set5"] and list(metrics["Set5"]) == ["x3", "x4"]
     assert set(metrics["Set5"]["x3"]) == {"psnr", "ssim", "ifc"}
     assert metrics["Set5"]["x3"]["psnr"] == pytest.approx(30.39, abs=0.02)
@@ -210,12 +213,14 @@ def test_patch_count_of_the_full_protocol_is_the_papers(mirror: Path, tmp_path: 
     assert not (tmp_path / "data").exists()
 
 
-def test_no_ifc_leaves_ifc_out(mirror: Path, tmp_path: Path) -> None:
+def test_no_ifc_leaves_ifc_out(mirror: Path, tmp_path: Path, capsys) -> None:
     """--no-ifc overrides the `evaluate` block's ifc (true by default): no IFC column is computed or recorded."""
     out = tmp_path / "bicubic"
     argv = ["evaluate", "--method", "bicubic", "--raw", str(mirror), "--out", str(out), "--datasets", "Set5",
             "--scales", "3", "--jobs", "1", "--no-ifc"]
     assert main(argv) == 0
+    assert capsys.readouterr().out.rstrip().endswith(" dB  SSIM {ssim:.4f}".format(
+        **json.loads((out / "metrics.json").read_text())["Set5"]["x3"]))
     assert json.loads((out / "evaluation.json").read_text())["ifc"] is False
     assert set(json.loads((out / "metrics.json").read_text())["Set5"]["x3"]) == {"psnr", "ssim"}
     assert pd.read_csv(out / "per_image.csv").ifc.isna().all()

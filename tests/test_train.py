@@ -456,6 +456,9 @@ def test_ddp_on_cpu_with_gloo_matches_one_process(patches: Path, mirror: Path, t
     single = train(TINY, patches, mirror, tmp_path / "one")
     proc = torchrun(tmp_path, TINY, patches, mirror, tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads((tmp_path / "two" / "train.json").read_text())["curve"][-1]["psnr"]
+    assert proc.stderr.count("completed: ") == 1  # the first process speaks for both
+    assert f"\ncompleted: 2.0 epoch(s); Set5 x3 {last:.2f} dB\n" in proc.stderr
     a, b = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
